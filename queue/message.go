@@ -1,0 +1,123 @@
+package queue
+
+import (
+	"time"
+)
+
+// ID identifies a queued message. It is 24 lowercase hex digits: 8 bytes of
+// the enqueue time in nanoseconds and 4 random bytes, so IDs sort by age.
+type ID string
+
+// RcptState is where one recipient stands. Every recipient ends in exactly
+// one of Delivered, Bounced or Deleted (DESIGN.md invariant 3).
+type RcptState uint8
+
+const (
+	Pending   RcptState = iota // still to be delivered
+	Delivered                  // the next hop said 2xx; never sent again
+	Bounced                    // failed for good; an NDR was queued unless suppressed
+	Deleted                    // removed by an operator
+)
+
+func (s RcptState) String() string {
+	switch s {
+	case Pending:
+		return "pending"
+	case Delivered:
+		return "delivered"
+	case Bounced:
+		return "bounced"
+	case Deleted:
+		return "deleted"
+	}
+	return "unknown"
+}
+
+// Final reports whether the recipient needs no more work.
+func (s RcptState) Final() bool { return s != Pending }
+
+// Recipient is one envelope recipient and its delivery state.
+type Recipient struct {
+	Addr  string    `json:"a"`
+	State RcptState `json:"s,omitempty"`
+	// Notify is the RFC 3461 NOTIFY parameter as given ("SUCCESS,FAILURE",
+	// "NEVER"), empty when the client gave none.
+	Notify string `json:"n,omitempty"`
+	// ORCPT is the RFC 3461 original recipient, "rfc822;user@example.org".
+	ORCPT string `json:"o,omitempty"`
+	// Attempts counts delivery attempts that reached a verdict for this
+	// recipient (a 421 4.3.2 "too many connections" retry does not count).
+	Attempts int `json:"t,omitempty"`
+	// LastReply is the last reply for this recipient, local or remote, as a
+	// reply line ("451 4.4.1 connection refused").
+	LastReply string `json:"r,omitempty"`
+	// LastHost is the host that gave LastReply, if a remote one.
+	LastHost string `json:"h,omitempty"`
+	// Done is when the recipient reached a final state.
+	Done time.Time `json:"d,omitzero"`
+}
+
+// Envelope is everything about a message except its body.
+type Envelope struct {
+	// From is the reverse path without brackets; "" is the null sender <>
+	// of bounces, which are never bounced again.
+	From       string      `json:"f"`
+	Recipients []Recipient `json:"r"`
+	// Received is when the message was committed to the queue.
+	Received time.Time `json:"c"`
+	// Size is the body size in bytes, as stored (with our Received header).
+	Size int64 `json:"z"`
+	// RFC 3461 and RFC 6152/6531 parameters of MAIL FROM.
+	EnvID    string `json:"e,omitempty"`
+	Ret      string `json:"ret,omitempty"` // "FULL" or "HDRS"
+	Body8Bit bool   `json:"8,omitempty"`
+	SMTPUTF8 bool   `json:"u,omitempty"`
+	// Client names who handed the message in: "[127.0.0.1] helo.name", or
+	// "local" for NDRs made here.
+	Client string `json:"cl,omitempty"`
+	// NextAttempt is when the message is due; it is the key of its schedule
+	// entry. Zero on a message being put means "now".
+	NextAttempt time.Time `json:"n"`
+	// LastAttempt is when delivery was last tried.
+	LastAttempt time.Time `json:"l,omitzero"`
+	// DelayWarned is set once a delay DSN went out.
+	DelayWarned bool `json:"w,omitempty"`
+	// Held is set while an operator holds the message.
+	Held bool `json:"hd,omitempty"`
+}
+
+// Pending returns the indexes of the recipients still to be delivered.
+func (e *Envelope) Pending() []int {
+	var idx []int
+	for i := range e.Recipients {
+		if !e.Recipients[i].State.Final() {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// Final reports whether no recipient is pending.
+func (e *Envelope) Final() bool {
+	for i := range e.Recipients {
+		if !e.Recipients[i].State.Final() {
+			return false
+		}
+	}
+	return true
+}
+
+// Message is a stored envelope with its ID.
+type Message struct {
+	ID ID
+	Envelope
+}
+
+// NewMessage is a message to enqueue as part of another change, such as an
+// NDR committed in the same batch as the failure that caused it. Its body is
+// small and held in memory.
+type NewMessage struct {
+	ID       ID
+	Envelope Envelope
+	Body     []byte
+}

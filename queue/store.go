@@ -1,0 +1,531 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/rs/zerolog"
+)
+
+// Options configure a Store. The zero value is usable.
+type Options struct {
+	// FS is the filesystem Pebble uses; nil means the real disk. Crash tests
+	// pass vfs.NewCrashableMem().
+	FS vfs.FS
+	// Log receives recovery and storage events.
+	Log zerolog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// ChunkSize is the body chunk size; 0 means 64 KiB.
+	ChunkSize int
+	// EventListener, if set, receives Pebble's events (write stalls, low
+	// disk space) for back pressure.
+	EventListener *pebble.EventListener
+}
+
+const (
+	defaultChunkSize = 64 << 10
+	// spillBytes bounds the batch a Put builds in memory: a body larger than
+	// this is written in several unsynced batches, sealed by the final synced
+	// one (Pebble's WAL is ordered, so syncing the last record syncs all).
+	spillBytes = 1 << 20
+	// recordVersion is the first byte of every m/ value.
+	recordVersion = 1
+	lockStripes   = 64
+)
+
+// Store is the durable queue. Its methods are safe for concurrent use.
+type Store struct {
+	db        *pebble.DB
+	log       zerolog.Logger
+	now       func() time.Time
+	chunkSize int
+	ids       *idSource
+	wake      chan struct{}
+	locks     [lockStripes]sync.Mutex
+	messages  atomic.Int64
+	bytes     atomic.Int64
+	bufs      sync.Pool
+}
+
+// record is what an m/ key holds after the version byte.
+type record struct {
+	Envelope
+	Chunks uint32 `json:"k"`
+}
+
+// Open opens (creating if needed) the queue in dir, removes the bodies of
+// messages whose envelope was never committed, and counts what is queued.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = defaultChunkSize
+	}
+	po := &pebble.Options{
+		FS:                 opts.FS,
+		FormatMajorVersion: pebble.FormatNewest,
+		MemTableSize:       4 << 20,
+		EventListener:      opts.EventListener,
+		Logger:             pebbleLogger{opts.Log},
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
+	}
+	s := &Store{
+		db:        db,
+		log:       opts.Log,
+		now:       opts.Now,
+		chunkSize: opts.ChunkSize,
+		ids:       newIDSource(opts.Now),
+		wake:      make(chan struct{}, 1),
+	}
+	s.bufs.New = func() any { b := make([]byte, s.chunkSize); return &b }
+	if err := s.recover(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database. Every other method panics or fails after it:
+// stop the workers and the listeners first.
+func (s *Store) Close() error { return s.db.Close() }
+
+// NewID returns a fresh message ID.
+func (s *Store) NewID() ID { return s.ids.next() }
+
+// Wake is signalled whenever something may have become due earlier than the
+// scheduler thought: a new message, a rescheduled one, an operator action.
+func (s *Store) Wake() <-chan struct{} { return s.wake }
+
+func (s *Store) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Messages returns how many messages are queued.
+func (s *Store) Messages() int64 { return s.messages.Load() }
+
+// Bytes returns the total body size of the queued messages.
+func (s *Store) Bytes() int64 { return s.bytes.Load() }
+
+// Put stores a message under id: the body is read from body in chunks and
+// the envelope is committed last, with pebble.Sync, in the same batch as its
+// schedule entry. Put returns nil only once all of it is on disk; then the
+// message survives any crash. On error nothing of it remains queued, and an
+// error from body is returned as is (wrapped with %w), so callers can tell
+// their own policy errors from storage errors.
+//
+// Put sets env.Received (to now), env.Size, and env.NextAttempt if zero.
+func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) error {
+	if !id.Valid() {
+		return fmt.Errorf("queue: invalid id %q", id)
+	}
+	bufp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bufp)
+	buf := *bufp
+
+	b := s.db.NewBatch()
+	defer func() { b.Close() }()
+	var (
+		chunks  uint32
+		size    int64
+		spilled bool
+	)
+	for {
+		if err := ctx.Err(); err != nil {
+			return s.abandon(id, spilled, err)
+		}
+		n, rerr := io.ReadFull(body, buf)
+		if n > 0 {
+			if err := b.Set(bodyKey(id, chunks), buf[:n], nil); err != nil {
+				return s.abandon(id, spilled, fmt.Errorf("queue: batch: %w", err))
+			}
+			chunks++
+			size += int64(n)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return s.abandon(id, spilled, fmt.Errorf("queue: reading body: %w", rerr))
+		}
+		if b.Len() >= spillBytes {
+			if !spilled {
+				// Marks the chunks as orphans until the envelope commits, so
+				// recovery can remove them after a crash.
+				if err := b.Set(partialKey(id), nil, nil); err != nil {
+					return s.abandon(id, spilled, err)
+				}
+				spilled = true
+			}
+			if err := b.Commit(pebble.NoSync); err != nil {
+				return s.abandon(id, spilled, fmt.Errorf("queue: commit body: %w", err))
+			}
+			b.Reset()
+		}
+	}
+	env.Received = s.now()
+	env.Size = size
+	if env.NextAttempt.IsZero() {
+		env.NextAttempt = env.Received
+	}
+	if err := s.setRecord(b, id, &record{Envelope: *env, Chunks: chunks}); err != nil {
+		return s.abandon(id, spilled, err)
+	}
+	if spilled {
+		if err := b.Delete(partialKey(id), nil); err != nil {
+			return s.abandon(id, spilled, err)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return s.abandon(id, spilled, fmt.Errorf("queue: commit: %w", err))
+	}
+	s.messages.Add(1)
+	s.bytes.Add(size)
+	s.signal()
+	return nil
+}
+
+// abandon removes what a failed Put already wrote and returns err.
+func (s *Store) abandon(id ID, spilled bool, err error) error {
+	if spilled {
+		lo, hi := bodyBounds(id)
+		b := s.db.NewBatch()
+		_ = b.DeleteRange(lo, hi, nil)
+		_ = b.Delete(partialKey(id), nil)
+		if cerr := b.Commit(pebble.NoSync); cerr != nil {
+			// Recovery removes the chunks on the next start (p/ marker).
+			s.log.Error().Err(cerr).Str("id", string(id)).Msg("queue: cleaning up a failed put")
+		}
+		b.Close()
+	}
+	return err
+}
+
+// setRecord adds the m/ and s/ keys of r to b. A held message has no
+// schedule entry.
+func (s *Store) setRecord(b *pebble.Batch, id ID, r *record) error {
+	v, err := encodeRecord(r)
+	if err != nil {
+		return err
+	}
+	if err := b.Set(metaKey(id), v, nil); err != nil {
+		return err
+	}
+	if r.Held {
+		return nil
+	}
+	return b.Set(scheduleKey(r.NextAttempt, id), nil, nil)
+}
+
+func encodeRecord(r *record) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteByte(recordVersion)
+	if err := json.NewEncoder(&buf).Encode(r); err != nil {
+		return nil, fmt.Errorf("queue: encode: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func decodeRecord(v []byte) (*record, error) {
+	if len(v) == 0 || v[0] != recordVersion {
+		return nil, fmt.Errorf("queue: unknown record version")
+	}
+	var r record
+	if err := json.Unmarshal(v[1:], &r); err != nil {
+		return nil, fmt.Errorf("queue: decode: %w", err)
+	}
+	return &r, nil
+}
+
+// getRecord reads the record of id; ErrNotFound if there is none.
+func (s *Store) getRecord(id ID) (*record, error) {
+	v, closer, err := s.db.Get(metaKey(id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: get %s: %w", id, err)
+	}
+	defer closer.Close()
+	return decodeRecord(v)
+}
+
+// Get returns the stored envelope of id, or ErrNotFound.
+func (s *Store) Get(id ID) (*Message, error) {
+	if !id.Valid() {
+		return nil, ErrNotFound
+	}
+	r, err := s.getRecord(id)
+	if err != nil {
+		return nil, err
+	}
+	return &Message{ID: id, Envelope: r.Envelope}, nil
+}
+
+// Body returns a reader of the body of id, streamed chunk by chunk: memory
+// use does not depend on the message size. Close it when done.
+func (s *Store) Body(id ID) (io.ReadCloser, error) {
+	lo, hi := bodyBounds(id)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("queue: body %s: %w", id, err)
+	}
+	return &bodyReader{it: it, started: false}, nil
+}
+
+type bodyReader struct {
+	it      *pebble.Iterator
+	started bool
+	rest    []byte
+}
+
+func (r *bodyReader) Read(p []byte) (int, error) {
+	for len(r.rest) == 0 {
+		var ok bool
+		if !r.started {
+			ok, r.started = r.it.First(), true
+		} else {
+			ok = r.it.Next()
+		}
+		if !ok {
+			if err := r.it.Error(); err != nil {
+				return 0, fmt.Errorf("queue: reading body: %w", err)
+			}
+			return 0, io.EOF
+		}
+		v, err := r.it.ValueAndErr()
+		if err != nil {
+			return 0, fmt.Errorf("queue: reading body: %w", err)
+		}
+		r.rest = v
+	}
+	n := copy(p, r.rest)
+	r.rest = r.rest[n:]
+	return n, nil
+}
+
+func (r *bodyReader) Close() error { return r.it.Close() }
+
+// Due returns up to limit IDs of messages due at now, oldest due first,
+// passing over those for which skip returns true (messages already in
+// flight). next is when the earliest message not returned and not skipped
+// becomes due: now if more are due than limit allowed, zero if none.
+func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, next time.Time, err error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte(prefixSchedule),
+		UpperBound: prefixEnd(prefixSchedule),
+	})
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("queue: due: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		due, id, err := parseScheduleKey(it.Key())
+		if err != nil {
+			return ids, next, err
+		}
+		if skip != nil && skip(id) {
+			continue
+		}
+		if due.After(now) {
+			return ids, due, it.Error()
+		}
+		if len(ids) == limit {
+			return ids, now, it.Error()
+		}
+		ids = append(ids, id)
+	}
+	return ids, time.Time{}, it.Error()
+}
+
+// Update commits the new state of m (recipient states, NextAttempt,
+// attempt counters) and enqueues news (NDRs it gave rise to), all in one
+// batch with pebble.Sync. A message with no pending recipient left is
+// deleted with its body. Update returns ErrNotFound if m was deleted
+// meanwhile (by an operator); then nothing is written. Operator state (Held)
+// is kept from the stored record, not taken from m.
+func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	mu := s.lock(m.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	old, err := s.getRecord(m.ID)
+	if err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	final := m.Final()
+	if final {
+		if err := s.deleteLocked(b, m.ID, old); err != nil {
+			return err
+		}
+	} else {
+		if err := b.Delete(scheduleKey(old.NextAttempt, m.ID), nil); err != nil {
+			return err
+		}
+		r := &record{Envelope: m.Envelope, Chunks: old.Chunks}
+		r.Held = old.Held
+		if err := s.setRecord(b, m.ID, r); err != nil {
+			return err
+		}
+	}
+	var added, addedBytes int64
+	for i := range news {
+		if err := s.addSmall(b, &news[i]); err != nil {
+			return err
+		}
+		added++
+		addedBytes += int64(len(news[i].Body))
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("queue: commit update %s: %w", m.ID, err)
+	}
+	if final {
+		s.messages.Add(-1)
+		s.bytes.Add(-old.Size)
+	}
+	s.messages.Add(added)
+	s.bytes.Add(addedBytes)
+	if added > 0 || !final {
+		s.signal()
+	}
+	return nil
+}
+
+// addSmall adds a whole in-memory message to b.
+func (s *Store) addSmall(b *pebble.Batch, nm *NewMessage) error {
+	if !nm.ID.Valid() {
+		nm.ID = s.NewID()
+	}
+	env := nm.Envelope
+	env.Received = s.now()
+	env.Size = int64(len(nm.Body))
+	if env.NextAttempt.IsZero() {
+		env.NextAttempt = env.Received
+	}
+	var chunks uint32
+	for off := 0; off < len(nm.Body); off += s.chunkSize {
+		end := min(off+s.chunkSize, len(nm.Body))
+		if err := b.Set(bodyKey(nm.ID, chunks), nm.Body[off:end], nil); err != nil {
+			return err
+		}
+		chunks++
+	}
+	return s.setRecord(b, nm.ID, &record{Envelope: env, Chunks: chunks})
+}
+
+// deleteLocked adds the removal of every key of id to b. Small bodies get
+// point deletions, which are cheaper to read past than range tombstones.
+func (s *Store) deleteLocked(b *pebble.Batch, id ID, r *record) error {
+	if err := b.Delete(metaKey(id), nil); err != nil {
+		return err
+	}
+	if !r.Held {
+		if err := b.Delete(scheduleKey(r.NextAttempt, id), nil); err != nil {
+			return err
+		}
+	}
+	if r.Chunks > 16 {
+		lo, hi := bodyBounds(id)
+		return b.DeleteRange(lo, hi, nil)
+	}
+	for c := uint32(0); c < r.Chunks; c++ {
+		if err := b.Delete(bodyKey(id, c), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) lock(id ID) *sync.Mutex {
+	var h uint32
+	for i := 0; i < len(id); i++ {
+		h = h*31 + uint32(id[i])
+	}
+	return &s.locks[h%lockStripes]
+}
+
+// recover removes bodies left by Puts that never committed (their p/
+// marker is still there) and counts the queued messages.
+func (s *Store) recover() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte(prefixPartial),
+		UpperBound: prefixEnd(prefixPartial),
+	})
+	if err != nil {
+		return fmt.Errorf("queue: recover: %w", err)
+	}
+	b := s.db.NewBatch()
+	var orphans int
+	for ok := it.First(); ok; ok = it.Next() {
+		id := ID(it.Key()[len(prefixPartial):])
+		lo, hi := bodyBounds(id)
+		_ = b.DeleteRange(lo, hi, nil)
+		_ = b.Delete(partialKey(id), nil)
+		orphans++
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		b.Close()
+		return fmt.Errorf("queue: recover: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		b.Close()
+		return fmt.Errorf("queue: recover: %w", err)
+	}
+	b.Close()
+	if orphans > 0 {
+		s.log.Warn().Int("orphans", orphans).Msg("queue: removed bodies of messages that were never acknowledged")
+	}
+	return s.count()
+}
+
+// count sets the message and byte counters from the m/ keys.
+func (s *Store) count() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte(prefixMeta),
+		UpperBound: prefixEnd(prefixMeta),
+	})
+	if err != nil {
+		return fmt.Errorf("queue: count: %w", err)
+	}
+	defer it.Close()
+	var n, size int64
+	for ok := it.First(); ok; ok = it.Next() {
+		r, err := decodeRecord(it.Value())
+		if err != nil {
+			s.log.Error().Err(err).Str("key", string(it.Key())).Msg("queue: unreadable record")
+			continue
+		}
+		n++
+		size += r.Size
+	}
+	s.messages.Store(n)
+	s.bytes.Store(size)
+	return it.Error()
+}
+
+// pebbleLogger sends Pebble's own messages to zerolog.
+type pebbleLogger struct{ log zerolog.Logger }
+
+func (l pebbleLogger) Infof(format string, args ...any)  { l.log.Debug().Msgf(format, args...) }
+func (l pebbleLogger) Errorf(format string, args ...any) { l.log.Error().Msgf(format, args...) }
+func (l pebbleLogger) Fatalf(format string, args ...any) { l.log.Fatal().Msgf(format, args...) }
