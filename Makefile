@@ -1,0 +1,28 @@
+# relayq — the two commands a newcomer needs are `make run` and `make test`.
+export CGO_ENABLED := 0
+GO ?= go
+BIN := bin/relayq
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: build run test vet fuzz clean
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/relayq
+
+## run: build and start relayq on its embedded defaults (127.0.0.1:2525, ./relayq-data)
+run: build
+	./$(BIN) serve
+
+## test: every test (go vet first); installs nothing, needs only Go and the module proxy
+test:
+	$(GO) mod download
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 8m ./...
+
+## fuzz: run each fuzz target for a while (FUZZTIME=30s)
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzParseReply -fuzztime=$(FUZZTIME) ./retry/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,182 @@
+package retry
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Stage is where in the SMTP conversation a reply was received.
+type Stage int
+
+const (
+	StageConnect Stage = iota // dialing and the 220 greeting
+	StageHello                // EHLO/HELO, STARTTLS, AUTH
+	StageMail                 // MAIL FROM
+	StageRcpt                 // RCPT TO
+	StageData                 // the DATA command itself (354 expected)
+	StageBody                 // the reply after the final "."
+)
+
+func (s Stage) String() string {
+	switch s {
+	case StageConnect:
+		return "connect"
+	case StageHello:
+		return "hello"
+	case StageMail:
+		return "mail"
+	case StageRcpt:
+		return "rcpt"
+	case StageData:
+		return "data"
+	case StageBody:
+		return "body"
+	}
+	return fmt.Sprintf("stage(%d)", int(s))
+}
+
+// Action is what to do with a recipient after a reply.
+type Action int
+
+const (
+	Deliver  Action = iota // 2xx: recipient delivered (before StageBody: go on)
+	Defer                  // temporary: retry later with backoff
+	RetryNow               // 421 4.3.2 / "too many connections": lower the destination cap, retry as soon as a slot frees, no attempt counted (seed 001)
+	Split                  // 452/4.5.3 "too many recipients" at RCPT: not a failure, send the rest in a new transaction
+	Bounce                 // permanent for this recipient: NDR
+)
+
+func (a Action) String() string {
+	switch a {
+	case Deliver:
+		return "deliver"
+	case Defer:
+		return "defer"
+	case RetryNow:
+		return "retry-now"
+	case Split:
+		return "split"
+	case Bounce:
+		return "bounce"
+	}
+	return fmt.Sprintf("action(%d)", int(a))
+}
+
+// Decision is the outcome of one reply.
+//
+// A Split returned for the first RCPT of a transaction cannot be acted on
+// (there is nothing to split off); the caller treats it as Defer.
+type Decision struct {
+	Action    Action
+	Status    EnhancedCode // the code to record and report (the reply's own if consistent, else derived)
+	NextHost  bool         // try the destination's next host before settling (421 at any stage, connection failures)
+	CloseConn bool         // 421: close the connection without QUIT
+	LowerCap  bool         // 421 4.3.2 or text saying too many connections
+	Note      string       // why, for the log, e.g. "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides"
+}
+
+// Phrases that mark a 421 as a per-source connection limit (seed 001), matched
+// case-insensitively. Exchange says "The maximum number of concurrent
+// connections has exceeded a limit"; Postfix "too many connections from ...".
+var tooManyConnsPhrases = []string{
+	"too many connections",
+	"too many concurrent connections",
+	"maximum number of concurrent connections",
+	"connection limit",
+}
+
+func containsAny(text string, phrases ...string) bool {
+	text = strings.ToLower(text)
+	for _, p := range phrases {
+		if strings.Contains(text, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Classify decides what a reply received at stage means for the recipients it
+// concerns; see the table in the package documentation. A nil reply (no
+// error) is Deliver.
+func Classify(stage Stage, r *Reply) Decision {
+	if r == nil {
+		return Decision{Action: Deliver, Status: CodeOK}
+	}
+	d := classify(stage, r)
+	if r.ClassMismatch() {
+		d.Note = joinNote(fmt.Sprintf("basic code %d and enhanced %s disagree in class; basic code decides",
+			r.Code, r.Enhanced), d.Note)
+	}
+	return d
+}
+
+func classify(stage Stage, r *Reply) Decision {
+	st := r.Status()
+	// Subject and detail, class ignored: X.5.3 is "too many recipients"
+	// whatever class the peer put in front (RFC 3463 §3.6).
+	tooManyRcpts := stage == StageRcpt &&
+		(st[1] == 5 && st[2] == 3 || containsAny(r.Text, "too many recipients"))
+
+	switch {
+	case r.Code >= 200 && r.Code < 300:
+		return Decision{Action: Deliver, Status: st}
+
+	case r.Code == 421:
+		// RFC 5321 §3.8: the server is closing the channel; QUIT would go
+		// nowhere. Another host of the destination may take the message.
+		d := Decision{Action: Defer, Status: st, CloseConn: true, NextHost: true,
+			Note: "421: service closing the channel"}
+		if st == CodeTooManyConns || containsAny(r.Text, tooManyConnsPhrases...) {
+			d.Action, d.LowerCap = RetryNow, true
+			d.Note = "421: too many connections; lower the destination cap and retry when a slot frees"
+		}
+		return d
+
+	case tooManyRcpts && (r.Temporary() || r.Permanent()):
+		// RFC 5321 §4.5.3.1.10 and RFC 3463 X.5.3: the recipients so far
+		// stand, the rest go in a new transaction. This is no failure.
+		return Decision{Action: Split, Status: EnhancedCode{4, 5, 3},
+			Note: "too many recipients in one transaction; send the rest in a new one"}
+
+	case r.Temporary():
+		d := Decision{Action: Defer, Status: st}
+		if r.Local && (st == CodeNoAnswer || st == CodeConnDropped) {
+			d.NextHost = true
+			d.Note = "connection failure; try the next host"
+		}
+		return d
+
+	case r.Code == 552 && stage == StageRcpt:
+		// RFC 5321 §4.5.3.1.10: old servers used 552 for "too many
+		// recipients"; at RCPT it is to be treated as temporary.
+		return Decision{Action: Defer, Status: EnhancedCode{4, st[1], st[2]},
+			Note: "552 at RCPT is temporary (RFC 5321 §4.5.3.1.10)"}
+
+	case r.Code == 552 && stage == StageBody && (st == CodeTooBig || st == CodeMailboxFull):
+		return Decision{Action: Bounce, Status: st,
+			Note: "the remote's message size limit is exceeded"}
+
+	case r.Permanent():
+		return Decision{Action: Bounce, Status: st}
+	}
+	// 1xx, 3xx or garbage where a final reply was due: the dialogue is out
+	// of step, so nothing more can be said on this connection.
+	return Decision{Action: Defer, Status: EnhancedCode{4, 5, 0}, CloseConn: true,
+		Note: fmt.Sprintf("unexpected reply code %d at %s", r.Code, stage)}
+}
+
+func joinNote(a, b string) string {
+	if b == "" {
+		return a
+	}
+	return a + "; " + b
+}
+
+// Expired reports whether a message received at received has outlived
+// lifetime at now (then: bounce 4.4.7, Action failed). A lifetime <= 0 never
+// expires: a zero from a config typo must not bounce the whole queue.
+func Expired(received, now time.Time, lifetime time.Duration) bool {
+	// Sub saturates instead of overflowing, unlike received.Add(lifetime).
+	return lifetime > 0 && now.Sub(received) > lifetime
+}

@@ -1,0 +1,60 @@
+// Package retry decides what happens after a delivery attempt: it classifies
+// SMTP replies (remote or made up locally), computes the backoff schedule,
+// tells when a message has expired, and composes RFC 3464 delivery status
+// notifications. It imports no other package of relayq and does no I/O
+// beyond reading a reader it is handed, so every decision is a pure function
+// of its inputs and can be tested row by row.
+//
+// # Reply classification (the contract; DESIGN.md "Reply classification")
+//
+// Classify(stage, reply) returns a Decision; its Action is one of Deliver,
+// Defer, RetryNow, Split or Bounce.
+//
+//	what happened                                 outcome
+//	--------------------------------------------  -------------------------------------------------
+//	2xx                                           Deliver
+//	421 (any stage)                               Defer, CloseConn (no QUIT), NextHost; if 4.3.2 or
+//	                                              the text says "too many connections", "maximum
+//	                                              number of concurrent connections" or "connection
+//	                                              limit": RetryNow + LowerCap (seed 001: lower the
+//	                                              destination's cap, retry as soon as a slot frees,
+//	                                              no attempt counted)
+//	4xx or 5xx at RCPT with x.5.3 or text         Split: not a failure, send the remaining
+//	"too many recipients"                         recipients in a new transaction (RFC 3463 X.5.3
+//	                                              says such a message "should" be split, whatever
+//	                                              the class; this takes in "552 5.5.3" at RCPT)
+//	other 4xx                                     Defer with backoff
+//	552 at RCPT                                   Defer (RFC 5321 §4.5.3.1.10: it is temporary)
+//	552 5.3.4 / 5.2.3 after the final "."         Bounce with that status (the remote's size limit)
+//	other 5xx                                     Bounce that recipient
+//	local 4.4.1 / 4.4.2 (connect, TLS, dropped)   Defer + NextHost
+//	local 4.4.3 (DNS temporary failure)           Defer
+//	local 5.1.2 (no MX, no A) / 5.1.10 (null MX)  Bounce
+//	anything else (1xx, 3xx out of place)         Defer 4.5.0, CloseConn: the dialogue is out of step
+//	message older than its lifetime (Expired)     Bounce 4.4.7, DSN Action "failed"
+//
+// When the basic and the enhanced code disagree in class ("552 4.3.1"), the
+// basic code decides; Decision.Status is Reply.Status() (the basic class with
+// the enhanced subject and detail) and Decision.Note says so, for the log.
+//
+// Deliver at a stage before StageBody only means "go on"; a recipient is
+// delivered when the reply after the final "." is 2xx. FromError turns any
+// error of the outbound side (a *Reply, a go-smtp *smtp.SMTPError, net, TLS,
+// DNS and context errors) into a *Reply, so that
+// Classify(stage, FromError(stage, err)) is total; a nil error classifies as
+// Deliver.
+//
+// # Backoff and expiry
+//
+// Backoff.Delay doubles from Min to Max with jitter; it never overflows and
+// never leaves [Min, Max]. Expired compares a message's age with the
+// configured lifetime (max_queue_lifetime).
+//
+// # DSNs
+//
+// DSN.Bytes composes a multipart/report (RFC 6522) with a
+// message/delivery-status part (RFC 3464). Every value that came from outside
+// (addresses, ENVID, remote replies) is stripped of CR, LF and other control
+// characters before it is written, so no input can add a header line, and no
+// line exceeds the 998 octets of RFC 5322 §2.1.1.
+package retry

@@ -1,0 +1,531 @@
+package retry
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// DSNAction is the Action field of a per-recipient block (RFC 3464 §2.3.3).
+type DSNAction string
+
+const (
+	ActionFailed    DSNAction = "failed"
+	ActionDelayed   DSNAction = "delayed"
+	ActionDelivered DSNAction = "delivered"
+	ActionRelayed   DSNAction = "relayed"
+)
+
+// describe says what happened, for the human-readable part.
+func (a DSNAction) describe() string {
+	switch a {
+	case ActionFailed:
+		return "delivery failed"
+	case ActionDelayed:
+		return "delivery delayed, still trying"
+	case ActionRelayed:
+		return "relayed to a system that sends no delivery notifications"
+	}
+	return "delivered"
+}
+
+// DSNRecipient is what the report says about one recipient.
+type DSNRecipient struct {
+	Final          string    // final recipient address (we write "rfc822;" + addr)
+	Original       string    // ORCPT as received ("rfc822;user@x"), xtext-decoded, or ""
+	Action         DSNAction // failed, delayed, delivered or relayed
+	Status         EnhancedCode
+	RemoteMTA      string    // host that gave the reply, "" for local verdicts
+	Diagnostic     string    // the reply line, remote or local; sanitised (no CR/LF/control chars, at most 1 KiB)
+	LastAttempt    time.Time // zero: no Last-Attempt-Date
+	WillRetryUntil time.Time // for delayed, zero otherwise
+}
+
+// DSN is a delivery status notification (RFC 3464) about one message: an NDR
+// when a recipient failed, a delay warning, or a success report.
+type DSN struct {
+	ReportingMTA string    // our hostname
+	From         string    // header From, e.g. "MAILER-DAEMON@relay.example.net"
+	To           string    // the original envelope sender (the report goes to it, envelope sender <>)
+	MessageID    string    // Message-ID of the report without angle brackets
+	Date         time.Time // Date of the report
+	QueueID      string    // our queue ID of the original (in the human-readable part and an X-Relayq-Queue-ID header)
+	EnvID        string    // ENVID of the original, xtext-decoded, "" if none (Original-Envelope-Id)
+	Arrival      time.Time // Arrival-Date; zero leaves it out
+	Recipients   []DSNRecipient
+	Headers      []byte // the original message's header section (already bounded by the caller)
+	Boundary     string // MIME boundary; "" derives a deterministic one from MessageID
+}
+
+const (
+	maxDiagnostic = 1024 // bytes of a diagnostic kept (DSNRecipient.Diagnostic)
+	foldAt        = 78   // RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
+	maxLine       = 998  // RFC 5322 §2.1.1: lines MUST be at most 998 characters
+)
+
+// Bytes composes the whole report message, headers and body with CRLF line
+// endings: a multipart/report (RFC 6522) of a text/plain part for people, a
+// message/delivery-status part (RFC 3464) and, when Headers is set, a
+// text/rfc822-headers part with the original's header section. Values from
+// outside are stripped of control characters, so none can add a header line;
+// no line is longer than 998 octets. It fails when a required field is
+// missing, when To is empty (a report to the null sender would bounce a
+// bounce) or when the given Boundary is unusable.
+func (d *DSN) Bytes() ([]byte, error) {
+	if err := d.check(); err != nil {
+		return nil, err
+	}
+	human := d.humanPart()
+	status := d.statusPart()
+	headers := normalizeLines(d.Headers)
+	boundary, err := d.boundary(human, status, string(headers))
+	if err != nil {
+		return nil, err
+	}
+
+	var b bytes.Buffer
+	h := func(name, value string) { b.WriteString(foldHeader(name, value)) }
+	h("From", "Mail Delivery System <"+address(d.From)+">")
+	h("To", "<"+address(d.To)+">")
+	h("Subject", d.subject())
+	h("Date", d.Date.Format(time.RFC1123Z))
+	h("Message-ID", "<"+strings.Trim(sanitize(d.MessageID), "<>")+">")
+	// RFC 3834 §5: an automatic response, so that auto-responders keep quiet.
+	h("Auto-Submitted", "auto-replied")
+	if q := sanitize(d.QueueID); q != "" {
+		h("X-Relayq-Queue-ID", q)
+	}
+	h("MIME-Version", "1.0")
+	h("Content-Type", `multipart/report; report-type=delivery-status; boundary="`+boundary+`"`)
+	if !isASCII(human) || !isASCII(string(headers)) {
+		// RFC 2045 §6.4: a multipart's encoding is that of its widest part.
+		h("Content-Transfer-Encoding", "8bit")
+	}
+	b.WriteString("\r\nThis is a MIME-encapsulated delivery status notification (RFC 3464).\r\n")
+
+	part := func(desc, ctype, body string) {
+		fmt.Fprintf(&b, "\r\n--%s\r\n", boundary)
+		h("Content-Description", desc)
+		h("Content-Type", ctype)
+		if !isASCII(body) {
+			h("Content-Transfer-Encoding", "8bit")
+		}
+		b.WriteString("\r\n")
+		b.WriteString(strings.TrimSuffix(body, "\r\n")) // the delimiter's CRLF ends the last line
+	}
+	part("Notification", "text/plain; charset=utf-8", human)
+	part("Delivery report", "message/delivery-status", status)
+	if len(headers) > 0 {
+		part("Headers of the original message", "text/rfc822-headers", string(headers))
+	}
+	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
+	return b.Bytes(), nil
+}
+
+func (d *DSN) check() error {
+	switch {
+	case sanitize(d.ReportingMTA) == "":
+		return errors.New("dsn: no ReportingMTA")
+	case address(d.From) == "":
+		return errors.New("dsn: no From")
+	case address(d.To) == "":
+		return errors.New("dsn: no To: never send a report to the null sender")
+	case strings.Trim(sanitize(d.MessageID), "<>") == "":
+		return errors.New("dsn: no MessageID")
+	case d.Date.IsZero():
+		return errors.New("dsn: no Date")
+	case len(d.Recipients) == 0:
+		return errors.New("dsn: no recipients")
+	}
+	for i, r := range d.Recipients {
+		if address(r.Final) == "" {
+			return fmt.Errorf("dsn: recipient %d: no final address", i)
+		}
+		switch r.Action {
+		case ActionFailed, ActionDelayed, ActionDelivered, ActionRelayed:
+		default:
+			return fmt.Errorf("dsn: recipient %d: bad action %q", i, r.Action)
+		}
+	}
+	return nil
+}
+
+// kind is the Action that names the report: failed beats delayed beats
+// success, so that a report that bounces anything says so in its Subject.
+func (d *DSN) kind() DSNAction {
+	k := ActionDelivered
+	for _, r := range d.Recipients {
+		switch {
+		case r.Action == ActionFailed:
+			return ActionFailed
+		case r.Action == ActionDelayed:
+			k = ActionDelayed
+		}
+	}
+	return k
+}
+
+func (d *DSN) subject() string {
+	switch d.kind() {
+	case ActionFailed:
+		return "Undelivered Mail Returned to Sender"
+	case ActionDelayed:
+		return "Delayed Mail (still being retried)"
+	}
+	return "Successful Mail Delivery Report"
+}
+
+// status returns the recipient's status, or the generic one of its action
+// when the caller left it zero.
+func (r *DSNRecipient) status() EnhancedCode {
+	if !r.Status.IsZero() {
+		return r.Status
+	}
+	switch r.Action {
+	case ActionFailed:
+		return CodePermGeneric
+	case ActionDelayed:
+		return CodeTempGeneric
+	}
+	return CodeOK
+}
+
+func (d *DSN) humanPart() string {
+	var b strings.Builder
+	para := func(s string) {
+		for _, l := range wrap(s, foldAt-2) {
+			b.WriteString(l + "\r\n")
+		}
+	}
+	field := func(label, value string) {
+		if value == "" {
+			return
+		}
+		const indent = "    "
+		prefix := fmt.Sprintf("%s%-13s", indent, label+":")
+		for i, l := range wrap(value, foldAt-2-len(prefix)) {
+			if i > 0 {
+				prefix = strings.Repeat(" ", len(prefix))
+			}
+			b.WriteString(prefix + l + "\r\n")
+		}
+	}
+
+	para("This is the mail system at " + sanitize(d.ReportingMTA) + ".")
+	b.WriteString("\r\n")
+	intro := map[DSNAction]string{
+		ActionFailed: "Your message could not be delivered to one or more recipients. " +
+			"This is a permanent error; it will not be retried.",
+		ActionDelayed: "Your message has not been delivered yet to one or more recipients. " +
+			"It stays in the queue and delivery is retried; you do not need to send it again.",
+		ActionDelivered: "Your message was delivered to the recipients below, as you asked to be told.",
+	}[d.kind()]
+	if len(d.Headers) > 0 {
+		intro += " The headers of your message are attached."
+	}
+	para(intro)
+	if q := sanitize(d.QueueID); q != "" {
+		b.WriteString("\r\n")
+		para("Queue ID: " + q)
+	}
+	for _, r := range d.Recipients {
+		b.WriteString("\r\n")
+		para("<" + address(r.Final) + ">: " + r.Action.describe())
+		st := r.status()
+		field("Status", st.String())
+		field("Remote host", sanitize(r.RemoteMTA))
+		field("Reply", diagnostic(r.Diagnostic))
+		if r.Action == ActionFailed || r.Action == ActionDelayed {
+			field("Hint", Hint(st))
+		}
+		if r.Action == ActionDelayed && !r.WillRetryUntil.IsZero() {
+			field("Retry until", r.WillRetryUntil.Format(time.RFC1123Z))
+		}
+	}
+	return b.String()
+}
+
+func (d *DSN) statusPart() string {
+	var b strings.Builder
+	h := func(name, value string) { b.WriteString(foldHeader(name, value)) }
+	// RFC 3464 §2.2: per-message fields.
+	h("Reporting-MTA", "dns; "+asciiOnly(sanitize(d.ReportingMTA)))
+	if e := sanitize(d.EnvID); e != "" {
+		h("Original-Envelope-Id", asciiOnly(e))
+	}
+	if !d.Arrival.IsZero() {
+		h("Arrival-Date", d.Arrival.Format(time.RFC1123Z))
+	}
+	// RFC 3464 §2.3: one block per recipient, each after a blank line.
+	for _, r := range d.Recipients {
+		b.WriteString("\r\n")
+		if o := sanitize(r.Original); o != "" {
+			if !strings.Contains(o, ";") {
+				o = "rfc822;" + o
+			}
+			h("Original-Recipient", asciiOnly(o))
+		}
+		h("Final-Recipient", typedAddress(address(r.Final)))
+		h("Action", string(r.Action))
+		h("Status", r.status().String())
+		if m := sanitize(r.RemoteMTA); m != "" {
+			h("Remote-MTA", "dns; "+asciiOnly(m))
+		}
+		if diag := diagnostic(r.Diagnostic); diag != "" {
+			h("Diagnostic-Code", "smtp; "+asciiOnly(diag))
+		}
+		if !r.LastAttempt.IsZero() {
+			h("Last-Attempt-Date", r.LastAttempt.Format(time.RFC1123Z))
+		}
+		if r.Action == ActionDelayed && !r.WillRetryUntil.IsZero() {
+			h("Will-Retry-Until", r.WillRetryUntil.Format(time.RFC1123Z))
+		}
+	}
+	return b.String()
+}
+
+// boundary returns d.Boundary or one derived from MessageID, checked against
+// every part: a delimiter line inside a part would cut the report short.
+func (d *DSN) boundary(parts ...string) (string, error) {
+	clashes := func(bd string) bool {
+		for _, s := range parts {
+			if strings.HasPrefix(s, "--"+bd) || strings.Contains(s, "\n--"+bd) {
+				return true
+			}
+		}
+		return false
+	}
+	if d.Boundary != "" {
+		if !validBoundary(d.Boundary) {
+			return "", fmt.Errorf("dsn: invalid MIME boundary %q", d.Boundary)
+		}
+		if clashes(d.Boundary) {
+			return "", fmt.Errorf("dsn: MIME boundary %q occurs in the content", d.Boundary)
+		}
+		return d.Boundary, nil
+	}
+	for i := range 8 {
+		sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d", d.MessageID, i))
+		bd := fmt.Sprintf("=_relayq_%x", sum[:12])
+		if !clashes(bd) {
+			return bd, nil
+		}
+	}
+	return "", errors.New("dsn: no MIME boundary free of the content")
+}
+
+// validBoundary checks RFC 2046 §5.1.1: 1-70 bchars, not ending in a space.
+func validBoundary(s string) bool {
+	if len(s) == 0 || len(s) > 70 || s[len(s)-1] == ' ' {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' ||
+			strings.ContainsRune("'()+_,-./:=? ", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// OriginalHeaders reads the header section of a message (up to and including
+// the blank line, or max bytes, whichever comes first, cut at a line
+// boundary) from r; it normalises line endings to CRLF. It reads at most
+// max+1 bytes from r.
+func OriginalHeaders(r io.Reader, max int) ([]byte, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	lr := &io.LimitedReader{R: r, N: int64(max) + 1}
+	br := bufio.NewReader(lr)
+	var out []byte
+	for {
+		line, err := br.ReadBytes('\n')
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
+		// A last line without LF is whole only if r itself ended there,
+		// not the limit.
+		whole := bytes.HasSuffix(line, []byte("\n")) || (err == io.EOF && lr.N > 0)
+		if len(line) == 0 || !whole {
+			return out, nil
+		}
+		text := bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		text = bytes.ReplaceAll(text, []byte("\r"), nil) // a bare CR ends no line
+		if len(out)+len(text)+2 > max {
+			return out, nil
+		}
+		out = append(append(out, text...), '\r', '\n')
+		if len(text) == 0 || err == io.EOF {
+			return out, nil
+		}
+	}
+}
+
+// normalizeLines makes every line end in CRLF, drops bare CRs and NULs, and
+// breaks lines longer than maxLine (as a header fold, a space after CRLF).
+func normalizeLines(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	var out []byte
+	for line := range bytes.Lines(b) {
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		line = bytes.ReplaceAll(bytes.ReplaceAll(line, []byte("\r"), nil), []byte{0}, nil)
+		for len(line) > maxLine {
+			cut := runeCut(string(line), maxLine)
+			out = append(append(out, line[:cut]...), '\r', '\n')
+			line = append([]byte(" "), line[cut:]...)
+		}
+		out = append(append(out, line...), '\r', '\n')
+	}
+	return out
+}
+
+// foldHeader formats "Name: value\r\n", folding before a space when a line
+// would pass 78 characters (RFC 5322 §2.2.3) and breaking a single word only
+// where it would pass 998.
+func foldHeader(name, value string) string {
+	var b strings.Builder
+	line := name + ":"
+	rest := " " + value
+	for rest != "" {
+		// The next token is its leading spaces and one word.
+		i := len(rest) - len(strings.TrimLeft(rest, " "))
+		j := strings.IndexByte(rest[i:], ' ')
+		if j < 0 {
+			j = len(rest)
+		} else {
+			j += i
+		}
+		tok := rest[:j]
+		rest = rest[j:]
+		if i > 0 && len(line)+len(tok) > foldAt && line != name+":" {
+			b.WriteString(line + "\r\n")
+			line = "" // the token's own space starts the continuation line
+		}
+		line += tok
+		for len(line) > maxLine {
+			cut := runeCut(line, maxLine)
+			b.WriteString(line[:cut] + "\r\n")
+			line = " " + line[cut:]
+		}
+	}
+	b.WriteString(line + "\r\n")
+	return b.String()
+}
+
+// wrap splits text into lines of at most width bytes at spaces; a word
+// longer than width is broken.
+func wrap(text string, width int) []string {
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(text) {
+		for len(w) > width {
+			if line != "" {
+				lines, line = append(lines, line), ""
+			}
+			cut := runeCut(w, width)
+			lines, w = append(lines, w[:cut]), w[cut:]
+		}
+		switch {
+		case line == "":
+			line = w
+		case len(line)+1+len(w) <= width:
+			line += " " + w
+		default:
+			lines, line = append(lines, line), w
+		}
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// runeCut returns the largest index <= n (and > 0) that does not split a
+// UTF-8 sequence.
+func runeCut(s string, n int) int {
+	if n >= len(s) {
+		return len(s)
+	}
+	for i := n; i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			return i
+		}
+	}
+	return n
+}
+
+// sanitize makes text from outside safe for a header or a line of text:
+// invalid UTF-8 becomes U+FFFD, every control character (CR and LF above all)
+// a space, and runs of space one space (so that folding never leaves a line
+// of only white space, RFC 5322 §3.2.2); surrounding space is trimmed.
+func sanitize(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// truncate cuts s to at most n bytes on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:runeCut(s, n)]
+}
+
+func diagnostic(s string) string { return truncate(sanitize(s), maxDiagnostic) }
+
+// address sanitises an address and drops surrounding angle brackets.
+func address(s string) string {
+	return strings.TrimSpace(strings.Trim(sanitize(s), "<>"))
+}
+
+// typedAddress is an RFC 3464 §2.3.2 Final-Recipient value: "rfc822;" for
+// ASCII addresses, RFC 6533 §3 "utf-8;" with \x{HEX} escapes otherwise, as
+// message/delivery-status is ASCII.
+func typedAddress(addr string) string {
+	if isASCII(addr) {
+		return "rfc822;" + addr
+	}
+	return "utf-8;" + asciiOnly(addr)
+}
+
+// asciiOnly writes each non-ASCII character as an RFC 6533
+// EmbeddedUnicodeChar, \x{HEX}.
+func asciiOnly(s string) string {
+	if isASCII(s) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if r < utf8.RuneSelf {
+			b.WriteRune(r)
+		} else {
+			fmt.Fprintf(&b, `\x{%X}`, r)
+		}
+	}
+	return b.String()
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}

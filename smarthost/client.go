@@ -1,0 +1,726 @@
+package smarthost
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"relayq/retry"
+)
+
+// TLSMode says how a connection to a next hop is protected.
+type TLSMode string
+
+const (
+	TLSNone          TLSMode = "none"          // plaintext, STARTTLS never tried
+	TLSOpportunistic TLSMode = "opportunistic" // STARTTLS if offered, certificate not verified (RFC 7435)
+	TLSStartTLS      TLSMode = "starttls"      // STARTTLS required and verified (RFC 3207)
+	TLSImplicit      TLSMode = "implicit"      // TLS from the first byte, verified (RFC 8314 §3.3)
+)
+
+// ParseTLSMode parses a config value: none, opportunistic, starttls or
+// implicit (case-insensitive). The empty string is an error: the config
+// layer applies its own default.
+func ParseTLSMode(s string) (TLSMode, error) {
+	switch m := TLSMode(strings.ToLower(strings.TrimSpace(s))); m {
+	case TLSNone, TLSOpportunistic, TLSStartTLS, TLSImplicit:
+		return m, nil
+	}
+	return "", fmt.Errorf("tls mode %q: want none, opportunistic, starttls or implicit", s)
+}
+
+// Dialer is what Dial needs to open TCP connections; *net.Dialer satisfies it.
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+var _ Dialer = (*net.Dialer)(nil)
+
+// Target says how to reach one next-hop host.
+type Target struct {
+	Addr               string // host:port
+	TLS                TLSMode
+	ServerName         string // for certificate checks; "" = host part of Addr
+	InsecureSkipVerify bool
+	RootCAs            *x509.CertPool // nil = system roots (tests pass their own)
+	Username, Password string         // AUTH PLAIN (or LOGIN if only LOGIN is offered) when Username != ""
+	Timeout            time.Duration  // per command; 0 = DefaultTimeout
+}
+
+const (
+	// DefaultTimeout is the per-command timeout when Target.Timeout is 0:
+	// RFC 5321 §4.5.3.2 asks for minutes, 5 for most commands.
+	DefaultTimeout = 5 * time.Minute
+	// quitTimeout bounds the polite QUIT of Close: nothing rides on it.
+	quitTimeout = 10 * time.Second
+	// bodyChunk is how much of the body is read and written at a time; the
+	// body is never held whole (DESIGN.md invariant 5).
+	bodyChunk = 32 << 10
+)
+
+// DialError is the error Dial returns: the reply that ended the attempt and
+// the stage it ended at (retry.StageConnect for the dial, the greeting and
+// implicit TLS; retry.StageHello for EHLO, STARTTLS and AUTH), so that the
+// caller can classify it with retry.Classify(e.Stage, e.Reply).
+type DialError struct {
+	Stage retry.Stage
+	Reply *retry.Reply
+}
+
+func (e *DialError) Error() string { return e.Reply.Error() }
+
+// Unwrap makes errors.As(err, &reply) find the *retry.Reply.
+func (e *DialError) Unwrap() error { return e.Reply }
+
+// Conn is an open, greeted (and, as configured, TLS-protected and
+// authenticated) SMTP session to one host, reusable for several messages.
+// It is not safe for concurrent use: one delivery at a time.
+type Conn struct {
+	client  *smtp.Client
+	raw     net.Conn // the TCP connection: closed to abort on ctx
+	addr    string
+	hello   string
+	tls     bool
+	timeout time.Duration
+	// broken is set after a 421, an I/O error, a timeout or a cancelled ctx:
+	// the session can no longer be trusted to be in step, so it is closed
+	// without QUIT (RFC 5321 §3.8) and never reused.
+	broken bool
+	closed bool
+}
+
+// Dial connects to t.Addr, reads the greeting, says EHLO hello (HELO if EHLO
+// is refused), protects the session as t.TLS says and authenticates when
+// t.Username is set. TLS modes:
+//
+//   - none: plaintext.
+//   - opportunistic: STARTTLS when offered, certificate not verified; plaintext
+//     when not offered. A STARTTLS that is refused or whose handshake fails is
+//     an error: the host is deferred, never continued in plaintext on the same
+//     connection, where an attacker could have provoked the failure.
+//   - starttls: STARTTLS required and verified unless t.InsecureSkipVerify.
+//   - implicit: TLS from the first byte, verified unless t.InsecureSkipVerify.
+//
+// Every error is a *DialError wrapping a *retry.Reply: the remote's reply
+// (e.g. a 421 greeting or a 535 to AUTH), or a local one: 451 4.4.1 for a
+// failed dial or TLS handshake, 451 4.4.2 for a dropped connection, 530 5.7.0
+// when AUTH is configured but not offered. ctx bounds the whole of Dial.
+func Dial(ctx context.Context, d Dialer, t Target, hello string) (*Conn, error) {
+	fail := func(stage retry.Stage, r *retry.Reply) (*Conn, error) {
+		return nil, &DialError{Stage: stage, Reply: r}
+	}
+	switch t.TLS {
+	case TLSNone, TLSOpportunistic, TLSStartTLS, TLSImplicit:
+	default:
+		return fail(retry.StageConnect, localReply(451, 4, 3, 5, fmt.Sprintf("unknown TLS mode %q", t.TLS)))
+	}
+	if hello == "" || strings.ContainsAny(hello, " \t\r\n") {
+		return fail(retry.StageConnect, localReply(451, 4, 3, 5, fmt.Sprintf("bad EHLO name %q", hello)))
+	}
+	host, _, err := net.SplitHostPort(t.Addr)
+	if err != nil {
+		return fail(retry.StageConnect, localReply(451, 4, 3, 5, "bad next-hop address: "+err.Error()))
+	}
+	timeout := t.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	raw, err := d.DialContext(dctx, "tcp", t.Addr)
+	cancel()
+	if err != nil {
+		return fail(retry.StageConnect, retry.FromError(retry.StageConnect, err))
+	}
+	c := &Conn{raw: raw, addr: t.Addr, hello: hello, timeout: timeout}
+	// Closing the connection is the only way to interrupt a blocked read or
+	// write; every later error then reports ctx's.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	stage, err := c.open(ctx, t, host)
+	if !stop() {
+		c.broken = true
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		r := c.reply(ctx.Err(), stage, err)
+		_ = c.Close()
+		return fail(stage, r)
+	}
+	return c, nil
+}
+
+// open runs everything after the TCP connect; it returns the stage it got
+// to, for the error.
+//
+// It reads the greeting itself, and for STARTTLS also says the first EHLO,
+// because go-smtp exports no StartTLS and its NewClientStartTLS says "EHLO
+// localhost" and fails when STARTTLS is not offered (DESIGN.md go-smtp
+// gotchas). go-smtp's client is then handed a connection that replays the
+// greeting, and says EHLO itself (again, after STARTTLS: RFC 3207 §4.2 wants
+// the client to forget what it learnt before TLS).
+func (c *Conn) open(ctx context.Context, t Target, host string) (retry.Stage, error) {
+	defer c.raw.SetDeadline(time.Time{})
+	var conn net.Conn = c.raw
+	if t.TLS == TLSImplicit {
+		tc, err := c.handshake(ctx, t, host, !t.InsecureSkipVerify)
+		if err != nil {
+			return retry.StageConnect, err
+		}
+		conn = tc
+	}
+	tp := textproto.NewConn(conn) // never closed: that would close conn
+	c.deadline()
+	_, greeting, err := tp.ReadResponse(220)
+	if err != nil {
+		return retry.StageConnect, protoErr(err)
+	}
+	replay := []byte("220 " + strings.SplitN(greeting, "\n", 2)[0] + "\r\n")
+
+	if t.TLS == TLSOpportunistic || t.TLS == TLSStartTLS {
+		tc, err := c.startTLS(ctx, tp, t, host)
+		if err != nil {
+			return retry.StageHello, err
+		}
+		if tc != nil {
+			conn, tp = tc, nil
+		}
+	}
+	if tp != nil {
+		// Bytes read ahead in plaintext belong to the client's stream.
+		rest, _ := tp.R.Peek(tp.R.Buffered())
+		replay = append(replay, rest...)
+	}
+
+	c.client = smtp.NewClient(&replayConn{Conn: conn, pending: replay})
+	c.client.CommandTimeout = c.timeout
+	// RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".",
+	// twice the 5 minutes of the other commands.
+	c.client.SubmissionTimeout = 2 * c.timeout
+	if err := c.client.Hello(c.hello); err != nil {
+		return retry.StageHello, err
+	}
+	if t.Username != "" {
+		if err := c.auth(t.Username, t.Password); err != nil {
+			return retry.StageHello, err
+		}
+	}
+	return retry.StageHello, nil
+}
+
+// deadline gives the next plaintext-phase exchange c.timeout.
+func (c *Conn) deadline() { _ = c.raw.SetDeadline(time.Now().Add(c.timeout)) }
+
+// startTLS says EHLO on the greeted plaintext session tp and, when STARTTLS
+// is offered, switches to TLS and returns the TLS connection. It returns nil
+// and no error when the session stays in plaintext (opportunistic, STARTTLS
+// not offered).
+func (c *Conn) startTLS(ctx context.Context, tp *textproto.Conn, t Target, host string) (*tls.Conn, error) {
+	offered := false
+	c.deadline()
+	if err := tp.PrintfLine("EHLO %s", c.hello); err != nil {
+		return nil, err
+	}
+	_, msg, err := tp.ReadResponse(250)
+	if err != nil {
+		var te *textproto.Error
+		if !errors.As(err, &te) || (te.Code != 500 && te.Code != 502) {
+			return nil, protoErr(err)
+		}
+		// RFC 5321 §3.2: a server without EHLO gets HELO, and has no
+		// extensions, so no STARTTLS.
+		c.deadline()
+		if err := tp.PrintfLine("HELO %s", c.hello); err != nil {
+			return nil, err
+		}
+		if _, _, err := tp.ReadResponse(250); err != nil {
+			return nil, protoErr(err)
+		}
+	} else {
+		for _, line := range strings.Split(msg, "\n")[1:] {
+			f := strings.Fields(line)
+			offered = offered || len(f) > 0 && strings.EqualFold(f[0], "STARTTLS")
+		}
+	}
+
+	if !offered {
+		if t.TLS == TLSOpportunistic {
+			return nil, nil
+		}
+		// Say goodbye politely: the session is in step.
+		_ = c.raw.SetDeadline(time.Now().Add(min(quitTimeout, c.timeout)))
+		if tp.PrintfLine("QUIT") == nil {
+			_, _, _ = tp.ReadResponse(221)
+		}
+		c.broken = true
+		return nil, localReply(451, 4, 4, 1, "TLS required but STARTTLS not offered")
+	}
+
+	c.deadline()
+	if err := tp.PrintfLine("STARTTLS"); err != nil {
+		return nil, err
+	}
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		return nil, protoErr(err)
+	}
+	// Anything already buffered after the 220 came before the handshake and
+	// would be read as if it were protected: the STARTTLS injection attack
+	// (CVE-2011-0411, RFC 3207 §5). Refuse rather than read it.
+	if tp.R.Buffered() > 0 {
+		c.broken = true
+		return nil, localReply(451, 4, 4, 1, "TLS handshake failed: plaintext data after the 220 to STARTTLS")
+	}
+	return c.handshake(ctx, t, host, t.TLS == TLSStartTLS && !t.InsecureSkipVerify)
+}
+
+// handshake runs the TLS client handshake on c.raw. Failures are local
+// 451 4.4.1: the host is deferred and the next one tried (DESIGN.md).
+func (c *Conn) handshake(ctx context.Context, t Target, host string, verify bool) (*tls.Conn, error) {
+	cfg := &tls.Config{
+		// go-smtp does not fill it in for a client made with NewClient.
+		ServerName: t.ServerName,
+		RootCAs:    t.RootCAs,
+		MinVersion: tls.VersionTLS12,
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	if !verify {
+		cfg.InsecureSkipVerify = true
+		if t.TLS == TLSOpportunistic {
+			// RFC 7435 §1: some encryption beats none, old servers included.
+			cfg.MinVersion = tls.VersionTLS10
+		}
+	}
+	tc := tls.Client(c.raw, cfg)
+	c.deadline()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.broken = true
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, localReply(451, 4, 4, 1, "TLS handshake failed: "+err.Error())
+	}
+	c.tls = true
+	return tc, nil
+}
+
+// auth authenticates with PLAIN, or LOGIN when only LOGIN is offered
+// (RFC 4954; LOGIN is not standard but is all some servers offer).
+func (c *Conn) auth(user, pass string) error {
+	ok, mechs := c.client.Extension("AUTH")
+	if !ok {
+		return localReply(530, 5, 7, 0, "AUTH configured but not offered by the next hop")
+	}
+	var a sasl.Client
+	switch {
+	case hasWord(mechs, sasl.Plain):
+		a = sasl.NewPlainClient("", user, pass)
+	case hasWord(mechs, sasl.Login):
+		a = sasl.NewLoginClient(user, pass)
+	default:
+		return localReply(530, 5, 7, 0, "no supported AUTH mechanism offered (have PLAIN, LOGIN; offered "+mechs+")")
+	}
+	return c.client.Auth(a)
+}
+
+func hasWord(list, w string) bool {
+	for _, f := range strings.Fields(list) {
+		if strings.EqualFold(f, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// Addr is the host:port the connection goes to.
+func (c *Conn) Addr() string { return c.addr }
+
+// TLS reports whether the session is encrypted.
+func (c *Conn) TLS() bool { return c.tls }
+
+// MaxSize is the remote's SIZE limit (RFC 1870), 0 if none advertised.
+func (c *Conn) MaxSize() int64 {
+	ok, v := c.client.Extension("SIZE")
+	if !ok {
+		return 0
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// Extension reports whether the remote offered the EHLO keyword name
+// (case-insensitive), and its parameters.
+func (c *Conn) Extension(name string) (bool, string) { return c.client.Extension(name) }
+
+// Envelope is what Send needs of a message.
+type Envelope struct {
+	From     string
+	Rcpts    []string
+	Size     int64 // body size, for SIZE= and the pre-check
+	Body8Bit bool
+	SMTPUTF8 bool
+}
+
+// RcptResult is the reply that decided one recipient.
+type RcptResult struct {
+	Rcpt  string
+	Reply *retry.Reply // never nil: 2xx too
+	Stage retry.Stage  // where it was decided
+}
+
+// Send runs one mail transaction and returns one result per recipient, in
+// env.Rcpts order, always len(env.Rcpts) of them.
+//
+//   - SIZE pre-check (RFC 1870 §6): when the remote advertises SIZE and
+//     env.Size exceeds it, nothing is sent and every recipient gets a local
+//     552 5.3.4 at StageMail naming both sizes.
+//   - MAIL FROM carries SIZE=, BODY=8BITMIME and SMTPUTF8 when the remote
+//     supports them. Non-ASCII addresses to a remote without SMTPUTF8 get a
+//     local 553 5.6.7 (RFC 6531 §3.2: such a message must not be sent).
+//   - RCPT for each recipient in order. When one is refused with "too many
+//     recipients" (what retry.Classify calls Split: x.5.3 or that text), no
+//     more RCPTs are sent; it and every later recipient get that reply, to
+//     be sent in the next transaction (RFC 5321 §4.5.3.1.10).
+//   - No recipient accepted: RSET, no DATA. Otherwise DATA, the body
+//     streamed from r, and the final reply applies to every accepted
+//     recipient.
+//
+// A non-nil error (a *retry.Reply) means the connection is unusable: a 421
+// at any stage, an I/O error, a timeout, a read error on r, or ctx done. The
+// results are still complete, the recipients not yet decided carrying that
+// error; the caller must Close and not reuse the Conn. After a nil error the
+// Conn is ready for the next Send.
+func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResult, error) {
+	res := make([]RcptResult, len(env.Rcpts))
+	for i, rc := range env.Rcpts {
+		res[i].Rcpt = rc
+	}
+	// decide gives every still undecided recipient in idx (nil: all) rep.
+	decide := func(idx []int, stage retry.Stage, rep *retry.Reply) {
+		if idx == nil {
+			idx = rangeFrom(0, len(res))
+		}
+		for _, i := range idx {
+			if res[i].Reply == nil {
+				res[i].Reply, res[i].Stage = rep, stage
+			}
+		}
+	}
+	if c.broken || c.closed {
+		rep := localReply(451, 4, 4, 2, "connection already closed")
+		c.broken = true
+		decide(nil, retry.StageMail, rep)
+		return res, rep
+	}
+	if len(res) == 0 {
+		return res, nil
+	}
+	if err := ctx.Err(); err != nil {
+		rep := retry.FromError(retry.StageMail, err)
+		decide(nil, retry.StageMail, rep)
+		c.broken = true
+		return res, rep
+	}
+	stop := context.AfterFunc(ctx, func() { c.raw.Close() })
+	defer func() {
+		if !stop() {
+			c.broken = true
+		}
+	}()
+
+	if rep := c.precheck(env); rep != nil {
+		decide(nil, retry.StageMail, rep)
+		return res, nil
+	}
+
+	utf8, _ := c.client.Extension("SMTPUTF8")
+	opts := &smtp.MailOptions{Size: env.Size, UTF8: utf8 && (env.SMTPUTF8 || !asciiEnvelope(env))}
+	// go-smtp adds BODY=8BITMIME itself whenever the remote offers 8BITMIME
+	// (harmless for a 7-bit body). A remote without it gets an 8-bit body
+	// unchanged, as most MTAs do, rather than a bounce (RFC 6152 §3 allows
+	// either).
+	if err := c.client.Mail(env.From, opts); err != nil {
+		rep := c.reply(ctx.Err(), retry.StageMail, err)
+		decide(nil, retry.StageMail, rep)
+		return res, c.errIfBroken(rep)
+	}
+
+	var accepted []int
+	for i, rc := range env.Rcpts {
+		if res[i].Reply != nil {
+			continue // already decided by a "too many recipients"
+		}
+		if rep := c.rcptCheck(rc); rep != nil {
+			res[i].Reply, res[i].Stage = rep, retry.StageRcpt
+			continue
+		}
+		err := c.client.Rcpt(rc, nil)
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		rep := c.reply(ctx.Err(), retry.StageRcpt, err)
+		if c.broken {
+			decide(nil, retry.StageRcpt, rep)
+			return res, rep
+		}
+		res[i].Reply, res[i].Stage = rep, retry.StageRcpt
+		if retry.Classify(retry.StageRcpt, rep).Action == retry.Split {
+			// RFC 5321 §4.5.3.1.10: the rest go in the next transaction.
+			decide(rangeFrom(i+1, len(res)), retry.StageRcpt, rep)
+		}
+	}
+	if len(accepted) == 0 {
+		// RFC 5321 §4.1.1.5: end the open transaction before the next one.
+		return res, c.reset(ctx.Err)
+	}
+
+	w, err := c.client.Data()
+	if err != nil {
+		rep := c.reply(ctx.Err(), retry.StageData, err)
+		decide(accepted, retry.StageData, rep)
+		if c.broken {
+			return res, rep
+		}
+		return res, c.reset(ctx.Err)
+	}
+	if rep := c.writeBody(ctx, w, r); rep != nil {
+		decide(accepted, retry.StageBody, rep)
+		return res, rep
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		rep := c.reply(ctx.Err(), retry.StageBody, err)
+		decide(accepted, retry.StageBody, rep)
+		return res, c.errIfBroken(rep)
+	}
+	decide(accepted, retry.StageBody, okReply(resp.StatusText))
+	return res, nil
+}
+
+// precheck returns the local reply that stops the whole of env before MAIL,
+// or nil.
+func (c *Conn) precheck(env Envelope) *retry.Reply {
+	if strings.ContainsAny(env.From, "\r\n<>") {
+		return localReply(501, 5, 1, 7, "bad sender address syntax")
+	}
+	if max := c.MaxSize(); max > 0 && env.Size > max {
+		return localReply(552, 5, 3, 4,
+			fmt.Sprintf("message size %d exceeds the next hop's limit of %d bytes", env.Size, max))
+	}
+	if ok, _ := c.client.Extension("SMTPUTF8"); !ok && !isASCII(env.From) {
+		return localReply(553, 5, 6, 7, "non-ASCII sender and the next hop does not support SMTPUTF8")
+	}
+	return nil
+}
+
+// rcptCheck returns the local reply that stops one recipient before RCPT,
+// or nil.
+func (c *Conn) rcptCheck(rcpt string) *retry.Reply {
+	if rcpt == "" || strings.ContainsAny(rcpt, "\r\n<>") {
+		return localReply(501, 5, 1, 3, "bad recipient address syntax")
+	}
+	if ok, _ := c.client.Extension("SMTPUTF8"); !ok && !isASCII(rcpt) {
+		return localReply(553, 5, 6, 7, "non-ASCII recipient and the next hop does not support SMTPUTF8")
+	}
+	return nil
+}
+
+// writeBody streams r into the DATA writer. go-smtp sets no deadline while
+// the body is written, so each write gets its own (RFC 5321 §4.5.3.2.5:
+// a timeout per chunk sent, not for the whole body). It returns nil, or the
+// reply that breaks the connection.
+func (c *Conn) writeBody(ctx context.Context, w io.Writer, r io.Reader) *retry.Reply {
+	buf := make([]byte, bodyChunk)
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
+			if _, err := w.Write(buf[:n]); err != nil {
+				return c.reply(ctx.Err(), retry.StageBody, err)
+			}
+		}
+		if rerr == io.EOF {
+			// The final "." is written by CloseWithResponse, under this
+			// deadline; go-smtp then sets its own for the reply.
+			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
+			return nil
+		}
+		if rerr != nil {
+			// The only way to abort DATA without delivering a truncated
+			// message is to drop the connection (RFC 5321 §4.1.1.4 has no
+			// abort). The fault is ours: 451 4.3.0, not the next hop's.
+			c.broken = true
+			c.raw.Close()
+			if ctx.Err() != nil {
+				return retry.FromError(retry.StageBody, ctx.Err())
+			}
+			return localReply(451, 4, 3, 0, "reading the queued message: "+rerr.Error())
+		}
+	}
+}
+
+// Reset sends RSET, used before reusing a connection that sat idle. An error
+// means: Close and redial.
+func (c *Conn) Reset() error {
+	if c.broken || c.closed {
+		return localReply(451, 4, 4, 2, "connection already closed")
+	}
+	return c.reset(func() error { return nil })
+}
+
+// reset sends RSET and EHLO: go-smtp forgets the EHLO after RSET and would
+// otherwise say it lazily inside a getter such as Extension, where an error
+// could not be reported.
+func (c *Conn) reset(ctxErr func() error) error {
+	if err := c.client.Reset(); err != nil {
+		rep := c.reply(ctxErr(), retry.StageMail, err)
+		c.broken = true
+		return rep
+	}
+	if err := c.client.Hello(c.hello); err != nil {
+		rep := c.reply(ctxErr(), retry.StageHello, err)
+		c.broken = true
+		return rep
+	}
+	return nil
+}
+
+// Close says QUIT (with a short deadline) unless the connection is broken,
+// then closes it. It may be called more than once.
+func (c *Conn) Close() error {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if c.client != nil && !c.broken {
+		c.client.CommandTimeout = min(quitTimeout, c.timeout)
+		if err := c.client.Quit(); err == nil {
+			return nil // Quit closed the connection
+		}
+	}
+	if err := c.raw.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// reply turns err into a *retry.Reply and marks the connection broken when
+// the session can no longer be trusted: a 421 (RFC 5321 §3.8, the server is
+// closing), or an error that is no reply (I/O, timeout). ctxErr is the
+// error of the ctx whose end closes the connection under us, if any.
+func (c *Conn) reply(ctxErr error, stage retry.Stage, err error) *retry.Reply {
+	var se *smtp.SMTPError
+	var te *textproto.Error
+	var rep *retry.Reply
+	inStep := errors.As(err, &se) || errors.As(err, &te) || errors.As(err, &rep)
+	if !inStep && ctxErr != nil {
+		// The connection was closed under us: report why, not "closed".
+		err = ctxErr
+	}
+	r := retry.FromError(stage, protoErr(err))
+	if !inStep || r.Code == 421 {
+		c.broken = true
+	}
+	return r
+}
+
+// errIfBroken returns rep as the error of Send when the connection is broken.
+func (c *Conn) errIfBroken(rep *retry.Reply) error {
+	if c.broken {
+		return rep
+	}
+	return nil
+}
+
+// protoErr turns a *textproto.Error from the plaintext phase into the
+// remote reply it is; other errors pass unchanged.
+func protoErr(err error) error {
+	var te *textproto.Error
+	if !errors.As(err, &te) {
+		return err
+	}
+	line := strings.SplitN(te.Msg, "\n", 2)[0]
+	r, perr := retry.ParseReply(strconv.Itoa(te.Code) + " " + line)
+	if perr != nil {
+		return &retry.Reply{Code: te.Code, Text: line}
+	}
+	return r
+}
+
+// okReply is the 250 after the final "." with the remote's text (its queue
+// ID, usually), kept for the log and the success DSN.
+func okReply(text string) *retry.Reply {
+	r, err := retry.ParseReply("250 " + strings.ReplaceAll(strings.TrimSpace(text), "\n", "; "))
+	if err != nil {
+		return &retry.Reply{Code: 250, Enhanced: retry.CodeOK}
+	}
+	return r
+}
+
+func localReply(code, class, subject, detail int, text string) *retry.Reply {
+	return &retry.Reply{Code: code, Enhanced: retry.EnhancedCode{class, subject, detail}, Text: text, Local: true}
+}
+
+func asciiEnvelope(env Envelope) bool {
+	if !isASCII(env.From) {
+		return false
+	}
+	for _, rc := range env.Rcpts {
+		if !isASCII(rc) {
+			return false
+		}
+	}
+	return true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// rangeFrom is [from, to) as indexes.
+func rangeFrom(from, to int) []int {
+	idx := make([]int, 0, max(to-from, 0))
+	for i := from; i < to; i++ {
+		idx = append(idx, i)
+	}
+	return idx
+}
+
+// replayConn hands go-smtp's client the greeting that startTLS already read:
+// the client insists on reading a 220 first and cannot be told that the
+// session is greeted.
+type replayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}

@@ -1,0 +1,284 @@
+package smarthost
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"relayq/queue"
+	"relayq/retry"
+)
+
+// Queue is what the worker needs of the store; *queue.Store is one.
+type Queue interface {
+	// Due returns up to limit due IDs not skipped, and when the next
+	// non-skipped one is due (zero if none).
+	Due(now time.Time, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, error)
+	// Get returns the stored message, or queue.ErrNotFound.
+	Get(id queue.ID) (*queue.Message, error)
+	// Body streams the body; the caller closes it.
+	Body(id queue.ID) (io.ReadCloser, error)
+	// Update commits the message's new state and any NDRs with fsync,
+	// before returning; queue.ErrNotFound if it was deleted meanwhile.
+	Update(ctx context.Context, m *queue.Message, news ...queue.NewMessage) error
+	// Wake is signalled when something may have become due.
+	Wake() <-chan struct{}
+	// NewID returns a fresh ID for an NDR.
+	NewID() queue.ID
+}
+
+var _ Queue = (*queue.Store)(nil)
+
+// Route is where one domain's recipients go for one attempt.
+type Route struct {
+	// Destination names the next hop for caps and connection reuse: the
+	// smart host's name, or the domain's MX set.
+	Destination string
+	// Targets are the hosts to try, in order.
+	Targets []Target
+}
+
+// Router picks the route for a recipient domain. It is asked at every
+// attempt, so configuration changes apply to queued mail. Its errors are
+// (or wrap) a *retry.Reply: 451 4.4.3 for a temporary DNS failure, 550
+// 5.1.2 for a domain that does not exist, 550 5.1.10 for a null MX.
+type Router interface {
+	Route(ctx context.Context, domain string) (*Route, error)
+}
+
+// Static routes every domain to the same targets: a smart host.
+type Static Route
+
+// Route implements Router.
+func (s *Static) Route(context.Context, string) (*Route, error) { return (*Route)(s), nil }
+
+// Worker takes due messages from the queue, delivers them, classifies every
+// reply with retry, and commits the result: the one loop of
+// relay → queue → smarthost worker → retry → queue.
+type Worker struct {
+	Queue    Queue
+	Router   Router
+	Dialer   Dialer // nil: a net.Dialer with a 30 s timeout
+	Hostname string // EHLO name, NDR Reporting-MTA
+	Backoff  retry.Backoff
+	// Lifetime is how long a message may stay queued; then 4.4.7.
+	Lifetime time.Duration
+	// MaxConns caps outbound connections (and concurrent attempts) in
+	// total; MaxConnsPerDest per destination.
+	MaxConns, MaxConnsPerDest int
+	// IdleTimeout closes a reusable connection unused this long.
+	IdleTimeout time.Duration
+	// Grace bounds how long Run waits for attempts in flight at shutdown.
+	Grace time.Duration
+	Now   func() time.Time
+	Log   zerolog.Logger
+
+	pool *pool
+	ndr  ndrMaker
+}
+
+// Run delivers until ctx is cancelled, then lets the attempts in flight
+// finish (bounded by Grace) and closes the idle connections.
+func (w *Worker) Run(ctx context.Context) error {
+	w.defaults()
+	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelAttempts()
+
+	var (
+		mu       sync.Mutex
+		inflight = map[queue.ID]bool{}
+		done     = make(chan struct{}, w.MaxConns)
+		wg       sync.WaitGroup
+	)
+	skip := func(id queue.ID) bool { return inflight[id] }
+	reap := time.NewTicker(max(w.IdleTimeout/2, 100*time.Millisecond))
+	defer reap.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+
+	for ctx.Err() == nil {
+		mu.Lock()
+		free := w.MaxConns - len(inflight)
+		var (
+			ids  []queue.ID
+			next time.Time
+			err  error
+		)
+		if free > 0 {
+			ids, next, err = w.Queue.Due(w.Now(), free, skip)
+		}
+		for _, id := range ids {
+			inflight[id] = true
+		}
+		mu.Unlock()
+		if err != nil {
+			w.Log.Error().Err(err).Msg("reading the schedule")
+			next = w.Now().Add(time.Second)
+		}
+		for _, id := range ids {
+			wg.Add(1)
+			go func(id queue.ID) {
+				defer wg.Done()
+				w.attempt(attemptCtx, id)
+				mu.Lock()
+				delete(inflight, id)
+				mu.Unlock()
+				done <- struct{}{}
+			}(id)
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(next.Sub(w.Now()), 0)
+		}
+		if len(ids) > 0 && free == len(ids) {
+			wait = time.Hour // all slots busy: a finishing attempt wakes us
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+		case <-w.Queue.Wake():
+		case <-done:
+		case <-timer.C:
+		case <-reap.C:
+			w.pool.reap()
+		}
+	}
+
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(w.Grace):
+		w.Log.Warn().Dur("grace", w.Grace).Msg("deliveries still running at shutdown; interrupting them")
+		cancelAttempts()
+		<-finished
+	}
+	w.pool.closeIdle()
+	return nil
+}
+
+func (w *Worker) defaults() {
+	if w.Now == nil {
+		w.Now = time.Now
+	}
+	if w.Dialer == nil {
+		w.Dialer = &net.Dialer{Timeout: 30 * time.Second}
+	}
+	if w.MaxConns <= 0 {
+		w.MaxConns = 200
+	}
+	if w.MaxConnsPerDest <= 0 {
+		w.MaxConnsPerDest = 20
+	}
+	if w.IdleTimeout <= 0 {
+		w.IdleTimeout = 5 * time.Second
+	}
+	if w.Grace <= 0 {
+		w.Grace = 30 * time.Second
+	}
+	if w.Lifetime <= 0 {
+		w.Lifetime = 120 * time.Hour
+	}
+	if w.Backoff.Min <= 0 {
+		w.Backoff = retry.DefaultBackoff()
+	}
+	w.pool = newPool(w.MaxConns, w.MaxConnsPerDest, w.IdleTimeout, w.Now)
+	w.ndr = ndrMaker{hostname: w.Hostname, now: w.Now, newID: w.Queue.NewID, body: w.Queue.Body}
+}
+
+// attempt makes one delivery attempt of message id: every pending
+// recipient, grouped by destination, each group's outcome committed before
+// the next group is tried (DESIGN.md invariant 2).
+func (w *Worker) attempt(ctx context.Context, id queue.ID) {
+	m, err := w.Queue.Get(id)
+	if errors.Is(err, queue.ErrNotFound) {
+		return
+	}
+	if err != nil {
+		w.Log.Error().Err(err).Str("id", string(id)).Msg("reading a queued message")
+		return
+	}
+	now := w.Now()
+	if retry.Expired(m.Received, now, w.Lifetime) {
+		w.expire(ctx, m)
+		return
+	}
+	groups, unrouted := w.route(ctx, m)
+	t := newTally(m, now)
+	for _, res := range unrouted {
+		t.record(res.idx, res.decision, res.reply, "")
+	}
+	if len(unrouted) > 0 {
+		w.commit(ctx, t)
+	}
+	for _, g := range groups {
+		for _, r := range w.deliverGroup(ctx, m, g) {
+			t.record(r.idx, r.decision, r.reply, r.host)
+		}
+		w.commit(ctx, t)
+	}
+}
+
+// group is the pending recipients (indexes into m.Recipients) for one route.
+type group struct {
+	route *Route
+	idx   []int
+}
+
+// outcome is the verdict for one recipient.
+type outcome struct {
+	idx      int
+	decision retry.Decision
+	reply    *retry.Reply
+	host     string
+}
+
+// route groups the pending recipients by destination. Recipients whose
+// domain cannot be routed get their outcome at once.
+func (w *Worker) route(ctx context.Context, m *queue.Message) ([]*group, []outcome) {
+	var (
+		groups   []*group
+		byDest   = map[string]*group{}
+		byDomain = map[string]*Route{}
+		errs     = map[string]error{}
+		unrouted []outcome
+	)
+	for _, i := range m.Pending() {
+		domain := domainOf(m.Recipients[i].Addr)
+		r, seen := byDomain[domain]
+		if !seen && errs[domain] == nil {
+			var err error
+			r, err = w.Router.Route(ctx, domain)
+			if err != nil {
+				errs[domain] = err
+			}
+			byDomain[domain] = r
+		}
+		if err := errs[domain]; err != nil {
+			reply := retry.FromError(retry.StageConnect, err)
+			unrouted = append(unrouted, outcome{idx: i, decision: retry.Classify(retry.StageConnect, reply), reply: reply})
+			continue
+		}
+		g := byDest[r.Destination]
+		if g == nil {
+			g = &group{route: r}
+			byDest[r.Destination] = g
+			groups = append(groups, g)
+		}
+		g.idx = append(g.idx, i)
+	}
+	return groups, unrouted
+}
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return strings.ToLower(addr[i+1:])
+	}
+	return ""
+}
