@@ -370,11 +370,11 @@ func (c *Conn) Extension(name string) (bool, string) { return c.client.Extension
 
 // Envelope is what Send needs of a message.
 type Envelope struct {
-	From     string
+	From     string // reverse path without brackets; "" is the null sender <>
 	Rcpts    []string
 	Size     int64 // body size, for SIZE= and the pre-check
-	Body8Bit bool
-	SMTPUTF8 bool
+	Body8Bit bool  // informational: BODY=8BITMIME is sent whenever offered
+	SMTPUTF8 bool  // ask for SMTPUTF8 when offered (always when an address needs it)
 }
 
 // RcptResult is the reply that decided one recipient.
@@ -449,12 +449,12 @@ func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResul
 		return res, nil
 	}
 
-	utf8, _ := c.client.Extension("SMTPUTF8")
-	opts := &smtp.MailOptions{Size: env.Size, UTF8: utf8 && (env.SMTPUTF8 || !asciiEnvelope(env))}
+	hasUTF8, _ := c.client.Extension("SMTPUTF8")
+	opts := &smtp.MailOptions{Size: env.Size, UTF8: hasUTF8 && (env.SMTPUTF8 || !asciiEnvelope(env))}
 	// go-smtp adds BODY=8BITMIME itself whenever the remote offers 8BITMIME
-	// (harmless for a 7-bit body). A remote without it gets an 8-bit body
-	// unchanged, as most MTAs do, rather than a bounce (RFC 6152 §3 allows
-	// either).
+	// (harmless for a 7-bit body). To a remote without it an 8-bit body goes
+	// unchanged: RFC 6152 §3 asks for a conversion or a bounce, but like
+	// most MTAs (Postfix by default) we rely on servers taking 8-bit data.
 	if err := c.client.Mail(env.From, opts); err != nil {
 		rep := c.reply(ctx.Err(), retry.StageMail, err)
 		decide(nil, retry.StageMail, rep)

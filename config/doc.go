@@ -1,0 +1,27 @@
+// Package config loads relayq's TOML configuration: DESIGN.md's "Config
+// contract (v1)", documented key by key in relayq.example.toml at the
+// repository root.
+//
+// Contract:
+//
+//   - Every key is optional. Load and Parse decode the file over Default(),
+//     so a key the file does not set keeps its default (including
+//     back_pressure.enabled = true). Arrays replace their default as a whole:
+//     a file with [[listener]] entries has exactly those listeners, and
+//     `allowed_networks = []` means no network may relay without AUTH.
+//   - Key names never change meaning; a renamed key keeps its old name
+//     working. Unknown keys are an error naming them, so a typo never turns
+//     silently into a default.
+//   - Sizes are bytes with decimal (MB = 10^6) or binary (MiB = 2^20) units,
+//     durations are Go durations, percentages are "75%" or 0.75.
+//   - Validate reports every problem, each as "key: problem", joined with
+//     errors.Join. A Config that passes it is internally consistent
+//     (min_backoff <= max_backoff, medium thresholds before high ones, an
+//     smtps listener has a certificate, a submission listener can AUTH, no
+//     open admin API off loopback, ...). It does no I/O: certificate and
+//     password files are read by the code that uses them.
+//   - A Config is a plain value: nothing here keeps state or watches files.
+//     Delivery.RouteFor resolves, for one domain, which [[delivery.route]]
+//     applies (first match wins) with [delivery.smarthost] filled in, so
+//     that the outbound side needs no knowledge of the file's layout.
+package config

@@ -1,0 +1,278 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
+
+	"relayq/queue"
+	"relayq/retry"
+)
+
+// session is one client connection, from EHLO to logout (go-smtp makes a
+// new one after STARTTLS).
+type session struct {
+	srv    *Server
+	conn   *smtp.Conn
+	tc     *trackedConn // nil if the conn did not come through Serve
+	ip     netip.Addr
+	rdns   string
+	netOK  bool // ip is in Config.AllowedNetworks
+	log    zerolog.Logger
+	ctx    context.Context // cancelled on logout
+	cancel context.CancelFunc
+
+	mu struct {
+		sync.Mutex
+		// authenticated is set by AUTH (a later issue). Together with netOK
+		// it is the whole relay policy: see mayRelayLocked.
+		authenticated bool
+		inTxn         bool // MAIL accepted; counted in srv.txns
+		env           queue.Envelope
+		seen          map[string]bool // recipients so far, canonical form
+		// dead is set when the connection is out of step with the client
+		// (a stalled body); Reset closes it after the reply is written.
+		dead bool
+	}
+}
+
+var _ smtp.Session = (*session)(nil)
+
+// newSession is go-smtp's Backend: it runs at the first EHLO/HELO.
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	if s.closing() {
+		return nil, smtpError(replyShuttingDown)
+	}
+	ip := remoteIP(c.Conn().RemoteAddr())
+	ctx, cancel := context.WithCancel(s.ctx)
+	sess := &session{
+		srv:    s,
+		conn:   c,
+		tc:     trackedOf(c.Conn()),
+		ip:     ip,
+		netOK:  s.mayRelayFrom(ip),
+		log:    s.log.With().Str("ip", ip.String()).Logger(),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+	sess.rdns = s.lookupName(ctx, ip)
+	return sess, nil
+}
+
+// mayRelayLocked is the relay policy (DESIGN.md invariant 6): a client in an
+// allowed network, or one that has authenticated, may relay; nobody else.
+func (s *session) mayRelayLocked() bool {
+	return s.netOK || s.mu.authenticated
+}
+
+// Mail starts a transaction (RFC 5321 §4.1.1.2).
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.dead {
+		return smtpError(replyStalled)
+	}
+	ev := func() *zerolog.Event { return s.log.Warn().Str("stage", "mail").Str("from", from) }
+	if s.mu.inTxn {
+		return s.reject(ev(), replyNestedMail)
+	}
+	if opts == nil {
+		opts = &smtp.MailOptions{}
+	}
+	if from != "" { // "" is the null reverse-path <> of bounces
+		addr, err := checkAddress(from, opts.UTF8)
+		if err != nil {
+			return s.reject(ev().Err(err), replyBadAddress)
+		}
+		from = addr
+	}
+	// RFC 1870 §6.2. go-smtp refuses this before calling Mail already; the
+	// check stays so that the limit holds whatever go-smtp does.
+	if opts.Size > s.srv.cfg.MaxMessageSize {
+		return s.reject(ev().Int64("size", opts.Size), replyTooBig)
+	}
+	if !s.srv.beginTxn() {
+		return s.reject(ev(), replyShuttingDown)
+	}
+	s.mu.inTxn = true
+	s.mu.seen = make(map[string]bool)
+	s.mu.env = queue.Envelope{
+		From:     from,
+		EnvID:    opts.EnvelopeID,
+		Ret:      string(opts.Return),
+		Body8Bit: opts.Body == smtp.Body8BitMIME,
+		SMTPUTF8: opts.UTF8,
+		Client:   fmt.Sprintf("%s %s", addressLiteral(s.ip), sanitizeTraceWord(s.conn.Hostname())),
+	}
+	return nil
+}
+
+// Rcpt adds a recipient (RFC 5321 §4.1.1.3).
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ev := func() *zerolog.Event {
+		return s.log.Warn().Str("stage", "rcpt").Str("from", s.mu.env.From).Str("rcpt", to)
+	}
+	if !s.mu.inTxn {
+		return s.reject(ev(), &retry.Reply{Code: 503, Enhanced: codeBadSequence, Text: "MAIL first"})
+	}
+	addr, err := checkAddress(to, s.mu.env.SMTPUTF8)
+	if err != nil {
+		return s.reject(ev().Err(err), replyBadAddress)
+	}
+	if !s.mayRelayLocked() {
+		return s.reject(ev(), replyRelayDenied)
+	}
+	key := canonical(addr)
+	if s.mu.seen[key] {
+		return nil // collapsed: one envelope entry, one copy delivered
+	}
+	if len(s.mu.env.Recipients) >= s.srv.cfg.MaxRecipients {
+		return s.reject(ev(), replyTooManyRcpts)
+	}
+	r := queue.Recipient{Addr: addr}
+	if opts != nil {
+		notify := make([]string, len(opts.Notify))
+		for i, n := range opts.Notify {
+			notify[i] = strings.ToUpper(string(n))
+		}
+		r.Notify = strings.Join(notify, ",")
+		if opts.OriginalRecipient != "" {
+			// RFC 3461 §4.2 "addr-type;address"; go-smtp hands it decoded.
+			r.ORCPT = strings.ToLower(string(opts.OriginalRecipientType)) + ";" + opts.OriginalRecipient
+		}
+	}
+	s.mu.seen[key] = true
+	s.mu.env.Recipients = append(s.mu.env.Recipients, r)
+	return nil
+}
+
+// canonical is the form in which two recipients are the same: the domain is
+// case-insensitive (RFC 5321 §2.4), the local part is not.
+func canonical(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	return addr[:at+1] + strings.ToLower(addr[at+1:])
+}
+
+// Data streams the message to the queue. Its "error" is the reply: go-smtp
+// lets a backend choose the text of a 250 only by returning it as an
+// *smtp.SMTPError.
+func (s *session) Data(r io.Reader) error {
+	s.mu.Lock()
+	if !s.mu.inTxn || len(s.mu.env.Recipients) == 0 {
+		s.mu.Unlock()
+		return smtpError(&retry.Reply{Code: 503, Enhanced: codeBadSequence, Text: "RCPT first"})
+	}
+	env := s.mu.env
+	env.Recipients = slices.Clone(env.Recipients)
+	auth := s.mu.authenticated
+	// Counted while the transaction is, so Shutdown's Wait cannot have seen
+	// zero. With BDAT, go-smtp runs Data in its own goroutine and an RSET
+	// can end the transaction before Data returns.
+	s.srv.txns.Add(1)
+	s.mu.Unlock()
+	defer s.srv.txns.Done()
+
+	cfg := &s.srv.cfg
+	// Stays on through go-smtp's drain of a refused body; Reset turns it off.
+	s.tc.setSlide(cfg.ReadTimeout)
+
+	id := s.srv.q.NewID()
+	rcpts := make([]string, len(env.Recipients))
+	for i := range env.Recipients {
+		rcpts[i] = env.Recipients[i].Addr
+	}
+	_, isTLS := s.conn.TLSConnectionState()
+	hdr := receivedHeader(trace{
+		helo:     s.conn.Hostname(),
+		rdns:     s.rdns,
+		ip:       s.ip,
+		hostname: cfg.Hostname,
+		tls:      isTLS,
+		auth:     auth,
+		id:       id,
+		rcpts:    rcpts,
+		date:     cfg.Now(),
+	})
+	body := newBodyReader(r, cfg.MaxMessageSize, cfg.MaxHops)
+	err := s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), body))
+
+	ev := s.log.Warn().Str("stage", "data").Str("id", string(id)).Str("from", env.From).
+		Strs("rcpt", rcpts).Int64("size", body.Size())
+	if berr := body.Err(); berr != nil {
+		if err == nil {
+			// The queue broke its contract and committed a body that ended
+			// in an error; the client is told what went wrong all the same.
+			s.log.Error().Str("id", string(id)).Err(berr).Msg("queue committed a failed body")
+		}
+		if berr == replyStalled || berr == replyLineTooLong {
+			// The client is gone or out of step with us: stop sliding so
+			// go-smtp's drain ends at once, and close after the reply.
+			s.tc.setSlide(0)
+			s.mu.Lock()
+			s.mu.dead = true
+			s.mu.Unlock()
+			ev = ev.AnErr("cause", body.cause)
+		}
+		return s.reject(ev, berr.(*retry.Reply))
+	}
+	if err == nil && body.err != io.EOF {
+		err = errors.New("put returned before the end of the body")
+	}
+	if err != nil {
+		return s.reject(ev.Err(err), replyStoreFailed)
+	}
+	s.log.Info().Str("id", string(id)).Str("from", env.From).Strs("rcpt", rcpts).
+		Int64("size", env.Size).Msg("received")
+	return &smtp.SMTPError{
+		Code:         250,
+		EnhancedCode: smtp.EnhancedCode(retry.CodeOK),
+		Message:      "OK queued as " + string(id),
+	}
+}
+
+// Reset ends the transaction. go-smtp calls it on RSET, on a repeated EHLO
+// and after the reply to DATA has been written.
+func (s *session) Reset() {
+	s.mu.Lock()
+	s.endTxnLocked()
+	dead := s.mu.dead
+	s.mu.Unlock()
+	s.tc.setSlide(0)
+	if dead && s.tc != nil {
+		s.tc.Close()
+	}
+}
+
+// Logout ends the session with its connection.
+func (s *session) Logout() error {
+	s.mu.Lock()
+	s.endTxnLocked()
+	s.mu.Unlock()
+	s.cancel()
+	return nil
+}
+
+func (s *session) endTxnLocked() {
+	if s.mu.inTxn {
+		s.mu.inTxn = false
+		s.srv.txns.Done()
+	}
+	s.mu.env = queue.Envelope{}
+	s.mu.seen = nil
+}
+
+// reject logs a refused command at warn and returns its reply for go-smtp.
+func (s *session) reject(ev *zerolog.Event, r *retry.Reply) error {
+	ev.Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Text).Msg("rejected")
+	return smtpError(r)
+}
