@@ -31,6 +31,12 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 		if err != nil {
 			last, lastHop = retry.FromError(retry.StageConnect, err), target.Addr
 			d := retry.Classify(retry.StageConnect, last)
+			if d.Action == retry.Bounce {
+				// A 5xx greeting, EHLO, STARTTLS or AUTH refusal is about the
+				// host or our credentials, not this message: defer rather
+				// than bounce everything queued for it (Postfix does too).
+				d.Action, d.NextHost = retry.Defer, true
+			}
 			w.pool.release(l, nil, false)
 			w.logHop(m, dest, target.Addr, last, d)
 			if d.LowerCap {
@@ -59,8 +65,10 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 		if last == nil {
 			last = &retry.Reply{Code: 451, Enhanced: retry.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
 		}
+		// No transaction reached them: never a bounce, only a deferral
+		// (or a prompt retry when the destination was merely busy).
 		d := retry.Classify(retry.StageConnect, last)
-		if d.Action != retry.RetryNow && d.Action != retry.Bounce {
+		if d.Action != retry.RetryNow {
 			d.Action = retry.Defer
 		}
 		out = append(out, each(pending, d, last, lastHop)...)

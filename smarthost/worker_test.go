@@ -340,3 +340,31 @@ func TestConnectionsNeverExceedDestinationCap(t *testing.T) {
 		t.Fatalf("the sink saw up to %d concurrent connections; the cap is 3", most)
 	}
 }
+
+func TestSmarthostAuthFailureDefersNotBounces(t *testing.T) {
+	h := newHarness(t, sink.Options{Users: map[string]string{"relay": "right"}}, func(w *Worker) {
+		w.Router = &Static{Destination: "auth", Targets: []Target{{Addr: "", TLS: TLSNone, Username: "relay", Password: "wrong", Timeout: 5 * time.Second}}}
+	})
+	h.worker.Router.(*Static).Targets[0].Addr = h.sink.Addr()
+	id := h.put("a@src.invalid", "b@dst.invalid")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, err := h.store.Get(id)
+		if err != nil {
+			t.Fatalf("message left the queue (%v): a credentials problem must not bounce it", err)
+		}
+		if r := m.Recipients[0]; r.Attempts >= 2 {
+			if r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "535") {
+				t.Fatalf("recipient %s with %q, want pending after a 535", r.State, r.LastReply)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no two attempts within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := h.ndrs(id); n != 0 {
+		t.Fatalf("%d NDRs for a credentials problem", n)
+	}
+}

@@ -1,0 +1,211 @@
+package relay
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/emersion/go-smtp"
+)
+
+// chunked returns b at most k bytes per Read; with eofWithData the last
+// Read returns io.EOF along with the data, as io.Reader allows.
+type chunked struct {
+	b           []byte
+	k           int
+	eofWithData bool
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.k)], c.b)
+	c.b = c.b[n:]
+	if c.eofWithData && len(c.b) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// normalise is the reference for bodyReader's output, written the obvious
+// (several-pass) way.
+func normalise(in []byte) []byte {
+	s := bytes.ReplaceAll(in, []byte("\r\n"), []byte("\n"))
+	s = bytes.ReplaceAll(s, []byte("\r"), []byte("\n"))
+	if len(s) > 0 && s[len(s)-1] != '\n' {
+		s = append(s, '\n')
+	}
+	return bytes.ReplaceAll(s, []byte("\n"), []byte("\r\n"))
+}
+
+var receivedField = regexp.MustCompile(`(?i)^received[ \t]*:`)
+
+// countHops is the reference hop count of a normalised message: Received
+// fields before the first empty line.
+func countHops(norm []byte) int {
+	n := 0
+	for line := range strings.SplitSeq(string(norm), "\r\n") {
+		if line == "" {
+			break
+		}
+		if receivedField.MatchString(line) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestBodyReaderNormalisesLineEndings(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"CRLF kept", "a\r\nb\r\n", "a\r\nb\r\n"},
+		{"bare LF", "a\nb\n", "a\r\nb\r\n"},
+		{"bare CR", "a\rb\r", "a\r\nb\r\n"},
+		{"CR CR LF is two line breaks", "a\r\r\nb\r\n", "a\r\n\r\nb\r\n"},
+		{"LF CR is two line breaks", "a\n\rb", "a\r\n\r\nb\r\n"},
+		{"unterminated last line gets CRLF", "a\r\nb", "a\r\nb\r\n"},
+		{"empty stays empty", "", ""},
+		{"smuggling LF dot LF", "x\n.\nMAIL", "x\r\n.\r\nMAIL\r\n"},
+		{"smuggling CR dot CR", "x\r.\rMAIL", "x\r\n.\r\nMAIL\r\n"},
+	}
+	for _, tt := range tests {
+		for _, k := range []int{1, 2, bodyChunk} {
+			r := newBodyReader(&chunked{b: []byte(tt.in), k: k}, 0, 0)
+			got, err := io.ReadAll(r)
+			if err != nil || string(got) != tt.want {
+				t.Errorf("%s (chunks of %d): got %q, %v; want %q", tt.name, k, got, err, tt.want)
+			}
+		}
+	}
+}
+
+func TestBodyReaderCountsReceivedInHeaderSection(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		hops int
+	}{
+		{"plain", "Received: a\r\nReceived: b\r\nSubject: x\r\n\r\n", 2},
+		{"case and space before colon", "RECEIVED : a\r\nreceived\t: b\r\n\r\n", 2},
+		{"continuation line is not a field", "X-A: 1\r\n Received: a\r\n\r\n", 0},
+		{"longer name is not Received", "Received-SPF: pass\r\nReceivedx: a\r\n\r\n", 0},
+		{"body does not count", "Subject: x\r\n\r\nReceived: a\r\n", 0},
+		{"bare LF ends the header section too", "Received: a\n\nReceived: b\n", 1},
+		{"no body: every line is header", "Received: a\r\nReceived: b", 2},
+	}
+	for _, tt := range tests {
+		for _, max := range []int{tt.hops, tt.hops - 1} {
+			r := newBodyReader(iotest.OneByteReader(strings.NewReader(tt.in)), 0, max)
+			_, err := io.ReadAll(r)
+			wantLoop := max > 0 && tt.hops > max
+			if wantLoop != (err == replyLoop) || !wantLoop && err != nil {
+				t.Errorf("%s, MaxHops %d: err %v, want loop %v", tt.name, max, err, wantLoop)
+			}
+		}
+	}
+}
+
+func TestBodyReaderSizeLimitCountsClientOctets(t *testing.T) {
+	in := strings.Repeat("line\n", 20) // 100 octets, 120 once normalised
+	tests := []struct {
+		max     int64
+		wantErr error
+	}{
+		{100, nil},
+		{99, replyTooBig},
+		{0, nil}, // no limit
+	}
+	for _, tt := range tests {
+		r := newBodyReader(&chunked{b: []byte(in), k: 7}, tt.max, 0)
+		got, err := io.ReadAll(r)
+		if err != tt.wantErr {
+			t.Errorf("max %d: err %v, want %v", tt.max, err, tt.wantErr)
+		}
+		if err == nil && (len(got) != 120 || r.Size() != 100) {
+			t.Errorf("max %d: %d bytes out, size %d; want 120, 100", tt.max, len(got), r.Size())
+		}
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+func TestBodyReaderMapsSourceErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		src  error
+		want error
+	}{
+		{"go-smtp size limit", smtp.ErrDataTooLarge, replyTooBig},
+		{"go-smtp line limit", smtp.ErrTooLongLine, replyLineTooLong},
+		{"read deadline", os.ErrDeadlineExceeded, replyStalled},
+		{"net timeout", timeoutErr{}, replyStalled},
+		{"client went away", io.ErrUnexpectedEOF, replyStalled},
+	}
+	for _, tt := range tests {
+		src := io.MultiReader(strings.NewReader("Subject: x\r\n"), iotest.ErrReader(tt.src))
+		r := newBodyReader(src, 0, 0)
+		_, err := io.ReadAll(r)
+		if err != tt.want || r.Err() != tt.want {
+			t.Errorf("%s: err %v, Err() %v; want %v", tt.name, err, r.Err(), tt.want)
+		}
+		if _, again := r.Read(make([]byte, 8)); again != tt.want {
+			t.Errorf("%s: error is not sticky: %v", tt.name, again)
+		}
+		if r.cause != tt.src {
+			t.Errorf("%s: cause %v, want %v", tt.name, r.cause, tt.src)
+		}
+	}
+}
+
+// FuzzBodyReader checks the streaming transformer against the several-pass
+// reference: only CRLF line endings come out, output is the normalised
+// input (or a prefix of it when the reader fails), and it fails exactly
+// when the input is over the size limit or has too many Received fields.
+func FuzzBodyReader(f *testing.F) {
+	f.Add([]byte("Received: a\r\nSubject: x\r\n\r\nbody\r\n"), uint8(3), uint16(0), uint8(1))
+	f.Add([]byte("x\n.\nMAIL FROM:<a@b>\r\n"), uint8(1), uint16(10), uint8(0))
+	f.Add([]byte("a\r\r\n\r.\r\n.\n"), uint8(2), uint16(0), uint8(0))
+	f.Fuzz(func(t *testing.T, in []byte, chunk uint8, max uint16, maxHops uint8) {
+		src := &chunked{b: in, k: int(chunk%64) + 1, eofWithData: chunk&0x80 != 0}
+		r := newBodyReader(src, int64(max), int(maxHops))
+		out, err := io.ReadAll(r)
+		checkCRLFOnly(t, out)
+
+		ref := normalise(in)
+		tooBig := max > 0 && len(in) > int(max)
+		loop := maxHops > 0 && countHops(ref) > int(maxHops)
+		switch err {
+		case nil:
+			if tooBig || loop {
+				t.Fatalf("accepted: %d octets (max %d), %d hops (max %d)", len(in), max, countHops(ref), maxHops)
+			}
+			if !bytes.Equal(out, ref) {
+				t.Fatalf("output\n%q\nwant\n%q", out, ref)
+			}
+			if r.Size() != int64(len(in)) {
+				t.Fatalf("Size %d, want %d", r.Size(), len(in))
+			}
+		case replyTooBig:
+			if !tooBig {
+				t.Fatalf("too big at %d octets, max %d", len(in), max)
+			}
+		case replyLoop:
+			if !loop {
+				t.Fatalf("loop at %d hops, max %d", countHops(ref), maxHops)
+			}
+		default:
+			t.Fatalf("unexpected error %v", err)
+		}
+		if !bytes.HasPrefix(ref, out) {
+			t.Fatalf("output %q is not a prefix of %q", out, ref)
+		}
+	})
+}
