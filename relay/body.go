@@ -4,6 +4,8 @@ import (
 	"io"
 
 	"github.com/emersion/go-smtp"
+
+	"relayq/retry"
 )
 
 // bodyChunk is how much of the client's data bodyReader takes per read; its
@@ -74,14 +76,15 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Err returns the error that ended the body, nil while it is still being
-// read and after a clean end.
-func (r *bodyReader) Err() error {
-	if r.err == io.EOF {
-		return nil
-	}
-	return r.err
+// Reply returns the reply for the failure that ended the body: nil while it
+// is still being read and after a clean end.
+func (r *bodyReader) Reply() *retry.Reply {
+	reply, _ := r.err.(*retry.Reply)
+	return reply
 }
+
+// Done reports whether the body was read to its end without error.
+func (r *bodyReader) Done() bool { return r.err == io.EOF }
 
 // Size is the number of octets read from the client so far.
 func (r *bodyReader) Size() int64 { return r.n }
@@ -114,7 +117,7 @@ func (r *bodyReader) fill() {
 }
 
 // fail drops pending output and makes err sticky.
-func (r *bodyReader) fail(err error) {
+func (r *bodyReader) fail(err *retry.Reply) {
 	r.out, r.off = r.out[:0], 0
 	r.err = err
 }
@@ -181,7 +184,7 @@ func (r *bodyReader) feedName(c byte) bool {
 // srcError maps a failure reading the client's data to the reply for it.
 // Anything but go-smtp's two policy errors means the client stalled past
 // the read deadline or went away.
-func srcError(err error) error {
+func srcError(err error) *retry.Reply {
 	switch err {
 	case smtp.ErrDataTooLarge:
 		// go-smtp's own budget, MaxMessageBytes, equals ours (see doc.go).

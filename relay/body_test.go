@@ -153,8 +153,8 @@ func TestBodyReaderMapsSourceErrors(t *testing.T) {
 		src := io.MultiReader(strings.NewReader("Subject: x\r\n"), iotest.ErrReader(tt.src))
 		r := newBodyReader(src, 0, 0)
 		_, err := io.ReadAll(r)
-		if err != tt.want || r.Err() != tt.want {
-			t.Errorf("%s: err %v, Err() %v; want %v", tt.name, err, r.Err(), tt.want)
+		if err != tt.want || r.Reply() != tt.want {
+			t.Errorf("%s: err %v, Reply() %v; want %v", tt.name, err, r.Reply(), tt.want)
 		}
 		if _, again := r.Read(make([]byte, 8)); again != tt.want {
 			t.Errorf("%s: error is not sticky: %v", tt.name, again)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/textproto"
 	"strings"
@@ -231,5 +232,48 @@ func TestSlowSteadyBodyOutlivesReadTimeout(t *testing.T) {
 	r.expect(250)
 	if got := afterReceived(t, q.only(t).body); !bytes.HasSuffix(got, []byte(strings.Repeat("a slow line\r\n", 8))) {
 		t.Errorf("stored %q", got)
+	}
+}
+
+// go-smtp always offers CHUNKING; a BDAT body goes through the same reader.
+func TestBDATBodyIsNormalisedAndChecked(t *testing.T) {
+	tests := []struct {
+		name   string
+		chunks []string
+		want   int
+	}{
+		{"bare LF across chunks is normalised", []string{"Subject: b\n\nline\r", "\nlast\n"}, 250},
+		{"hop limit applies", []string{strings.Repeat("Received: x\r\n", 31), "\r\nbody\r\n"}, 554},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := &memQueue{}
+			_, addr := startServer(t, testConfig(), q)
+			r := dialRaw(t, addr, "")
+			r.cmd("MAIL FROM:<s@example.org>", 250)
+			r.cmd("RCPT TO:<x@example.com>", 250)
+			code := 0
+			for i, c := range tt.chunks {
+				last := ""
+				if i == len(tt.chunks)-1 {
+					last = " LAST"
+				}
+				r.send(fmt.Sprintf("BDAT %d%s\r\n%s", len(c), last, c))
+				if code, _ = r.reply(); code != 250 {
+					break
+				}
+			}
+			if code != tt.want {
+				t.Fatalf("got %d, want %d", code, tt.want)
+			}
+			if code == 250 {
+				if got := afterReceived(t, q.only(t).body); string(got) != "Subject: b\r\n\r\nline\r\nlast\r\n" {
+					t.Errorf("stored %q", got)
+				}
+			} else if n := len(q.messages()); n != 0 {
+				t.Errorf("%d messages queued", n)
+			}
+			r.cmd("NOOP", 250)
+		})
 	}
 }

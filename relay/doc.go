@@ -30,9 +30,12 @@
 //	RCPT  not allowed to relay             550 5.7.1
 //	RCPT  more than MaxRecipients          452 4.5.3 (RFC 5321 §4.5.3.1.10)
 //	DATA  body above MaxMessageSize        552 5.3.4
-//	DATA  more than MaxHops Received       554 5.4.6
+//	DATA  Received fields above MaxHops    554 5.4.6
 //	DATA  client stalls for ReadTimeout    451 4.4.2, connection closed
 //	DATA  queue cannot store               451 4.3.0
+//
+// The hop count is of the Received fields the message arrived with, in its
+// header section; relayq's own is not counted.
 //
 // The size limit counts the octets the client transmits after the 354, minus
 // dot-stuffing, as RFC 1870 §3 defines message size; the Received header

@@ -206,30 +206,32 @@ func (s *session) Data(r io.Reader) error {
 	body := newBodyReader(r, cfg.MaxMessageSize, cfg.MaxHops)
 	err := s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), body))
 
-	ev := s.log.Warn().Str("stage", "data").Str("id", string(id)).Str("from", env.From).
-		Strs("rcpt", rcpts).Int64("size", body.Size())
-	if berr := body.Err(); berr != nil {
+	ev := func() *zerolog.Event {
+		return s.log.Warn().Str("stage", "data").Str("id", string(id)).Str("from", env.From).
+			Strs("rcpt", rcpts).Int64("size", body.Size())
+	}
+	if reply := body.Reply(); reply != nil {
 		if err == nil {
 			// The queue broke its contract and committed a body that ended
 			// in an error; the client is told what went wrong all the same.
-			s.log.Error().Str("id", string(id)).Err(berr).Msg("queue committed a failed body")
+			s.log.Error().Str("id", string(id)).Str("reply", reply.Error()).Msg("queue committed a failed body")
 		}
-		if berr == replyStalled || berr == replyLineTooLong {
+		if reply == replyStalled || reply == replyLineTooLong {
 			// The client is gone or out of step with us: stop sliding so
 			// go-smtp's drain ends at once, and close after the reply.
 			s.tc.setSlide(0)
 			s.mu.Lock()
 			s.mu.dead = true
 			s.mu.Unlock()
-			ev = ev.AnErr("cause", body.cause)
+			return s.reject(ev().AnErr("cause", body.cause), reply)
 		}
-		return s.reject(ev, berr.(*retry.Reply))
+		return s.reject(ev(), reply)
 	}
-	if err == nil && body.err != io.EOF {
+	if err == nil && !body.Done() {
 		err = errors.New("put returned before the end of the body")
 	}
 	if err != nil {
-		return s.reject(ev.Err(err), replyStoreFailed)
+		return s.reject(ev().Err(err), replyStoreFailed)
 	}
 	s.log.Info().Str("id", string(id)).Str("from", env.From).Strs("rcpt", rcpts).
 		Int64("size", env.Size).Msg("received")
