@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +56,7 @@ type Store struct {
 	messages  atomic.Int64
 	bytes     atomic.Int64
 	bufs      sync.Pool
+	scan      scanHint
 }
 
 // record is what an m/ key holds after the version byte.
@@ -139,7 +141,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 	defer s.bufs.Put(bufp)
 	buf := *bufp
 
-	b := s.db.NewBatch()
+	b := s.newBatch()
 	defer func() { b.Close() }()
 	var (
 		chunks  uint32
@@ -173,7 +175,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 				}
 				spilled = true
 			}
-			if err := b.Commit(pebble.NoSync); err != nil {
+			if err := s.commit(b, pebble.NoSync); err != nil {
 				return s.abandon(id, spilled, fmt.Errorf("queue: commit body: %w", err))
 			}
 			b.Reset()
@@ -192,7 +194,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 			return s.abandon(id, spilled, err)
 		}
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := s.commit(b, pebble.Sync); err != nil {
 		return s.abandon(id, spilled, fmt.Errorf("queue: commit: %w", err))
 	}
 	s.messages.Add(1)
@@ -219,7 +221,7 @@ func (s *Store) abandon(id ID, spilled bool, err error) error {
 
 // setRecord adds the m/ and s/ keys of r to b. A held message has no
 // schedule entry.
-func (s *Store) setRecord(b *pebble.Batch, id ID, r *record) error {
+func (s *Store) setRecord(b *writeBatch, id ID, r *record) error {
 	v, err := encodeRecord(r)
 	if err != nil {
 		return err
@@ -230,7 +232,7 @@ func (s *Store) setRecord(b *pebble.Batch, id ID, r *record) error {
 	if r.Held {
 		return nil
 	}
-	return b.Set(scheduleKey(r.NextAttempt, id), nil, nil)
+	return b.schedule(r.NextAttempt, id)
 }
 
 func encodeRecord(r *record) ([]byte, error) {
@@ -326,16 +328,23 @@ func (r *bodyReader) Close() error { return r.it.Close() }
 // passing over those for which skip returns true (messages already in
 // flight). next is when the earliest message not returned and not skipped
 // becomes due: now if more are due than limit allowed, zero if none.
+//
+// The scan starts where the previous one met its first live entry, or
+// earlier if a schedule entry was written before that since: it never
+// walks the tombstones that delivered messages leave at the front of the
+// index, which would make every call cost as much as the history.
 func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, next time.Time, err error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: []byte(prefixSchedule),
-		UpperBound: prefixEnd(prefixSchedule),
-	})
+	it, start, err := s.scan.begin(s.db)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("queue: due: %w", err)
 	}
 	defer it.Close()
-	for ok := it.First(); ok; ok = it.Next() {
+	firstLive := prefixEnd(prefixSchedule) // if the scan meets nothing
+	defer func() { s.scan.end(firstLive) }()
+	for ok, first := it.SeekGE(start), true; ok; ok, first = it.Next(), false {
+		if first {
+			firstLive = slices.Clone(it.Key())
+		}
 		due, id, err := parseScheduleKey(it.Key())
 		if err != nil {
 			return ids, next, err
@@ -371,7 +380,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 	if err != nil {
 		return err
 	}
-	b := s.db.NewBatch()
+	b := s.newBatch()
 	defer b.Close()
 	final := m.Final()
 	if final {
@@ -396,7 +405,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 		added++
 		addedBytes += int64(len(news[i].Body))
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := s.commit(b, pebble.Sync); err != nil {
 		return fmt.Errorf("queue: commit update %s: %w", m.ID, err)
 	}
 	if final {
@@ -412,7 +421,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 }
 
 // addSmall adds a whole in-memory message to b.
-func (s *Store) addSmall(b *pebble.Batch, nm *NewMessage) error {
+func (s *Store) addSmall(b *writeBatch, nm *NewMessage) error {
 	if !nm.ID.Valid() {
 		nm.ID = s.NewID()
 	}
@@ -435,7 +444,7 @@ func (s *Store) addSmall(b *pebble.Batch, nm *NewMessage) error {
 
 // deleteLocked adds the removal of every key of id to b. Small bodies get
 // point deletions, which are cheaper to read past than range tombstones.
-func (s *Store) deleteLocked(b *pebble.Batch, id ID, r *record) error {
+func (s *Store) deleteLocked(b *writeBatch, id ID, r *record) error {
 	if err := b.Delete(metaKey(id), nil); err != nil {
 		return err
 	}

@@ -1,0 +1,87 @@
+package queue
+
+import (
+	"bytes"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// writeBatch is a Pebble batch that remembers the earliest schedule entry
+// it writes, so that Due can start its scan at the right place.
+type writeBatch struct {
+	*pebble.Batch
+	minDue int64 // Unix ns; math.MaxInt64 when it schedules nothing
+}
+
+func (s *Store) newBatch() *writeBatch {
+	return &writeBatch{Batch: s.db.NewBatch(), minDue: math.MaxInt64}
+}
+
+// schedule adds the schedule entry of id at due. Every s/ key is written
+// through here.
+func (b *writeBatch) schedule(due time.Time, id ID) error {
+	b.minDue = min(b.minDue, max(due.UnixNano(), 0))
+	return b.Set(scheduleKey(due, id), nil, nil)
+}
+
+// commit commits b; its schedule entries are noted for the next Due scan.
+// The note and the commit happen under the shared side of scan.mu, so a
+// Due that takes the notes (exclusive side) sees their entries too.
+func (s *Store) commit(b *writeBatch, opts *pebble.WriteOptions) error {
+	s.scan.mu.RLock()
+	defer s.scan.mu.RUnlock()
+	for {
+		cur := s.scan.minDue.Load()
+		if b.minDue >= cur || s.scan.minDue.CompareAndSwap(cur, b.minDue) {
+			break
+		}
+	}
+	return b.Commit(opts)
+}
+
+// scanHint is where the schedule scan of Due may start.
+type scanHint struct {
+	mu     sync.RWMutex
+	minDue atomic.Int64 // earliest due written since the last begin (Unix ns)
+	from   []byte       // first live key the last scan met; nil = start of the index
+	fromMu sync.Mutex
+}
+
+// begin takes the notes and opens an iterator that sees every noted entry;
+// it returns where to start: the earlier of the last scan's first live key
+// and the earliest entry written since.
+func (h *scanHint) begin(db *pebble.DB) (*pebble.Iterator, []byte, error) {
+	h.mu.Lock()
+	minDue := h.minDue.Swap(math.MaxInt64)
+	it, err := db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte(prefixSchedule),
+		UpperBound: prefixEnd(prefixSchedule),
+	})
+	h.mu.Unlock()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.fromMu.Lock()
+	start := h.from
+	h.fromMu.Unlock()
+	if minDue < math.MaxInt64 {
+		if k := scheduleKey(time.Unix(0, minDue), ""); start == nil || bytes.Compare(k, start) < 0 {
+			start = k
+		}
+	}
+	if start == nil {
+		start = []byte(prefixSchedule)
+	}
+	return it, start, nil
+}
+
+// end records where the scan met its first live entry.
+func (h *scanHint) end(firstLive []byte) {
+	h.fromMu.Lock()
+	h.from = firstLive
+	h.fromMu.Unlock()
+}
