@@ -53,6 +53,11 @@ type Recipient struct {
 	LastReply string `json:"r,omitempty"`
 	// LastHost is the host that gave LastReply, if a remote one.
 	LastHost string `json:"h,omitempty"`
+	// Status is the enhanced status code the worker settled on for
+	// LastReply ("5.3.4"). It can differ from the one the reply carries: a
+	// 552 at RCPT is temporary (4.x.x), a "552 4.3.1 Message size exceeds
+	// …" after the data is 5.3.4. DSNs report it.
+	Status string `json:"st,omitempty"`
 	// Done is when the recipient reached a final state.
 	Done time.Time `json:"d,omitzero"`
 }
@@ -84,6 +89,10 @@ type Envelope struct {
 	DelayWarned bool `json:"w,omitempty"`
 	// Held is set while an operator holds the message.
 	Held bool `json:"hd,omitempty"`
+	// BounceRequested is set by an operator (Store.Bounce): the delivery
+	// worker is to bounce every pending recipient at its next attempt, with
+	// an NDR, instead of trying to deliver.
+	BounceRequested bool `json:"br,omitempty"`
 }
 
 // Pending returns the indexes of the recipients still to be delivered.

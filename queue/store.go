@@ -393,6 +393,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 		}
 		r := &record{Envelope: m.Envelope, Chunks: old.Chunks}
 		r.Held = old.Held
+		r.BounceRequested = r.BounceRequested || old.BounceRequested
 		if err := s.setRecord(b, m.ID, r); err != nil {
 			return err
 		}

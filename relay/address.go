@@ -24,6 +24,12 @@ func checkAddress(addr string, utf8OK bool) (string, error) {
 		return "", errors.New("want local@domain")
 	}
 	local, domain := addr[:at], addr[at+1:]
+	if strings.IndexByte(local, '@') >= 0 {
+		// go-smtp hands a quoted local part over unquoted, so "x@y"@z and
+		// the malformed x@y@z reach here alike; neither is accepted, as a
+		// next hop could split either at its first @.
+		return "", errors.New("@ in the local part")
+	}
 	if !utf8.ValidString(addr) {
 		return "", errors.New("invalid UTF-8")
 	}
@@ -47,6 +53,18 @@ func checkAddress(addr string, utf8OK bool) (string, error) {
 		return "", errors.New("path too long")
 	}
 	return out, nil
+}
+
+// routingLocal reports whether the local part of a checked address carries
+// routing that a next hop might act on: the percent hack (user%host@relay),
+// a UUCP bang path (host!user@relay) or an @, and their full-width and
+// small-form look-alikes, which a next hop applying Unicode compatibility
+// normalisation (NFKC) would turn into them. Source routes (@a,@b:u@c) never
+// get here: go-smtp drops them, as RFC 5321 §4.1.1.3 lets a server do, and
+// the mailbox alone is queued.
+func routingLocal(addr string) bool {
+	local := addr[:strings.LastIndexByte(addr, '@')]
+	return strings.ContainsAny(local, "%!@\uFF05\uFE6A\uFF01\uFE57\uFF20\uFE6B")
 }
 
 // checkDomain accepts a domain name (RFC 5321 §4.1.2 Domain, with U-labels

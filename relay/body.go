@@ -18,6 +18,8 @@ const bodyChunk = 32 << 10
 //   - turns a bare LF and a bare CR into CRLF, so the stored message has only
 //     CRLF line endings and nothing in it can end the DATA of a later hop
 //     early (SMTP smuggling; RFC 5321 §2.3.8 allows no other line ending);
+//     with BareReject it fails with replyBareLineEnding at the first one
+//     instead;
 //   - counts the octets the client sent and fails with replyTooBig once they
 //     exceed max (RFC 1870: CRs it inserts are not the client's octets);
 //   - counts "Received:" fields in the header section, which ends at the
@@ -30,6 +32,7 @@ type bodyReader struct {
 	src     io.Reader
 	max     int64 // octets allowed from src; <= 0: no limit
 	maxHops int   // Received fields allowed; <= 0: no limit
+	reject  bool  // a bare CR or LF fails the body
 
 	n    int64 // octets read from src
 	hops int
@@ -53,11 +56,12 @@ const (
 	rcvd        = "received" // RFC 5322 §3.6.7 field name, case-insensitive
 )
 
-func newBodyReader(src io.Reader, max int64, maxHops int) *bodyReader {
+func newBodyReader(src io.Reader, max int64, maxHops int, bare BareLineEndings) *bodyReader {
 	return &bodyReader{
 		src:     src,
 		max:     max,
 		maxHops: maxHops,
+		reject:  bare == BareReject,
 		in:      make([]byte, bodyChunk),
 		out:     make([]byte, 0, 2*bodyChunk+2),
 	}
@@ -99,12 +103,14 @@ func (r *bodyReader) fill() {
 			r.fail(replyTooBig)
 			return
 		}
-		if !r.transform(r.in[:n]) {
-			r.fail(replyLoop)
+		if reply := r.transform(r.in[:n]); reply != nil {
+			r.fail(reply)
 			return
 		}
 	}
 	switch {
+	case err == io.EOF && r.cr && r.reject:
+		r.fail(replyBareLineEnding) // the body ends in a bare CR
 	case err == io.EOF:
 		if r.lineLen > 0 {
 			r.out = append(r.out, '\r', '\n')
@@ -122,14 +128,18 @@ func (r *bodyReader) fail(err *retry.Reply) {
 	r.err = err
 }
 
-// transform appends the normalised form of b to out. It returns false when
-// the hop limit is exceeded.
-func (r *bodyReader) transform(b []byte) bool {
+// transform appends the normalised form of b to out. It fails with
+// replyLoop when the hop limit is exceeded and, in reject mode, with
+// replyBareLineEnding at a bare CR or LF.
+func (r *bodyReader) transform(b []byte) *retry.Reply {
 	for _, c := range b {
 		if r.cr {
 			r.cr = false
 			if c == '\n' {
 				continue // the LF of a CRLF whose line break is written
+			}
+			if r.reject {
+				return replyBareLineEnding // a CR not followed by LF
 			}
 		}
 		switch c {
@@ -137,16 +147,19 @@ func (r *bodyReader) transform(b []byte) bool {
 			r.cr = true
 			r.endLine()
 		case '\n':
+			if r.reject {
+				return replyBareLineEnding
+			}
 			r.endLine() // bare LF
 		default:
 			r.out = append(r.out, c)
 			if !r.body && !r.feedName(c) {
-				return false
+				return replyLoop
 			}
 			r.lineLen++
 		}
 	}
-	return true
+	return nil
 }
 
 // endLine writes CRLF and notes where the header section ends.

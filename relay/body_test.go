@@ -74,7 +74,7 @@ func TestBodyReaderNormalisesLineEndings(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for _, k := range []int{1, 2, bodyChunk} {
-			r := newBodyReader(&chunked{b: []byte(tt.in), k: k}, 0, 0)
+			r := newBodyReader(&chunked{b: []byte(tt.in), k: k}, 0, 0, BareNormalize)
 			got, err := io.ReadAll(r)
 			if err != nil || string(got) != tt.want {
 				t.Errorf("%s (chunks of %d): got %q, %v; want %q", tt.name, k, got, err, tt.want)
@@ -99,7 +99,7 @@ func TestBodyReaderCountsReceivedInHeaderSection(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for _, max := range []int{tt.hops, tt.hops - 1} {
-			r := newBodyReader(iotest.OneByteReader(strings.NewReader(tt.in)), 0, max)
+			r := newBodyReader(iotest.OneByteReader(strings.NewReader(tt.in)), 0, max, BareNormalize)
 			_, err := io.ReadAll(r)
 			wantLoop := max > 0 && tt.hops > max
 			if wantLoop != (err == replyLoop) || !wantLoop && err != nil {
@@ -120,7 +120,7 @@ func TestBodyReaderSizeLimitCountsClientOctets(t *testing.T) {
 		{0, nil}, // no limit
 	}
 	for _, tt := range tests {
-		r := newBodyReader(&chunked{b: []byte(in), k: 7}, tt.max, 0)
+		r := newBodyReader(&chunked{b: []byte(in), k: 7}, tt.max, 0, BareNormalize)
 		got, err := io.ReadAll(r)
 		if err != tt.wantErr {
 			t.Errorf("max %d: err %v, want %v", tt.max, err, tt.wantErr)
@@ -151,7 +151,7 @@ func TestBodyReaderMapsSourceErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		src := io.MultiReader(strings.NewReader("Subject: x\r\n"), iotest.ErrReader(tt.src))
-		r := newBodyReader(src, 0, 0)
+		r := newBodyReader(src, 0, 0, BareNormalize)
 		_, err := io.ReadAll(r)
 		if err != tt.want || r.Reply() != tt.want {
 			t.Errorf("%s: err %v, Reply() %v; want %v", tt.name, err, r.Reply(), tt.want)
@@ -173,19 +173,29 @@ func FuzzBodyReader(f *testing.F) {
 	f.Add([]byte("Received: a\r\nSubject: x\r\n\r\nbody\r\n"), uint8(3), uint16(0), uint8(1))
 	f.Add([]byte("x\n.\nMAIL FROM:<a@b>\r\n"), uint8(1), uint16(10), uint8(0))
 	f.Add([]byte("a\r\r\n\r.\r\n.\n"), uint8(2), uint16(0), uint8(0))
+	// chunk: bits 0-5 the read size - 1, bit 6 reject mode, bit 7 EOF with
+	// the last data.
 	f.Fuzz(func(t *testing.T, in []byte, chunk uint8, max uint16, maxHops uint8) {
 		src := &chunked{b: in, k: int(chunk%64) + 1, eofWithData: chunk&0x80 != 0}
-		r := newBodyReader(src, int64(max), int(maxHops))
+		mode := BareNormalize
+		if chunk&0x40 != 0 {
+			mode = BareReject
+		}
+		r := newBodyReader(src, int64(max), int(maxHops), mode)
 		out, err := io.ReadAll(r)
 		checkCRLFOnly(t, out)
 
 		ref := normalise(in)
 		tooBig := max > 0 && len(in) > int(max)
 		loop := maxHops > 0 && countHops(ref) > int(maxHops)
+		bare := hasBareLineEnding(in)
 		switch err {
 		case nil:
 			if tooBig || loop {
 				t.Fatalf("accepted: %d octets (max %d), %d hops (max %d)", len(in), max, countHops(ref), maxHops)
+			}
+			if mode == BareReject && bare {
+				t.Fatalf("reject mode accepted a bare CR or LF in %q", in)
 			}
 			if !bytes.Equal(out, ref) {
 				t.Fatalf("output\n%q\nwant\n%q", out, ref)
@@ -201,6 +211,10 @@ func FuzzBodyReader(f *testing.F) {
 			if !loop {
 				t.Fatalf("loop at %d hops, max %d", countHops(ref), maxHops)
 			}
+		case replyBareLineEnding:
+			if mode != BareReject || !bare {
+				t.Fatalf("bare line ending refused in mode %v of %q", mode, in)
+			}
 		default:
 			t.Fatalf("unexpected error %v", err)
 		}
@@ -208,4 +222,41 @@ func FuzzBodyReader(f *testing.F) {
 			t.Fatalf("output %q is not a prefix of %q", out, ref)
 		}
 	})
+}
+
+// hasBareLineEnding reports whether b has a CR not followed by LF or an LF
+// not preceded by CR.
+func hasBareLineEnding(b []byte) bool {
+	for i, c := range b {
+		if c == '\r' && (i+1 == len(b) || b[i+1] != '\n') || c == '\n' && (i == 0 || b[i-1] != '\r') {
+			return true
+		}
+	}
+	return false
+}
+
+func TestBodyReaderRejectMode(t *testing.T) {
+	tests := []struct {
+		name, in string
+		refused  bool
+	}{
+		{"CRLF only passes", "a\r\nb\r\n", false},
+		{"unterminated last line passes", "a\r\nb", false},
+		{"bare LF", "a\nb\r\n", true},
+		{"bare CR", "a\rb\r\n", true},
+		{"CR CR LF", "a\r\r\n", true},
+		{"LF first", "\nx", true},
+		{"trailing bare CR", "a\r\nb\r", true},
+		{"smuggling LF dot LF", "x\r\n\n.\nMAIL\r\n", true},
+		{"smuggling CR dot CR", "x\r.\rMAIL\r\n", true},
+	}
+	for _, tt := range tests {
+		for _, k := range []int{1, 2, bodyChunk} {
+			r := newBodyReader(&chunked{b: []byte(tt.in), k: k}, 0, 0, BareReject)
+			_, err := io.ReadAll(r)
+			if tt.refused && err != replyBareLineEnding || !tt.refused && err != nil {
+				t.Errorf("%s (chunks of %d): err %v, refused want %v", tt.name, k, err, tt.refused)
+			}
+		}
+	}
 }

@@ -277,3 +277,39 @@ func TestBDATBodyIsNormalisedAndChecked(t *testing.T) {
 		})
 	}
 }
+
+func TestBareLineEndingsRejectedWith550_5_5_2(t *testing.T) {
+	payloads := map[string]string{
+		"LF dot LF":   "hello\n.\nMAIL FROM:<e@x>\r\n",
+		"LF dot CRLF": "hello\n.\r\nMAIL FROM:<e@x>\r\n",
+		"CRLF dot LF": "hello\r\n.\nMAIL FROM:<e@x>\r\n",
+		"CR dot CR":   "hello\r.\rMAIL FROM:<e@x>\r\n",
+		"bare LF":     "a\nb\r\n",
+	}
+	for name, p := range payloads {
+		t.Run(name, func(t *testing.T) {
+			q := &memQueue{}
+			cfg := testConfig()
+			cfg.BareLineEndings = BareReject
+			_, addr := startServer(t, cfg, q)
+			r := dialRaw(t, addr, "")
+			r.cmd("MAIL FROM:<s@example.org>", 250)
+			r.cmd("RCPT TO:<x@example.com>", 250)
+			r.cmd("DATA", 354)
+			r.send("Subject: bare\r\n\r\n" + p + ".\r\n")
+			if msg := r.expect(550); !strings.HasPrefix(msg, "5.5.2 ") {
+				t.Errorf("reply 550 %s, want 550 5.5.2", msg)
+			}
+			if n := len(q.messages()); n != 0 {
+				t.Errorf("%d messages queued", n)
+			}
+			// In step: a clean message goes through.
+			r.cmd("MAIL FROM:<s@example.org>", 250)
+			r.cmd("RCPT TO:<x@example.com>", 250)
+			r.cmd("DATA", 354)
+			r.send("Subject: clean\r\n\r\nok\r\n.\r\n")
+			r.expect(250)
+			q.only(t)
+		})
+	}
+}

@@ -1,5 +1,7 @@
 // Package relay is the inbound side of relayq: a go-smtp Backend and Session
-// that accept mail over SMTP and hand each message to the queue.
+// that accept mail over SMTP and hand each message to the queue, with the
+// intake protection around them: listener modes and TLS, AUTH, connection
+// caps, the relay policy, message limits and back pressure.
 //
 // Invariants (DESIGN.md; each is proven by a test in this package):
 //
@@ -8,31 +10,59 @@
 //     returns nil only once envelope and body are committed with pebble.Sync
 //     (DESIGN.md invariant 1). Shutdown waits for a transaction in flight to
 //     get its reply before it closes the connection.
-//   - 451 4.3.0 on store failure. A Put that fails for a storage reason gives
-//     exactly 451 4.3.0, an unwrapped *smtp.SMTPError: go-smtp type-asserts
-//     the error, and anything else would reach the client as 451 4.0.0 or a
-//     permanent 554 5.0.0 and make the sender bounce mail it should retry.
+//   - 451 4.3.0 on store failure. A Put that fails for a storage reason (a
+//     full disk included) gives exactly 451 4.3.0, an unwrapped
+//     *smtp.SMTPError: go-smtp type-asserts the error, and anything else
+//     would reach the client as 451 4.0.0 or a permanent 554 5.0.0 and make
+//     the sender bounce mail it should retry.
 //   - No open relay (invariant 6). RCPT is refused with 550 5.7.1 unless the
-//     client's address is in Config.AllowedNetworks or the session has
-//     authenticated. There is no other way to get a recipient accepted.
+//     session has authenticated, or the client's address is in
+//     Config.AllowedNetworks and the listener is not a submission listener.
+//     The policy is checked before the address is looked at, so no way of
+//     writing an address changes the answer for a client that may not relay.
+//   - What is queued is what is delivered. A recipient whose local part
+//     holds routing (user%host@relay, host!user@relay, "user@host"@relay,
+//     x@y@z, and full-width look-alikes of % ! @) is refused from everyone
+//     with 501 5.1.3, so no next hop can read it as a route elsewhere; a
+//     source route (@a,@b:user@host) is dropped by go-smtp as RFC 5321
+//     §4.1.1.3 allows, and only the mailbox is queued.
 //   - One message in, one message out. The body is streamed (never held
 //     whole in memory) through one reader pass that turns every bare LF and
-//     bare CR into CRLF, so no byte sequence a client sends inside DATA can
-//     become an end-of-data marker at the next hop (SMTP smuggling,
-//     RFC 5321 §2.3.8 and §4.1.1.4). The same pass enforces the size limit
-//     (552 5.3.4, RFC 1870) and the Received hop limit (554 5.4.6,
-//     RFC 5321 §6.3); either makes the reader fail, so Put stores nothing.
+//     bare CR into CRLF (or, with BareReject, refuses the message with
+//     550 5.5.2), so no byte sequence a client sends inside DATA can become
+//     an end-of-data marker at the next hop (SMTP smuggling, RFC 5321 §2.3.8
+//     and §4.1.1.4). The same pass enforces the size limit (552 5.3.4,
+//     RFC 1870) and the Received hop limit (554 5.4.6, RFC 5321 §6.3); any
+//     of them makes the reader fail, so Put stores nothing.
+//   - AUTH only over TLS (RFC 4954 §4) unless a listener allows insecure
+//     AUTH; every attempt is one bcrypt comparison, against a dummy hash for
+//     unknown users (no user enumeration by timing); the third failure on a
+//     connection closes it; failures per source are rate-limited.
+//   - Back pressure never stops delivery. It refuses MAIL only; the queue
+//     and the delivery worker are not touched.
 //
-// Where a limit is checked:
+// Where a limit is checked, and what the client sees:
 //
-//	MAIL  SIZE= above MaxMessageSize       552 5.3.4 (RFC 1870 §6.2)
-//	RCPT  address syntax                   501 5.1.3
-//	RCPT  not allowed to relay             550 5.7.1
-//	RCPT  more than MaxRecipients          452 4.5.3 (RFC 5321 §4.5.3.1.10)
-//	DATA  body above MaxMessageSize        552 5.3.4
-//	DATA  Received fields above MaxHops    554 5.4.6
-//	DATA  client stalls for ReadTimeout    451 4.4.2, connection closed
-//	DATA  queue cannot store               451 4.3.0
+//	connect  over MaxConnections / MaxConnectionsPerSource   421 4.3.2, closed (before the greeting)
+//	idle     no command for ReadTimeout (5 min)               421 4.4.2, closed (go-smtp)
+//	AUTH     plaintext without AllowInsecureAuth              523 5.7.10
+//	AUTH     wrong user or password                           535 5.7.8
+//	AUTH     third failure on the connection                  421 4.7.0, closed
+//	AUTH     source over AuthFailuresPerSource in the window  454 4.7.0
+//	AUTH     inside a transaction                             503 5.5.1
+//	MAIL     submission listener before AUTH                 530 5.7.0
+//	MAIL     back pressure high, or medium for a client
+//	         that may not relay                               452 4.3.1 Insufficient system resources (<resource>)
+//	MAIL     SIZE= above MaxMessageSize                       552 5.3.4 (RFC 1870 §6.2)
+//	RCPT     not allowed to relay                             550 5.7.1
+//	RCPT     address syntax                                   501 5.1.3 (go-smtp: 501 5.5.2 if unparseable)
+//	RCPT     routing in the local part                        501 5.1.3
+//	RCPT     more than MaxRecipients                          452 4.5.3 (RFC 5321 §4.5.3.1.10)
+//	DATA     body above MaxMessageSize                        552 5.3.4
+//	DATA     Received fields above MaxHops                    554 5.4.6
+//	DATA     bare CR or LF with BareReject                    550 5.5.2
+//	DATA     client stalls for ReadTimeout                    451 4.4.2, connection closed
+//	DATA     queue cannot store                               451 4.3.0
 //
 // The hop count is of the Received fields the message arrived with, in its
 // header section; relayq's own is not counted.
@@ -43,4 +73,34 @@
 // refuses a message of exactly MaxMessageSize octets (its DATA reader errs
 // once its budget reaches zero, before it sees the end marker), so in effect
 // the largest accepted message is one octet smaller than the advertised SIZE.
+//
+// # Connections
+//
+// Server.Serve wraps each accepted connection itself (conn.go): the caps are
+// counted there, since go-smtp has no hook before its greeting; the read
+// deadline slides during DATA; a multi-line reply, which go-smtp writes line
+// by line, goes out in one write; control characters go-smtp would echo
+// from client input are replaced; and Shutdown can close idle connections.
+// Implicit TLS (ModeSMTPS) is layered on top of that wrapper with
+// tls.Server, so that go-smtp sees a *tls.Conn (ESMTPS, AUTH). Inside TLS
+// the wrapper sees records only: coalescing and cleaning apply to
+// plaintext.
+//
+// # Back pressure
+//
+// A Monitor (pressure.go) samples every few seconds, and at once on a Pebble
+// write stall or low-disk event: free space on the data_dir volume, queued
+// messages (and bytes, informational), process memory against the memory
+// limit (the cgroup's, else RAM), and Pebble write stalls. Each resource
+// has a medium and a high threshold; a level is entered as soon as its
+// threshold is crossed and left only when the reading is 10% on the good
+// side of it (hysteresis). The overall level is the worst resource's:
+//
+//	normal  accept
+//	medium  accept from allowed networks and authenticated clients; others 452 4.3.1 at MAIL
+//	high    452 4.3.1 at MAIL for everyone; delivery of queued mail goes on
+//
+// Every change of a resource's level is logged once at warn with the
+// resource, its reading and the threshold; Monitor.Status reports the same
+// for `relayq status`, /metrics and /healthz.
 package relay

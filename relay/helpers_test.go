@@ -3,12 +3,15 @@ package relay
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"net/textproto"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"relayq/internal/sink"
 	"relayq/queue"
 )
 
@@ -102,13 +106,25 @@ func testConfig() Config {
 // The server is shut down when the test ends.
 func startServer(t *testing.T, cfg Config, q Queue) (*Server, string) {
 	t.Helper()
+	return startListener(t, cfg, q, ListenerConfig{})
+}
+
+// startListener is startServer with one listener of the given config.
+func startListener(t *testing.T, cfg Config, q Queue, lc ListenerConfig) (*Server, string) {
+	t.Helper()
+	return startLogged(t, cfg, q, lc, zerolog.New(zerolog.NewTestWriter(t)))
+}
+
+// startLogged is startListener with a logger of the test's choice.
+func startLogged(t *testing.T, cfg Config, q Queue, lc ListenerConfig, log zerolog.Logger) (*Server, string) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(cfg, q, zerolog.New(zerolog.NewTestWriter(t)))
+	s := New(cfg, q, log)
 	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
+	go func() { served <- s.Serve(l, lc) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 		defer cancel()
@@ -167,13 +183,63 @@ type rawConn struct {
 
 func dialRaw(t *testing.T, addr, local string) *rawConn {
 	t.Helper()
-	c := dialFrom(t, addr, local)
-	r := &rawConn{t: t, c: c, tp: textproto.NewConn(c)}
-	t.Cleanup(func() { r.tp.Close() })
-	r.expect(220)
+	r := greetRaw(t, dialFrom(t, addr, local))
 	r.cmd("EHLO client.test", 250)
 	return r
 }
+
+// greetRaw wraps c and reads the 220 greeting.
+func greetRaw(t *testing.T, c net.Conn) *rawConn {
+	t.Helper()
+	r := &rawConn{t: t, c: c, tp: textproto.NewConn(c)}
+	t.Cleanup(func() { r.tp.Close() })
+	r.expect(220)
+	return r
+}
+
+// ehlo sends EHLO and returns the reply's lines after the greeting line.
+func (r *rawConn) ehlo() []string {
+	r.t.Helper()
+	msg := r.cmd("EHLO client.test", 250)
+	lines := strings.Split(msg, "\n")
+	return lines[1:]
+}
+
+// hasExt reports whether an EHLO reply's lines advertise ext (its keyword).
+func hasExt(lines []string, ext string) bool {
+	for _, l := range lines {
+		if kw, _, _ := strings.Cut(l, " "); strings.EqualFold(kw, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+// startTLS runs STARTTLS and the handshake; the dialogue goes on in TLS
+// and, as after any STARTTLS, must begin with EHLO again.
+func (r *rawConn) startTLS(cfg *tls.Config) {
+	r.t.Helper()
+	r.cmd("STARTTLS", 220)
+	tc := tls.Client(r.c, cfg)
+	if err := tc.Handshake(); err != nil {
+		r.t.Fatalf("TLS handshake: %v", err)
+	}
+	r.c, r.tp = tc, textproto.NewConn(tc)
+}
+
+// testTLS returns a server TLS config for "relay.test" and 127.0.0.1 and
+// a client config that trusts it.
+func testTLS(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	server, pool, err := sink.SelfSigned("relay.test", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, &tls.Config{RootCAs: pool, ServerName: "relay.test", MinVersion: tls.VersionTLS12}
+}
+
+// b64 is base64 for SASL responses.
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 // reply reads one reply and returns its code and text (with the enhanced
 // code, "5.7.1 Relaying denied").
@@ -202,6 +268,18 @@ func (r *rawConn) cmd(line string, want int) string {
 		r.t.Fatal(err)
 	}
 	return r.expect(want)
+}
+
+// expectClosed fails unless the server closes the connection (an EOF, or
+// with TLS an unexpected EOF) before a short deadline.
+func (r *rawConn) expectClosed() {
+	r.t.Helper()
+	r.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	line, err := r.tp.ReadLine()
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		r.t.Fatalf("connection not closed: read %q, %v", line, err)
+	}
 }
 
 // send writes raw bytes.

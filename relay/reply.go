@@ -39,10 +39,61 @@ var (
 	// RFC 5321 §4.1.4: MAIL inside a transaction is a bad sequence.
 	replyNestedMail = &retry.Reply{Code: 503, Enhanced: codeBadSequence,
 		Text: "Nested MAIL command"}
+	// Routing in the local part (% hack, bang path, an @ inside quotes) is
+	// refused from everyone: what is queued is what gets delivered, and no
+	// next hop may read it as a route elsewhere (RFC 5321 §3.6.1, §2.3.11).
+	replyRouting = &retry.Reply{Code: 501, Enhanced: retry.CodeBadSyntax,
+		Text: "Routing characters (% ! @) in the local part are not accepted"}
+	// RFC 5321 §2.3.8: lines end in CRLF only ([limits] bare_line_endings
+	// = "reject"). RFC 3463 X.5.2 is a syntax error.
+	replyBareLineEnding = &retry.Reply{Code: 550, Enhanced: retry.CodeSyntaxError,
+		Text: "Bare CR or LF in message data, use CRLF line endings"}
+
+	// Connection caps, in place of the greeting (RFC 5321 §3.1; seed 001).
+	replyTooManyConns = &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns,
+		Text: "Too many connections, try again later"}
+	replyTooManyConnsFrom = &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns,
+		Text: "Too many connections from your address, try again later"}
+
+	// AUTH (RFC 4954 §4, §6).
+	replyAuthRequired = &retry.Reply{Code: 530, Enhanced: codeAuthRequired,
+		Text: "Authentication required"}
+	replyAuthInvalid = &retry.Reply{Code: 535, Enhanced: codeAuthInvalid,
+		Text: "Authentication credentials invalid"}
+	replyAuthTooMany = &retry.Reply{Code: 421, Enhanced: codeAuthTemp,
+		Text: "Too many failed authentication attempts, closing connection"}
+	replyAuthLimited = &retry.Reply{Code: 454, Enhanced: codeAuthTemp,
+		Text: "Too many failed authentication attempts, try again later"}
+	replyAuthTemp = &retry.Reply{Code: 454, Enhanced: codeAuthTemp,
+		Text: "Temporary authentication failure"}
+	replyAuthMalformed = &retry.Reply{Code: 501, Enhanced: retry.CodeSyntaxError,
+		Text: "Malformed authentication response"}
+	replyAuthUnknownMech = &retry.Reply{Code: 504, Enhanced: codeBadParam,
+		Text: "Unrecognized authentication type"}
+	replyAuthInTxn = &retry.Reply{Code: 503, Enhanced: codeBadSequence,
+		Text: "AUTH not permitted during a mail transaction"}
+	replyAuthNeedsTLS = &retry.Reply{Code: 523, Enhanced: codeEncryptionNeeded,
+		Text: "TLS is required"}
 )
 
-// codeBadSequence is RFC 3463 X.5.1, invalid command (sequence).
-var codeBadSequence = retry.EnhancedCode{5, 5, 1}
+// Enhanced codes of RFC 3463 and RFC 4954 that retry has no name for.
+var (
+	codeBadSequence      = retry.EnhancedCode{5, 5, 1}  // invalid command (sequence)
+	codeBadParam         = retry.EnhancedCode{5, 5, 4}  // invalid command arguments
+	codeAuthRequired     = retry.EnhancedCode{5, 7, 0}  // RFC 4954 §6: 530 5.7.0
+	codeAuthInvalid      = retry.EnhancedCode{5, 7, 8}  // RFC 4954 §6: 535 5.7.8
+	codeAuthTemp         = retry.EnhancedCode{4, 7, 0}  // RFC 4954 §6: 454 4.7.0
+	codeEncryptionNeeded = retry.EnhancedCode{5, 7, 10} // RFC 5248: 523 5.7.10, as go-smtp
+)
+
+// replyPressure is the back-pressure refusal at MAIL: Exchange's words
+// (seeds 000, 004), naming the resource so that whoever reads the reply in
+// a telnet session has the clue the seed operator lacked. 452 is temporary:
+// the client keeps the message and retries (RFC 5321 §4.2.2).
+func replyPressure(r Resource) *retry.Reply {
+	return &retry.Reply{Code: 452, Enhanced: retry.CodeTempResources,
+		Text: "Insufficient system resources (" + r.describe() + ")"}
+}
 
 // smtpError converts r to the error go-smtp turns into a reply. go-smtp
 // type-asserts *smtp.SMTPError rather than using errors.As, so the result

@@ -2,12 +2,14 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -30,15 +32,31 @@ type Queue interface {
 
 // Defaults for the zero values of Config.
 const (
-	DefaultMaxMessageSize = 35 << 20
-	DefaultMaxRecipients  = 100
-	DefaultMaxHops        = 30
+	DefaultMaxMessageSize          = 35 << 20
+	DefaultMaxRecipients           = 100
+	DefaultMaxHops                 = 30
+	DefaultMaxConnections          = 1000
+	DefaultMaxConnectionsPerSource = 20
 	// RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command.
 	DefaultTimeout = 5 * time.Minute
+	// DefaultAuthFailuresPerSource failed AUTH attempts within
+	// DefaultAuthFailureWindow make a source wait (454 4.7.0).
+	DefaultAuthFailuresPerSource = 10
+	DefaultAuthFailureWindow     = 10 * time.Minute
 )
 
 // rdnsTimeout bounds the reverse lookup made once per session at EHLO.
 const rdnsTimeout = 5 * time.Second
+
+// BareLineEndings says what happens to a bare CR or bare LF inside DATA.
+type BareLineEndings int
+
+const (
+	// BareNormalize rewrites each bare CR and bare LF to CRLF before queueing.
+	BareNormalize BareLineEndings = iota
+	// BareReject refuses the message with 550 5.5.2.
+	BareReject
+)
 
 // Config says how the server treats clients. The zero value of each field
 // means its default.
@@ -48,13 +66,36 @@ type Config struct {
 	MaxMessageSize  int64          // SIZE advertised and enforced: 552 5.3.4
 	MaxRecipients   int            // beyond it: 452 4.5.3
 	MaxHops         int            // Received headers above it: 554 5.4.6 at end of DATA
+	// MaxConnections and MaxConnectionsPerSource cap the open connections
+	// in total and from one IP address; one more is answered 421 4.3.2 in
+	// place of the greeting and closed (RFC 5321 §3.1).
+	MaxConnections          int
+	MaxConnectionsPerSource int
+	// BareLineEndings: normalise (default) or reject bare CR / bare LF.
+	BareLineEndings BareLineEndings
 	// ReadTimeout is the idle limit for a command and, during DATA, for
 	// progress: the read deadline slides with every read of the body, as
 	// go-smtp sets it only once when DATA is read. A stalled body gets
 	// 451 4.4.2 and the connection is closed.
 	ReadTimeout  time.Duration
 	WriteTimeout time.Duration
-	// Now is the clock for the Received header; nil means time.Now.
+	// TLS is the certificate for STARTTLS and for smtps listeners; nil
+	// means no STARTTLS is offered and no smtps listener can be served.
+	TLS *tls.Config
+	// Users are the AUTH PLAIN/LOGIN accounts, name → bcrypt hash. Empty:
+	// AUTH is not offered.
+	Users map[string]string
+	// AuthFailuresPerSource failed AUTH attempts from one source (an IPv4
+	// address or an IPv6 /64) within AuthFailureWindow make further AUTH
+	// from it wait with 454 4.7.0 until the oldest failure leaves the window.
+	AuthFailuresPerSource int
+	AuthFailureWindow     time.Duration
+	// Pressure is the back-pressure monitor consulted at MAIL; nil means
+	// always normal. The server samples it once in New, runs it until
+	// Shutdown and never stops delivery: only intake is refused.
+	Pressure *Monitor
+	// Now is the clock for the Received header and AUTH rate limiting;
+	// nil means time.Now.
 	Now func() time.Time
 	// LookupAddr finds the client's name for the Received header, as
 	// net.Resolver.LookupAddr does; nil means no reverse lookup is made and
@@ -78,11 +119,23 @@ func (c Config) withDefaults() Config {
 	if c.MaxHops <= 0 {
 		c.MaxHops = DefaultMaxHops
 	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerSource <= 0 {
+		c.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+	}
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = DefaultTimeout
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultTimeout
+	}
+	if c.AuthFailuresPerSource <= 0 {
+		c.AuthFailuresPerSource = DefaultAuthFailuresPerSource
+	}
+	if c.AuthFailureWindow <= 0 {
+		c.AuthFailureWindow = DefaultAuthFailureWindow
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -90,17 +143,48 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// Mode is how a listener treats its clients (config `[[listener]] mode`).
+type Mode string
+
+const (
+	// ModeRelay is port 25 style: a client relays when its address is in
+	// AllowedNetworks or after AUTH; STARTTLS is offered when Config.TLS is
+	// set.
+	ModeRelay Mode = "relay"
+	// ModeSubmission is port 587 style (RFC 6409 §4.3): AUTH is required
+	// before MAIL from every client, AllowedNetworks included (530 5.7.0).
+	ModeSubmission Mode = "submission"
+	// ModeSMTPS is implicit TLS from the first byte (RFC 8314 §3.3), with
+	// the relay policy of ModeRelay.
+	ModeSMTPS Mode = "smtps"
+)
+
+// ListenerConfig is what differs between listeners.
+type ListenerConfig struct {
+	Mode Mode // "" means ModeRelay
+	// AllowInsecureAuth offers and accepts AUTH on a connection without
+	// TLS; otherwise AUTH needs STARTTLS first (RFC 4954 §4) and gets
+	// 523 5.7.10 before it.
+	AllowInsecureAuth bool
+}
+
 // Server accepts mail over SMTP and puts it into a Queue.
 type Server struct {
-	cfg  Config
-	q    Queue
-	log  zerolog.Logger
-	smtp *smtp.Server
+	cfg   Config
+	q     Queue
+	log   zerolog.Logger
+	auth  *authenticator
+	fails *failureLimiter
 
 	// ctx is the parent of every session's context; it is cancelled only
 	// when Shutdown gives up waiting, to abort the Puts still running.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// stopPressure ends the monitor's sampling loop; pressureDone is closed
+	// when it has returned.
+	stopPressure context.CancelFunc
+	pressureDone chan struct{}
 
 	// txns counts open transactions (MAIL accepted, not yet reset) and
 	// running Data calls; Shutdown waits for it to reach zero.
@@ -110,11 +194,23 @@ type Server struct {
 		sync.Mutex
 		closing   bool
 		listeners []*trackingListener
+		servers   []*smtp.Server // one per Serve call
 		conns     map[*trackedConn]struct{}
+		// sources counts the open connections per client address.
+		sources map[netip.Addr]int
+		// warned holds the sources (and allSources, for the total) whose
+		// refusal has been logged since they were last below their cap,
+		// so a flood gives one warn line, not one per connection.
+		warned map[netip.Addr]bool
 	}
+	refusing refusals
 }
 
-// New returns a server for cfg that hands messages to q.
+// allSources is the key in Server.mu.warned for the total cap.
+var allSources = netip.IPv6Unspecified()
+
+// New returns a server for cfg that hands messages to q. When
+// cfg.Pressure is set, New samples it and starts its loop.
 func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, q: q, log: log}
@@ -122,40 +218,88 @@ func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	// or when Shutdown cancels them, so their root is this server's own.
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.conns = make(map[*trackedConn]struct{})
-
-	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
-	srv.Domain = cfg.Hostname
-	// go-smtp advertises SIZE with this value and refuses a larger SIZE= at
-	// MAIL with 552 5.3.4 itself; bodyReader enforces the same limit on the
-	// body and maps go-smtp's own overflow error to the same reply.
-	srv.MaxMessageBytes = cfg.MaxMessageSize
-	// MaxRecipients stays 0: go-smtp would count duplicate RCPTs, which
-	// relay collapses; Session.Rcpt enforces the limit.
-	srv.ReadTimeout = cfg.ReadTimeout
-	srv.WriteTimeout = cfg.WriteTimeout
-	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
-	errLog := log.With().Str("component", "go-smtp").Logger()
-	srv.ErrorLog = &errLog
-	s.smtp = srv
+	s.mu.sources = make(map[netip.Addr]int)
+	s.mu.warned = make(map[netip.Addr]bool)
+	s.auth = newAuthenticator(cfg.Users)
+	s.fails = newFailureLimiter(cfg.AuthFailuresPerSource, cfg.AuthFailureWindow, cfg.Now)
+	if m := cfg.Pressure; m != nil {
+		m.Sample()
+		var pctx context.Context
+		pctx, s.stopPressure = context.WithCancel(context.Background())
+		s.pressureDone = make(chan struct{})
+		go func() {
+			defer close(s.pressureDone)
+			m.Run(pctx)
+		}()
+	}
 	return s
 }
 
-// Serve accepts SMTP connections on l until Shutdown; it advertises SIZE,
-// 8BITMIME, PIPELINING, ENHANCEDSTATUSCODES, SMTPUTF8 and DSN (and go-smtp's
-// CHUNKING, which relay handles like DATA). l must be a plain listener: the
-// server tracks the raw connections to slide read deadlines and to close
-// idle ones on Shutdown. Serve returns nil after Shutdown.
-func (s *Server) Serve(l net.Listener) error {
-	tl := &trackingListener{Listener: l, s: s}
+// Pressure returns the back-pressure monitor, nil when there is none.
+func (s *Server) Pressure() *Monitor { return s.cfg.Pressure }
+
+// newSMTP makes the go-smtp server of one listener: go-smtp keeps the TLS
+// and insecure-AUTH settings per server, not per connection.
+func (s *Server) newSMTP(lc ListenerConfig) *smtp.Server {
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return s.newSession(c, lc)
+	}))
+	srv.Domain = s.cfg.Hostname
+	// go-smtp advertises SIZE with this value and refuses a larger SIZE= at
+	// MAIL with 552 5.3.4 itself; bodyReader enforces the same limit on the
+	// body and maps go-smtp's own overflow error to the same reply.
+	srv.MaxMessageBytes = s.cfg.MaxMessageSize
+	// MaxRecipients stays 0: go-smtp would count duplicate RCPTs, which
+	// relay collapses; Session.Rcpt enforces the limit.
+	srv.ReadTimeout = s.cfg.ReadTimeout
+	srv.WriteTimeout = s.cfg.WriteTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	// STARTTLS is offered when set and TLS is not already up; with smtps
+	// the connection arrives as a *tls.Conn and go-smtp runs its handshake
+	// before the greeting.
+	srv.TLSConfig = s.cfg.TLS
+	// go-smtp offers AUTH only when this is set or the connection has TLS,
+	// and answers AUTH otherwise with 523 5.7.10; the session checks again.
+	srv.AllowInsecureAuth = lc.AllowInsecureAuth
+	errLog := s.log.With().Str("component", "go-smtp").Str("mode", string(lc.Mode)).Logger()
+	srv.ErrorLog = &errLog
+	return srv
+}
+
+// Serve accepts SMTP connections on l until Shutdown, treating them as lc
+// says; it advertises SIZE, 8BITMIME, PIPELINING, ENHANCEDSTATUSCODES,
+// SMTPUTF8 and DSN (and go-smtp's CHUNKING, which relay handles like DATA),
+// STARTTLS when Config.TLS is set, and AUTH PLAIN LOGIN when there are
+// users and the connection has TLS (or lc.AllowInsecureAuth). l must be a
+// plain listener: the server wraps each raw connection itself (connection
+// caps, sliding read deadlines, reply coalescing, closing idle ones on
+// Shutdown) and layers implicit TLS on top for ModeSMTPS. Serve returns nil
+// after Shutdown.
+func (s *Server) Serve(l net.Listener, lc ListenerConfig) error {
+	if lc.Mode == "" {
+		lc.Mode = ModeRelay
+	}
+	switch lc.Mode {
+	case ModeRelay, ModeSubmission:
+	case ModeSMTPS:
+		if s.cfg.TLS == nil {
+			return errors.New("relay: an smtps listener needs Config.TLS")
+		}
+	default:
+		return fmt.Errorf("relay: unknown listener mode %q", lc.Mode)
+	}
+	srv := s.newSMTP(lc)
+	tl := &trackingListener{Listener: l, s: s, lc: lc}
 	s.mu.Lock()
 	if s.mu.closing {
 		s.mu.Unlock()
 		return smtp.ErrServerClosed
 	}
 	s.mu.listeners = append(s.mu.listeners, tl)
+	s.mu.servers = append(s.mu.servers, srv)
 	s.mu.Unlock()
-	err := s.smtp.Serve(tl)
+	err := srv.Serve(tl)
 	if s.closing() {
 		// Shutdown closed the listener, possibly before go-smtp knew it
 		// was shutting down and would have returned nil itself.
@@ -167,18 +311,22 @@ func (s *Server) Serve(l net.Listener) error {
 // Shutdown stops accepting and waits (bounded by ctx) for in-flight
 // transactions to finish: a transaction that has passed MAIL gets to finish
 // and receive its reply; a new MAIL gets 421. Then it closes the idle
-// connections. When ctx ends first, Shutdown cancels the Puts still running,
-// closes every connection and returns ctx.Err().
+// connections and stops the pressure monitor's loop. When ctx ends first,
+// Shutdown cancels the Puts still running, closes every connection and
+// returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.mu.closing = true
 	listeners := s.mu.listeners
+	servers := s.mu.servers
 	s.mu.Unlock()
 	for _, l := range listeners {
 		l.Close()
 	}
-	smtpDone := make(chan error, 1)
-	go func() { smtpDone <- s.smtp.Shutdown(ctx) }()
+	smtpDone := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { smtpDone <- srv.Shutdown(ctx) }()
+	}
 
 	txnsDone := make(chan struct{})
 	go func() {
@@ -193,8 +341,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 	}
 	s.closeConns()
-	if serr := <-smtpDone; err == nil {
-		err = serr
+	for range servers {
+		if serr := <-smtpDone; err == nil {
+			err = serr
+		}
+	}
+	if s.stopPressure != nil {
+		s.stopPressure()
+		<-s.pressureDone
 	}
 	return err
 }
@@ -252,92 +406,6 @@ func (s *Server) lookupName(ctx context.Context, ip netip.Addr) string {
 		return ""
 	}
 	return names[0]
-}
-
-// trackingListener records every accepted connection so Shutdown can close
-// the idle ones (go-smtp's Shutdown would wait for them) and so a session
-// can slide its read deadline during DATA.
-type trackingListener struct {
-	net.Listener
-	s    *Server
-	once sync.Once
-	err  error
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tc := &trackedConn{Conn: c, s: l.s}
-	l.s.mu.Lock()
-	closing := l.s.mu.closing
-	if !closing {
-		l.s.mu.conns[tc] = struct{}{}
-	}
-	l.s.mu.Unlock()
-	if closing {
-		c.Close() // go-smtp's greeting fails and its read ends the conn
-	}
-	return tc, nil
-}
-
-// Close closes the listener once; both Shutdown and go-smtp close it.
-func (l *trackingListener) Close() error {
-	l.once.Do(func() { l.err = l.Listener.Close() })
-	return l.err
-}
-
-// trackedConn is a server connection. While slide is set, every read moves
-// the read deadline to now+slide, so a body that keeps arriving never times
-// out and one that stalls does after slide (go-smtp sets the deadline only
-// when the DATA command is read).
-type trackedConn struct {
-	net.Conn
-	s     *Server
-	slide atomic.Int64 // a time.Duration; 0: off
-	once  sync.Once
-}
-
-func (c *trackedConn) Read(p []byte) (int, error) {
-	if d := time.Duration(c.slide.Load()); d > 0 {
-		if err := c.Conn.SetReadDeadline(time.Now().Add(d)); err != nil {
-			return 0, err
-		}
-	}
-	return c.Conn.Read(p)
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.s.mu.Lock()
-		delete(c.s.mu.conns, c)
-		c.s.mu.Unlock()
-	})
-	return c.Conn.Close()
-}
-
-// setSlide turns the sliding read deadline on (d > 0) or off.
-func (c *trackedConn) setSlide(d time.Duration) {
-	if c != nil {
-		c.slide.Store(int64(d))
-	}
-}
-
-// trackedOf finds the trackedConn under c, which go-smtp may have wrapped
-// in a *tls.Conn after STARTTLS.
-func trackedOf(c net.Conn) *trackedConn {
-	for range 4 {
-		switch v := c.(type) {
-		case *trackedConn:
-			return v
-		case interface{ NetConn() net.Conn }:
-			c = v.NetConn()
-		default:
-			return nil
-		}
-	}
-	return nil
 }
 
 // remoteIP returns the address of the client of c.

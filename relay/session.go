@@ -21,6 +21,7 @@ import (
 // new one after STARTTLS).
 type session struct {
 	srv    *Server
+	lc     ListenerConfig
 	conn   *smtp.Conn
 	tc     *trackedConn // nil if the conn did not come through Serve
 	ip     netip.Addr
@@ -32,10 +33,12 @@ type session struct {
 
 	mu struct {
 		sync.Mutex
-		// authenticated is set by AUTH (a later issue). Together with netOK
-		// it is the whole relay policy: see mayRelayLocked.
+		// authenticated is set by a successful AUTH. Together with netOK
+		// and the listener's mode it is the whole relay policy: see
+		// mayRelayLocked.
 		authenticated bool
-		inTxn         bool // MAIL accepted; counted in srv.txns
+		user          string // who authenticated
+		inTxn         bool   // MAIL accepted; counted in srv.txns
 		env           queue.Envelope
 		seen          map[string]bool // recipients so far, canonical form
 		// dead is set when the connection is out of step with the client
@@ -46,8 +49,11 @@ type session struct {
 
 var _ smtp.Session = (*session)(nil)
 
-// newSession is go-smtp's Backend: it runs at the first EHLO/HELO.
-func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+var _ smtp.AuthSession = (*session)(nil)
+
+// newSession is go-smtp's Backend: it runs at the first EHLO/HELO, and
+// again after STARTTLS, which forgets everything (RFC 3207 §4.2).
+func (s *Server) newSession(c *smtp.Conn, lc ListenerConfig) (smtp.Session, error) {
 	if s.closing() {
 		return nil, smtpError(replyShuttingDown)
 	}
@@ -55,6 +61,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	sess := &session{
 		srv:    s,
+		lc:     lc,
 		conn:   c,
 		tc:     trackedOf(c.Conn()),
 		ip:     ip,
@@ -67,10 +74,11 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return sess, nil
 }
 
-// mayRelayLocked is the relay policy (DESIGN.md invariant 6): a client in an
-// allowed network, or one that has authenticated, may relay; nobody else.
+// mayRelayLocked is the relay policy (DESIGN.md invariant 6): a client
+// that has authenticated may relay, and so may one in an allowed network
+// except on a submission listener, where everyone must AUTH; nobody else.
 func (s *session) mayRelayLocked() bool {
-	return s.netOK || s.mu.authenticated
+	return s.mu.authenticated || s.netOK && s.lc.Mode != ModeSubmission
 }
 
 // Mail starts a transaction (RFC 5321 §4.1.1.2).
@@ -83,6 +91,14 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	ev := func() *zerolog.Event { return s.log.Warn().Str("stage", "mail").Str("from", from) }
 	if s.mu.inTxn {
 		return s.reject(ev(), replyNestedMail)
+	}
+	if s.lc.Mode == ModeSubmission && !s.mu.authenticated {
+		return s.reject(ev(), replyAuthRequired) // RFC 6409 §4.3, RFC 4954 §6
+	}
+	if reply := s.pressureLocked(); reply != nil {
+		// Info, not warn: under pressure every MAIL is refused, and the
+		// level change itself was logged at warn by the monitor.
+		return s.reject(s.log.Info().Str("stage", "mail").Str("from", from), reply)
 	}
 	if opts == nil {
 		opts = &smtp.MailOptions{}
@@ -125,12 +141,17 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !s.mu.inTxn {
 		return s.reject(ev(), &retry.Reply{Code: 503, Enhanced: codeBadSequence, Text: "MAIL first"})
 	}
+	// The policy comes first: a client that may not relay learns nothing
+	// about how its addresses would be read, whatever tricks they hold.
+	if !s.mayRelayLocked() {
+		return s.reject(ev(), replyRelayDenied)
+	}
 	addr, err := checkAddress(to, s.mu.env.SMTPUTF8)
 	if err != nil {
 		return s.reject(ev().Err(err), replyBadAddress)
 	}
-	if !s.mayRelayLocked() {
-		return s.reject(ev(), replyRelayDenied)
+	if routingLocal(addr) {
+		return s.reject(ev(), replyRouting)
 	}
 	key := canonical(addr)
 	if s.mu.seen[key] {
@@ -174,7 +195,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	env := s.mu.env
 	env.Recipients = slices.Clone(env.Recipients)
-	auth := s.mu.authenticated
+	auth, user := s.mu.authenticated, s.mu.user
 	// Counted while the transaction is, so Shutdown's Wait cannot have seen
 	// zero. With BDAT, go-smtp runs Data in its own goroutine and an RSET
 	// can end the transaction before Data returns.
@@ -203,7 +224,7 @@ func (s *session) Data(r io.Reader) error {
 		rcpts:    rcpts,
 		date:     cfg.Now(),
 	})
-	body := newBodyReader(r, cfg.MaxMessageSize, cfg.MaxHops)
+	body := newBodyReader(r, cfg.MaxMessageSize, cfg.MaxHops, cfg.BareLineEndings)
 	err := s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), body))
 
 	ev := func() *zerolog.Event {
@@ -234,7 +255,7 @@ func (s *session) Data(r io.Reader) error {
 		return s.reject(ev().Err(err), replyStoreFailed)
 	}
 	s.log.Info().Str("id", string(id)).Str("from", env.From).Strs("rcpt", rcpts).
-		Int64("size", env.Size).Msg("received")
+		Int64("size", env.Size).Str("user", user).Msg("received")
 	return &smtp.SMTPError{
 		Code:         250,
 		EnhancedCode: smtp.EnhancedCode(retry.CodeOK),
@@ -277,4 +298,18 @@ func (s *session) endTxnLocked() {
 func (s *session) reject(ev *zerolog.Event, r *retry.Reply) error {
 	ev.Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Text).Msg("rejected")
 	return smtpError(r)
+}
+
+// pressureLocked returns the back-pressure refusal for a MAIL now, or nil.
+// At medium only allowed networks and authenticated clients get through;
+// at high nobody does (Exchange's levels, seeds 000 and 004).
+func (s *session) pressureLocked() *retry.Reply {
+	level, res := s.srv.cfg.Pressure.Level()
+	switch {
+	case level >= PressureHigh:
+		return replyPressure(res)
+	case level == PressureMedium && !s.mayRelayLocked():
+		return replyPressure(res)
+	}
+	return nil
 }

@@ -86,6 +86,19 @@ var tooManyConnsPhrases = []string{
 	"connection limit",
 }
 
+// Phrases that mark a 552 after the data as a size refusal whatever its
+// enhanced code (seed 000; Exchange, Postfix and Sendmail wordings).
+var sizePhrases = []string{
+	"message size exceeds",
+	"size exceeds",
+	"message too big",
+	"message too large",
+	"message is too big",
+	"message is too large",
+	"exceeds size limit",
+	"exceeded the maximum size",
+}
+
 func containsAny(text string, phrases ...string) bool {
 	text = strings.ToLower(text)
 	for _, p := range phrases {
@@ -156,6 +169,13 @@ func classify(stage Stage, r *Reply) Decision {
 	case r.Code == 552 && stage == StageBody && (st == CodeTooBig || st == CodeMailboxFull):
 		return Decision{Action: Bounce, Status: st,
 			Note: "the remote's message size limit is exceeded"}
+
+	case r.Code == 552 && stage == StageBody && containsAny(r.Text, sizePhrases...):
+		// Seed 000: "552 4.3.1 Message size exceeds fixed maximum message
+		// size". The basic code makes it permanent; the text, not the
+		// mismatched enhanced code, says what it is about.
+		return Decision{Action: Bounce, Status: CodeTooBig,
+			Note: "the remote's message size limit is exceeded (said in the text; reported as 5.3.4)"}
 
 	case r.Permanent():
 		return Decision{Action: Bounce, Status: st}

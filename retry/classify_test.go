@@ -79,6 +79,12 @@ func TestClassify(t *testing.T) {
 			Decision{Action: Bounce, Status: CodeTooBig}, "size"},
 		{"552 5.2.3 after the body bounces", StageBody, "552 5.2.3 message too big", false,
 			Decision{Action: Bounce, Status: CodeMailboxFull}, "size"},
+		{"552 4.3.1 size text after the body bounces as 5.3.4 (seed 000)", StageBody, "552 4.3.1 Message size exceeds fixed maximum message size", false,
+			Decision{Action: Bounce, Status: CodeTooBig}, "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides; the remote's message size limit"},
+		{"552 size text without enhanced after the body bounces as 5.3.4", StageBody, "552 Message too large", false,
+			Decision{Action: Bounce, Status: CodeTooBig}, "size"},
+		{"552 size text at RCPT stays temporary", StageRcpt, "552 4.3.1 Message size exceeds fixed maximum message size", false,
+			Decision{Action: Defer, Status: EnhancedCode{4, 3, 1}}, "4.5.3.1.10"},
 		{"552 5.3.4 at MAIL (SIZE) bounces", StageMail, "552 5.3.4 too big", false,
 			Decision{Action: Bounce, Status: CodeTooBig}, ""},
 

@@ -26,6 +26,8 @@
 //	other 4xx                                     Defer with backoff
 //	552 at RCPT                                   Defer (RFC 5321 §4.5.3.1.10: it is temporary)
 //	552 5.3.4 / 5.2.3 after the final "."         Bounce with that status (the remote's size limit)
+//	552 after the final "." saying "size exceeds" Bounce 5.3.4, whatever its enhanced code (seed 000:
+//	or "too big/large"                            "552 4.3.1 Message size exceeds fixed maximum …")
 //	other 5xx                                     Bounce that recipient
 //	local 4.4.1 / 4.4.2 (connect, TLS, dropped)   Defer + NextHost
 //	local 4.4.3 (DNS temporary failure)           Defer
@@ -53,8 +55,27 @@
 // # DSNs
 //
 // DSN.Bytes composes a multipart/report (RFC 6522) with a
-// message/delivery-status part (RFC 3464). Every value that came from outside
-// (addresses, ENVID, remote replies) is stripped of CR, LF and other control
-// characters before it is written, so no input can add a header line, and no
-// line exceeds the 998 octets of RFC 5322 §2.1.1.
+// message/delivery-status part (RFC 3464): failed (an NDR; expiry is Status
+// 4.4.7, Action failed), delayed (with Will-Retry-Until) and relayed
+// (RFC 3461 §5.2.2) reports. The human-readable part gives, per failing
+// recipient, the Summary line of its status, the reply (sanitised, at most
+// 1 KiB), how often and how long delivery was tried and the Hint. The third
+// part is the original's header section, or the whole original
+// (message/rfc822) when Full is set for RET=FULL. Every value that came
+// from outside (addresses, ENVID, ORCPT, remote replies, the original's
+// Subject after RFC 2047 decoding) is stripped of CR, LF and other control
+// characters before it is written, so no input can add a header line, and
+// no line exceeds the 998 octets of RFC 5322 §2.1.1. The report's own
+// header fields never carry text from the original message.
+//
+// # The status-code knowledge base
+//
+// Explain(code) says what an enhanced status code means: a one-line
+// Summary ("5.1.1 Bad destination mailbox address: the recipient does not
+// exist at the destination"), likely causes and fixes, for every RFC 3463
+// subject/detail pair, the later IANA registrations (X.1.10, X.7.8-X.7.27)
+// and the Exchange codes of seed 003; unknown codes fall back to their class
+// and subject. Hint, used in NDRs, and ExplainText, printed by
+// `relayq explain`, read the same table (codes_*.go), which is keyed by
+// subject and detail: the class only says "for now" or "for good".
 package retry

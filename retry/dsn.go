@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"strings"
 	"time"
 	"unicode"
@@ -46,6 +47,9 @@ type DSNRecipient struct {
 	Diagnostic     string    // the reply line, remote or local; sanitised (no CR/LF/control chars, at most 1 KiB)
 	LastAttempt    time.Time // zero: no Last-Attempt-Date
 	WillRetryUntil time.Time // for delayed, zero otherwise
+	// Attempts is how often delivery was tried; with Arrival and
+	// LastAttempt the human-readable part says how often and how long.
+	Attempts int
 }
 
 // DSN is a delivery status notification (RFC 3464) about one message: an NDR
@@ -59,9 +63,18 @@ type DSN struct {
 	QueueID      string    // our queue ID of the original (in the human-readable part and an X-Relayq-Queue-ID header)
 	EnvID        string    // ENVID of the original, xtext-decoded, "" if none (Original-Envelope-Id)
 	Arrival      time.Time // Arrival-Date; zero leaves it out
+	Size         int64     // size of the original in bytes, 0 if unknown (shown in the human-readable part)
 	Recipients   []DSNRecipient
 	Headers      []byte // the original message's header section (already bounded by the caller)
-	Boundary     string // MIME boundary; "" derives a deterministic one from MessageID
+	// Full is the whole original message, returned as a message/rfc822
+	// part instead of Headers when the sender asked RET=FULL (RFC 3461
+	// §4.3) and it is no larger than the caller's cap.
+	Full []byte
+	// ReturnLimit, when non-zero, is that cap: the sender asked RET=FULL
+	// but the original (Size bytes) was larger, so only Headers are
+	// attached and the human-readable part says so.
+	ReturnLimit int64
+	Boundary    string // MIME boundary; "" derives a deterministic one from MessageID
 }
 
 const (
@@ -72,8 +85,9 @@ const (
 
 // Bytes composes the whole report message, headers and body with CRLF line
 // endings: a multipart/report (RFC 6522) of a text/plain part for people, a
-// message/delivery-status part (RFC 3464) and, when Headers is set, a
-// text/rfc822-headers part with the original's header section. Values from
+// message/delivery-status part (RFC 3464) and, when Full is set, a
+// message/rfc822 part with the whole original, else, when Headers is set, a
+// text/rfc822-headers part with its header section. Values from
 // outside are stripped of control characters, so none can add a header line;
 // no line is longer than 998 octets. It fails when a required field is
 // missing, when To is empty (a report to the null sender would bounce a
@@ -84,7 +98,10 @@ func (d *DSN) Bytes() ([]byte, error) {
 	}
 	human := d.humanPart()
 	status := d.statusPart()
-	headers := normalizeLines(d.Headers)
+	headers, returned := normalizeLines(d.Headers), "text/rfc822-headers"
+	if len(d.Full) > 0 {
+		headers, returned = normalizeLines(d.Full), "message/rfc822"
+	}
 	boundary, err := d.boundary(human, status, string(headers))
 	if err != nil {
 		return nil, err
@@ -122,8 +139,11 @@ func (d *DSN) Bytes() ([]byte, error) {
 	}
 	part("Notification", "text/plain; charset=utf-8", human)
 	part("Delivery report", "message/delivery-status", status)
-	if len(headers) > 0 {
-		part("Headers of the original message", "text/rfc822-headers", string(headers))
+	switch {
+	case len(headers) > 0 && len(d.Full) > 0:
+		part("The original message", returned, string(headers))
+	case len(headers) > 0:
+		part("Headers of the original message", returned, string(headers))
 	}
 	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 	return b.Bytes(), nil
@@ -160,13 +180,17 @@ func (d *DSN) check() error {
 // kind is the Action that names the report: failed beats delayed beats
 // success, so that a report that bounces anything says so in its Subject.
 func (d *DSN) kind() DSNAction {
-	k := ActionDelivered
+	k := ActionRelayed
 	for _, r := range d.Recipients {
-		switch {
-		case r.Action == ActionFailed:
+		switch r.Action {
+		case ActionFailed:
 			return ActionFailed
-		case r.Action == ActionDelayed:
+		case ActionDelayed:
 			k = ActionDelayed
+		case ActionDelivered:
+			if k == ActionRelayed {
+				k = ActionDelivered
+			}
 		}
 	}
 	return k
@@ -226,30 +250,148 @@ func (d *DSN) humanPart() string {
 		ActionDelayed: "Your message has not been delivered yet to one or more recipients. " +
 			"It stays in the queue and delivery is retried; you do not need to send it again.",
 		ActionDelivered: "Your message was delivered to the recipients below, as you asked to be told.",
+		ActionRelayed: "Your message was passed on to the recipients' mail system below. " +
+			"That system does not send delivery notifications, so this is the last report you will get for them.",
 	}[d.kind()]
-	if len(d.Headers) > 0 {
+	switch {
+	case len(d.Full) > 0:
+		intro += " Your message is attached."
+	case d.ReturnLimit > 0 && len(d.Headers) > 0:
+		intro += fmt.Sprintf(" You asked for your message to be returned in full, but at %d bytes it is larger "+
+			"than the %d bytes returned; only its headers are attached.", d.Size, d.ReturnLimit)
+	case len(d.Headers) > 0:
 		intro += " The headers of your message are attached."
 	}
 	para(intro)
-	if q := sanitize(d.QueueID); q != "" {
-		b.WriteString("\r\n")
-		para("Queue ID: " + q)
+	b.WriteString("\r\n")
+	orig := d.Headers
+	if len(d.Full) > 0 {
+		orig = d.Full
+	}
+	field("Subject", originalSubject(orig))
+	field("Queue ID", sanitize(d.QueueID))
+	if !d.Arrival.IsZero() {
+		field("Received", d.Arrival.Format(time.RFC1123Z))
+	}
+	if d.Size > 0 {
+		field("Size", fmt.Sprintf("%d bytes", d.Size))
 	}
 	for _, r := range d.Recipients {
 		b.WriteString("\r\n")
 		para("<" + address(r.Final) + ">: " + r.Action.describe())
 		st := r.status()
-		field("Status", st.String())
+		failing := r.Action == ActionFailed || r.Action == ActionDelayed
+		if failing {
+			// The line `relayq explain` prints first.
+			field("Status", Summary(st))
+		} else {
+			field("Status", st.String())
+		}
 		field("Remote host", sanitize(r.RemoteMTA))
 		field("Reply", diagnostic(r.Diagnostic))
-		if r.Action == ActionFailed || r.Action == ActionDelayed {
-			field("Hint", Hint(st))
+		if failing {
+			field("Tried", tried(r.Attempts, d.Arrival, r.LastAttempt))
 		}
 		if r.Action == ActionDelayed && !r.WillRetryUntil.IsZero() {
 			field("Retry until", r.WillRetryUntil.Format(time.RFC1123Z))
 		}
+		if failing {
+			field("What to do", Hint(st))
+		}
 	}
 	return b.String()
+}
+
+// tried says how often and over how long delivery was tried: "once",
+// "12 times over 4 days 23 hours".
+func tried(attempts int, arrival, last time.Time) string {
+	var s string
+	switch {
+	case attempts <= 0:
+		return ""
+	case attempts == 1:
+		s = "once"
+	default:
+		s = fmt.Sprintf("%d times", attempts)
+	}
+	if !arrival.IsZero() && !last.IsZero() && last.Sub(arrival) >= time.Minute {
+		s += " over " + humanDuration(last.Sub(arrival))
+	}
+	return s
+}
+
+// humanDuration writes d with its two largest units: "4 days 23 hours",
+// "2 hours 5 minutes", "35 minutes", "12 seconds".
+func humanDuration(d time.Duration) string {
+	if d < time.Minute {
+		return plural(int64(d.Round(time.Second)/time.Second), "second")
+	}
+	m := int64(d.Round(time.Minute) / time.Minute)
+	days, hours, mins := m/(24*60), m/60%24, m%60
+	var parts []string
+	add := func(n int64, unit string) {
+		if n > 0 {
+			parts = append(parts, plural(n, unit))
+		}
+	}
+	switch {
+	case days > 0:
+		add(days, "day")
+		add(hours, "hour")
+	case hours > 0:
+		add(hours, "hour")
+		add(mins, "minute")
+	default:
+		add(mins, "minute")
+	}
+	return strings.Join(parts, " ")
+}
+
+func plural(n int64, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}
+
+// maxSubject bounds the original Subject shown in a report.
+const maxSubject = 200
+
+// originalSubject returns the Subject of a header section, RFC 2047 encoded
+// words decoded, sanitised (an encoded CR or LF becomes a space) and cut to
+// maxSubject bytes; "" if there is none.
+func originalSubject(h []byte) string {
+	var raw string
+	found := false
+	for line := range bytes.Lines(h) {
+		l := strings.TrimRight(string(line), "\r\n")
+		switch {
+		case l == "":
+			return finishSubject(raw, found)
+		case found && (l[0] == ' ' || l[0] == '\t'):
+			raw += l // RFC 5322 §2.2.3: unfolding removes only the CRLF
+		case found:
+			return finishSubject(raw, found)
+		case len(l) > 8 && strings.EqualFold(l[:8], "subject:"):
+			raw, found = l[8:], true
+		}
+	}
+	return finishSubject(raw, found)
+}
+
+func finishSubject(raw string, found bool) string {
+	if !found {
+		return ""
+	}
+	dec := new(mime.WordDecoder)
+	if s, err := dec.DecodeHeader(raw); err == nil {
+		raw = s
+	}
+	s := sanitize(raw)
+	if len(s) > maxSubject {
+		s = truncate(s, maxSubject-3) + "..."
+	}
+	return s
 }
 
 func (d *DSN) statusPart() string {

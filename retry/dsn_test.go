@@ -53,18 +53,19 @@ func sampleNDR(t *testing.T) *DSN {
 		QueueID:      "0123456789abcdef01234567",
 		EnvID:        "QQ314159",
 		Arrival:      arrival,
+		Size:         int64(len(original)),
 		Recipients: []DSNRecipient{
 			{
 				Final: "bob@example.org", Original: "rfc822;Bob@Example.org",
 				Action: ActionFailed, Status: CodeBadMailbox,
 				RemoteMTA: "mx1.example.org", Diagnostic: "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown",
-				LastAttempt: attempt,
+				LastAttempt: attempt, Attempts: 1,
 			},
 			{
 				Final:  "carol@nx.invalid",
 				Action: ActionFailed, Status: CodeBadDomain,
 				Diagnostic:  "550 5.1.2 domain not found: nx.invalid",
-				LastAttempt: attempt,
+				LastAttempt: attempt, Attempts: 1,
 			},
 		},
 		Headers: sampleHeaders(t),
@@ -86,13 +87,69 @@ func sampleDelayed(t *testing.T) *DSN {
 			RemoteMTA: "mx.busy.example", Diagnostic: "452 4.3.1 Insufficient system resources",
 			LastAttempt:    arrival.Add(4 * time.Hour).Add(-time.Minute),
 			WillRetryUntil: arrival.Add(120 * time.Hour),
+			Attempts:       9,
 		}},
 		Headers: sampleHeaders(t),
 	}
 }
 
+// sampleExpired is the NDR of a message that outlived the queue lifetime:
+// Status 4.4.7, Action failed, how often and how long it was tried, and the
+// last reply.
+func sampleExpired(t *testing.T) *DSN {
+	d := sampleDelayed(t)
+	d.MessageID = "ndr-expired@relay.example.net"
+	d.Date = arrival.Add(120*time.Hour + time.Second)
+	d.EnvID = "QQ271828"
+	r := &d.Recipients[0]
+	r.Action, r.Status, r.WillRetryUntil = ActionFailed, CodeExpired, time.Time{}
+	r.LastAttempt = arrival.Add(119*time.Hour + 35*time.Minute)
+	r.Attempts = 124
+	r.Original = "rfc822;Dave@Busy.example"
+	return d
+}
+
+// sampleRelayed is the RFC 3461 §5.2.2 "relayed" DSN for a recipient that
+// asked NOTIFY=SUCCESS and was passed to a next hop without DSN.
+func sampleRelayed(t *testing.T) *DSN {
+	d := sampleNDR(t)
+	d.MessageID = "dsn-relayed@relay.example.net"
+	d.Recipients = []DSNRecipient{{
+		Final: "bob@example.org", Original: "rfc822;bob@example.org",
+		Action: ActionRelayed, Status: CodeOK,
+		RemoteMTA: "smtp.isp.example", Diagnostic: "250 2.0.0 Ok: queued as 4Q7x2",
+		LastAttempt: attempt, Attempts: 1,
+	}}
+	return d
+}
+
+// sampleReturnFull returns the whole original (RET=FULL within the cap).
+func sampleReturnFull(t *testing.T) *DSN {
+	d := sampleNDR(t)
+	d.MessageID = "ndr-full@relay.example.net"
+	d.Recipients = d.Recipients[:1]
+	d.Full = []byte(original)
+	return d
+}
+
+// sampleReturnCut asked RET=FULL for a message above the cap.
+func sampleReturnCut(t *testing.T) *DSN {
+	d := sampleNDR(t)
+	d.MessageID = "ndr-cut@relay.example.net"
+	d.Recipients = d.Recipients[:1]
+	d.Size, d.ReturnLimit = 5<<20, 1<<20
+	return d
+}
+
 func TestDSNGolden(t *testing.T) {
-	for name, d := range map[string]*DSN{"ndr_failed.golden": sampleNDR(t), "dsn_delayed.golden": sampleDelayed(t)} {
+	for name, d := range map[string]*DSN{
+		"ndr_failed.golden":      sampleNDR(t),
+		"dsn_delayed.golden":     sampleDelayed(t),
+		"ndr_expired.golden":     sampleExpired(t),
+		"dsn_relayed.golden":     sampleRelayed(t),
+		"ndr_return_full.golden": sampleReturnFull(t),
+		"ndr_return_cut.golden":  sampleReturnCut(t),
+	} {
 		t.Run(name, func(t *testing.T) {
 			got, err := d.Bytes()
 			if err != nil {

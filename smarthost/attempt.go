@@ -9,71 +9,142 @@ import (
 	"relayq/retry"
 )
 
+// maxBusyRetries bounds how often one attempt goes back to the front of a
+// destination's line after a 421 4.3.2 before it settles for a deferral.
+// Each time lowers the cap, so a few suffice unless the peer refuses
+// whatever we do.
+const maxBusyRetries = 8
+
+// maxStaleRetries bounds the redials after reused connections that the peer
+// had closed meanwhile.
+const maxStaleRetries = 4
+
 // deliverGroup delivers the recipients of g over connections to its
 // destination, trying its targets in order, and returns the outcome of each
 // recipient it reached a verdict for. Recipients left without one (shutdown)
 // keep their state.
+//
+//   - A host that fails to connect, refuses us before MAIL, fails the TLS
+//     handshake or says 421 is given to the circuit breaker, and the next
+//     host is tried; hosts in their cool-down are skipped. A host that
+//     offered STARTTLS and failed the handshake is never tried again in
+//     plaintext within the attempt (RFC 3207 §4, DESIGN.md).
+//   - A 421 4.3.2 (or "too many connections") while other connections to
+//     the destination were open lowers its cap (pool.refused) and sends the
+//     recipients back to the front of the destination's line, on the same
+//     host, as soon as a slot frees: no backoff, no attempt counted (seed
+//     001). With no other connection open the refusal is not about our
+//     concurrency, and it counts as the host failing.
+//   - Recipients no host took are deferred with the last reply (a local
+//     451 4.4.1 for a host that did not answer); when every host was
+//     cooling down, with the reply that put the last one there.
 func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) []outcome {
 	dest := g.route.Destination
+	targets := g.route.Targets
 	pending := g.idx
 	var (
-		out     []outcome
-		last    *retry.Reply
-		lastHop string
+		out        []outcome
+		last       *retry.Reply
+		lastHop    string
+		cooling    *retry.Reply // why a skipped host is cooling down
+		coolingHop string
+		busy       int  // 421 4.3.2s met in this attempt
+		stale      int  // reused connections found closed
+		urgent     bool // back at the front of the destination's line
 	)
-	for ti := 0; ti < len(g.route.Targets) && len(pending) > 0; ti++ {
-		target := g.route.Targets[ti]
-		l, err := w.pool.acquire(ctx, dest)
+	for ti := 0; ti < len(targets) && len(pending) > 0; ti++ {
+		target := targets[ti]
+		if r := w.breaker.coolingDown(target.Addr); r != nil {
+			cooling, coolingHop = r, target.Addr
+			continue
+		}
+		l, err := w.pool.acquire(ctx, dest, urgent)
 		if err != nil {
 			return out // shutting down: no verdict
 		}
+		urgent = false
 		conn, err := w.connect(ctx, l, target)
-		if err != nil {
-			last, lastHop = retry.FromError(retry.StageConnect, err), target.Addr
-			d := retry.Classify(retry.StageConnect, last)
-			if d.Action == retry.Bounce {
-				// A 5xx greeting, EHLO, STARTTLS or AUTH refusal is about the
-				// host or our credentials, not this message: defer rather
-				// than bounce everything queued for it (Postfix does too).
-				d.Action, d.NextHost = retry.Defer, true
-			}
+		if err != nil && ctx.Err() != nil {
 			w.pool.release(l, nil, false)
-			w.logHop(m, dest, target.Addr, last, d)
+			return out // shutting down: no verdict, and no host to blame
+		}
+		if err != nil {
+			reply, stage := dialReply(err)
+			d := retry.Classify(stage, reply)
 			if d.LowerCap {
-				w.lowerCap(dest, last)
+				if w.lowerCap(ctx, l, dest, reply) && busy < maxBusyRetries {
+					busy++
+					urgent, ti = true, ti-1
+					continue
+				}
+			} else {
+				w.pool.release(l, nil, false)
 			}
-			if d.Action == retry.RetryNow || (!d.NextHost && d.Action != retry.Defer) {
-				return append(out, each(pending, d, last, target.Addr)...)
-			}
+			w.hostFailed(m, dest, target.Addr, reply, d, true)
+			last, lastHop = reply, target.Addr
 			continue
 		}
-		decided, rest, broken := w.transactions(ctx, m, conn, dest, pending)
+		reused := l.conn != nil
+		decided, rest, broken := w.transactions(ctx, m, conn, pending)
 		out = append(out, decided...)
 		pending = rest
-		w.pool.release(l, conn, broken == nil)
-		if broken != nil {
-			last, lastHop = broken, conn.Addr()
-			if l.conn != nil && len(decided) == 0 {
-				// A reused connection the peer had closed: not the
-				// destination's fault, try the same target afresh.
-				ti--
-				l.conn = nil
+		if broken == nil {
+			if len(decided) > 0 {
+				// conn.Addr, not target.Addr: a reused connection may
+				// go to another host of the destination.
+				w.succeeded(ctx, l, dest, conn.Addr())
 			}
+			w.pool.release(l, conn, true)
+			continue
 		}
+		d := retry.Classify(retry.StageMail, broken)
+		if d.LowerCap {
+			conn.Close()
+			if w.lowerCap(ctx, l, dest, broken) && busy < maxBusyRetries {
+				busy++
+				urgent, ti = true, ti-1
+				continue
+			}
+		} else {
+			w.pool.release(l, conn, false)
+		}
+		if reused && len(decided) == 0 && stale < maxStaleRetries {
+			// A reused connection the peer had closed (or said 421 on
+			// after its idle timeout): not the host's fault; redial it.
+			stale++
+			ti--
+			continue
+		}
+		w.hostFailed(m, dest, conn.Addr(), broken, d, broken.Code == 421)
+		last, lastHop = broken, conn.Addr()
 	}
 	if len(pending) > 0 {
-		if last == nil {
+		switch {
+		case last == nil && cooling != nil:
+			// Every host is cooling down: what the last one said is what
+			// the operator and the delay DSN need to see.
+			last, lastHop = cooling, coolingHop
+			w.Log.Debug().Str("id", string(m.ID)).Str("dest", dest).Str("reply", last.Error()).
+				Msg("every host of the destination is cooling down after failing")
+		case last == nil:
 			last = &retry.Reply{Code: 451, Enhanced: retry.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
 		}
-		// No transaction reached them: never a bounce, only a deferral
-		// (or a prompt retry when the destination was merely busy).
+		// No transaction reached them: never a bounce, never a prompt
+		// retry, only a deferral.
 		d := retry.Classify(retry.StageConnect, last)
-		if d.Action != retry.RetryNow {
-			d.Action = retry.Defer
-		}
+		d.Action = retry.Defer
 		out = append(out, each(pending, d, last, lastHop)...)
 	}
 	return out
+}
+
+// dialReply returns the reply that ended a Dial and the stage it came at.
+func dialReply(err error) (*retry.Reply, retry.Stage) {
+	var de *DialError
+	if errors.As(err, &de) {
+		return de.Reply, de.Stage
+	}
+	return retry.FromError(retry.StageConnect, err), retry.StageConnect
 }
 
 // connect returns the lease's idle connection, or dials target.
@@ -88,12 +159,9 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (*Conn, e
 // transactions as the peer's recipient limit needs. It returns the
 // recipients decided, those left for another host, and a non-nil reply if
 // the connection broke (then it must not be reused).
-func (w *Worker) transactions(ctx context.Context, m *queue.Message, conn *Conn, dest string, pending []int) (decided []outcome, rest []int, broken *retry.Reply) {
+func (w *Worker) transactions(ctx context.Context, m *queue.Message, conn *Conn, pending []int) (decided []outcome, rest []int, broken *retry.Reply) {
 	for len(pending) > 0 {
-		env := Envelope{From: m.From, Size: m.Size, Body8Bit: m.Body8Bit, SMTPUTF8: m.SMTPUTF8}
-		for _, i := range pending {
-			env.Rcpts = append(env.Rcpts, m.Recipients[i].Addr)
-		}
+		env := envelopeFor(m, pending)
 		body, err := w.Queue.Body(m.ID)
 		if err != nil {
 			w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("reading a queued body")
@@ -112,13 +180,12 @@ func (w *Worker) transactions(ctx context.Context, m *queue.Message, conn *Conn,
 			switch {
 			case d.Action == retry.Split:
 				split = append(split, i)
-			case d.NextHost && d.Action == retry.Defer:
+			case d.NextHost:
+				// A 421 or a dropped connection: another connection (or
+				// host) may take them; deliverGroup decides which.
 				nextHost = append(nextHost, i)
 			default:
-				if d.LowerCap {
-					w.lowerCap(dest, r.Reply)
-				}
-				decided = append(decided, outcome{idx: i, decision: d, reply: r.Reply, host: conn.Addr()})
+				decided = append(decided, outcome{idx: i, decision: d, reply: r.Reply, host: conn.Addr(), dsn: r.DSN})
 				progressed = true
 			}
 		}
@@ -159,36 +226,33 @@ func each(idx []int, d retry.Decision, r *retry.Reply, host string) []outcome {
 	return out
 }
 
-// lowerCap answers a 421 4.3.2 (seed 001): the destination allowed fewer
-// connections than were open, so its cap becomes that number minus one.
-func (w *Worker) lowerCap(dest string, r *retry.Reply) {
-	open := w.pool.openCount(dest)
-	c := w.pool.lowerCap(dest, open-1)
-	w.Log.Warn().Str("dest", dest).Int("open", open).Int("cap", c).Str("reply", r.Error()).
-		Msg("destination refused a connection: too many connections; lowering its cap")
-}
-
-func (w *Worker) logHop(m *queue.Message, dest, host string, r *retry.Reply, d retry.Decision) {
-	w.Log.Warn().Str("id", string(m.ID)).Str("dest", dest).Str("host", host).
-		Int("code", r.Code).Str("enhanced", d.Status.String()).Str("reply", r.Error()).
-		Msg("host failed")
-}
-
 // tally gathers one attempt's verdicts into m and commits them.
 type tally struct {
 	m        *queue.Message
 	now      time.Time
 	recorded []int // recipients given a verdict since the last commit
 	bounced  []int // of those, the bounced ones
-	retryNow bool  // a recipient waits only for a connection slot
+	// relayed are the delivered ones whose next hop lacked DSN: those that
+	// asked NOTIFY=SUCCESS are owed a "relayed" DSN (RFC 3461 §5.2.2).
+	relayed  []int
+	retryNow bool // a recipient waits only for a connection slot
 }
 
 func newTally(m *queue.Message, now time.Time) *tally { return &tally{m: m, now: now} }
+
+// recordOutcome records o, noting whether its next hop took over DSNs.
+func (t *tally) recordOutcome(o outcome) {
+	t.record(o.idx, o.decision, o.reply, o.host)
+	if o.decision.Action == retry.Deliver && !o.dsn {
+		t.relayed = append(t.relayed, o.idx)
+	}
+}
 
 func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string) {
 	r := &t.m.Recipients[i]
 	r.LastReply = reply.Error()
 	r.LastHost = host
+	r.Status = d.Status.String()
 	t.recorded = append(t.recorded, i)
 	switch d.Action {
 	case retry.Deliver:
@@ -206,8 +270,11 @@ func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string)
 	}
 }
 
-// commit writes the attempt's verdicts so far, with the NDRs they call for,
-// and logs each recipient's outcome.
+// commit writes the attempt's verdicts so far, in one synced batch with the
+// reports they call for (DESIGN.md: one message's whole change is one
+// batch): the NDR of the bounced recipients, the "relayed" DSN of those
+// delivered to a next hop without DSN, and the delay warning once the
+// message is older than DelayWarning. It logs each recipient's outcome.
 func (w *Worker) commit(ctx context.Context, t *tally) {
 	if len(t.recorded) == 0 {
 		return
@@ -215,36 +282,104 @@ func (w *Worker) commit(ctx context.Context, t *tally) {
 	m := t.m
 	m.LastAttempt = t.now
 	m.NextAttempt = w.nextAttempt(t)
-	news := w.ndrs(m, t.bounced, "")
+	var (
+		news  []queue.NewMessage
+		kinds []retry.DSNAction // of each of news, for the log
+	)
+	add := func(kind retry.DSNAction, n []queue.NewMessage) {
+		news = append(news, n...)
+		for range n {
+			kinds = append(kinds, kind)
+		}
+	}
+	add(retry.ActionFailed, w.ndrs(m, t.bounced, ""))
+	add(retry.ActionRelayed, w.relayedDSN(m, t.relayed))
+	warned := m.DelayWarned
+	add(retry.ActionDelayed, w.delayWarning(m, t.now))
 	err := w.Queue.Update(ctx, m, news...)
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		w.Log.Info().Str("id", string(m.ID)).Msg("message deleted during delivery")
 	case err != nil:
-		// The verdicts stay unrecorded: the message is tried again, and a
-		// delivered recipient may get it twice (at-least-once).
+		// Nothing was written. The verdicts stay in t, so that a later
+		// commit of this attempt writes them with their reports; without
+		// one the message is tried again, and a delivered recipient may get
+		// it twice (at-least-once).
+		m.DelayWarned = warned
 		w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("committing delivery results")
+		return
 	default:
-		w.logOutcomes(t, news)
+		w.logOutcomes(t)
+		w.logReports(m, news, kinds)
 	}
-	t.recorded, t.bounced = nil, nil
+	t.recorded, t.bounced, t.relayed = nil, nil, nil
 }
 
 // ndrs returns the NDR for the bounced recipients idx of m, if one is due.
-// A failed bounce is logged and dropped, never bounced (invariant 4).
+// A failed message from <> is logged, counted (DoubleBounces) and dropped,
+// never bounced (invariant 4); recipients whose NOTIFY excludes FAILURE get
+// none.
 func (w *Worker) ndrs(m *queue.Message, idx []int, why string) []queue.NewMessage {
 	if len(idx) == 0 {
 		return nil
 	}
 	if m.From == "" {
-		w.Log.Error().Str("id", string(m.ID)).Str("rcpt", m.Recipients[idx[0]].Addr).
-			Str("reply", m.Recipients[idx[0]].LastReply).Msg("double bounce: an NDR could not be delivered; dropped")
+		for _, i := range idx {
+			w.doubleBounces.Add(1)
+			w.Log.Error().Str("id", string(m.ID)).Str("from", "").Str("rcpt", m.Recipients[i].Addr).
+				Int("attempt", m.Recipients[i].Attempts).Str("reply", m.Recipients[i].LastReply).
+				Msg("double bounce: a report from <> could not be delivered; dropped")
+		}
 		return nil
 	}
-	if ndr := w.ndr.failed(m, idx, why); ndr != nil {
-		return []queue.NewMessage{*ndr}
+	return w.report(m, "failed")(w.ndr.failed(m, idx, why))
+}
+
+// relayedDSN returns the "relayed" DSN for the delivered recipients idx of
+// m that asked NOTIFY=SUCCESS, if any (RFC 3461 §5.2.2).
+func (w *Worker) relayedDSN(m *queue.Message, idx []int) []queue.NewMessage {
+	if len(idx) == 0 {
+		return nil
 	}
-	return nil
+	return w.report(m, "relayed")(w.ndr.relayed(m, idx))
+}
+
+// delayWarning returns the delay DSN of m when it has just become due: once
+// per message, when it has waited DelayWarning (0: never) and recipients
+// are still pending; only those whose NOTIFY allows DELAY (or who gave
+// none) are named, and never to <>. It sets m.DelayWarned, to be committed
+// in the same batch.
+func (w *Worker) delayWarning(m *queue.Message, now time.Time) []queue.NewMessage {
+	if w.DelayWarning <= 0 || m.DelayWarned || now.Sub(m.Received) < w.DelayWarning {
+		return nil
+	}
+	var idx []int
+	for _, i := range m.Pending() {
+		if m.Recipients[i].LastReply != "" {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
+		return nil
+	}
+	m.DelayWarned = true
+	return w.report(m, "delayed")(w.ndr.delayed(m, idx, m.Received.Add(w.Lifetime)))
+}
+
+// report turns a report maker's result into the messages to enqueue; a
+// report that cannot be composed is logged and left out: the verdicts
+// matter more than the report.
+func (w *Worker) report(m *queue.Message, kind string) func(*queue.NewMessage, error) []queue.NewMessage {
+	return func(n *queue.NewMessage, err error) []queue.NewMessage {
+		if err != nil {
+			w.Log.Error().Err(err).Str("id", string(m.ID)).Str("kind", kind).Msg("composing a delivery status notification")
+			return nil
+		}
+		if n == nil {
+			return nil
+		}
+		return []queue.NewMessage{*n}
+	}
 }
 
 // nextAttempt is when m is due again: at once if a recipient only waits for
@@ -261,7 +396,7 @@ func (w *Worker) nextAttempt(t *tally) time.Time {
 	return t.now.Add(w.Backoff.Delay(attempts))
 }
 
-func (w *Worker) logOutcomes(t *tally, news []queue.NewMessage) {
+func (w *Worker) logOutcomes(t *tally) {
 	m := t.m
 	delay := t.now.Sub(m.Received)
 	for _, i := range t.recorded {
@@ -276,20 +411,32 @@ func (w *Worker) logOutcomes(t *tally, news []queue.NewMessage) {
 		ev = ev.Str("id", string(m.ID)).Str("from", m.From).Str("rcpt", r.Addr).
 			Str("dest", r.LastHost).Int("attempt", r.Attempts).Dur("delay", delay)
 		if reply, err := retry.ParseReply(r.LastReply); err == nil {
-			ev = ev.Int("code", reply.Code).Str("enhanced", reply.Status().String())
+			st := recordedStatus(r)
+			ev = ev.Int("code", reply.Code).Str("enhanced", st.String())
+			if r.State != queue.Delivered {
+				ev = ev.Str("explain", retry.Summary(st))
+			}
 		}
 		if !r.State.Final() {
 			ev = ev.Time("next_attempt", m.NextAttempt)
 		}
 		ev.Str("reply", r.LastReply).Msg(msg)
 	}
-	for _, n := range news {
-		w.Log.Info().Str("id", string(n.ID)).Str("orig_id", string(m.ID)).Str("rcpt", n.Envelope.Recipients[0].Addr).Msg("ndr queued")
+}
+
+// logReports logs each report queued about m with its kind (kinds[i] is
+// that of news[i]).
+func (w *Worker) logReports(m *queue.Message, news []queue.NewMessage, kinds []retry.DSNAction) {
+	for i, n := range news {
+		w.Log.Info().Str("id", string(n.ID)).Str("orig_id", string(m.ID)).Str("rcpt", n.Envelope.Recipients[0].Addr).
+			Str("action", string(kinds[i])).Msg("dsn queued")
 	}
 }
 
 // expire bounces every pending recipient of m with 4.4.7: it outlived the
-// queue lifetime.
+// queue lifetime. The NDR says how often and how long delivery was tried
+// and gives each recipient's last reply. Expiry is no attempt:
+// m.LastAttempt keeps the time of the last real one.
 func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 	t := newTally(m, w.Now())
 	reply := &retry.Reply{Code: 554, Enhanced: retry.CodeExpired, Local: true,
@@ -304,7 +451,6 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 		}
 		r.LastReply = last
 	}
-	m.LastAttempt = t.now
 	news := w.ndrs(m, t.bounced, "expired")
 	if err := w.Queue.Update(ctx, m, news...); err != nil && !errors.Is(err, queue.ErrNotFound) {
 		w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("committing expiry")
@@ -315,4 +461,9 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 			Str("enhanced", retry.CodeExpired.String()).Int("attempt", m.Recipients[i].Attempts).
 			Dur("delay", t.now.Sub(m.Received)).Str("reply", m.Recipients[i].LastReply).Msg("expired")
 	}
+	kinds := make([]retry.DSNAction, len(news))
+	for i := range kinds {
+		kinds[i] = retry.ActionFailed
+	}
+	w.logReports(m, news, kinds)
 }

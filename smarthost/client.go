@@ -375,6 +375,19 @@ type Envelope struct {
 	Size     int64 // body size, for SIZE= and the pre-check
 	Body8Bit bool  // informational: BODY=8BITMIME is sent whenever offered
 	SMTPUTF8 bool  // ask for SMTPUTF8 when offered (always when an address needs it)
+
+	// RFC 3461 DSN parameters, passed on only when the next hop offers DSN
+	// (RcptResult.DSN tells the caller whether it did). Values that are not
+	// well formed are dropped, not sent.
+	Ret   string    // RET: "FULL" or "HDRS"; "" for none
+	EnvID string    // ENVID, decoded (it is xtext-encoded on the wire)
+	DSN   []RcptDSN // per recipient, parallel to Rcpts; missing entries mean none
+}
+
+// RcptDSN is one recipient's RFC 3461 parameters, as relay stored them.
+type RcptDSN struct {
+	Notify string // "SUCCESS,FAILURE", "NEVER", …; "" for none
+	ORCPT  string // "rfc822;user@example.org" or "utf-8;…", decoded; "" for none
 }
 
 // RcptResult is the reply that decided one recipient.
@@ -382,6 +395,11 @@ type RcptResult struct {
 	Rcpt  string
 	Reply *retry.Reply // never nil: 2xx too
 	Stage retry.Stage  // where it was decided
+	// DSN is true when the next hop offered the DSN extension, so that it
+	// received NOTIFY, ORCPT, RET and ENVID and answers for success and
+	// failure reports from there on. A recipient delivered with DSN false
+	// that asked NOTIFY=SUCCESS is owed a "relayed" DSN (RFC 3461 §5.2.2).
+	DSN bool
 }
 
 // Send runs one mail transaction and returns one result per recipient, in
@@ -391,8 +409,10 @@ type RcptResult struct {
 //     env.Size exceeds it, nothing is sent and every recipient gets a local
 //     552 5.3.4 at StageMail naming both sizes.
 //   - MAIL FROM carries SIZE=, BODY=8BITMIME and SMTPUTF8 when the remote
-//     supports them. Non-ASCII addresses to a remote without SMTPUTF8 get a
-//     local 553 5.6.7 (RFC 6531 §3.2: such a message must not be sent).
+//     supports them, and RET and ENVID when it offers DSN (RFC 3461); each
+//     RCPT then carries its NOTIFY and ORCPT. Non-ASCII addresses to a
+//     remote without SMTPUTF8 get a local 553 5.6.7 (RFC 6531 §3.2: such a
+//     message must not be sent).
 //   - RCPT for each recipient in order. When one is refused with "too many
 //     recipients" (what retry.Classify calls Split: x.5.3 or that text), no
 //     more RCPTs are sent; it and every later recipient get that reply, to
@@ -451,6 +471,14 @@ func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResul
 
 	hasUTF8, _ := c.client.Extension("SMTPUTF8")
 	opts := &smtp.MailOptions{Size: env.Size, UTF8: hasUTF8 && (env.SMTPUTF8 || !asciiEnvelope(env))}
+	hasDSN, _ := c.client.Extension("DSN")
+	if hasDSN {
+		// RFC 3461 §4.3, §4.4: passed on as received.
+		opts.Return, opts.EnvelopeID = dsnReturn(env.Ret), dsnEnvID(env.EnvID)
+	}
+	for i := range res {
+		res[i].DSN = hasDSN
+	}
 	// go-smtp adds BODY=8BITMIME itself whenever the remote offers 8BITMIME
 	// (harmless for a 7-bit body). To a remote without it an 8-bit body goes
 	// unchanged: RFC 6152 §3 asks for a conversion or a bounce, but like
@@ -470,7 +498,11 @@ func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResul
 			res[i].Reply, res[i].Stage = rep, retry.StageRcpt
 			continue
 		}
-		err := c.client.Rcpt(rc, nil)
+		var ropts *smtp.RcptOptions
+		if hasDSN && i < len(env.DSN) {
+			ropts = rcptDSN(env.DSN[i])
+		}
+		err := c.client.Rcpt(rc, ropts)
 		if err == nil {
 			accepted = append(accepted, i)
 			continue
@@ -512,6 +544,71 @@ func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResul
 	}
 	decide(accepted, retry.StageBody, okReply(resp.StatusText))
 	return res, nil
+}
+
+// dsnReturn is the RET value to send, "" unless well formed: go-smtp fails
+// the whole command on a bad one (RFC 3461 §4.3).
+func dsnReturn(ret string) smtp.DSNReturn {
+	switch r := smtp.DSNReturn(strings.ToUpper(strings.TrimSpace(ret))); r {
+	case smtp.DSNReturnFull, smtp.DSNReturnHeaders:
+		return r
+	}
+	return ""
+}
+
+// dsnEnvID is the ENVID to send: printable ASCII of at most 100 characters
+// (RFC 3461 §4.4), else none.
+func dsnEnvID(id string) string {
+	if len(id) > 100 || !printableASCII(id) {
+		return ""
+	}
+	return id
+}
+
+// rcptDSN returns the RCPT options for one recipient's NOTIFY and ORCPT,
+// each left out unless well formed (RFC 3461 §4.1, §4.2: ORCPT at most 500
+// characters; NEVER only alone), or nil when there is nothing to send.
+func rcptDSN(d RcptDSN) *smtp.RcptOptions {
+	var o smtp.RcptOptions
+	if d.Notify != "" {
+		seen := map[smtp.DSNNotify]bool{}
+		ok := true
+		for _, v := range strings.Split(strings.ToUpper(d.Notify), ",") {
+			n := smtp.DSNNotify(strings.TrimSpace(v))
+			switch n {
+			case smtp.DSNNotifyNever, smtp.DSNNotifySuccess, smtp.DSNNotifyFailure, smtp.DSNNotifyDelayed:
+				ok = ok && !seen[n]
+			default:
+				ok = false
+			}
+			seen[n] = true
+			o.Notify = append(o.Notify, n)
+		}
+		if !ok || (seen[smtp.DSNNotifyNever] && len(seen) > 1) {
+			o.Notify = nil
+		}
+	}
+	if typ, addr, found := strings.Cut(d.ORCPT, ";"); found && addr != "" && len(d.ORCPT) <= 500 {
+		switch t := smtp.DSNAddressType(strings.ToUpper(strings.TrimSpace(typ))); {
+		case t == smtp.DSNAddressTypeRFC822 && printableASCII(addr):
+			o.OriginalRecipientType, o.OriginalRecipient = t, addr
+		case t == smtp.DSNAddressTypeUTF8 && !strings.ContainsFunc(addr, func(r rune) bool { return r < ' ' || r == 0x7f }):
+			o.OriginalRecipientType, o.OriginalRecipient = t, addr
+		}
+	}
+	if len(o.Notify) == 0 && o.OriginalRecipient == "" {
+		return nil
+	}
+	return &o
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // precheck returns the local reply that stops the whole of env before MAIL,

@@ -53,4 +53,79 @@
 //     opportunistic session without STARTTLS the password goes in clear,
 //     which the operator chose with the mode.
 //   - A Conn is not safe for concurrent use.
+//
+// # Routing (route.go)
+//
+// ConfigRouter decides the route at every attempt, never at enqueue, so a
+// configuration change (Set) applies to mail already queued: the first
+// [[delivery.route]] matching the domain, else [delivery.smarthost] when it
+// has hosts, else MX.
+//
+//   - MX (RFC 5321 §5.1): hosts by preference, random among equal ones
+//     (ConfigRouter.IntN), each host's addresses in turn, at most 10
+//     addresses, port delivery.mx_port. Every lookup, the MX hosts'
+//     addresses included, goes through the configured resolver
+//     (delivery.dns_servers, seed 004). No MX record → implicit MX on the
+//     domain's own addresses; a single null MX (RFC 7505) → 556 5.1.10;
+//     no such domain → 550 5.1.2; a temporary DNS failure → 451 4.4.3; MX
+//     hosts none of which has an address → 451 4.4.4.
+//   - MX TLS is opportunistic and unverified unless a route says otherwise;
+//     the certificate name is the MX host's, never an address.
+//   - A destination is "smarthost:" plus the hosts, or "mx:" plus the
+//     sorted MX host names: domains sharing MX hosts share one cap.
+//
+// # Delivery (worker.go, attempt.go, pool.go, breaker.go, caps.go)
+//
+//   - Caps are caps (DESIGN.md invariant 7): a destination never gets a
+//     new connection while its open ones (in use, idle and being dialled)
+//     reach its current cap, nor any destination while MaxConns are open.
+//     Idle connections are reused for the next message to the destination
+//     and closed after IdleTimeout.
+//   - A 421 4.3.2 (or a 421 saying too many connections) while n
+//     connections were open, the refused one included, lowers the cap to
+//     n-1 (at least 1) and sends the message to the front of the
+//     destination's line, on the same host, within the same attempt: no
+//     backoff, no attempt counted (seed 001). With no other connection
+//     open the refusal is not about our concurrency: the host is failed
+//     like any 421. After RaiseAfter successful transactions in a row with
+//     every allowed connection in use, the cap rises by one up to
+//     MaxConnsPerDest; a raise refused again doubles the run needed for
+//     the next. Learned caps, their reason and time are stored (DestStore,
+//     queue key d/<destination>), logged at warn when they change, loaded
+//     at start, and shown by Worker.Destinations.
+//   - Circuit breaker per host: a host that fails to connect, refuses us
+//     before MAIL, fails TLS or says 421 is skipped for CoolDown, doubling
+//     per failure in a row up to MaxCoolDown; the next host is used. When
+//     every host is cooling down the recipients are deferred with the
+//     reply that put the last one there. One success closes the breaker.
+//   - A host that offered STARTTLS and failed the handshake is not tried
+//     again in plaintext within the attempt.
+//
+// # Reports (ndr.go, attempt.go: commit, expire)
+//
+//   - Every verdict is committed in one synced batch with the reports it
+//     calls for (DESIGN.md "one message's whole change is one batch"): the
+//     NDR of the bounced recipients, the "relayed" DSN of delivered ones,
+//     and the delay warning. If that commit fails, the verdicts and their
+//     reports go with the attempt's next commit, or are lost with it.
+//   - RFC 3461: NOTIFY, ORCPT, RET and ENVID are passed to a next hop that
+//     offers DSN (envelopeFor, Send), which then answers for them. A
+//     recipient delivered to a next hop without DSN that asked
+//     NOTIFY=SUCCESS gets a "relayed" DSN (§5.2.2). NOTIFY=NEVER, or a
+//     NOTIFY without FAILURE / DELAY, suppresses that recipient's NDR /
+//     delay warning; no NOTIFY means FAILURE,DELAY.
+//   - NDRs carry the original's headers, or the whole original for
+//     RET=FULL up to ReturnFullMax (1 MiB by default; above it the headers,
+//     and the NDR says so). Each failing recipient's status is the one the
+//     worker settled on (queue.Recipient.Status), with the remote's reply,
+//     how often and how long delivery was tried, retry.Summary and
+//     retry.Hint. Expiry bounces pending recipients with 4.4.7, Action
+//     failed, and the last reply.
+//   - Delay warning: once per message (Envelope.DelayWarned, set in the
+//     same batch), at the first commit after DelayWarning (0: never), to
+//     the sender about the pending recipients whose NOTIFY allows DELAY;
+//     Will-Retry-Until is Received + Lifetime.
+//   - Never a report to <> (invariant 4): a failed recipient of a message
+//     from <> is logged at error ("double bounce") and counted
+//     (Worker.DoubleBounces).
 package smarthost

@@ -2,15 +2,34 @@ package smarthost
 
 import (
 	"context"
+	"sort"
 	"sync"
 	"time"
+
+	"relayq/retry"
+)
+
+const (
+	// DefaultRaiseAfter is how many successful transactions in a row, with
+	// the destination's connections all in use, raise a learned cap by one.
+	DefaultRaiseAfter = 20
+	// maxRaiseAfter bounds the run needed for a raise: it doubles each time
+	// a raise is answered by another 421 4.3.2, so that a server whose
+	// limit is steady is probed ever more rarely.
+	maxRaiseAfter = 1280
+	// forgetAfter is how long an unused destination with nothing learned
+	// is kept for the status view before it is forgotten (bounded memory).
+	forgetAfter = time.Hour
 )
 
 // pool holds the connections to every destination and enforces the caps:
-// never more than the destination's current cap open to one destination,
-// never more than total open in all (DESIGN.md invariant 7).
+// never more than the destination's current cap open to one destination
+// (in use, idle or being dialled), never more than total open in all
+// (DESIGN.md invariant 7). It also keeps what was learned about each
+// destination: the cap a 421 4.3.2 taught, and its slow raise on success.
 type pool struct {
 	maxPerDest  int
+	raiseAfter  int
 	idleTimeout time.Duration
 	now         func() time.Time
 	total       chan struct{} // one token per open connection, all destinations
@@ -24,11 +43,22 @@ type pool struct {
 
 // destination is the state of one next hop: a smart host, or a domain's MX set.
 type destination struct {
-	name  string
-	cap   int           // current cap
-	open  int           // connections open: in use plus idle
-	idle  []idleConn    // most recently used last
-	freed chan struct{} // closed and replaced whenever a slot frees up
+	name      string
+	cap       int       // current cap, 1..maxPerDest
+	learned   int       // cap set by the last 421 4.3.2; 0 = never
+	reason    string    // the reply that set learned
+	updated   time.Time // when cap last changed
+	need      int       // successes in a row needed for the next raise
+	successes int       // successes in a row at the current cap, all in use
+	lastReply string    // the last failure of any of its hosts
+	lastAt    time.Time // when
+	used      time.Time // last lease given back
+
+	open    int           // connections open: in use, idle and being dialled
+	idle    []idleConn    // most recently used last
+	waiting int           // callers blocked in acquire
+	urgent  int           // of those, messages back at the front of the line
+	freed   chan struct{} // closed and replaced whenever a slot frees up
 }
 
 type idleConn struct {
@@ -36,8 +66,8 @@ type idleConn struct {
 	since time.Time
 }
 
-func newPool(total, perDest int, idleTimeout time.Duration, now func() time.Time) *pool {
-	p := &pool{maxPerDest: perDest, idleTimeout: idleTimeout, now: now, total: make(chan struct{}, total)}
+func newPool(total, perDest, raiseAfter int, idleTimeout time.Duration, now func() time.Time) *pool {
+	p := &pool{maxPerDest: perDest, raiseAfter: raiseAfter, idleTimeout: idleTimeout, now: now, total: make(chan struct{}, total)}
 	p.mu.dests = map[string]*destination{}
 	p.mu.anyFreed = make(chan struct{})
 	return p
@@ -46,7 +76,7 @@ func newPool(total, perDest int, idleTimeout time.Duration, now func() time.Time
 func (p *pool) destLocked(name string) *destination {
 	d := p.mu.dests[name]
 	if d == nil {
-		d = &destination{name: name, cap: p.maxPerDest, freed: make(chan struct{})}
+		d = &destination{name: name, cap: p.maxPerDest, need: p.raiseAfter, freed: make(chan struct{})}
 		p.mu.dests[name] = d
 	}
 	return d
@@ -61,50 +91,114 @@ type lease struct {
 
 // acquire returns a lease on a slot of dest: an idle connection if there is
 // one, else a free slot to dial into. It waits, bounded by ctx, while dest
-// is at its cap or all connections are in use.
-func (p *pool) acquire(ctx context.Context, name string) (*lease, error) {
+// is at its cap or all connections are in use. An urgent caller (a message
+// a 421 4.3.2 sent back, seed 001) goes before every other waiter of dest:
+// the front of the destination's line.
+func (p *pool) acquire(ctx context.Context, name string, urgent bool) (*lease, error) {
+	var stale []*Conn
+	defer func() {
+		for _, c := range stale {
+			c.Close()
+		}
+	}()
+	p.mu.Lock()
+	d := p.destLocked(name)
 	for {
-		p.mu.Lock()
-		d := p.destLocked(name)
-		for len(d.idle) > 0 {
-			ic := d.idle[len(d.idle)-1]
-			d.idle = d.idle[:len(d.idle)-1]
-			if p.now().Sub(ic.since) < p.idleTimeout {
+		if urgent || d.urgent == 0 {
+			if l := p.takeLocked(d, &stale); l != nil {
 				p.mu.Unlock()
-				return &lease{dest: d, conn: ic.c}, nil
-			}
-			p.dropLocked(d)
-			go ic.c.Close()
-		}
-		if d.open < d.cap {
-			select {
-			case p.total <- struct{}{}:
-				d.open++
-				p.mu.Unlock()
-				return &lease{dest: d}, nil
-			default:
+				return l, nil
 			}
 		}
-		// At the destination's cap, wait for its own slots; at the total
-		// limit, for anyone's.
+		// At the destination's cap (or behind urgent waiters), wait for its
+		// own slots; at the total limit, for anyone's.
 		freed := d.freed
-		if d.open < d.cap {
+		if d.open < d.cap && (urgent || d.urgent == 0) {
 			freed = p.mu.anyFreed
 		}
+		d.waiting++
+		if urgent {
+			d.urgent++
+		}
 		p.mu.Unlock()
+		var err error
 		select {
 		case <-freed:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			err = ctx.Err()
+		}
+		p.mu.Lock()
+		d.waiting--
+		if urgent {
+			if d.urgent--; d.urgent == 0 {
+				p.wakeLocked(d) // the regular waiters may go now
+			}
+		}
+		if err != nil {
+			p.mu.Unlock()
+			return nil, err
 		}
 	}
 }
 
-// release gives the slot back: keep c idle for reuse if it is usable,
-// else close it.
+// takeLocked returns a lease on an idle connection or a free slot of d, or
+// nil. Idle connections past the idle timeout go to stale, to be closed
+// outside the lock.
+func (p *pool) takeLocked(d *destination, stale *[]*Conn) *lease {
+	for len(d.idle) > 0 {
+		ic := d.idle[len(d.idle)-1]
+		d.idle = d.idle[:len(d.idle)-1]
+		if p.now().Sub(ic.since) < p.idleTimeout {
+			return &lease{dest: d, conn: ic.c}
+		}
+		p.dropLocked(d)
+		*stale = append(*stale, ic.c)
+	}
+	if d.open >= d.cap {
+		return nil
+	}
+	for {
+		select {
+		case p.total <- struct{}{}:
+			d.open++
+			return &lease{dest: d}
+		default:
+		}
+		// All connections are open; an idle one to another destination
+		// would otherwise hold its token until the idle timeout.
+		c := p.stealIdleLocked(d)
+		if c == nil {
+			return nil
+		}
+		*stale = append(*stale, c)
+	}
+}
+
+// stealIdleLocked closes the oldest idle connection of a destination other
+// than d, returning it (to be closed outside the lock), or nil if none.
+func (p *pool) stealIdleLocked(d *destination) *Conn {
+	var victim *destination
+	for _, o := range p.mu.dests {
+		if o != d && len(o.idle) > 0 && (victim == nil || o.idle[0].since.Before(victim.idle[0].since)) {
+			victim = o
+		}
+	}
+	if victim == nil {
+		return nil
+	}
+	c := victim.idle[0].c
+	victim.idle = victim.idle[1:]
+	victim.open--
+	<-p.total
+	return c
+}
+
+// release gives the slot back: keep c idle for reuse if it is usable and
+// the destination is within its cap, else close it.
 func (p *pool) release(l *lease, c *Conn, reusable bool) {
 	p.mu.Lock()
 	d := l.dest
+	d.used = p.now()
 	if reusable && c != nil && d.open <= d.cap {
 		d.idle = append(d.idle, idleConn{c: c, since: p.now()})
 		p.wakeLocked(d)
@@ -132,31 +226,155 @@ func (p *pool) wakeLocked(d *destination) {
 	p.mu.anyFreed = make(chan struct{})
 }
 
-// lowerCap sets dest's cap to n (at least 1), as after a 421 4.3.2 that
-// came while n+1 connections were open. It returns the new cap.
-func (p *pool) lowerCap(name string, n int) int {
+// capChange says how a destination's cap changed, for the log and the
+// store; changed is false when it did not.
+type capChange struct {
+	changed  bool
+	open     int // connections open when it happened, the refused one included
+	from, to int
+}
+
+// refused answers a 421 4.3.2 (seed 001) on l's connection: the destination
+// took fewer connections than were open, so its cap becomes that number
+// minus one (at least 1), counted before l's slot is given back. The slot
+// is given back (l's connection, if any, is the caller's to close), and
+// idle connections beyond the new cap are closed.
+func (p *pool) refused(l *lease, r *retry.Reply) capChange {
+	var stale []*Conn
+	p.mu.Lock()
+	d := l.dest
+	ch := capChange{open: d.open, from: d.cap}
+	ch.to = max(1, min(d.cap, d.open-1))
+	d.successes = 0
+	if ch.to < d.cap {
+		if d.learned > 0 && d.cap > d.learned {
+			// A raise above what was learned was refused again: probe
+			// less often.
+			d.need = min(d.need*2, maxRaiseAfter)
+		}
+		ch.changed = true
+		d.cap = ch.to
+		d.learned, d.reason, d.updated = ch.to, r.Error(), p.now()
+	}
+	d.lastReply, d.lastAt = r.Error(), p.now()
+	d.used = p.now()
+	p.dropLocked(d)
+	for d.open > d.cap && len(d.idle) > 0 {
+		stale = append(stale, d.idle[0].c)
+		d.idle = d.idle[1:]
+		p.dropLocked(d)
+	}
+	p.mu.Unlock()
+	for _, c := range stale {
+		c.Close()
+	}
+	return ch
+}
+
+// succeeded counts a successful transaction on l's connection. A run of
+// them while every connection the cap allows is open shows the cap is what
+// holds the destination back; then the cap rises by one, up to the
+// configured maximum.
+func (p *pool) succeeded(l *lease) capChange {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := l.dest
+	ch := capChange{open: d.open, from: d.cap, to: d.cap}
+	if d.open < d.cap || d.cap >= p.maxPerDest {
+		return ch
+	}
+	if d.successes++; d.successes < d.need {
+		return ch
+	}
+	d.successes = 0
+	d.cap++
+	if d.cap == p.maxPerDest {
+		d.need = p.raiseAfter // fully recovered: start afresh
+	}
+	d.updated = p.now()
+	ch.changed, ch.to = true, d.cap
+	p.wakeLocked(d)
+	return ch
+}
+
+// note records the last failure of one of dest's hosts, for the status view.
+func (p *pool) note(name string, r *retry.Reply) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d := p.destLocked(name)
-	d.cap = max(1, min(d.cap, n))
-	return d.cap
+	d.lastReply, d.lastAt = r.Error(), p.now()
 }
 
-// openCount returns how many connections are open to name.
-func (p *pool) openCount(name string) int {
+// destState is what is persisted of a destination (queue d/<name>).
+type destState struct {
+	Cap     int       `json:"cap"`
+	Learned int       `json:"learned,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	Updated time.Time `json:"updated"`
+	Need    int       `json:"need,omitempty"`
+}
+
+// state returns the persistent state of name.
+func (p *pool) state(name string) destState {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.destLocked(name).open
+	d := p.destLocked(name)
+	return destState{Cap: d.cap, Learned: d.learned, Reason: d.reason, Updated: d.updated, Need: d.need}
 }
 
-// reap closes connections idle longer than the idle timeout.
+// load restores a destination's learned state (at start), within the
+// configured maximum, which may have changed since.
+func (p *pool) load(name string, s destState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.destLocked(name)
+	d.cap = min(max(s.Cap, 1), p.maxPerDest)
+	d.learned, d.reason, d.updated = s.Learned, s.Reason, s.Updated
+	if s.Need > 0 {
+		d.need = min(s.Need, maxRaiseAfter)
+	}
+}
+
+// DestinationStatus is the state of one destination, for the status view.
+type DestinationStatus struct {
+	Name        string    // "smarthost:host:port,…" or "mx:host,…" (sorted MX hosts)
+	Cap         int       // current cap on open connections
+	LearnedCap  int       // cap set by the last 421 4.3.2; 0 = never
+	MaxCap      int       // the configured maximum (max_connections_per_destination)
+	Reason      string    // the reply that set LearnedCap
+	Open        int       // connections open now: in use, idle and being dialled
+	Idle        int       // of those, idle
+	Waiting     int       // deliveries waiting for a slot
+	LastReply   string    // the last failure of any of its hosts
+	LastReplyAt time.Time // when
+	Updated     time.Time // when Cap last changed
+}
+
+func (p *pool) snapshot() []DestinationStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]DestinationStatus, 0, len(p.mu.dests))
+	for _, d := range p.mu.dests {
+		out = append(out, DestinationStatus{
+			Name: d.name, Cap: d.cap, LearnedCap: d.learned, MaxCap: p.maxPerDest,
+			Reason: d.reason, Open: d.open, Idle: len(d.idle), Waiting: d.waiting,
+			LastReply: d.lastReply, LastReplyAt: d.lastAt, Updated: d.updated,
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// reap closes connections idle longer than the idle timeout, and forgets
+// destinations unused for long that have nothing learned to remember.
 func (p *pool) reap() {
 	var stale []*Conn
 	p.mu.Lock()
-	for _, d := range p.mu.dests {
+	now := p.now()
+	for name, d := range p.mu.dests {
 		keep := d.idle[:0]
 		for _, ic := range d.idle {
-			if p.now().Sub(ic.since) >= p.idleTimeout {
+			if now.Sub(ic.since) >= p.idleTimeout {
 				stale = append(stale, ic.c)
 				p.dropLocked(d)
 				continue
@@ -164,6 +382,9 @@ func (p *pool) reap() {
 			keep = append(keep, ic)
 		}
 		d.idle = keep
+		if d.open == 0 && d.waiting == 0 && d.learned == 0 && d.cap == p.maxPerDest && now.Sub(d.used) > forgetAfter {
+			delete(p.mu.dests, name)
+		}
 	}
 	p.mu.Unlock()
 	for _, c := range stale {

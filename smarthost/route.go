@@ -2,9 +2,12 @@ package smarthost
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,16 +18,31 @@ import (
 	"relayq/retry"
 )
 
+// maxMXAddrs bounds the addresses tried for one MX delivery (Postfix's
+// smtp_mx_address_limit is 5): each dead one may cost a connect timeout.
+const maxMXAddrs = 10
+
+// codeMXUnusable is 4.4.4 "unable to route" (RFC 3463): MX records exist
+// but none of their hosts has an address.
+var codeMXUnusable = retry.EnhancedCode{4, 4, 4}
+
 // ConfigRouter routes by the [delivery] section of the configuration: the
 // first matching [[delivery.route]], else the smart host, else MX. The
 // configuration can be swapped at run time (reload); the next attempt uses
-// the new one.
+// the new one, queued mail included.
 type ConfigRouter struct {
 	delivery atomic.Pointer[config.Delivery]
-	// Resolver looks up MX and address records; nil means net.DefaultResolver.
+	// Resolver looks up MX records and the MX hosts' addresses; nil means
+	// net.DefaultResolver. It is delivery.dns_servers (seed 004).
 	Resolver *net.Resolver
 	// Timeout bounds each SMTP command on the routes' connections.
 	Timeout time.Duration
+	// RootCAs verifies smart hosts with tls = starttls or implicit; nil
+	// means the system roots.
+	RootCAs *x509.CertPool
+	// IntN returns a random number in [0, n), to order MX hosts of equal
+	// preference; nil means math/rand/v2.IntN.
+	IntN func(n int) int
 }
 
 var _ Router = (*ConfigRouter)(nil)
@@ -36,7 +54,8 @@ func NewConfigRouter(d config.Delivery, resolver *net.Resolver) *ConfigRouter {
 	return r
 }
 
-// Set replaces the delivery configuration.
+// Set replaces the delivery configuration; attempts that start afterwards
+// use it.
 func (r *ConfigRouter) Set(d config.Delivery) { r.delivery.Store(&d) }
 
 // Route implements Router.
@@ -48,7 +67,7 @@ func (r *ConfigRouter) Route(ctx context.Context, domain string) (*Route, error)
 		return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "bad route configuration: " + err.Error(), Local: true}
 	}
 	if rt.Via == config.ViaMX {
-		return r.mx(ctx, domain, d.MXPort, mode)
+		return r.mx(ctx, domain, d.MXPort, mode, rt.InsecureSkipVerify)
 	}
 	password, err := rt.Password()
 	if err != nil {
@@ -57,53 +76,150 @@ func (r *ConfigRouter) Route(ctx context.Context, domain string) (*Route, error)
 	route := &Route{Destination: "smarthost:" + strings.Join(rt.Hosts, ",")}
 	for _, h := range rt.Hosts {
 		route.Targets = append(route.Targets, Target{
-			Addr: h, TLS: mode, InsecureSkipVerify: rt.InsecureSkipVerify,
+			Addr: h, TLS: mode, InsecureSkipVerify: rt.InsecureSkipVerify, RootCAs: r.RootCAs,
 			Username: rt.Username, Password: password, Timeout: r.Timeout,
 		})
 	}
 	return route, nil
 }
 
-// mx routes by the domain's MX records (RFC 5321 §5.1): by preference,
-// random among equal ones (Go's resolver shuffles them); no MX record means
-// the domain itself is the host (implicit MX); a null MX (RFC 7505) means
-// the domain takes no mail.
-func (r *ConfigRouter) mx(ctx context.Context, domain string, port int, mode TLSMode) (*Route, error) {
+// mx routes by the domain's MX records (RFC 5321 §5.1): hosts by
+// preference, in random order among equal ones, each host's addresses in
+// turn. No MX record means the domain itself is the host (implicit MX); a
+// null MX (RFC 7505) means the domain takes no mail. Every lookup goes
+// through r.Resolver, the configured DNS servers, MX hosts' addresses
+// included, so the dialer is handed addresses, never names.
+//
+// The destination, for caps and connection reuse, is the MX set: two
+// domains served by the same hosts share one cap, as the per-source limit
+// of seed 001 is the hosts'.
+func (r *ConfigRouter) mx(ctx context.Context, domain string, port int, mode TLSMode, insecure bool) (*Route, error) {
 	res := r.Resolver
 	if res == nil {
 		res = net.DefaultResolver
 	}
-	mxs, err := res.LookupMX(ctx, domain)
+	// Rooted, so that the resolver's search list is never appended.
+	fqdn := strings.TrimSuffix(domain, ".") + "."
+	mxs, err := res.LookupMX(ctx, fqdn)
 	var hosts []string
 	switch {
-	case err == nil && len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == ""):
+	case len(mxs) == 1 && isNullMX(mxs[0].Host):
 		return nil, &retry.Reply{Code: 556, Enhanced: retry.CodeNullMX, Text: "domain " + domain + " does not accept mail (null MX)", Local: true}
-	case err == nil && len(mxs) > 0:
-		sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
-		for _, mx := range mxs {
-			hosts = append(hosts, strings.TrimSuffix(mx.Host, "."))
-		}
+	case len(mxs) > 0:
+		// Malformed records come back with err set and the good ones kept:
+		// deliver to those.
+		hosts = r.order(mxs)
 	case err == nil || isNotFound(err):
-		// No MX: implicit MX, if the domain has addresses at all.
-		if _, aerr := res.LookupIPAddr(ctx, domain); aerr != nil {
-			if isNotFound(aerr) {
+		// No MX (NODATA or NXDOMAIN): implicit MX, if the domain has
+		// addresses at all (RFC 5321 §5.1).
+		addrs, aerr := res.LookupIPAddr(ctx, fqdn)
+		if aerr != nil || len(addrs) == 0 {
+			if aerr == nil || isNotFound(aerr) {
 				return nil, &retry.Reply{Code: 550, Enhanced: retry.CodeBadDomain, Text: "domain " + domain + " does not exist", Local: true}
 			}
 			return nil, dnsTemp(domain, aerr)
 		}
-		hosts = []string{domain}
+		host := strings.ToLower(strings.TrimSuffix(domain, "."))
+		route := &Route{Destination: "mx:" + host}
+		r.appendTargets(route, host, addrs, port, mode, insecure)
+		return route, nil
 	default:
 		return nil, dnsTemp(domain, err)
 	}
-	route := &Route{Destination: "mx:" + domain}
+
+	route := &Route{Destination: "mx:" + mxSet(hosts)}
+	var tempErr error
 	for _, h := range hosts {
-		route.Targets = append(route.Targets, Target{
-			Addr: net.JoinHostPort(h, strconv.Itoa(port)), TLS: mode,
-			ServerName: h, InsecureSkipVerify: true, Timeout: r.Timeout,
-		})
+		if len(route.Targets) >= maxMXAddrs {
+			break
+		}
+		addrs, err := res.LookupIPAddr(ctx, h+".")
+		if err != nil {
+			if !isNotFound(err) {
+				tempErr = err
+			}
+			continue
+		}
+		r.appendTargets(route, h, addrs, port, mode, insecure)
+	}
+	if len(route.Targets) == 0 {
+		if tempErr != nil {
+			return nil, dnsTemp(domain, tempErr)
+		}
+		// RFC 5321 §5.1: MX records none of which is usable are an error;
+		// a temporary one, as DNS may be fixed before the message expires.
+		return nil, &retry.Reply{Code: 451, Enhanced: codeMXUnusable, Local: true,
+			Text: "no MX host of " + domain + " has an address (" + strings.Join(hosts, ", ") + ")"}
 	}
 	return route, nil
 }
+
+// order returns the MX hosts by preference, shuffled among equal ones
+// (RFC 5321 §5.1), lower-case without the final dot; null MX entries
+// among real ones are ignored.
+func (r *ConfigRouter) order(mxs []*net.MX) []string {
+	intN := r.IntN
+	if intN == nil {
+		intN = rand.IntN
+	}
+	// Sorted by preference and name first, so that the order depends on
+	// intN alone (Go's resolver shuffles on its own), then each run of
+	// equal preference is shuffled (Fisher-Yates).
+	mxs = slices.Clone(mxs)
+	sort.Slice(mxs, func(i, j int) bool {
+		if mxs[i].Pref != mxs[j].Pref {
+			return mxs[i].Pref < mxs[j].Pref
+		}
+		return strings.ToLower(mxs[i].Host) < strings.ToLower(mxs[j].Host)
+	})
+	for lo := 0; lo < len(mxs); {
+		hi := lo + 1
+		for hi < len(mxs) && mxs[hi].Pref == mxs[lo].Pref {
+			hi++
+		}
+		for i := hi - 1; i > lo; i-- {
+			j := lo + intN(i-lo+1)
+			mxs[i], mxs[j] = mxs[j], mxs[i]
+		}
+		lo = hi
+	}
+	var hosts []string
+	for _, mx := range mxs {
+		if isNullMX(mx.Host) {
+			continue
+		}
+		h := strings.ToLower(strings.TrimSuffix(mx.Host, "."))
+		if !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
+}
+
+// appendTargets adds one target per address of host, up to maxMXAddrs.
+// ServerName stays the host's name: STARTTLS sends it as SNI, and a
+// verifying mode checks the certificate against it.
+func (r *ConfigRouter) appendTargets(route *Route, host string, addrs []net.IPAddr, port int, mode TLSMode, insecure bool) {
+	for _, a := range addrs {
+		if len(route.Targets) >= maxMXAddrs {
+			return
+		}
+		route.Targets = append(route.Targets, Target{
+			Addr: net.JoinHostPort(a.IP.String(), strconv.Itoa(port)), TLS: mode,
+			ServerName: host, InsecureSkipVerify: insecure, RootCAs: r.RootCAs, Timeout: r.Timeout,
+		})
+	}
+}
+
+// mxSet names a destination by its MX hosts, sorted, so that the order DNS
+// gave them in does not matter.
+func mxSet(hosts []string) string {
+	s := slices.Clone(hosts)
+	sort.Strings(s)
+	return strings.Join(s, ",")
+}
+
+func isNullMX(host string) bool { return host == "." || host == "" }
 
 func isNotFound(err error) bool {
 	var de *net.DNSError

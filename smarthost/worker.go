@@ -2,11 +2,13 @@ package smarthost
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,17 +39,19 @@ var _ Queue = (*queue.Store)(nil)
 
 // Route is where one domain's recipients go for one attempt.
 type Route struct {
-	// Destination names the next hop for caps and connection reuse: the
-	// smart host's name, or the domain's MX set.
+	// Destination names the next hop for caps, connection reuse and the
+	// learned state: "smarthost:" and its hosts, or "mx:" and the domain's
+	// MX hosts, sorted.
 	Destination string
-	// Targets are the hosts to try, in order.
+	// Targets are the hosts (for MX: each host's addresses) to try, in
+	// order, until one takes the message.
 	Targets []Target
 }
 
 // Router picks the route for a recipient domain. It is asked at every
 // attempt, so configuration changes apply to queued mail. Its errors are
 // (or wrap) a *retry.Reply: 451 4.4.3 for a temporary DNS failure, 550
-// 5.1.2 for a domain that does not exist, 550 5.1.10 for a null MX.
+// 5.1.2 for a domain that does not exist, 556 5.1.10 for a null MX.
 type Router interface {
 	Route(ctx context.Context, domain string) (*Route, error)
 }
@@ -74,19 +78,53 @@ type Worker struct {
 	MaxConns, MaxConnsPerDest int
 	// IdleTimeout closes a reusable connection unused this long.
 	IdleTimeout time.Duration
+	// RaiseAfter is how many successful transactions in a row, with every
+	// connection the cap allows in use, raise a destination's cap by one
+	// (0: DefaultRaiseAfter).
+	RaiseAfter int
+	// CoolDown is how long a host that failed is skipped (circuit
+	// breaker), doubling with each failure in a row up to MaxCoolDown
+	// (0: DefaultCoolDown, DefaultMaxCoolDown).
+	CoolDown, MaxCoolDown time.Duration
+	// State keeps what is learned about destinations across restarts;
+	// nil keeps it in memory only. *queue.Store is one.
+	State DestStore
+	// DelayWarning is how long a message may wait before its sender gets
+	// one "delayed" DSN (retry.delay_warning); 0 sends none.
+	DelayWarning time.Duration
+	// ReturnFullMax is the largest original an NDR returns whole when the
+	// sender asked RET=FULL; larger ones are returned as their headers.
+	// 0 means DefaultReturnFullMax (1 MiB), < 0 headers only.
+	ReturnFullMax int64
 	// Grace bounds how long Run waits for attempts in flight at shutdown.
 	Grace time.Duration
 	Now   func() time.Time
 	Log   zerolog.Logger
 
-	pool *pool
-	ndr  ndrMaker
+	setup     sync.Once
+	pool      *pool
+	breaker   *breaker
+	ndr       ndrMaker
+	persistMu sync.Mutex // orders the writes of destination state
+
+	doubleBounces atomic.Int64 // DoubleBounces
 }
+
+// DestStore keeps the learned state of destinations (queue key d/<name>).
+// The value's encoding is the worker's.
+type DestStore interface {
+	// SetDest stores v as name's state and returns once it is synced.
+	SetDest(ctx context.Context, name string, v []byte) error
+	// Dests returns every stored state by destination name.
+	Dests() (map[string][]byte, error)
+}
+
+var _ DestStore = (*queue.Store)(nil)
 
 // Run delivers until ctx is cancelled, then lets the attempts in flight
 // finish (bounded by Grace) and closes the idle connections.
 func (w *Worker) Run(ctx context.Context) error {
-	w.defaults()
+	w.init()
 	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelAttempts()
 
@@ -163,6 +201,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// init applies the defaults and loads the learned destination state, once.
+func (w *Worker) init() {
+	w.setup.Do(func() {
+		w.defaults()
+		w.loadDests()
+	})
+}
+
 func (w *Worker) defaults() {
 	if w.Now == nil {
 		w.Now = time.Now
@@ -188,8 +234,59 @@ func (w *Worker) defaults() {
 	if w.Backoff.Min <= 0 {
 		w.Backoff = retry.DefaultBackoff()
 	}
-	w.pool = newPool(w.MaxConns, w.MaxConnsPerDest, w.IdleTimeout, w.Now)
-	w.ndr = ndrMaker{hostname: w.Hostname, now: w.Now, newID: w.Queue.NewID, body: w.Queue.Body}
+	if w.RaiseAfter <= 0 {
+		w.RaiseAfter = DefaultRaiseAfter
+	}
+	if w.CoolDown <= 0 {
+		w.CoolDown = DefaultCoolDown
+	}
+	if w.MaxCoolDown <= 0 {
+		w.MaxCoolDown = DefaultMaxCoolDown
+	}
+	w.pool = newPool(w.MaxConns, w.MaxConnsPerDest, w.RaiseAfter, w.IdleTimeout, w.Now)
+	w.breaker = newBreaker(w.CoolDown, w.MaxCoolDown, w.Now)
+	if w.Queue != nil {
+		w.ndr = ndrMaker{hostname: w.Hostname, now: w.Now, newID: w.Queue.NewID, body: w.Queue.Body, returnMax: w.ReturnFullMax}
+	}
+}
+
+// loadDests restores the caps learned before a restart.
+func (w *Worker) loadDests() {
+	if w.State == nil {
+		return
+	}
+	all, err := w.State.Dests()
+	if err != nil {
+		w.Log.Error().Err(err).Msg("reading learned destination caps; starting from the configured ones")
+		return
+	}
+	for name, v := range all {
+		var s destState
+		if err := json.Unmarshal(v, &s); err != nil {
+			w.Log.Error().Err(err).Str("dest", name).Msg("unreadable destination state; ignored")
+			continue
+		}
+		w.pool.load(name, s)
+		if s.Learned > 0 {
+			w.Log.Info().Str("dest", name).Int("cap", s.Cap).Int("learned", s.Learned).
+				Str("reason", s.Reason).Time("updated", s.Updated).Msg("learned destination cap restored")
+		}
+	}
+}
+
+// Destinations returns the state of every destination known: its current,
+// learned and maximum cap, why it was learned, its open connections and
+// last failure. It is a snapshot, safe to call at any time.
+func (w *Worker) Destinations() []DestinationStatus {
+	w.init()
+	return w.pool.snapshot()
+}
+
+// Hosts returns the next-hop hosts that failed recently and the cool-down
+// the circuit breaker gave them.
+func (w *Worker) Hosts() []HostStatus {
+	w.init()
+	return w.breaker.snapshot()
 }
 
 // attempt makes one delivery attempt of message id: every pending
@@ -219,7 +316,7 @@ func (w *Worker) attempt(ctx context.Context, id queue.ID) {
 	}
 	for _, g := range groups {
 		for _, r := range w.deliverGroup(ctx, m, g) {
-			t.record(r.idx, r.decision, r.reply, r.host)
+			t.recordOutcome(r)
 		}
 		w.commit(ctx, t)
 	}
@@ -237,6 +334,7 @@ type outcome struct {
 	decision retry.Decision
 	reply    *retry.Reply
 	host     string
+	dsn      bool // the next hop offered DSN (RcptResult.DSN)
 }
 
 // route groups the pending recipients by destination. Recipients whose

@@ -28,27 +28,49 @@ import (
 // the other through a static smart-host route.
 type harness struct {
 	t      *testing.T
+	dir    string // the queue's directory, for a restart
 	store  *queue.Store
 	rec    *recordingQueue
 	sink   *sink.Server
 	worker *Worker
 	stop   func()
+	start  func() // runs the worker; startHarness has called it
 }
 
 func newHarness(t *testing.T, opts sink.Options, tune func(*Worker)) *harness {
 	t.Helper()
-	store, err := queue.Open(t.TempDir(), queue.Options{})
+	dst, err := sink.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := sink.Start(opts)
+	router := &Static{Destination: "sink", Targets: []Target{{Addr: dst.Addr(), TLS: TLSNone, Timeout: 5 * time.Second}}}
+	return startHarness(t, dst, router, tune)
+}
+
+// startHarness runs a worker routing by router over a fresh queue; dst, if
+// not nil, is closed with it. The worker stores learned destination state
+// in the queue.
+func startHarness(t *testing.T, dst *sink.Server, router Router, tune func(*Worker)) *harness {
+	t.Helper()
+	h := pausedHarness(t, dst, router, tune)
+	h.start()
+	return h
+}
+
+// pausedHarness is startHarness with the worker not yet running: a test
+// queues a backlog first, then calls h.start.
+func pausedHarness(t *testing.T, dst *sink.Server, router Router, tune func(*Worker)) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := queue.Open(dir, queue.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := &recordingQueue{Store: store, news: map[queue.ID]int{}}
 	w := &Worker{
 		Queue:    rec,
-		Router:   &Static{Destination: "sink", Targets: []Target{{Addr: dst.Addr(), TLS: TLSNone, Timeout: 5 * time.Second}}},
+		State:    store,
+		Router:   router,
 		Hostname: "relay.test.invalid",
 		Backoff:  retry.Backoff{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond},
 		Grace:    5 * time.Second,
@@ -59,12 +81,20 @@ func newHarness(t *testing.T, opts sink.Options, tune func(*Worker)) *harness {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	h := &harness{t: t, store: store, rec: rec, sink: dst, worker: w}
+	h := &harness{t: t, dir: dir, store: store, rec: rec, sink: dst, worker: w}
+	started := false
+	h.start = func() {
+		started = true
+		go func() { defer close(done); w.Run(ctx) }()
+	}
 	h.stop = sync.OnceFunc(func() {
 		cancel()
-		<-done
-		dst.Close()
+		if started {
+			<-done
+		}
+		if dst != nil {
+			dst.Close()
+		}
 		store.Close()
 	})
 	t.Cleanup(h.stop)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sync/errgroup"
 
+	"relayq/admin"
 	"relayq/config"
 	"relayq/queue"
 	"relayq/relay"
@@ -95,17 +98,29 @@ func serve(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, cfg, log)
+	return run(ctx, cfg, log, func() (*config.Config, error) { return loadConfig(c) })
 }
 
 // run starts everything of cfg and blocks until ctx is done, then stops.
-func run(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+// SIGHUP reloads the configuration through load.
+func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, load func() (*config.Config, error)) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP) // before start: an early HUP must not kill us
+	defer signal.Stop(hup)
 	in, err := start(cfg, log)
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	return in.stop()
+	in.setLoader(load)
+	for {
+		select {
+		case <-ctx.Done():
+			return in.stop()
+		case <-hup:
+			log.Info().Msg("SIGHUP: reloading the configuration")
+			_ = in.reload() // a rejected file is logged; the running config stays
+		}
+	}
 }
 
 // instance is a running relayq: listeners, relay server, delivery worker
@@ -118,19 +133,35 @@ type instance struct {
 	stopWorker context.CancelFunc
 	workerDone chan struct{}
 	serving    errgroup.Group
+
+	// The operator side (ops.go): admin server, metrics, reload.
+	adminLn   net.Listener
+	admin     *admin.Server
+	adminDone chan error
+	metrics   *admin.Metrics
+	events    *admin.Events
+	reloadMu  sync.Mutex
+	cfg       *config.Config
+	load      func() (*config.Config, error)
+	reloaders []func(*config.Config)
 }
 
 // start opens the queue, binds every listener and starts serving and
 // delivering. On error everything already opened is closed again.
 func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
-	in := &instance{log: log, workerDone: make(chan struct{})}
-	if in.store, err = queue.Open(cfg.DataDir, queue.Options{Log: log}); err != nil {
+	in := &instance{log: log, workerDone: make(chan struct{}), cfg: cfg,
+		metrics: admin.NewMetrics(), events: admin.NewEvents(admin.DefaultEvents)}
+	stalls := relay.NewStallWatch() // Pebble's write stalls are a back-pressure input
+	if in.store, err = queue.Open(cfg.DataDir, queue.Options{Log: log, EventListener: stalls.EventListener()}); err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
 			for _, l := range in.listeners {
 				l.Close()
+			}
+			if in.adminLn != nil {
+				in.adminLn.Close()
 			}
 			in.store.Close()
 		}
@@ -143,26 +174,34 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		}
 		in.listeners = append(in.listeners, l)
 	}
+	if err := in.listenAdmin(cfg.Admin); err != nil {
+		return nil, err
+	}
 	resolver, err := resolverFor(cfg.Delivery)
 	if err != nil {
 		return nil, err
 	}
 
-	in.srv = relay.New(relay.Config{
-		Hostname:        cfg.Hostname,
-		AllowedNetworks: cfg.Relay.Networks(),
-		MaxMessageSize:  int64(cfg.Limits.MaxMessageSize),
-		MaxRecipients:   cfg.Limits.MaxRecipients,
-		MaxHops:         cfg.Limits.MaxHops,
-	}, in.store, log)
+	relayCfg, err := relayConfig(cfg, in.store, stalls, log)
+	if err != nil {
+		return nil, err
+	}
+	in.srv = relay.New(relayCfg, in.store, log)
+	router := smarthost.NewConfigRouter(cfg.Delivery, resolver)
+	in.onReload(func(c *config.Config) { router.Set(c.Delivery) })
 	worker := &smarthost.Worker{
-		Queue:    in.store,
-		Router:   smarthost.NewConfigRouter(cfg.Delivery, resolver),
+		Queue:  in.store,
+		State:  in.store, // learned destination caps survive restarts
+		Router: router,
+		// Smart-host and route host names resolve through dns_servers too;
+		// MX hosts come as addresses from the router.
+		Dialer:   &net.Dialer{Timeout: 30 * time.Second, Resolver: resolver},
 		Hostname: cfg.Hostname,
 		Backoff: retry.Backoff{
 			Min: cfg.Retry.MinBackoff.Std(), Max: cfg.Retry.MaxBackoff.Std(), Jitter: 0.2,
 		},
 		Lifetime:        cfg.Retry.MaxQueueLifetime.Std(),
+		DelayWarning:    cfg.Retry.DelayWarning.Std(), // 0: no delay DSNs
 		MaxConns:        cfg.Delivery.MaxConnections,
 		MaxConnsPerDest: cfg.Delivery.MaxConnectionsPerDestination,
 		Grace:           shutdownGrace,
@@ -175,13 +214,60 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	for i, l := range in.listeners {
 		log.Info().Str("address", l.Addr().String()).Str("mode", cfg.Listeners[i].Mode).Msg("listening")
 		in.serving.Go(func() error {
-			if err := in.srv.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtp.ErrServerClosed) {
+			lc := relay.ListenerConfig{Mode: relay.Mode(cfg.Listeners[i].Mode), AllowInsecureAuth: cfg.Listeners[i].AllowInsecureAuth}
+			if err := in.srv.Serve(l, lc); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtp.ErrServerClosed) {
 				return fmt.Errorf("listener %s: %w", l.Addr(), err)
 			}
 			return nil
 		})
 	}
+	in.serveAdmin(cfg, admin.Options{})
 	return in, nil
+}
+
+// relayConfig builds the inbound side's configuration from cfg: the TLS
+// certificate, the AUTH users, the limits and back pressure, which reads
+// the queue's size, its volume's free space and Pebble's write stalls.
+func relayConfig(cfg *config.Config, store *queue.Store, stalls *relay.StallWatch, log zerolog.Logger) (relay.Config, error) {
+	rc := relay.Config{
+		Hostname:                cfg.Hostname,
+		AllowedNetworks:         cfg.Relay.Networks(),
+		MaxMessageSize:          int64(cfg.Limits.MaxMessageSize),
+		MaxRecipients:           cfg.Limits.MaxRecipients,
+		MaxHops:                 cfg.Limits.MaxHops,
+		MaxConnections:          cfg.Limits.MaxConnections,
+		MaxConnectionsPerSource: cfg.Limits.MaxConnectionsPerSource,
+	}
+	if cfg.Limits.BareLineEndings == config.BareLineEndingsReject {
+		rc.BareLineEndings = relay.BareReject
+	}
+	if cfg.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return rc, fmt.Errorf("tls: %w", err)
+		}
+		rc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if len(cfg.Relay.Users) > 0 {
+		rc.Users = make(map[string]string, len(cfg.Relay.Users))
+		for _, u := range cfg.Relay.Users {
+			rc.Users[u.Name] = u.PasswordHash
+		}
+	}
+	if bp := cfg.BackPressure; bp.Enabled {
+		rc.Pressure = relay.NewMonitor(relay.PressureConfig{
+			FreeDiskMedium:      int64(bp.FreeDiskMedium),
+			FreeDiskHigh:        int64(bp.FreeDiskHigh),
+			QueueMessagesMedium: int64(bp.QueueMessagesMedium),
+			QueueMessagesHigh:   int64(bp.QueueMessagesHigh),
+			MemoryMedium:        float64(bp.MemoryMedium),
+			MemoryHigh:          float64(bp.MemoryHigh),
+			DataDir:             cfg.DataDir,
+			Queue:               store,
+			Stalls:              stalls,
+		}, log)
+	}
+	return rc, nil
 }
 
 // addrs returns the bound listener addresses.
@@ -199,6 +285,9 @@ func (in *instance) stop() error {
 	in.log.Info().Msg("stopping: no new connections; finishing transactions and deliveries in flight")
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
+	if err := in.stopAdmin(ctx); err != nil {
+		in.log.Warn().Err(err).Msg("stopping the admin server")
+	}
 	if err := in.srv.Shutdown(ctx); err != nil {
 		in.log.Warn().Err(err).Msg("SMTP sessions still open at shutdown")
 	}
@@ -210,7 +299,10 @@ func (in *instance) stop() error {
 }
 
 // resolverFor returns a resolver that asks delivery.dns_servers in turn, or
-// nil (the system resolver) when none are configured (seed 004).
+// nil (the system resolver) when none are configured (seed 004). Go's
+// resolver dials once per try of a query, so each try goes to the next
+// server: one that does not answer is passed over when the query is tried
+// again (resolv.conf's attempts, 2 by default).
 func resolverFor(d config.Delivery) (*net.Resolver, error) {
 	servers := d.DNSServerAddrs()
 	if len(servers) == 0 {
@@ -223,7 +315,7 @@ func resolverFor(d config.Delivery) (*net.Resolver, error) {
 			var dialer net.Dialer
 			var err error
 			for range servers {
-				addr := servers[int(next.Add(1))%len(servers)]
+				addr := servers[int(next.Add(1)-1)%len(servers)]
 				var conn net.Conn
 				if conn, err = dialer.DialContext(ctx, network, addr); err == nil {
 					return conn, nil

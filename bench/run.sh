@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# bench/run.sh — `make bench`: relayq against Postfix as a relay, on this machine, in one run.
+#
+# What it does
+#   1. Installs Postfix from Debian if smtp-source/smtp-sink/postfix are missing (needs root and
+#      apt). The package is preseeded "No configuration", so it neither prompts nor sets up a
+#      system mail server; if the install nevertheless left a system Postfix running, it is
+#      stopped. A system Postfix that was running before is left alone (we use other ports).
+#   2. Builds relayq (`make build`, CGO_ENABLED=0) and bench/cmd/benchsink.
+#   3. Starts, all on 127.0.0.1 and all under one temp dir:
+#        benchsink  the counting SMTP sink every relay delivers to; it knows when the last
+#                   message of a run arrived (the time is measured in the sink, not polled);
+#        smtp-sink  Postfix's sink, for the direct ceiling as the issue defines it;
+#        Postfix    a private instance: `postfix -c $TMP/postfix/etc`, its own queue and data
+#                   directories, listening on 127.0.0.1 only, relayhost = benchsink. It never
+#                   reads or writes /etc/postfix or /var/spool/postfix;
+#        relayq     `relayq serve`, smart host = benchsink, admin (/metrics) on loopback.
+#   4. For each message size (1 KiB × 5000, then 100 KiB × 1000), ROUNDS times, alternating:
+#        Postfix     smtp-source → Postfix → benchsink, timed until benchsink has every message
+#        relayq      smtp-source → relayq  → benchsink, same
+#        ceiling     smtp-source → smtp-sink (wall time of smtp-source: its last 250 is the sink's)
+#        ceiling/bs  smtp-source → benchsink (the same sink the relays deliver to)
+#      and prints the medians in msgs/s, relayq/Postfix, relayq as % of both ceilings, and the
+#      p99 of relayq_accept_duration_seconds (DATA to 250) over relayq's runs from /metrics.
+#   5. Prints the machine (CPUs, disk and its serial create+write+fsync rate) and the versions.
+#   Everything it started is stopped and the temp dir removed on exit, Ctrl-C included.
+#
+# Equal durability: Postfix fsyncs every queue file before its 250 (the default, kept);
+# relayq commits every message with pebble.Sync before its 250. Both relay through the same
+# sink, with at most 20 outbound connections. The Postfix settings (main.cf below) are the
+# defaults except what a private loopback relay needs, plus:
+#   in_flow_delay = 0               the default 1s stalls smtpd whenever the queue manager is
+#                                   behind, which in a 20-connection burst is at once;
+#                                   relayq has no such throttle either
+#   smtpd_client_connection_count_limit = 50, smtpd_client_connection_rate_limit = 0,
+#   smtpd_error_sleep_time = 0      (defaults spelled out) no per-client throttling
+#   default_destination_concurrency_limit = 20   (default) = relayq's per-destination cap
+# relayq runs on its defaults (logging, metrics, Received headers, per-recipient state all on)
+# except max_connections_per_source = 50, Postfix's per-client limit: smtp-source opens a new
+# connection per message, and the next one can arrive before the server has seen the last one
+# close, which relayq's default 20 answers with 421.
+#
+# Environment
+#   ROUNDS=5            runs of each kind per size (medians over them)
+#   SESSIONS=20         smtp-source parallel sessions (-s)
+#   SMALL_N=5000 SMALL_LEN=1024     messages and size of the first set
+#   LARGE_N=1000 LARGE_LEN=102400   the same for the second set
+#   PORT_BASE=25250     ports PORT_BASE+1 … +6 on 127.0.0.1 are used
+#   RUN_TIMEOUT=300s    longest a single run may take
+#   KEEP=1              keep the temp dir (logs, queues) for a look afterwards
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+SESSIONS=${SESSIONS:-20}
+SMALL_N=${SMALL_N:-5000} SMALL_LEN=${SMALL_LEN:-1024}
+LARGE_N=${LARGE_N:-1000} LARGE_LEN=${LARGE_LEN:-102400}
+PORT_BASE=${PORT_BASE:-25250}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300s}
+KEEP=${KEEP:-0}
+
+SINK_PORT=$((PORT_BASE + 1)) CTL_PORT=$((PORT_BASE + 2)) SMTPSINK_PORT=$((PORT_BASE + 3))
+POSTFIX_PORT=$((PORT_BASE + 4)) RELAYQ_PORT=$((PORT_BASE + 5)) ADMIN_PORT=$((PORT_BASE + 6))
+CTL=127.0.0.1:$CTL_PORT
+FROM=bench@source.example
+TO=rcpt@sink.example
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "bench: $*"; exit 1; }
+
+# ---------------------------------------------------------------- install
+install_postfix() {
+	if [[ -x /usr/sbin/smtp-source && -x /usr/sbin/smtp-sink && -x /usr/sbin/postfix ]]; then
+		return
+	fi
+	command -v apt-get >/dev/null || die "no apt-get: install Postfix (smtp-source, smtp-sink, postfix) yourself"
+	local was_running=0
+	pgrep -x master >/dev/null && was_running=1
+	log "installing postfix from Debian (no configuration, no system mail server)…"
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
+	if [[ $was_running == 0 ]] && pgrep -x master >/dev/null; then
+		log "the package started a system Postfix; stopping it"
+		postfix stop >/dev/null 2>&1 || true
+	fi
+}
+
+# ---------------------------------------------------------------- processes
+TMP=
+PIDS=()
+POSTFIX_UP=0
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	if [[ $POSTFIX_UP == 1 ]]; then
+		postfix -c "$TMP/postfix/etc" stop >/dev/null 2>&1 || true
+	fi
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	if [[ -n $TMP && -d $TMP ]]; then
+		if [[ $KEEP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # wait_port PORT NAME
+	local i
+	for ((i = 0; i < 200; i++)); do
+		if ! port_free "$1"; then return 0; fi
+		sleep 0.05
+	done
+	die "$2 did not start listening on 127.0.0.1:$1"
+}
+
+# ---------------------------------------------------------------- Postfix instance
+start_postfix() {
+	local pf=$TMP/postfix
+	mkdir -p "$pf/etc" "$pf/queue" "$pf/data"
+	chown postfix "$pf/data"
+	cat >"$pf/etc/main.cf" <<-EOF
+		# private benchmark instance, made by bench/run.sh
+		compatibility_level = 3.6
+		queue_directory = $pf/queue
+		data_directory = $pf/data
+		mail_owner = postfix
+		setgid_group = postdrop
+		myhostname = postfix.bench.invalid
+		inet_interfaces = 127.0.0.1
+		inet_protocols = ipv4
+		mynetworks = 127.0.0.0/8
+		mydestination =
+		local_recipient_maps =
+		alias_maps =
+		alias_database =
+		relay_domains =
+		relayhost = [127.0.0.1]:$SINK_PORT
+		maillog_file = $pf/maillog
+		maillog_file_prefixes = $pf
+		smtputf8_enable = no
+		biff = no
+		# throughput: see the top of bench/run.sh
+		in_flow_delay = 0
+		smtpd_client_connection_count_limit = 50
+		smtpd_client_connection_rate_limit = 0
+		smtpd_error_sleep_time = 0
+		default_destination_concurrency_limit = 20
+	EOF
+	cat >"$pf/etc/master.cf" <<-EOF
+		# service type  private unpriv  chroot  wakeup  maxproc command
+		127.0.0.1:$POSTFIX_PORT inet n - n - - smtpd
+		pickup    unix  n       -       n       60      1       pickup
+		cleanup   unix  n       -       n       -       0       cleanup
+		qmgr      unix  n       -       n       300     1       qmgr
+		rewrite   unix  -       -       n       -       -       trivial-rewrite
+		bounce    unix  -       -       n       -       0       bounce
+		defer     unix  -       -       n       -       0       bounce
+		trace     unix  -       -       n       -       0       bounce
+		verify    unix  -       -       n       -       1       verify
+		flush     unix  n       -       n       1000?   0       flush
+		proxymap  unix  -       -       n       -       -       proxymap
+		smtp      unix  -       -       n       -       -       smtp
+		relay     unix  -       -       n       -       -       smtp
+		showq     unix  n       -       n       -       -       showq
+		error     unix  -       -       n       -       -       error
+		retry     unix  -       -       n       -       -       error
+		discard   unix  -       -       n       -       -       discard
+		anvil     unix  -       -       n       -       1       anvil
+		scache    unix  -       -       n       -       1       scache
+		postlog   unix-dgram n  -       n       -       1       postlogd
+	EOF
+	postfix -c "$pf/etc" check || die "postfix check failed for $pf/etc"
+	postfix -c "$pf/etc" start >/dev/null 2>&1 || { cat "$pf/maillog" >&2 2>/dev/null; die "postfix did not start"; }
+	POSTFIX_UP=1
+	wait_port "$POSTFIX_PORT" postfix
+}
+
+# ---------------------------------------------------------------- runs
+# run_relay PORT N LEN: smtp-source into a relay; prints the seconds until the sink had all N.
+run_relay() {
+	local port=$1 n=$2 len=$3 out
+	"$SINK" mark -ctl "$CTL" -n "$n" >/dev/null
+	if ! smtp-source -s "$SESSIONS" -m "$n" -l "$len" -f "$FROM" -t "$TO" "127.0.0.1:$port" \
+		>>"$TMP/smtp-source.log" 2>&1; then
+		die "smtp-source into 127.0.0.1:$port failed; see the end of $TMP/smtp-source.log"
+	fi
+	out=$("$SINK" wait -ctl "$CTL" -timeout "$RUN_TIMEOUT") || die "run into 127.0.0.1:$port did not complete"
+	echo "${out%% *}"
+}
+
+# run_direct N LEN: smtp-source into smtp-sink, timed by smtp-source's wall clock.
+run_direct() {
+	local n=$1 len=$2 t0 t1
+	t0=$(date +%s.%N)
+	smtp-source -s "$SESSIONS" -m "$n" -l "$len" -f "$FROM" -t "$TO" "127.0.0.1:$SMTPSINK_PORT" \
+		>>"$TMP/smtp-source.log" 2>&1 || die "smtp-source into smtp-sink failed"
+	t1=$(date +%s.%N)
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+
+# bench_size LABEL N LEN
+bench_size() {
+	local label=$1 n=$2 len=$3 r t pf rq dx db
+	local -a PF=() RQ=() DX=() DB=()
+	echo
+	echo "== $label: smtp-source -s $SESSIONS -m $n -l $len, $ROUNDS rounds (msgs/s, end to end) =="
+	"$SINK" scrape "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.before" 2>/dev/null || true
+	printf '%-6s %10s %10s %14s %14s\n' round postfix relayq "smtp-sink" "benchsink"
+	for ((r = 1; r <= ROUNDS; r++)); do
+		t=$(run_relay "$POSTFIX_PORT" "$n" "$len")
+		pf=$(rate "$n" "$t")
+		t=$(run_relay "$RELAYQ_PORT" "$n" "$len")
+		rq=$(rate "$n" "$t")
+		t=$(run_direct "$n" "$len")
+		dx=$(rate "$n" "$t")
+		"$SINK" mark -ctl "$CTL" -n "$n" >/dev/null
+		smtp-source -s "$SESSIONS" -m "$n" -l "$len" -f "$FROM" -t "$TO" "127.0.0.1:$SINK_PORT" \
+			>>"$TMP/smtp-source.log" 2>&1 || die "smtp-source into benchsink failed"
+		db=$("$SINK" wait -ctl "$CTL" -timeout "$RUN_TIMEOUT") || die "direct run into benchsink did not complete"
+		db=$(rate "$n" "${db%% *}")
+		printf '%-6s %10s %10s %14s %14s\n' "$r" "$pf" "$rq" "$dx" "$db"
+		PF+=("$pf") RQ+=("$rq") DX+=("$dx") DB+=("$db")
+	done
+	"$SINK" scrape "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.after" 2>/dev/null || true
+	pf=$(printf '%s\n' "${PF[@]}" | median) rq=$(printf '%s\n' "${RQ[@]}" | median)
+	dx=$(printf '%s\n' "${DX[@]}" | median) db=$(printf '%s\n' "${DB[@]}" | median)
+	printf '%-6s %10s %10s %14s %14s\n' median "$pf" "$rq" "$dx" "$db"
+	awk -v pf="$pf" -v rq="$rq" -v dx="$dx" -v db="$db" 'BEGIN {
+		printf "relayq / Postfix:                    %.2f×\n", rq / pf
+		printf "relayq / ceiling (smtp-sink):        %.0f %%\n", 100 * rq / dx
+		printf "relayq / ceiling (benchsink):        %.0f %%\n", 100 * rq / db
+	}'
+	printf 'relayq p99 DATA→250 (accept metric): %s\n' \
+		"$("$SINK" quantile -q 0.99 -metric relayq_accept_duration_seconds "$TMP/metrics.before" "$TMP/metrics.after")"
+}
+
+# ---------------------------------------------------------------- main
+[[ $(id -u) == 0 ]] || die "run as root (sudo make bench): Postfix's master must be started by root, and apt needs it"
+command -v go >/dev/null || die "Go is needed to build relayq"
+install_postfix
+export PATH=$PATH:/usr/sbin
+for p in $SINK_PORT $CTL_PORT $SMTPSINK_PORT $POSTFIX_PORT $RELAYQ_PORT $ADMIN_PORT; do
+	port_free "$p" || die "127.0.0.1:$p is in use; set PORT_BASE to another range"
+done
+
+TMP=$(mktemp -d /tmp/relayq-bench.XXXXXX)
+chmod 755 "$TMP" # Postfix's daemons run as user postfix and must reach their queue
+
+log "building relayq and benchsink…"
+make -s build >/dev/null
+CGO_ENABLED=0 go build -o "$TMP/benchsink" ./bench/cmd/benchsink
+SINK=$TMP/benchsink
+
+"$SINK" serve -smtp "127.0.0.1:$SINK_PORT" -ctl "$CTL" >"$TMP/benchsink.log" 2>&1 &
+PIDS+=($!)
+smtp-sink -4 -u postfix "127.0.0.1:$SMTPSINK_PORT" 1024 >"$TMP/smtp-sink.log" 2>&1 &
+PIDS+=($!)
+wait_port "$SINK_PORT" benchsink
+wait_port "$CTL_PORT" "benchsink control"
+wait_port "$SMTPSINK_PORT" smtp-sink
+
+start_postfix
+
+cat >"$TMP/relayq.toml" <<-EOF
+	hostname = "relayq.bench.invalid"
+	[limits]
+	max_connections_per_source = 50
+EOF
+bin/relayq serve --config "$TMP/relayq.toml" --listen "127.0.0.1:$RELAYQ_PORT" --data-dir "$TMP/relayq" \
+	--smarthost "127.0.0.1:$SINK_PORT" --smarthost-tls none --admin "127.0.0.1:$ADMIN_PORT" \
+	--log-format json --log-level warn >"$TMP/relayq.log" 2>&1 &
+PIDS+=($!)
+wait_port "$RELAYQ_PORT" relayq
+
+echo "relayq bench — $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "machine:  $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)," \
+	"$(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
+echo "disk:     $TMP on $(df --output=source,fstype "$TMP" | tail -1 | awk '{ print $1 " (" $2 ")" }')," \
+	"$("$SINK" fsyncs -dir "$TMP" -for 2s) serial create+write(1 KiB)+fsync/s"
+echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at the start; other work on the machine skews every figure"
+echo "versions: $(bin/relayq version | head -1), Postfix $(postconf -c "$TMP/postfix/etc" -h mail_version)," \
+	"$(go version | awk '{ print $3 }')"
+
+bench_size "1 KiB" "$SMALL_N" "$SMALL_LEN"
+bench_size "100 KiB" "$LARGE_N" "$LARGE_LEN"
+
+echo
+echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at the end"
+sent=$((ROUNDS * 3 * (SMALL_N + LARGE_N)))
+got=$("$SINK" count -ctl "$CTL")
+echo "benchsink: $got messages received, $sent sent through it ($((got - sent)) extra = duplicates)"
+errs=$(grep -c -E '"level":"(error|fatal|panic)"' "$TMP/relayq.log" || true)
+warns=$(grep -c '"level":"warn"' "$TMP/relayq.log" || true)
+echo "relayq log: $errs errors, $warns warnings"
+if [[ $((errs + warns)) -gt 0 ]]; then
+	grep -E '"level":"(warn|error|fatal|panic)"' "$TMP/relayq.log" | head -5
+fi

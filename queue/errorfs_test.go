@@ -1,0 +1,292 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	"github.com/rs/zerolog"
+)
+
+// fatalTrap is the queue's log writer in the fault tests. Pebble treats a
+// failed WAL write or sync as fatal: DB.Apply calls Logger.Fatalf("pebble:
+// fatal commit error"), and the queue's Pebble logger turns that into
+// zerolog's Fatal, which exits the process, as it does in relayq. Here the
+// goroutine that hits it is parked for good instead (zerolog's exit runs in
+// a defer, so ending the goroutine would still exit): its Put never
+// returns, as in the process that exits, and the rest of the test process
+// lives on to inspect what a crash at that moment leaves on disk.
+type fatalTrap struct {
+	mu     sync.Mutex
+	fatals []string
+}
+
+func (f *fatalTrap) Write(p []byte) (int, error) { return len(p), nil }
+
+func (f *fatalTrap) WriteLevel(l zerolog.Level, p []byte) (int, error) {
+	if l != zerolog.FatalLevel {
+		return len(p), nil
+	}
+	f.mu.Lock()
+	f.fatals = append(f.fatals, strings.TrimSpace(string(p)))
+	f.mu.Unlock()
+	select {} // the process "exited" here
+}
+
+// parked is how many goroutines the trap holds.
+func (f *fatalTrap) parked() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.fatals)
+}
+
+// messages are the distinct fatal messages.
+func (f *fatalTrap) messages() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, m := range f.fatals {
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// walFault injects err into the given operations on Pebble's WAL files
+// (*.log), or on every file when wal is false. A file with no path is a
+// recycled WAL (see recyclingFS).
+func walFault(err error, wal bool, kinds ...errorfs.OpKind) errorfs.Injector {
+	return errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if wal && op.Path != "" && !strings.HasSuffix(op.Path, ".log") {
+			return nil
+		}
+		for _, k := range kinds {
+			if op.Kind == k {
+				return &os.PathError{Op: "injected", Path: op.Path, Err: err}
+			}
+		}
+		return nil
+	})
+}
+
+// recyclingFS is errorfs.FS with faults in recycled files too: Pebble
+// reuses the file of an obsolete WAL for the next one (ReuseForWrite), and
+// errorfs hands that file out unwrapped, so that without this a fault would
+// miss every WAL after the first memtable flush.
+type recyclingFS struct {
+	*errorfs.FS
+	inj errorfs.Injector
+}
+
+func newRecyclingFS(fs vfs.FS, inj errorfs.Injector) *recyclingFS {
+	return &recyclingFS{FS: errorfs.Wrap(fs, inj), inj: inj}
+}
+
+func (fs *recyclingFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.ReuseForWrite(oldname, newname, category)
+	if err != nil {
+		return nil, err
+	}
+	return errorfs.WrapFile(f, fs.inj), nil
+}
+
+var (
+	syncOps  = []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo}
+	writeOps = []errorfs.OpKind{errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFilePreallocate}
+)
+
+// faultOutcomes counts what the Puts started after the fault came to.
+type faultOutcomes struct {
+	acked, failed              atomic.Int64 // Puts that returned nil / an error
+	returned, panicked, stuck atomic.Int64 // writers that finished / panicked / never came back
+}
+
+// TestPutNeverAcknowledgesAWriteThatDidNotSync puts messages, then makes
+// the disk fail (ENOSPC or EIO on the WAL's sync or write, or EIO on every
+// write and sync) while more Puts run. A Put may return an error or never
+// return (Pebble's fatal commit error), but whatever Put acknowledged with
+// nil, before or after the fault, must be in a crash image of the disk
+// taken now (only synced data kept, or some of the unsynced too), whole and
+// due; and a queue reopened on that image takes new mail.
+func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
+	cases := []struct {
+		name   string
+		inject errorfs.Injector
+	}{
+		{"ENOSPC on WAL sync", walFault(syscall.ENOSPC, true, syncOps...)},
+		{"EIO on WAL sync", walFault(syscall.EIO, true, syncOps...)},
+		{"ENOSPC on WAL write", walFault(syscall.ENOSPC, true, writeOps...)},
+		{"EIO on every write and sync", walFault(syscall.EIO, false, append(writeOps, syncOps...)...)},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := vfs.NewCrashableMem()
+			toggle := &errorfs.Toggle{Injector: tc.inject}
+			trap := &fatalTrap{}
+			s, err := Open("q", Options{FS: newRecyclingFS(mem, toggle), ChunkSize: 4096, Log: zerolog.New(trap)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// s is not closed: after a fatal commit error Pebble's commit
+			// pipeline is wedged, and Close could block on it. Its
+			// goroutines end with the test binary.
+
+			var (
+				mu    sync.Mutex
+				acked = map[ID][]byte{}
+			)
+			put := func(rng *rand.Rand, maxSize int) error {
+				body := randomBody(rng, maxSize)
+				id := s.NewID()
+				if err := s.Put(context.Background(), id, envelope("a@x.invalid", "b@y.invalid"), bytes.NewReader(body)); err != nil {
+					return err
+				}
+				mu.Lock()
+				acked[id] = body
+				mu.Unlock()
+				return nil
+			}
+
+			// Before the fault: every Put succeeds.
+			var wg sync.WaitGroup
+			errs := make(chan error, 8)
+			for w := 0; w < 8; w++ {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					rng := rand.New(rand.NewPCG(uint64(i), uint64(w)))
+					for n := 0; n < 10; n++ {
+						if err := put(rng, 1_300_000); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}(w)
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatalf("Put before the fault: %v", err)
+			}
+			before := len(acked)
+
+			// A fresh memtable, so that the small writes below cannot make
+			// Pebble rotate its WAL: a WAL error there panics after
+			// unlocking DB.mu, and the deferred unlock then dies with
+			// "sync: unlock of unlocked mutex", a fatal error no test
+			// process survives. In relayq that is a crash like the Fatalf.
+			if err := s.db.Flush(); err != nil {
+				t.Fatal(err)
+			}
+
+			// The disk fails; writers keep coming.
+			toggle.On()
+			var out faultOutcomes
+			done := make(chan struct{})
+			for w := 0; w < 8; w++ {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					returned := false
+					defer func() {
+						// Pebble panics in commitWrite on a WAL that failed
+						// before; a Put that never returns is parked in
+						// fatalTrap or waits behind the wedged pipeline.
+						if recover() != nil {
+							out.panicked.Add(1)
+						}
+						if returned {
+							out.returned.Add(1)
+						}
+					}()
+					rng := rand.New(rand.NewPCG(uint64(i), uint64(100+w)))
+					for n := 0; n < 3; n++ {
+						if err := put(rng, 20_000); err != nil {
+							out.failed.Add(1)
+						} else {
+							out.acked.Add(1)
+						}
+					}
+					returned = true
+				}(w)
+			}
+			go func() { wg.Wait(); close(done) }()
+			// Every writer returns, panics or is parked in fatalTrap; one
+			// that does none of these within the deadline waits behind the
+			// wedged commit pipeline, and never answers either.
+			deadline := time.Now().Add(10 * time.Second)
+			for out.returned.Load()+out.panicked.Load()+int64(trap.parked()) < 8 && time.Now().Before(deadline) {
+				select {
+				case <-done:
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			out.stuck.Store(8 - out.returned.Load() - out.panicked.Load())
+
+			mu.Lock()
+			snapshot := make(map[ID][]byte, len(acked))
+			for id, b := range acked {
+				snapshot[id] = b
+			}
+			mu.Unlock()
+			t.Logf("%d acknowledged before the fault; after it: %d Puts returned nil, %d returned an error, "+
+				"%d of 8 writers panicked, %d never came back (%d fatal errors): %q",
+				before, out.acked.Load(), out.failed.Load(), out.panicked.Load(), out.stuck.Load(), trap.parked(), trap.messages())
+			if out.failed.Load()+out.panicked.Load()+out.stuck.Load() == 0 {
+				t.Fatal("the injected fault never reached a Put: the test proves nothing")
+			}
+
+			rng := rand.New(rand.NewPCG(uint64(i), 7))
+			for _, pct := range []int{0, 50} {
+				image := mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: pct, RNG: rng})
+				checkCrashImage(t, image, snapshot)
+				checkTakesMail(t, image)
+			}
+		})
+	}
+}
+
+// randomBody is up to 20 kB, or one time in ten up to maxSize: over the
+// 1 MiB spill threshold, unsynced body batches precede the synced envelope.
+func randomBody(rng *rand.Rand, maxSize int) []byte {
+	size := rng.IntN(20_000) + 1
+	if maxSize > 20_000 && rng.IntN(10) == 0 {
+		size = rng.IntN(maxSize) + 1
+	}
+	body := make([]byte, size)
+	for j := range body {
+		body[j] = byte(rng.Uint32())
+	}
+	return body
+}
+
+// checkTakesMail reopens the queue on fs, now without faults, and checks
+// that intake works again: a Put is acknowledged and reads back whole.
+func checkTakesMail(t *testing.T, fs vfs.FS) {
+	t.Helper()
+	s, err := Open("q", Options{FS: fs, ChunkSize: 4096})
+	if err != nil {
+		t.Fatalf("reopening after the fault: %v", err)
+	}
+	defer s.Close()
+	id := s.NewID()
+	body := []byte(fmt.Sprintf("Subject: after the fault\r\n\r\n%s\r\n", id))
+	if err := s.Put(context.Background(), id, envelope("a@x.invalid", "b@y.invalid"), bytes.NewReader(body)); err != nil {
+		t.Fatalf("Put after the fault is gone: %v", err)
+	}
+	if got := readAll(t, s, id); !bytes.Equal(got, body) {
+		t.Fatalf("message put after the fault reads back as %q", got)
+	}
+}

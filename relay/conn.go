@@ -1,0 +1,314 @@
+package relay
+
+import (
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"relayq/retry"
+)
+
+const (
+	// refuseTimeout bounds the TLS handshake and the write of a 421 to a
+	// connection over a cap.
+	refuseTimeout = 5 * time.Second
+	// maxRefusing bounds the refusals being written at once; beyond it an
+	// over-cap connection is closed without a reply, so a flood cannot
+	// pile up goroutines.
+	maxRefusing = 256
+	// maxCoalesce bounds what a trackedConn holds back of a multi-line reply.
+	maxCoalesce = 16 << 10
+)
+
+// trackingListener admits connections within the caps and wraps each in a
+// trackedConn: so Shutdown can close the idle ones (go-smtp's Shutdown
+// would wait for them), a session can slide its read deadline during DATA,
+// and replies are coalesced. go-smtp has no hook before its greeting, so
+// the caps (421 4.3.2) live here (DESIGN.md, go-smtp gotchas).
+type trackingListener struct {
+	net.Listener
+	s    *Server
+	lc   ListenerConfig
+	once sync.Once
+	err  error
+}
+
+// admission is what admit decided for a new connection.
+type admission int
+
+const (
+	admitted admission = iota
+	admitClosing
+	overTotal
+	overSource
+)
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, s: l.s, ip: remoteIP(c.RemoteAddr())}
+		switch a := l.s.admit(tc); a {
+		case admitted:
+			if l.lc.Mode == ModeSMTPS {
+				// Implicit TLS on top of the tracked conn: go-smtp sees a
+				// *tls.Conn, runs the handshake under its deadlines and
+				// treats the session as TLS (ESMTPS, AUTH); the tracked
+				// conn below still slides deadlines and is closed on
+				// Shutdown.
+				return tls.Server(tc, l.s.cfg.TLS), nil
+			}
+			return tc, nil
+		case admitClosing:
+			c.Close() // go-smtp's greeting fails and its read ends the conn
+			return tc, nil
+		default:
+			l.s.refuse(c, l.lc, a)
+		}
+	}
+}
+
+// Close closes the listener once; both Shutdown and go-smtp close it.
+func (l *trackingListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
+}
+
+// admit counts tc in if it is within both connection caps.
+func (s *Server) admit(tc *trackedConn) admission {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.mu.closing:
+		return admitClosing
+	case len(s.mu.conns) >= s.cfg.MaxConnections:
+		return overTotal
+	case s.mu.sources[tc.ip] >= s.cfg.MaxConnectionsPerSource:
+		return overSource
+	}
+	s.mu.conns[tc] = struct{}{}
+	s.mu.sources[tc.ip]++
+	tc.counted = true
+	return admitted
+}
+
+// release counts tc out; it runs once per admitted connection.
+func (s *Server) release(tc *trackedConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.mu.conns, tc)
+	if !tc.counted {
+		return
+	}
+	if n := s.mu.sources[tc.ip] - 1; n > 0 {
+		s.mu.sources[tc.ip] = n
+	} else {
+		delete(s.mu.sources, tc.ip)
+	}
+	if s.mu.sources[tc.ip] < s.cfg.MaxConnectionsPerSource {
+		delete(s.mu.warned, tc.ip)
+	}
+	if len(s.mu.conns) < s.cfg.MaxConnections {
+		delete(s.mu.warned, allSources)
+	}
+}
+
+// refusals counts the 421 replies being written.
+type refusals struct {
+	n  atomic.Int32
+	wg sync.WaitGroup
+}
+
+// refuse answers c, a connection over a cap, with 421 4.3.2 in place of
+// the greeting (inside TLS on an smtps listener, where plaintext would be
+// noise to the client) and closes it, in the background.
+func (s *Server) refuse(c net.Conn, lc ListenerConfig, a admission) {
+	ip := remoteIP(c.RemoteAddr())
+	reply, limit, key := replyTooManyConnsFrom, s.cfg.MaxConnectionsPerSource, ip
+	if a == overTotal {
+		reply, limit, key = replyTooManyConns, s.cfg.MaxConnections, allSources
+	}
+	s.mu.Lock()
+	first := !s.mu.warned[key]
+	s.mu.warned[key] = true
+	s.mu.Unlock()
+	if first {
+		// Once per episode: the operator of seed 001 needs to see which
+		// source hit which cap, not one line per refused connection.
+		s.log.Warn().Str("ip", ip.String()).Int("limit", limit).Int("code", reply.Code).
+			Str("enhanced", reply.Status().String()).Bool("per_source", a == overSource).
+			Msg("connection refused: over the connection limit (further refusals until it drops below are not logged)")
+	}
+	if s.refusing.n.Add(1) > maxRefusing {
+		s.refusing.n.Add(-1)
+		c.Close()
+		return
+	}
+	s.refusing.wg.Add(1)
+	go func() {
+		defer s.refusing.wg.Done()
+		defer s.refusing.n.Add(-1)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(refuseTimeout))
+		var w net.Conn = c
+		if lc.Mode == ModeSMTPS {
+			tc := tls.Server(c, s.cfg.TLS)
+			if tc.Handshake() != nil {
+				return
+			}
+			w = tc
+		}
+		_, _ = w.Write([]byte(replyLine(reply)))
+	}()
+}
+
+// replyLine formats r as one reply line.
+func replyLine(r *retry.Reply) string {
+	return r.Error() + "\r\n"
+}
+
+// trackedConn is a server connection. While slide is set, every read moves
+// the read deadline to now+slide, so a body that keeps arriving never times
+// out and one that stalls does after slide (go-smtp sets the deadline only
+// when the DATA command is read).
+//
+// Writes coalesce a multi-line reply: go-smtp writes each line of a reply
+// (the EHLO list) in its own Write; trackedConn holds back the lines that
+// continue a reply ("250-…") and sends them with the final one ("250 …") in
+// one write, which saves syscalls and fixes clients that read one segment
+// per reply (DESIGN.md, go-smtp gotchas). Below TLS it sees only records
+// (they never start with a digit) and passes them through.
+type trackedConn struct {
+	net.Conn
+	s       *Server
+	ip      netip.Addr
+	counted bool // in s.mu.sources; set by admit before the conn is shared
+
+	slide atomic.Int64 // a time.Duration; 0: off
+	once  sync.Once
+	// closeAfterReply makes the next write that completes a reply close
+	// the connection once it is sent (AUTH failures).
+	closeAfterReply atomic.Bool
+	authFailures    atomic.Int32
+
+	wmu  sync.Mutex
+	wbuf []byte // continuation lines held back
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if d := time.Duration(c.slide.Load()); d > 0 {
+		if err := c.Conn.SetReadDeadline(time.Now().Add(d)); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	orig := len(p)
+	p = sanitizeReply(p)
+	if isContinuationLine(p) && len(c.wbuf)+len(p) <= maxCoalesce {
+		c.wbuf = append(c.wbuf, p...)
+		return len(p), nil
+	}
+	out, held := p, len(c.wbuf)
+	if held > 0 {
+		c.wbuf = append(c.wbuf, p...)
+		out = c.wbuf
+	}
+	n, err := c.Conn.Write(out)
+	c.wbuf = c.wbuf[:0]
+	if c.closeAfterReply.Load() {
+		c.Close()
+	}
+	if err != nil {
+		return max(0, min(orig, n-held)), err
+	}
+	return orig, nil
+}
+
+// sanitizeReply replaces control characters inside the text of a reply
+// line with '?'. go-smtp echoes client input in some replies ("250-Hello
+// <EHLO argument>", "500 … <command> command unrecognized") and a CR, LF
+// or NUL there would break the reply's framing for the client. p is
+// returned as is when it is not one reply line or is clean (the usual
+// case; TLS records never start with a digit), else a cleaned copy of the
+// same length.
+func sanitizeReply(p []byte) []byte {
+	if len(p) < 6 || p[len(p)-2] != '\r' || p[len(p)-1] != '\n' || p[3] != ' ' && p[3] != '-' {
+		return p
+	}
+	for _, d := range p[:3] {
+		if d < '0' || d > '9' {
+			return p
+		}
+	}
+	text := p[4 : len(p)-2]
+	var out []byte
+	for i, b := range text {
+		if b < 0x20 && b != '\t' || b == 0x7f {
+			if out == nil {
+				out = append([]byte(nil), p...)
+			}
+			out[4+i] = '?'
+		}
+	}
+	if out == nil {
+		return p
+	}
+	return out
+}
+
+// isContinuationLine reports whether p is exactly one non-final reply line,
+// "ddd-text\r\n" (RFC 5321 §4.2.1).
+func isContinuationLine(p []byte) bool {
+	if len(p) < 6 || p[3] != '-' || p[len(p)-2] != '\r' || p[len(p)-1] != '\n' {
+		return false
+	}
+	for _, d := range p[:3] {
+		if d < '0' || d > '9' {
+			return false
+		}
+	}
+	for _, b := range p[4 : len(p)-2] {
+		if b == '\r' || b == '\n' {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.s.release(c) })
+	return c.Conn.Close()
+}
+
+// setSlide turns the sliding read deadline on (d > 0) or off.
+func (c *trackedConn) setSlide(d time.Duration) {
+	if c != nil {
+		c.slide.Store(int64(d))
+	}
+}
+
+// trackedOf finds the trackedConn under c, which may be a *tls.Conn (smtps,
+// or go-smtp's after STARTTLS).
+func trackedOf(c net.Conn) *trackedConn {
+	for range 4 {
+		switch v := c.(type) {
+		case *trackedConn:
+			return v
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}

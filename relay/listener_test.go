@@ -1,0 +1,273 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+func TestSTARTTLSOfferedOnlyWithCertificate(t *testing.T) {
+	serverTLS, _ := testTLS(t)
+	tests := []struct {
+		name string
+		tls  *tls.Config
+		want bool
+	}{
+		{"no certificate, no STARTTLS", nil, false},
+		{"certificate, STARTTLS", serverTLS, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.TLS = tt.tls
+			_, addr := startServer(t, cfg, &memQueue{})
+			r := greetRaw(t, dialFrom(t, addr, ""))
+			if got := hasExt(r.ehlo(), "STARTTLS"); got != tt.want {
+				t.Errorf("STARTTLS offered: %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSTARTTLSThenESMTPSInReceived(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	q := &memQueue{}
+	cfg := testConfig()
+	cfg.TLS = serverTLS
+	_, addr := startServer(t, cfg, q)
+	r := dialRaw(t, addr, "")
+	r.startTLS(clientTLS)
+	if hasExt(r.ehlo(), "STARTTLS") {
+		t.Error("STARTTLS offered again inside TLS")
+	}
+	r.cmd("MAIL FROM:<s@example.org>", 250)
+	r.cmd("RCPT TO:<x@example.com>", 250)
+	r.cmd("DATA", 354)
+	r.send("Subject: tls\r\n\r\nx\r\n.\r\n")
+	r.expect(250)
+	if body := q.only(t).body; !bytes.Contains(body, []byte(" with ESMTPS id ")) {
+		t.Errorf("Received does not say ESMTPS: %q", body[:min(len(body), 200)])
+	}
+}
+
+func TestSMTPSListenerSpeaksTLSFromTheFirstByte(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	q := &memQueue{}
+	cfg := testConfig()
+	cfg.TLS = serverTLS
+	cfg.Users = testUsers(t)
+	_, addr := startListener(t, cfg, q, ListenerConfig{Mode: ModeSMTPS})
+
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: testTimeout}, "tcp", addr, clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(testTimeout))
+	r := greetRaw(t, c)
+	ext := r.ehlo()
+	if hasExt(ext, "STARTTLS") || !hasExt(ext, "AUTH") {
+		t.Errorf("EHLO inside implicit TLS: %q; want AUTH and no STARTTLS", ext)
+	}
+	r.cmd("AUTH PLAIN "+b64("\x00app1\x00s3cret"), 235)
+	r.cmd("MAIL FROM:<s@example.org>", 250)
+	r.cmd("RCPT TO:<x@example.com>", 250)
+	r.cmd("DATA", 354)
+	r.send("Subject: smtps\r\n\r\nx\r\n.\r\n")
+	r.expect(250)
+	if body := q.only(t).body; !bytes.Contains(body, []byte(" with ESMTPSA id ")) {
+		t.Errorf("Received does not say ESMTPSA: %q", body[:min(len(body), 200)])
+	}
+
+	// A plaintext client gets no greeting: the server waits for a
+	// ClientHello and gives up on garbage.
+	plain := dialFrom(t, addr, "")
+	plain.Write([]byte("EHLO plain.test\r\n"))
+	line, _ := bufio.NewReader(plain).ReadString('\n')
+	if strings.HasPrefix(line, "220") {
+		t.Errorf("plaintext client greeted on an smtps listener: %q", line)
+	}
+}
+
+func TestServeRefusesSMTPSWithoutCertificateAndUnknownModes(t *testing.T) {
+	s := New(testConfig(), &memQueue{}, zerolog.Nop())
+	defer s.Shutdown(t.Context())
+	for _, lc := range []ListenerConfig{{Mode: ModeSMTPS}, {Mode: "lmtp"}} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Serve(l, lc); err == nil {
+			t.Errorf("Serve with mode %q and no TLS succeeded", lc.Mode)
+		}
+		l.Close()
+	}
+}
+
+// greetingOf dials addr from local and returns the first line the server
+// sends, and whether the server closed the connection after it.
+func greetingOf(t *testing.T, addr, local string) (string, bool) {
+	t.Helper()
+	c := dialFrom(t, addr, local)
+	defer c.Close()
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("no greeting: %v", err)
+	}
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err = br.ReadByte()
+	return line, errors.Is(err, io.EOF)
+}
+
+func TestConnectionOverPerSourceCapGets421_4_3_2WhileOthersAreServed(t *testing.T) {
+	q := &memQueue{}
+	cfg := testConfig()
+	cfg.MaxConnectionsPerSource = 3
+	cfg.AllowedNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	_, addr := startServer(t, cfg, q)
+
+	var open []*rawConn
+	for range 3 {
+		open = append(open, dialRaw(t, addr, "127.0.0.1"))
+	}
+	line, closed := greetingOf(t, addr, "127.0.0.1")
+	if !strings.HasPrefix(line, "421 4.3.2 ") || !closed {
+		t.Fatalf("4th connection from one source: %q (closed %v), want 421 4.3.2 and close", line, closed)
+	}
+	// Another source is not affected.
+	if line, _ := greetingOf(t, addr, "127.0.0.2"); !strings.HasPrefix(line, "220 ") {
+		t.Errorf("other source greeted %q", line)
+	}
+	// The three admitted connections are served as if nothing happened.
+	for _, r := range open {
+		r.cmd("MAIL FROM:<s@example.org>", 250)
+		r.cmd("RCPT TO:<x@example.com>", 250)
+		r.cmd("DATA", 354)
+		r.send("Subject: served\r\n\r\nx\r\n.\r\n")
+		r.expect(250)
+	}
+	if n := len(q.messages()); n != 3 {
+		t.Errorf("%d messages queued, want 3", n)
+	}
+	// A slot freed is a slot given again.
+	open[0].cmd("QUIT", 221)
+	waitFor(t, "a freed slot", func() bool {
+		line, _ := greetingOf(t, addr, "127.0.0.1")
+		return strings.HasPrefix(line, "220 ")
+	})
+}
+
+func TestConnectionOverTotalCapGets421_4_3_2(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxConnections = 2
+	_, addr := startServer(t, cfg, &memQueue{})
+	dialRaw(t, addr, "127.0.0.1")
+	dialRaw(t, addr, "127.0.0.2")
+	line, closed := greetingOf(t, addr, "127.0.0.3")
+	if line != "421 4.3.2 Too many connections, try again later\r\n" || !closed {
+		t.Errorf("3rd connection: %q (closed %v)", line, closed)
+	}
+}
+
+func TestSMTPSRefusalIsSentInsideTLS(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	cfg := testConfig()
+	cfg.TLS = serverTLS
+	cfg.MaxConnectionsPerSource = 1
+	_, addr := startListener(t, cfg, &memQueue{}, ListenerConfig{Mode: ModeSMTPS})
+	dial := func() *bufio.Reader {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: testTimeout}, "tcp", addr, clientTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(testTimeout))
+		return bufio.NewReader(c)
+	}
+	first, _ := dial().ReadString('\n')
+	second, _ := dial().ReadString('\n')
+	if !strings.HasPrefix(first, "220 ") || !strings.HasPrefix(second, "421 4.3.2 ") {
+		t.Errorf("greetings %q, %q; want 220 then 421 4.3.2", first, second)
+	}
+}
+
+func TestRefusalsAreLoggedOncePerEpisode(t *testing.T) {
+	var logs syncBuffer
+	cfg := testConfig()
+	cfg.MaxConnectionsPerSource = 1
+	_, addr := startLogged(t, cfg, &memQueue{}, ListenerConfig{}, zerolog.New(&logs))
+	dialRaw(t, addr, "")
+	for range 3 {
+		greetingOf(t, addr, "")
+	}
+	if n := strings.Count(logs.String(), "connection refused"); n != 1 {
+		t.Errorf("%d refusal log lines for one episode, want 1:\n%s", n, logs.String())
+	}
+}
+
+func TestMultiLineReplyIsSentInOneWrite(t *testing.T) {
+	cfg := testConfig()
+	s := New(cfg, &memQueue{}, zerolog.New(zerolog.NewTestWriter(t)))
+	l := servePipes(t, s, ListenerConfig{})
+	c := l.dial(t, netip.MustParseAddr("127.0.0.1"))
+	defer c.Close()
+	buf := make([]byte, 64<<10)
+	c.in.SetReadDeadline(time.Now().Add(testTimeout))
+	if n, err := c.Read(buf); err != nil || !bytes.HasPrefix(buf[:n], []byte("220 ")) {
+		t.Fatalf("greeting %q, %v", buf[:n], err)
+	}
+	go c.Write([]byte("EHLO client.test\r\n"))
+	// net.Pipe has no buffering: one Read returns one server Write.
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := string(buf[:n])
+	lines := strings.Split(strings.TrimSuffix(reply, "\r\n"), "\r\n")
+	if len(lines) < 5 || !strings.HasPrefix(lines[len(lines)-1], "250 ") {
+		t.Fatalf("first write after EHLO is %q: the EHLO reply was not sent whole", reply)
+	}
+	for _, l := range lines[:len(lines)-1] {
+		if !strings.HasPrefix(l, "250-") {
+			t.Errorf("line %q in the middle of the reply", l)
+		}
+	}
+}
+
+func TestIsContinuationLine(t *testing.T) {
+	for in, want := range map[string]bool{
+		"250-SIZE 100\r\n":      true,
+		"250 SIZE 100\r\n":      false,
+		"250-a\r\n250-b\r\n":    false, // two lines: not what go-smtp writes; pass through
+		"250-SIZE":              false,
+		"\x17\x03\x03\x00\x20":  false, // a TLS record
+		"25x-oops\r\n":          false,
+		"250-bare\rcr\r\n":      false,
+		"354 Go ahead\r\n":      false,
+		"421-4.3.2 closing\r\n": true,
+	} {
+		if got := isContinuationLine([]byte(in)); got != want {
+			t.Errorf("isContinuationLine(%q) = %v", in, got)
+		}
+	}
+}
+
+func TestIdleConnectionGets421_4_4_2AndClose(t *testing.T) {
+	cfg := testConfig()
+	cfg.ReadTimeout = 200 * time.Millisecond // 5 minutes by default
+	_, addr := startServer(t, cfg, &memQueue{})
+	r := dialRaw(t, addr, "")
+	if msg := r.expect(421); !strings.HasPrefix(msg, "4.4.2 ") {
+		t.Errorf("idle: 421 %s, want 421 4.4.2", msg)
+	}
+	r.expectClosed()
+}

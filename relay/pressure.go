@@ -1,0 +1,581 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/rs/zerolog"
+)
+
+// PressureLevel is the back-pressure level, Exchange's three (seeds 000,
+// 004): what intake does at each is in doc.go.
+type PressureLevel int32
+
+const (
+	PressureNormal PressureLevel = iota // accept
+	PressureMedium                      // accept only from allowed networks and authenticated clients
+	PressureHigh                        // refuse every MAIL with 452 4.3.1
+)
+
+func (l PressureLevel) String() string {
+	switch l {
+	case PressureNormal:
+		return "normal"
+	case PressureMedium:
+		return "medium"
+	case PressureHigh:
+		return "high"
+	}
+	return "level(" + strconv.Itoa(int(l)) + ")"
+}
+
+// Resource names one monitored reading. The names are stable: logs,
+// metrics and `relayq status` use them.
+type Resource string
+
+const (
+	ResourceFreeDisk      Resource = "free_disk"      // bytes free on the data_dir volume; less is worse
+	ResourceQueueMessages Resource = "queue_messages" // messages in the queue
+	ResourceQueueBytes    Resource = "queue_bytes"    // bytes in the queue; informational, no thresholds
+	ResourceMemory        Resource = "memory"         // process memory / memory limit, a fraction
+	ResourceWriteStall    Resource = "write_stall"    // seconds Pebble stalled writes since the last sample
+)
+
+// describe is the resource as the 452 reply names it.
+func (r Resource) describe() string {
+	switch r {
+	case ResourceFreeDisk:
+		return "queue disk space"
+	case ResourceQueueMessages:
+		return "queue size"
+	case ResourceMemory:
+		return "memory"
+	case ResourceWriteStall:
+		return "queue write stall"
+	}
+	return string(r)
+}
+
+// Defaults of PressureConfig.
+const (
+	DefaultPressureInterval = 5 * time.Second
+	// DefaultPressureMargin is the hysteresis: a resource leaves a level
+	// only once its reading is 10% on the good side of that level's
+	// threshold, so a reading hovering at a threshold does not flap.
+	DefaultPressureMargin = 0.10
+	DefaultStallMedium    = time.Nanosecond // any stall
+	DefaultStallHigh      = 10 * time.Second
+)
+
+// QueueGauge is what the monitor reads of the queue; *queue.Store is one.
+type QueueGauge interface {
+	Messages() int64
+	Bytes() int64
+}
+
+// PressureConfig configures a Monitor. A threshold of 0 turns that level
+// of that resource off.
+type PressureConfig struct {
+	Interval time.Duration // between samples; default DefaultPressureInterval
+	Margin   float64       // hysteresis fraction; default DefaultPressureMargin
+
+	FreeDiskMedium, FreeDiskHigh           int64   // bytes; pressure when free space is below
+	QueueMessagesMedium, QueueMessagesHigh int64   // pressure at or above
+	MemoryMedium, MemoryHigh               float64 // fraction of the memory limit; at or above
+	StallMedium, StallHigh                 time.Duration
+
+	// DataDir is the queue directory whose volume's free space is read.
+	DataDir string
+	// Queue gives the queue's size; nil leaves queue size unmonitored.
+	Queue QueueGauge
+	// Stalls gives Pebble's write stalls; nil leaves them unmonitored.
+	Stalls *StallWatch
+
+	// Probes, for tests; nil means the real ones: statfs(DataDir), the
+	// process's resident memory (/proc/self/statm, else runtime/metrics),
+	// the cgroup memory limit or else the RAM size (read once, at
+	// NewMonitor).
+	DiskFree    func() (uint64, error)
+	MemoryUsed  func() (uint64, error)
+	MemoryLimit func() (uint64, error)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Monitor samples the resources that limit intake and keeps the current
+// back-pressure level. Its methods are safe for concurrent use; Level is a
+// single atomic load, cheap enough for every MAIL. A nil *Monitor is
+// always normal.
+type Monitor struct {
+	cfg      PressureConfig
+	log      zerolog.Logger
+	memLimit uint64 // 0: unknown, memory unmonitored
+	current  atomic.Pointer[levelCause]
+
+	mu struct {
+		sync.Mutex
+		gauges    []*gauge
+		level     PressureLevel
+		since     time.Time
+		sampledAt time.Time
+	}
+}
+
+type levelCause struct {
+	level PressureLevel
+	cause Resource
+}
+
+// NewMonitor returns a monitor for cfg, at normal until its first Sample.
+func NewMonitor(cfg PressureConfig, log zerolog.Logger) *Monitor {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultPressureInterval
+	}
+	if cfg.Margin <= 0 {
+		cfg.Margin = DefaultPressureMargin
+	}
+	if cfg.StallMedium == 0 {
+		cfg.StallMedium = DefaultStallMedium
+	}
+	if cfg.StallHigh == 0 {
+		cfg.StallHigh = DefaultStallHigh
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.DiskFree == nil {
+		dir := cfg.DataDir
+		cfg.DiskFree = func() (uint64, error) { return diskFree(dir) }
+	}
+	if cfg.MemoryUsed == nil {
+		cfg.MemoryUsed = processMemory
+	}
+	if cfg.MemoryLimit == nil {
+		cfg.MemoryLimit = memoryLimit
+	}
+	m := &Monitor{cfg: cfg, log: log.With().Str("component", "back_pressure").Logger()}
+	if limit, err := cfg.MemoryLimit(); err != nil || limit == 0 {
+		m.log.Warn().Err(err).Msg("memory limit unknown: memory is not monitored")
+	} else {
+		m.memLimit = limit
+	}
+	now := cfg.Now()
+	add := func(g *gauge) {
+		g.since = now
+		m.mu.gauges = append(m.mu.gauges, g)
+	}
+	add(&gauge{res: ResourceFreeDisk, unit: unitBytes, lowerWorse: true,
+		medium: float64(cfg.FreeDiskMedium), high: float64(cfg.FreeDiskHigh)})
+	if cfg.Queue != nil {
+		add(&gauge{res: ResourceQueueMessages, unit: unitMessages,
+			medium: float64(cfg.QueueMessagesMedium), high: float64(cfg.QueueMessagesHigh)})
+		add(&gauge{res: ResourceQueueBytes, unit: unitBytes})
+	}
+	if m.memLimit > 0 {
+		add(&gauge{res: ResourceMemory, unit: unitRatio, medium: cfg.MemoryMedium, high: cfg.MemoryHigh})
+	}
+	if cfg.Stalls != nil {
+		add(&gauge{res: ResourceWriteStall, unit: unitSeconds,
+			medium: cfg.StallMedium.Seconds(), high: cfg.StallHigh.Seconds()})
+	}
+	m.mu.since = now
+	m.current.Store(&levelCause{})
+	return m
+}
+
+// Level returns the current level and the resource that sets it ("" at
+// normal).
+func (m *Monitor) Level() (PressureLevel, Resource) {
+	if m == nil {
+		return PressureNormal, ""
+	}
+	c := m.current.Load()
+	return c.level, c.cause
+}
+
+// Run samples every Interval, and at once when Pebble reports a write
+// stall or low disk space, until ctx ends. It does not sample on entry:
+// call Sample first when the level is needed right away.
+func (m *Monitor) Run(ctx context.Context) {
+	t := time.NewTicker(m.cfg.Interval)
+	defer t.Stop()
+	var poke <-chan struct{}
+	if m.cfg.Stalls != nil {
+		poke = m.cfg.Stalls.poke
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-poke:
+		}
+		m.Sample()
+	}
+}
+
+// reading is one probe's result.
+type reading struct {
+	value float64
+	err   error
+}
+
+// Sample reads every resource now, updates the levels and logs each
+// change of a resource's level at warn, once, with its reading and the
+// threshold.
+func (m *Monitor) Sample() {
+	now := m.cfg.Now()
+	// The probes do I/O (statfs, /proc): outside the lock.
+	readings := map[Resource]reading{}
+	free, err := m.cfg.DiskFree()
+	readings[ResourceFreeDisk] = reading{float64(free), err}
+	if q := m.cfg.Queue; q != nil {
+		readings[ResourceQueueMessages] = reading{float64(q.Messages()), nil}
+		readings[ResourceQueueBytes] = reading{float64(q.Bytes()), nil}
+	}
+	if m.memLimit > 0 {
+		used, err := m.cfg.MemoryUsed()
+		readings[ResourceMemory] = reading{float64(used) / float64(m.memLimit), err}
+	}
+	if w := m.cfg.Stalls; w != nil {
+		readings[ResourceWriteStall] = reading{w.take(now).Seconds(), nil}
+	}
+
+	var events []func()
+	m.mu.Lock()
+	first := m.mu.sampledAt.IsZero()
+	m.mu.sampledAt = now
+	var changed []*gauge
+	for _, g := range m.mu.gauges {
+		r := readings[g.res]
+		if r.err != nil {
+			if g.err == nil {
+				g := *g
+				events = append(events, func() {
+					m.log.Warn().Str("resource", string(g.res)).Err(r.err).
+						Str("pressure", g.level.String()).Msg("back pressure: cannot read resource; keeping its level")
+				})
+			}
+			g.err = r.err
+			continue
+		}
+		g.err = nil
+		g.value = r.value
+		if next := g.next(r.value, m.cfg.Margin); next != g.level {
+			g.prev, g.level, g.since = g.level, next, now
+			changed = append(changed, g)
+		}
+	}
+	level, cause := PressureNormal, Resource("")
+	for _, g := range m.mu.gauges {
+		if g.level > level {
+			level, cause = g.level, g.res
+		}
+	}
+	if level != m.mu.level {
+		m.mu.level, m.mu.since = level, now
+	}
+	m.current.Store(&levelCause{level, cause})
+	for _, g := range changed {
+		g := *g
+		events = append(events, func() { m.logChange(&g, level) })
+	}
+	if first {
+		// One line at start with every reading and threshold, so the
+		// operator sees how far each resource is from its limits.
+		d := zerolog.Dict()
+		for _, g := range m.mu.gauges {
+			if g.medium <= 0 && g.high <= 0 {
+				d.Str(string(g.res), format(g.unit, g.value))
+				continue
+			}
+			d.Str(string(g.res), fmt.Sprintf("%s (medium %s, high %s)",
+				format(g.unit, g.value), thresholdText(g.unit, g.medium), thresholdText(g.unit, g.high)))
+		}
+		events = append(events, func() {
+			m.log.Info().Str("pressure", level.String()).Dict("resources", d).Msg("back pressure monitoring started")
+		})
+	}
+	m.mu.Unlock()
+	for _, e := range events {
+		e()
+	}
+}
+
+// logChange is the one warn line per level change of a resource: the
+// clue the operator of seed 004 never got.
+func (m *Monitor) logChange(g *gauge, overall PressureLevel) {
+	t := g.threshold(g.level)
+	if g.level < g.prev {
+		t = g.threshold(g.prev) // the threshold it is now comfortably clear of
+	}
+	m.log.Warn().Str("resource", string(g.res)).Str("pressure", g.level.String()).
+		Str("previous", g.prev.String()).Str("reading", format(g.unit, g.value)).
+		Str("threshold", format(g.unit, t)).Str("overall", overall.String()).
+		Str("effect", effect(overall)).Msg("back pressure level changed")
+}
+
+func effect(l PressureLevel) string {
+	switch l {
+	case PressureHigh:
+		return "refusing all new mail with 452 4.3.1; delivery of queued mail goes on"
+	case PressureMedium:
+		return "accepting mail only from allowed networks and authenticated clients; others get 452 4.3.1"
+	}
+	return "accepting mail"
+}
+
+// PressureStatus is the state of back pressure, for `relayq status`,
+// /metrics and /healthz.
+type PressureStatus struct {
+	Enabled   bool
+	Level     PressureLevel
+	Since     time.Time // when Level was entered
+	Cause     Resource  // the resource at Level; "" at normal
+	SampledAt time.Time
+	Resources []ResourceStatus
+}
+
+// ResourceStatus is one resource's reading and thresholds.
+type ResourceStatus struct {
+	Resource Resource
+	Level    PressureLevel
+	Since    time.Time // when Level was entered
+	Unit     string    // "bytes", "messages", "ratio" (of the memory limit) or "seconds"
+	Value    float64
+	Medium   float64 // threshold; 0: off
+	High     float64 // threshold; 0: off
+	// Reading, MediumText and HighText are Value and the thresholds for
+	// people: "3.95GB", "75%", "off".
+	Reading, MediumText, HighText string
+	// Informational readings have no thresholds and never raise the level.
+	Informational bool
+	// Err is why the last reading failed; the level is kept meanwhile.
+	Err string
+}
+
+// Status returns the current level, since when, and every resource's
+// reading and thresholds. A nil monitor reports Enabled false.
+func (m *Monitor) Status() PressureStatus {
+	if m == nil {
+		return PressureStatus{}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := PressureStatus{Enabled: true, Level: m.mu.level, Since: m.mu.since, SampledAt: m.mu.sampledAt}
+	st.Cause = m.current.Load().cause
+	for _, g := range m.mu.gauges {
+		rs := ResourceStatus{
+			Resource: g.res, Level: g.level, Since: g.since, Unit: g.unit, Value: g.value,
+			Medium: g.medium, High: g.high, Reading: format(g.unit, g.value),
+			MediumText: thresholdText(g.unit, g.medium), HighText: thresholdText(g.unit, g.high),
+			Informational: g.medium <= 0 && g.high <= 0,
+		}
+		if g.err != nil {
+			rs.Err = g.err.Error()
+		}
+		st.Resources = append(st.Resources, rs)
+	}
+	return st
+}
+
+// Units of gauge readings.
+const (
+	unitBytes    = "bytes"
+	unitMessages = "messages"
+	unitRatio    = "ratio"
+	unitSeconds  = "seconds"
+)
+
+// gauge is one resource's thresholds and state.
+type gauge struct {
+	res          Resource
+	unit         string
+	lowerWorse   bool    // free disk: less is worse
+	medium, high float64 // 0: off
+
+	level, prev PressureLevel
+	since       time.Time
+	value       float64
+	err         error
+}
+
+func (g *gauge) threshold(l PressureLevel) float64 {
+	switch l {
+	case PressureMedium:
+		return g.medium
+	case PressureHigh:
+		return g.high
+	}
+	return 0
+}
+
+// crossed reports whether v is at the bad side of threshold t.
+func (g *gauge) crossed(v, t float64) bool {
+	if t <= 0 {
+		return false
+	}
+	if g.lowerWorse {
+		return v < t
+	}
+	return v >= t
+}
+
+// clear reports whether v is comfortably at the good side of t: by margin.
+func (g *gauge) clear(v, t, margin float64) bool {
+	if t <= 0 {
+		return true
+	}
+	if g.lowerWorse {
+		return v >= t*(1+margin)
+	}
+	return v < t*(1-margin)
+}
+
+// next is the level for reading v: a worse level is entered as soon as its
+// threshold is crossed; a level is left only when v is clear of its
+// threshold by margin (hysteresis).
+func (g *gauge) next(v, margin float64) PressureLevel {
+	target := PressureNormal
+	switch {
+	case g.crossed(v, g.high):
+		target = PressureHigh
+	case g.crossed(v, g.medium):
+		target = PressureMedium
+	}
+	if target >= g.level {
+		return target
+	}
+	l := g.level
+	for l > target && g.clear(v, g.threshold(l), margin) {
+		l--
+	}
+	return l
+}
+
+// format renders a reading for people.
+func format(unit string, v float64) string {
+	switch unit {
+	case unitBytes:
+		return formatBytes(v)
+	case unitRatio:
+		return strconv.FormatFloat(v*100, 'f', 1, 64) + "%"
+	case unitSeconds:
+		return time.Duration(v * float64(time.Second)).Round(time.Millisecond).String()
+	}
+	return strconv.FormatFloat(v, 'f', -1, 64)
+}
+
+// thresholdText renders a threshold for people: "off" when 0, "any" for
+// the default medium write-stall threshold (any stall at all).
+func thresholdText(unit string, t float64) string {
+	switch {
+	case t <= 0:
+		return "off"
+	case unit == unitSeconds && t < 0.001:
+		return "any"
+	}
+	return format(unit, t)
+}
+
+// formatBytes uses decimal units, as the thresholds in the config do
+// ("4GB" = 4e9 bytes).
+func formatBytes(v float64) string {
+	units := []string{"B", "KB", "MB", "GB", "TB"} // as config.Size: no PB
+	i := 0
+	for v >= 1000 && i < len(units)-1 {
+		v /= 1000
+		i++
+	}
+	s := strings.TrimRight(strconv.FormatFloat(v, 'f', 2, 64), "0")
+	return strings.TrimSuffix(s, ".") + units[i]
+}
+
+// StallWatch turns Pebble's write-stall events into a back-pressure
+// reading: pass EventListener() in queue.Options and the watch in
+// PressureConfig.Stalls.
+type StallWatch struct {
+	now  func() time.Time
+	poke chan struct{} // a stall began or disk space is low: sample now
+
+	mu struct {
+		sync.Mutex
+		since   time.Time     // start of the stall in progress; zero: none
+		longest time.Duration // longest stall ended since the last take
+		count   int64
+	}
+}
+
+// NewStallWatch returns a watch on the real clock.
+func NewStallWatch() *StallWatch {
+	return &StallWatch{now: time.Now, poke: make(chan struct{}, 1)}
+}
+
+// EventListener returns the Pebble listener that feeds the watch: write
+// stalls are timed, and a stall or a low-disk-space event makes the
+// monitor sample at once.
+func (w *StallWatch) EventListener() *pebble.EventListener {
+	return &pebble.EventListener{
+		WriteStallBegin: func(pebble.WriteStallBeginInfo) { w.begin() },
+		WriteStallEnd:   w.end,
+		LowDiskSpace:    func(pebble.LowDiskSpaceInfo) { w.pokeMonitor() },
+	}
+}
+
+// Stalls returns how many write stalls began since the watch was made.
+func (w *StallWatch) Stalls() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.mu.count
+}
+
+func (w *StallWatch) begin() {
+	w.mu.Lock()
+	if w.mu.since.IsZero() {
+		w.mu.since = w.now()
+		w.mu.count++
+	}
+	w.mu.Unlock()
+	w.pokeMonitor()
+}
+
+func (w *StallWatch) end() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.mu.since.IsZero() {
+		w.mu.longest = max(w.mu.longest, w.now().Sub(w.mu.since))
+		w.mu.since = time.Time{}
+	}
+}
+
+func (w *StallWatch) pokeMonitor() {
+	select {
+	case w.poke <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the longest stall since the last take, counting one still
+// in progress up to now (so a sample always sees a stall that began since
+// the previous one, however short), and starts a new period.
+func (w *StallWatch) take(now time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	d := w.mu.longest
+	if !w.mu.since.IsZero() {
+		// At least a nanosecond: a stall that just began is a stall.
+		d = max(d, now.Sub(w.mu.since), time.Nanosecond)
+	}
+	w.mu.longest = 0
+	return d
+}
+
+// errNoProbe is returned by the probes on systems they do not support.
+var errNoProbe = errors.ErrUnsupported

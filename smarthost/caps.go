@@ -1,0 +1,75 @@
+package smarthost
+
+import (
+	"context"
+	"encoding/json"
+
+	"relayq/queue"
+	"relayq/retry"
+)
+
+// lowerCap answers a 421 4.3.2 (seed 001) on l's connection: the
+// destination took fewer connections than were open, so its cap becomes
+// that number minus one, at least 1; the change is logged and stored. l's
+// slot is given back. It reports whether other connections were open: then
+// the refusal was about our concurrency and the message may go back to the
+// front of the line at once; with only this one it was not, and the caller
+// treats it as the host failing.
+func (w *Worker) lowerCap(ctx context.Context, l *lease, dest string, r *retry.Reply) bool {
+	ch := w.pool.refused(l, r)
+	if ch.changed {
+		w.Log.Warn().Str("dest", dest).Int("open", ch.open).Int("cap", ch.to).Int("previous_cap", ch.from).
+			Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Error()).
+			Msg("destination refused a connection: too many connections; cap lowered")
+		w.persist(ctx, dest)
+	}
+	return ch.open > 1
+}
+
+// succeeded counts a successful transaction to dest through host: it may
+// raise the destination's cap (logged and stored) and closes the host's
+// circuit breaker.
+func (w *Worker) succeeded(ctx context.Context, l *lease, dest, host string) {
+	if w.breaker.ok(host) {
+		w.Log.Info().Str("dest", dest).Str("host", host).Msg("host is taking mail again")
+	}
+	ch := w.pool.succeeded(l)
+	if !ch.changed {
+		return
+	}
+	w.Log.Warn().Str("dest", dest).Int("cap", ch.to).Int("previous_cap", ch.from).Int("max_cap", w.MaxConnsPerDest).
+		Msg("destination took every connection its cap allows for a run of deliveries; cap raised")
+	w.persist(ctx, dest)
+}
+
+// hostFailed records a failed host: the destination's last reply and, when
+// trip is set (it failed to connect, refused us, or said 421), the circuit
+// breaker's cool-down.
+func (w *Worker) hostFailed(m *queue.Message, dest, host string, r *retry.Reply, d retry.Decision, trip bool) {
+	w.pool.note(dest, r)
+	ev := w.Log.Warn().Str("id", string(m.ID)).Str("dest", dest).Str("host", host).
+		Int("code", r.Code).Str("enhanced", d.Status.String()).Str("reply", r.Error())
+	if trip {
+		if cool, first := w.breaker.fail(host, r); first {
+			ev = ev.Dur("cool_down", cool)
+		}
+	}
+	ev.Msg("host failed")
+}
+
+// persist stores dest's learned state. Writes are serialised and each
+// reads the state afresh, so the last one written is the latest.
+func (w *Worker) persist(ctx context.Context, dest string) {
+	if w.State == nil {
+		return
+	}
+	w.persistMu.Lock()
+	defer w.persistMu.Unlock()
+	v, err := json.Marshal(w.pool.state(dest))
+	if err == nil {
+		err = w.State.SetDest(context.WithoutCancel(ctx), dest, v)
+	}
+	if err != nil {
+		w.Log.Error().Err(err).Str("dest", dest).Msg("storing the learned destination cap")
+	}
+}
