@@ -2,6 +2,7 @@ package relay
 
 import (
 	"io"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -43,10 +44,11 @@ type bodyReader struct {
 	nameMode int  // how far the current line matches "received" (see feedName)
 
 	in    []byte
-	out   []byte // transformed, not yet returned
-	off   int    // out[off:] is pending
-	err   error  // sticky; io.EOF at the end
-	cause error  // what src returned, when that caused err
+	out   []byte    // transformed, not yet returned
+	off   int       // out[off:] is pending
+	err   error     // sticky; io.EOF at the end
+	cause error     // what src returned, when that caused err
+	ended time.Time // when src reached its end: the client's final "."
 }
 
 const (
@@ -116,6 +118,7 @@ func (r *bodyReader) fill() {
 			r.out = append(r.out, '\r', '\n')
 		}
 		r.err = io.EOF
+		r.ended = time.Now()
 	case err != nil:
 		r.cause = err
 		r.fail(srcError(err))

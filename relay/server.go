@@ -97,6 +97,10 @@ type Config struct {
 	// Now is the clock for the Received header and AUTH rate limiting;
 	// nil means time.Now.
 	Now func() time.Time
+	// Accepted, if set, is called for every message queued, with the time
+	// from the end of the client's data to the commit (then the 250 goes
+	// out): the accept latency that metrics export.
+	Accepted func(took time.Duration)
 	// LookupAddr finds the client's name for the Received header, as
 	// net.Resolver.LookupAddr does; nil means no reverse lookup is made and
 	// the header shows the address only.

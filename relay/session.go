@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
@@ -253,6 +254,9 @@ func (s *session) Data(r io.Reader) error {
 	}
 	if err != nil {
 		return s.reject(ev().Err(err), replyStoreFailed)
+	}
+	if cfg.Accepted != nil {
+		cfg.Accepted(time.Since(body.ended))
 	}
 	s.log.Info().Str("id", string(id)).Str("from", env.From).Strs("rcpt", rcpts).
 		Int64("size", env.Size).Str("user", user).Msg("received")

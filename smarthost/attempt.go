@@ -421,6 +421,7 @@ func (w *Worker) logOutcomes(t *tally) {
 			ev = ev.Time("next_attempt", m.NextAttempt)
 		}
 		ev.Str("reply", r.LastReply).Msg(msg)
+		w.observe(Outcome{ID: m.ID, Rcpt: r.Addr, Result: msg, Host: r.LastHost, Reply: r.LastReply, Took: w.Now().Sub(t.now)})
 	}
 }
 
@@ -460,6 +461,7 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 		w.Log.Error().Str("id", string(m.ID)).Str("from", m.From).Str("rcpt", m.Recipients[i].Addr).
 			Str("enhanced", retry.CodeExpired.String()).Int("attempt", m.Recipients[i].Attempts).
 			Dur("delay", t.now.Sub(m.Received)).Str("reply", m.Recipients[i].LastReply).Msg("expired")
+		w.observe(Outcome{ID: m.ID, Rcpt: m.Recipients[i].Addr, Result: "expired", Reply: m.Recipients[i].LastReply})
 	}
 	kinds := make([]retry.DSNAction, len(news))
 	for i := range kinds {

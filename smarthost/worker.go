@@ -100,6 +100,9 @@ type Worker struct {
 	Grace time.Duration
 	Now   func() time.Time
 	Log   zerolog.Logger
+	// Observe, if set, is told every recipient's verdict as it is
+	// committed: metrics and the status page's list of recent events.
+	Observe func(Outcome)
 
 	setup     sync.Once
 	pool      *pool
@@ -302,6 +305,10 @@ func (w *Worker) attempt(ctx context.Context, id queue.ID) {
 		return
 	}
 	now := w.Now()
+	if m.BounceRequested {
+		w.operatorBounce(ctx, m, now)
+		return
+	}
 	if retry.Expired(m.Received, now, w.Lifetime) {
 		w.expire(ctx, m)
 		return
@@ -319,6 +326,35 @@ func (w *Worker) attempt(ctx context.Context, id queue.ID) {
 			t.recordOutcome(r)
 		}
 		w.commit(ctx, t)
+	}
+}
+
+// operatorBounce returns every pending recipient of m to its sender, as an
+// operator asked with `relayq queue bounce`: an NDR like any other bounce.
+func (w *Worker) operatorBounce(ctx context.Context, m *queue.Message, now time.Time) {
+	reply := &retry.Reply{Code: 550, Enhanced: retry.CodePermGeneric, Local: true,
+		Text: "returned to the sender by the relay's operator"}
+	d := retry.Decision{Action: retry.Bounce, Status: reply.Status()}
+	t := newTally(m, now)
+	for _, i := range m.Pending() {
+		t.record(i, d, reply, "")
+	}
+	w.commit(ctx, t)
+}
+
+// Outcome is one recipient's committed verdict in one attempt.
+type Outcome struct {
+	ID     queue.ID
+	Rcpt   string
+	Result string // "delivered", "deferred", "bounced" or "expired"
+	Host   string // the host that gave Reply, "" for local verdicts
+	Reply  string
+	Took   time.Duration // from the start of the attempt to the commit
+}
+
+func (w *Worker) observe(o Outcome) {
+	if w.Observe != nil {
+		w.Observe(o)
 	}
 }
 

@@ -398,3 +398,32 @@ func TestSmarthostAuthFailureDefersNotBounces(t *testing.T) {
 		t.Fatalf("%d NDRs for a credentials problem", n)
 	}
 }
+
+func TestOperatorBounceReturnsMessageWithNDR(t *testing.T) {
+	h := newHarness(t, sink.Options{OnRcpt: func(to string) error {
+		if strings.HasPrefix(to, "stuck@") {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "mailbox busy"}
+		}
+		return nil
+	}}, func(w *Worker) { w.Backoff = retry.Backoff{Min: time.Hour, Max: time.Hour} })
+	id := h.put("sender@src.invalid", "stuck@dst.invalid")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m, err := h.store.Get(id); err == nil && m.Recipients[0].Attempts > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no first attempt within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := h.store.Bounce(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	h.waitGone(id)
+	msgs := h.waitSink(1)
+	r := parseNDR(t, msgs[0].Data).recipients[0]
+	if r.Get("Action") != "failed" || !strings.Contains(r.Get("Diagnostic-Code"), "operator") {
+		t.Fatalf("NDR Action %q Diagnostic-Code %q, want failed and the operator's reason", r.Get("Action"), r.Get("Diagnostic-Code"))
+	}
+}

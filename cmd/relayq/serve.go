@@ -186,6 +186,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	relayCfg.Accepted = in.accepted
 	in.srv = relay.New(relayCfg, in.store, log)
 	router := smarthost.NewConfigRouter(cfg.Delivery, resolver)
 	in.onReload(func(c *config.Config) { router.Set(c.Delivery) })
@@ -206,6 +207,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		MaxConnsPerDest: cfg.Delivery.MaxConnectionsPerDestination,
 		Grace:           shutdownGrace,
 		Log:             log,
+		Observe:         in.observe,
 	}
 
 	var workerCtx context.Context
@@ -221,7 +223,10 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 			return nil
 		})
 	}
-	in.serveAdmin(cfg, admin.Options{})
+	in.serveAdmin(cfg, admin.Options{
+		BackPressure: pressureSource{in.srv},
+		Destinations: destinationSource{worker},
+	})
 	return in, nil
 }
 

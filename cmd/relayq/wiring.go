@@ -1,0 +1,73 @@
+package main
+
+import (
+	"time"
+
+	"relayq/admin"
+	"relayq/relay"
+	"relayq/smarthost"
+)
+
+// The glue between the running parts and the admin side: relay and
+// smarthost know nothing of admin (dependencies point one way), so they
+// report through callbacks, and these adapters translate.
+
+// accepted is relay's Accepted callback: a message was queued.
+func (in *instance) accepted(took time.Duration) {
+	in.metrics.Received()
+	in.metrics.ObserveAccept(took)
+}
+
+// observe is the worker's Observe callback: one recipient's verdict.
+// Deferrals and bounces also go to the status page's recent events.
+func (in *instance) observe(o smarthost.Outcome) {
+	in.metrics.Delivery(o.Result, o.Took)
+	if o.Result == admin.ResultDelivered {
+		return
+	}
+	in.events.Add(admin.Event{
+		Time: time.Now(), Kind: o.Result, ID: string(o.ID), Rcpt: o.Rcpt, Dest: o.Host, Reply: o.Reply,
+	})
+}
+
+// pressureSource shows the relay's back-pressure monitor to admin.
+type pressureSource struct{ srv *relay.Server }
+
+func (p pressureSource) BackPressure() admin.BackPressure {
+	st := p.srv.Pressure().Status()
+	bp := admin.BackPressure{Level: st.Level.String()}
+	for _, r := range st.Resources {
+		unit := r.Unit
+		if unit == "messages" {
+			unit = "count"
+		}
+		bp.Resources = append(bp.Resources, admin.Resource{
+			Name: string(r.Resource), Level: r.Level.String(), Reading: r.Value,
+			Medium: r.Medium, High: r.High, Unit: unit,
+			Falling: r.Resource == relay.ResourceFreeDisk,
+		})
+	}
+	return bp
+}
+
+// destinationSource shows the worker's destinations to admin.
+type destinationSource struct{ w *smarthost.Worker }
+
+func (d destinationSource) Destinations() []admin.Destination {
+	var out []admin.Destination
+	for _, s := range d.w.Destinations() {
+		state := "ok"
+		switch {
+		case s.LearnedCap > 0 && s.Cap < s.MaxCap:
+			state = "capped"
+		case !s.LastReplyAt.IsZero() && s.LastReplyAt.After(s.Updated) && time.Since(s.LastReplyAt) < time.Minute:
+			state = "failing"
+		}
+		out = append(out, admin.Destination{
+			Name: s.Name, Cap: s.Cap, ConfiguredCap: s.MaxCap, LearnedCap: s.LearnedCap,
+			CapReason: s.Reason, Open: s.Open, Waiting: s.Waiting, State: state,
+			LastReply: s.LastReply, LastReplyAt: s.LastReplyAt,
+		})
+	}
+	return out
+}
