@@ -42,3 +42,8 @@ browser-test:
 .PHONY: bench
 bench:
 	./bench/run.sh
+
+## soak: the SIGKILL crash test with 20 kill cycles instead of the 3 of `make test`
+.PHONY: soak
+soak:
+	RELAYQ_SOAK_CYCLES=20 $(GO) test -count=1 -timeout 20m -run '^TestSIGKILLUnderLoadLosesNoAcknowledgedMessage$$' -v ./cmd/relayq/

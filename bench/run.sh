@@ -20,8 +20,10 @@
 #        relayq      smtp-source → relayq  → benchsink, same
 #        ceiling     smtp-source → smtp-sink (wall time of smtp-source: its last 250 is the sink's)
 #        ceiling/bs  smtp-source → benchsink (the same sink the relays deliver to)
-#      and prints the medians in msgs/s, relayq/Postfix, relayq as % of both ceilings, and the
-#      p99 of relayq_accept_duration_seconds (DATA to 250) over relayq's runs from /metrics.
+#      and prints the medians in msgs/s, relayq/Postfix, relayq as % of both ceilings, the CPU
+#      time per message of each relay (all its processes, from /proc: robust when the machine is
+#      busy with other work, unlike the rates) and the p99 of relayq_accept_duration_seconds
+#      (DATA to 250) over relayq's runs, from its /metrics.
 #   5. Prints the machine (CPUs, disk and its serial create+write+fsync rate) and the versions.
 #   Everything it started is stopped and the temp dir removed on exit, Ctrl-C included.
 #
@@ -65,24 +67,24 @@ FROM=bench@source.example
 TO=rcpt@sink.example
 
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "bench: $*"; exit 1; }
 
 # ---------------------------------------------------------------- install
+master_running() { grep -qsx master /proc/[0-9]*/comm; } # a Postfix master, any instance
 install_postfix() {
 	if [[ -x /usr/sbin/smtp-source && -x /usr/sbin/smtp-sink && -x /usr/sbin/postfix ]]; then
 		return
 	fi
 	command -v apt-get >/dev/null || die "no apt-get: install Postfix (smtp-source, smtp-sink, postfix) yourself"
 	local was_running=0
-	pgrep -x master >/dev/null && was_running=1
+	master_running && was_running=1
 	log "installing postfix from Debian (no configuration, no system mail server)…"
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
-	if [[ $was_running == 0 ]] && pgrep -x master >/dev/null; then
+	if [[ $was_running == 0 ]] && master_running; then
 		log "the package started a system Postfix; stopping it"
 		postfix stop >/dev/null 2>&1 || true
 	fi
@@ -93,10 +95,14 @@ TMP=
 PIDS=()
 POSTFIX_UP=0
 cleanup() {
-	local rc=$?
+	local rc=$? i
 	trap - EXIT INT TERM
 	if [[ $POSTFIX_UP == 1 ]]; then
 		postfix -c "$TMP/postfix/etc" stop >/dev/null 2>&1 || true
+		for ((i = 0; i < 100; i++)); do # up to 5 s for the master to exit before its queue goes
+			[[ -n ${POSTFIX_PID:-} ]] && kill -0 "$POSTFIX_PID" 2>/dev/null || break
+			sleep 0.05
+		done
 	fi
 	for pid in "${PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
@@ -181,9 +187,10 @@ start_postfix() {
 		postlog   unix-dgram n  -       n       -       1       postlogd
 	EOF
 	postfix -c "$pf/etc" check || die "postfix check failed for $pf/etc"
+	POSTFIX_UP=1 # from here on, cleanup stops it (harmless if it did not start)
 	postfix -c "$pf/etc" start >/dev/null 2>&1 || { cat "$pf/maillog" >&2 2>/dev/null; die "postfix did not start"; }
-	POSTFIX_UP=1
 	wait_port "$POSTFIX_PORT" postfix
+	POSTFIX_PID=$(tr -d ' ' <"$pf/queue/pid/master.pid")
 }
 
 # ---------------------------------------------------------------- runs
@@ -193,7 +200,8 @@ run_relay() {
 	"$SINK" mark -ctl "$CTL" -n "$n" >/dev/null
 	if ! smtp-source -s "$SESSIONS" -m "$n" -l "$len" -f "$FROM" -t "$TO" "127.0.0.1:$port" \
 		>>"$TMP/smtp-source.log" 2>&1; then
-		die "smtp-source into 127.0.0.1:$port failed; see the end of $TMP/smtp-source.log"
+		tail -3 "$TMP/smtp-source.log" >&2
+		die "smtp-source into 127.0.0.1:$port failed (KEEP=1 keeps the logs)"
 	fi
 	out=$("$SINK" wait -ctl "$CTL" -timeout "$RUN_TIMEOUT") || die "run into 127.0.0.1:$port did not complete"
 	echo "${out%% *}"
@@ -209,16 +217,24 @@ run_direct() {
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# tree_ticks PID: CPU time (clock ticks) of PID and of its children, reaped or running. Postfix
+# is a master process and its daemons, all its children; relayq is one process.
+tree_ticks() {
+	cat /proc/[0-9]*/stat 2>/dev/null | sed -E 's/^([0-9]+) \(.*\) /\1 /' |
+		awk -v p="$1" '$1 == p { s += $13 + $14 + $15 + $16 } $3 == p { s += $13 + $14 } END { print s + 0 }'
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { printf "%.0f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
 
 # bench_size LABEL N LEN
 bench_size() {
-	local label=$1 n=$2 len=$3 r t pf rq dx db
+	local label=$1 n=$2 len=$3 r t pf rq dx db pf_cpu rq_cpu
 	local -a PF=() RQ=() DX=() DB=()
 	echo
 	echo "== $label: smtp-source -s $SESSIONS -m $n -l $len, $ROUNDS rounds (msgs/s, end to end) =="
 	"$SINK" scrape "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.before" 2>/dev/null || true
+	pf_cpu=$(tree_ticks "$POSTFIX_PID") rq_cpu=$(tree_ticks "$RELAYQ_PID")
 	printf '%-6s %10s %10s %14s %14s\n' round postfix relayq "smtp-sink" "benchsink"
 	for ((r = 1; r <= ROUNDS; r++)); do
 		t=$(run_relay "$POSTFIX_PORT" "$n" "$len")
@@ -236,6 +252,7 @@ bench_size() {
 		PF+=("$pf") RQ+=("$rq") DX+=("$dx") DB+=("$db")
 	done
 	"$SINK" scrape "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.after" 2>/dev/null || true
+	pf_cpu=$(($(tree_ticks "$POSTFIX_PID") - pf_cpu)) rq_cpu=$(($(tree_ticks "$RELAYQ_PID") - rq_cpu))
 	pf=$(printf '%s\n' "${PF[@]}" | median) rq=$(printf '%s\n' "${RQ[@]}" | median)
 	dx=$(printf '%s\n' "${DX[@]}" | median) db=$(printf '%s\n' "${DB[@]}" | median)
 	printf '%-6s %10s %10s %14s %14s\n' median "$pf" "$rq" "$dx" "$db"
@@ -243,6 +260,9 @@ bench_size() {
 		printf "relayq / Postfix:                    %.2f×\n", rq / pf
 		printf "relayq / ceiling (smtp-sink):        %.0f %%\n", 100 * rq / dx
 		printf "relayq / ceiling (benchsink):        %.0f %%\n", 100 * rq / db
+	}'
+	awk -v p="$pf_cpu" -v q="$rq_cpu" -v m=$((ROUNDS * n)) -v hz="$(getconf CLK_TCK)" 'BEGIN {
+		printf "CPU per message:                     Postfix %.2f ms, relayq %.2f ms\n", 1000 * p / hz / m, 1000 * q / hz / m
 	}'
 	printf 'relayq p99 DATA→250 (accept metric): %s\n' \
 		"$("$SINK" quantile -q 0.99 -metric relayq_accept_duration_seconds "$TMP/metrics.before" "$TMP/metrics.after")"
@@ -283,6 +303,7 @@ EOF
 bin/relayq serve --config "$TMP/relayq.toml" --listen "127.0.0.1:$RELAYQ_PORT" --data-dir "$TMP/relayq" \
 	--smarthost "127.0.0.1:$SINK_PORT" --smarthost-tls none --admin "127.0.0.1:$ADMIN_PORT" \
 	--log-format json --log-level warn >"$TMP/relayq.log" 2>&1 &
+RELAYQ_PID=$!
 PIDS+=($!)
 wait_port "$RELAYQ_PORT" relayq
 

@@ -102,6 +102,25 @@ func (fs *recyclingFS) ReuseForWrite(oldname, newname string, category vfs.DiskW
 	return errorfs.WrapFile(f, fs.inj), nil
 }
 
+// switchedFault injects its fault once turned on, and blocks every
+// operation for good once frozen: the queue a test gave up on (its commit
+// pipeline wedged) must not go on retrying failed flushes in the
+// background for the rest of the test binary's life.
+type switchedFault struct {
+	errorfs.Injector
+	state atomic.Int32 // 0 off, 1 on, 2 frozen
+}
+
+func (f *switchedFault) MaybeError(op errorfs.Op) error {
+	switch f.state.Load() {
+	case 1:
+		return f.Injector.MaybeError(op)
+	case 2:
+		select {} // the process "died" here
+	}
+	return nil
+}
+
 var (
 	syncOps  = []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo}
 	writeOps = []errorfs.OpKind{errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFilePreallocate}
@@ -109,7 +128,7 @@ var (
 
 // faultOutcomes counts what the Puts started after the fault came to.
 type faultOutcomes struct {
-	acked, failed              atomic.Int64 // Puts that returned nil / an error
+	acked, failed             atomic.Int64 // Puts that returned nil / an error
 	returned, panicked, stuck atomic.Int64 // writers that finished / panicked / never came back
 }
 
@@ -133,22 +152,23 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			mem := vfs.NewCrashableMem()
-			toggle := &errorfs.Toggle{Injector: tc.inject}
+			fault := &switchedFault{Injector: tc.inject}
 			trap := &fatalTrap{}
-			s, err := Open("q", Options{FS: newRecyclingFS(mem, toggle), ChunkSize: 4096, Log: zerolog.New(trap)})
+			s, err := Open("q", Options{FS: newRecyclingFS(mem, fault), ChunkSize: 4096, Log: zerolog.New(trap)})
 			if err != nil {
 				t.Fatal(err)
 			}
 			// s is not closed: after a fatal commit error Pebble's commit
 			// pipeline is wedged, and Close could block on it. Its
-			// goroutines end with the test binary.
+			// goroutines are parked at the end (fault frozen).
+			defer fault.state.Store(2)
 
 			var (
 				mu    sync.Mutex
 				acked = map[ID][]byte{}
 			)
-			put := func(rng *rand.Rand, maxSize int) error {
-				body := randomBody(rng, maxSize)
+			put := func(rng *rand.Rand, size int) error {
+				body := randomBody(rng, size)
 				id := s.NewID()
 				if err := s.Put(context.Background(), id, envelope("a@x.invalid", "b@y.invalid"), bytes.NewReader(body)); err != nil {
 					return err
@@ -168,7 +188,13 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 					defer wg.Done()
 					rng := rand.New(rand.NewPCG(uint64(i), uint64(w)))
 					for n := 0; n < 10; n++ {
-						if err := put(rng, 1_300_000); err != nil {
+						size := rng.IntN(20_000) + 1
+						if w == 0 && n == 5 {
+							// Over the 1 MiB spill threshold: unsynced body
+							// batches precede the synced envelope.
+							size = 1_200_000
+						}
+						if err := put(rng, size); err != nil {
 							errs <- err
 							return
 						}
@@ -192,7 +218,7 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 			}
 
 			// The disk fails; writers keep coming.
-			toggle.On()
+			fault.state.Store(1)
 			var out faultOutcomes
 			done := make(chan struct{})
 			for w := 0; w < 8; w++ {
@@ -213,7 +239,7 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 					}()
 					rng := rand.New(rand.NewPCG(uint64(i), uint64(100+w)))
 					for n := 0; n < 3; n++ {
-						if err := put(rng, 20_000); err != nil {
+						if err := put(rng, rng.IntN(20_000)+1); err != nil {
 							out.failed.Add(1)
 						} else {
 							out.acked.Add(1)
@@ -224,10 +250,18 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 			}
 			go func() { wg.Wait(); close(done) }()
 			// Every writer returns, panics or is parked in fatalTrap; one
-			// that does none of these within the deadline waits behind the
-			// wedged commit pipeline, and never answers either.
+			// that does none of these within a second of the first failure
+			// waits behind the wedged commit pipeline (a panicking commit
+			// leaves its mutex locked), and never answers either.
 			deadline := time.Now().Add(10 * time.Second)
-			for out.returned.Load()+out.panicked.Load()+int64(trap.parked()) < 8 && time.Now().Before(deadline) {
+			for {
+				settled := out.returned.Load() + out.panicked.Load() + int64(trap.parked())
+				if settled >= 8 || time.Now().After(deadline) {
+					break
+				}
+				if soon := time.Now().Add(time.Second); settled > out.returned.Load() && soon.Before(deadline) {
+					deadline = soon
+				}
 				select {
 				case <-done:
 				case <-time.After(5 * time.Millisecond):
@@ -258,13 +292,8 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 	}
 }
 
-// randomBody is up to 20 kB, or one time in ten up to maxSize: over the
-// 1 MiB spill threshold, unsynced body batches precede the synced envelope.
-func randomBody(rng *rand.Rand, maxSize int) []byte {
-	size := rng.IntN(20_000) + 1
-	if maxSize > 20_000 && rng.IntN(10) == 0 {
-		size = rng.IntN(maxSize) + 1
-	}
+// randomBody is size random bytes.
+func randomBody(rng *rand.Rand, size int) []byte {
 	body := make([]byte, size)
 	for j := range body {
 		body[j] = byte(rng.Uint32())

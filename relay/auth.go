@@ -26,7 +26,8 @@ const maxAuthFailures = 3
 const maxTrackedSources = 1 << 16
 
 // authenticator checks AUTH credentials against bcrypt hashes. Its users
-// map is read-only after newAuthenticator, so checks take no lock.
+// map is read-only after newAuthenticator, so checks take no lock; a
+// reload makes a new one (Server.SetPolicy).
 type authenticator struct {
 	users map[string][]byte
 	// dummy is compared against for unknown users, so that a wrong user
@@ -159,17 +160,19 @@ func (s *session) authAllowed() bool {
 // none without users or, on a plaintext connection, without
 // allow_insecure_auth.
 func (s *session) AuthMechanisms() []string {
-	if !s.srv.auth.enabled() || !s.authAllowed() {
+	if !s.srv.pol.Load().auth.enabled() || !s.authAllowed() {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
 }
 
 // Auth starts an AUTH exchange (RFC 4954). go-smtp refuses a second AUTH
-// after success itself.
+// after success itself. The exchange checks against the users in force
+// when it began.
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	ev := func() *zerolog.Event { return s.log.Warn().Str("stage", "auth").Str("mechanism", mech) }
-	if !s.srv.auth.enabled() {
+	auth := s.srv.pol.Load().auth
+	if !auth.enabled() {
 		return nil, s.reject(ev(), replyAuthUnknownMech)
 	}
 	if !s.authAllowed() {
@@ -187,9 +190,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
-		return &plainServer{s: s}, nil
+		return &plainServer{s: s, auth: auth}, nil
 	case sasl.Login:
-		return &loginServer{s: s}, nil
+		return &loginServer{s: s, auth: auth}, nil
 	}
 	return nil, s.reject(ev(), replyAuthUnknownMech)
 }
@@ -197,13 +200,13 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // checkCredentials ends an AUTH exchange. identity is PLAIN's
 // authorization identity: relayq acts for nobody else, so it must be empty
 // or the user itself (RFC 4616 §2). A nil return is success (235).
-func (s *session) checkCredentials(identity, user, pass string) error {
+func (s *session) checkCredentials(auth *authenticator, identity, user, pass string) error {
 	ev := s.log.Warn().Str("stage", "auth").Str("user", truncate(user, 256))
 	if identity != "" && identity != user {
 		s.srv.fails.record(s.ip)
 		return s.authFailed(ev.Str("identity", truncate(identity, 256)), replyAuthInvalid)
 	}
-	ok, err := s.srv.auth.check(s.ctx, user, pass)
+	ok, err := auth.check(s.ctx, user, pass)
 	if err != nil {
 		return s.reject(ev.Err(err), replyAuthTemp)
 	}
@@ -243,7 +246,10 @@ func truncate(s string, n int) string {
 // plainServer is the server side of SASL PLAIN (RFC 4616), with relay's
 // replies and failure counting (go-sasl's would answer a malformed
 // response with its own text).
-type plainServer struct{ s *session }
+type plainServer struct {
+	s    *session
+	auth *authenticator
+}
 
 func (p *plainServer) Next(resp []byte) (challenge []byte, done bool, err error) {
 	if resp == nil {
@@ -255,7 +261,7 @@ func (p *plainServer) Next(resp []byte) (challenge []byte, done bool, err error)
 		ev := p.s.log.Warn().Str("stage", "auth").Str("mechanism", sasl.Plain)
 		return nil, true, p.s.authFailed(ev, replyAuthMalformed)
 	}
-	return nil, true, p.s.checkCredentials(string(parts[0]), string(parts[1]), string(parts[2]))
+	return nil, true, p.s.checkCredentials(p.auth, string(parts[0]), string(parts[1]), string(parts[2]))
 }
 
 // loginServer is the server side of the obsolete but common LOGIN
@@ -263,6 +269,7 @@ func (p *plainServer) Next(resp []byte) (challenge []byte, done bool, err error)
 // client. The user name may come as the initial response.
 type loginServer struct {
 	s    *session
+	auth *authenticator
 	step int
 	user string
 }
@@ -276,6 +283,6 @@ func (l *loginServer) Next(resp []byte) (challenge []byte, done bool, err error)
 		l.user, l.step = string(resp), 2
 		return []byte("Password:"), false, nil
 	default:
-		return nil, true, l.s.checkCredentials("", l.user, string(resp))
+		return nil, true, l.s.checkCredentials(l.auth, "", l.user, string(resp))
 	}
 }

@@ -81,14 +81,15 @@ func (l *trackingListener) Close() error {
 
 // admit counts tc in if it is within both connection caps.
 func (s *Server) admit(tc *trackedConn) admission {
+	p := s.pol.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.mu.closing:
 		return admitClosing
-	case len(s.mu.conns) >= s.cfg.MaxConnections:
+	case len(s.mu.conns) >= p.MaxConnections:
 		return overTotal
-	case s.mu.sources[tc.ip] >= s.cfg.MaxConnectionsPerSource:
+	case s.mu.sources[tc.ip] >= p.MaxConnectionsPerSource:
 		return overSource
 	}
 	s.mu.conns[tc] = struct{}{}
@@ -99,6 +100,7 @@ func (s *Server) admit(tc *trackedConn) admission {
 
 // release counts tc out; it runs once per admitted connection.
 func (s *Server) release(tc *trackedConn) {
+	p := s.pol.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.mu.conns, tc)
@@ -110,10 +112,10 @@ func (s *Server) release(tc *trackedConn) {
 	} else {
 		delete(s.mu.sources, tc.ip)
 	}
-	if s.mu.sources[tc.ip] < s.cfg.MaxConnectionsPerSource {
+	if s.mu.sources[tc.ip] < p.MaxConnectionsPerSource {
 		delete(s.mu.warned, tc.ip)
 	}
-	if len(s.mu.conns) < s.cfg.MaxConnections {
+	if len(s.mu.conns) < p.MaxConnections {
 		delete(s.mu.warned, allSources)
 	}
 }
@@ -129,9 +131,10 @@ type refusals struct {
 // noise to the client) and closes it, in the background.
 func (s *Server) refuse(c net.Conn, lc ListenerConfig, a admission) {
 	ip := remoteIP(c.RemoteAddr())
-	reply, limit, key := replyTooManyConnsFrom, s.cfg.MaxConnectionsPerSource, ip
+	p := s.pol.Load()
+	reply, limit, key := replyTooManyConnsFrom, p.MaxConnectionsPerSource, ip
 	if a == overTotal {
-		reply, limit, key = replyTooManyConns, s.cfg.MaxConnections, allSources
+		reply, limit, key = replyTooManyConns, p.MaxConnections, allSources
 	}
 	s.mu.Lock()
 	first := !s.mu.warned[key]

@@ -86,6 +86,21 @@
 // the wrapper sees records only: coalescing and cleaning apply to
 // plaintext.
 //
+// # Reload
+//
+// Server.SetPolicy changes, while serving and without closing a
+// connection, the allowed networks, the users, the recipient and hop
+// limits, bare line-ending handling and the connection caps (Policy). The
+// policy is one immutable value behind an atomic pointer: the listener
+// loads it once per connection it admits, a session once per command,
+// and a transaction keeps the one it loaded at MAIL until it ends, so
+// that no message is judged half by one policy and half by another.
+// Lowered caps close nothing: they refuse new connections until the open
+// ones fall below. MaxMessageSize and TLS stay as New got them: go-smtp
+// advertises SIZE and offers STARTTLS from fields of its own server that
+// cannot change while it serves. Monitor.SetThresholds changes the
+// back-pressure thresholds and samples at once.
+//
 // # Back pressure
 //
 // A Monitor (pressure.go) samples every few seconds, and at once on a Pebble

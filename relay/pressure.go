@@ -122,6 +122,7 @@ type Monitor struct {
 	mu struct {
 		sync.Mutex
 		gauges    []*gauge
+		off       bool // SetThresholds turned every threshold off
 		level     PressureLevel
 		since     time.Time
 		sampledAt time.Time
@@ -188,6 +189,49 @@ func NewMonitor(cfg PressureConfig, log zerolog.Logger) *Monitor {
 	m.mu.since = now
 	m.current.Store(&levelCause{})
 	return m
+}
+
+// Thresholds are the levels' thresholds a configuration reload may change
+// (back_pressure.*); 0 turns that level of that resource off, as in
+// PressureConfig.
+type Thresholds struct {
+	FreeDiskMedium, FreeDiskHigh           int64
+	QueueMessagesMedium, QueueMessagesHigh int64
+	MemoryMedium, MemoryHigh               float64
+	// Off turns back pressure off (back_pressure.enabled = false): every
+	// resource's thresholds, write stalls' included, are off and the level
+	// is normal; the monitor goes on sampling for the status view.
+	Off bool
+}
+
+// SetThresholds puts t in force and samples at once, so that the level
+// reflects the new thresholds before SetThresholds returns (a level is
+// still left only by the hysteresis margin). Safe while Run is going; a
+// nil monitor ignores it.
+func (m *Monitor) SetThresholds(t Thresholds) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	m.mu.off = t.Off
+	for _, g := range m.mu.gauges {
+		switch g.res {
+		case ResourceFreeDisk:
+			g.medium, g.high = float64(t.FreeDiskMedium), float64(t.FreeDiskHigh)
+		case ResourceQueueMessages:
+			g.medium, g.high = float64(t.QueueMessagesMedium), float64(t.QueueMessagesHigh)
+		case ResourceMemory:
+			g.medium, g.high = t.MemoryMedium, t.MemoryHigh
+		case ResourceWriteStall:
+			// Not in the configuration: the monitor's own, unless off.
+			g.medium, g.high = m.cfg.StallMedium.Seconds(), m.cfg.StallHigh.Seconds()
+		}
+		if t.Off {
+			g.medium, g.high = 0, 0
+		}
+	}
+	m.mu.Unlock()
+	m.Sample() // a level changed by the new thresholds is logged there
 }
 
 // Level returns the current level and the resource that sets it ("" at
@@ -369,7 +413,7 @@ func (m *Monitor) Status() PressureStatus {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := PressureStatus{Enabled: true, Level: m.mu.level, Since: m.mu.since, SampledAt: m.mu.sampledAt}
+	st := PressureStatus{Enabled: !m.mu.off, Level: m.mu.level, Since: m.mu.since, SampledAt: m.mu.sampledAt}
 	st.Cause = m.current.Load().cause
 	for _, g := range m.mu.gauges {
 		rs := ResourceStatus{

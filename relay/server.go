@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -59,7 +60,8 @@ const (
 )
 
 // Config says how the server treats clients. The zero value of each field
-// means its default.
+// means its default. The fields that Policy repeats are the initial policy:
+// SetPolicy changes them while the server runs; the others are fixed.
 type Config struct {
 	Hostname        string         // EHLO greeting domain and the "by" of Received; default os.Hostname
 	AllowedNetworks []netip.Prefix // may relay without AUTH; empty: nobody may
@@ -117,18 +119,6 @@ func (c Config) withDefaults() Config {
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
-	if c.MaxRecipients <= 0 {
-		c.MaxRecipients = DefaultMaxRecipients
-	}
-	if c.MaxHops <= 0 {
-		c.MaxHops = DefaultMaxHops
-	}
-	if c.MaxConnections <= 0 {
-		c.MaxConnections = DefaultMaxConnections
-	}
-	if c.MaxConnectionsPerSource <= 0 {
-		c.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
-	}
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = DefaultTimeout
 	}
@@ -174,10 +164,11 @@ type ListenerConfig struct {
 
 // Server accepts mail over SMTP and puts it into a Queue.
 type Server struct {
+	// cfg is fixed at New; its Policy fields are read from pol instead.
 	cfg   Config
+	pol   atomic.Pointer[policy] // never nil after New; see SetPolicy
 	q     Queue
 	log   zerolog.Logger
-	auth  *authenticator
 	fails *failureLimiter
 
 	// ctx is the parent of every session's context; it is cancelled only
@@ -224,7 +215,7 @@ func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	s.mu.conns = make(map[*trackedConn]struct{})
 	s.mu.sources = make(map[netip.Addr]int)
 	s.mu.warned = make(map[netip.Addr]bool)
-	s.auth = newAuthenticator(cfg.Users)
+	s.SetPolicy(cfg.policy())
 	s.fails = newFailureLimiter(cfg.AuthFailuresPerSource, cfg.AuthFailureWindow, cfg.Now)
 	if m := cfg.Pressure; m != nil {
 		m.Sample()
@@ -387,15 +378,9 @@ func (s *Server) closing() bool {
 	return s.mu.closing
 }
 
-// mayRelayFrom reports whether ip is in an allowed network.
+// mayRelayFrom reports whether ip is in an allowed network now.
 func (s *Server) mayRelayFrom(ip netip.Addr) bool {
-	ip = ip.Unmap()
-	for _, p := range s.cfg.AllowedNetworks {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return s.pol.Load().mayRelayFrom(ip)
 }
 
 // lookupName returns the client's reverse DNS name, or "".

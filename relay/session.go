@@ -27,21 +27,23 @@ type session struct {
 	tc     *trackedConn // nil if the conn did not come through Serve
 	ip     netip.Addr
 	rdns   string
-	netOK  bool // ip is in Config.AllowedNetworks
 	log    zerolog.Logger
 	ctx    context.Context // cancelled on logout
 	cancel context.CancelFunc
 
 	mu struct {
 		sync.Mutex
-		// authenticated is set by a successful AUTH. Together with netOK
-		// and the listener's mode it is the whole relay policy: see
-		// mayRelayLocked.
+		// authenticated is set by a successful AUTH. Together with the
+		// allowed networks and the listener's mode it is the whole relay
+		// policy: see mayRelayLocked.
 		authenticated bool
 		user          string // who authenticated
 		inTxn         bool   // MAIL accepted; counted in srv.txns
-		env           queue.Envelope
-		seen          map[string]bool // recipients so far, canonical form
+		// pol is the policy the transaction began with, set at MAIL: a
+		// reload meanwhile applies from the next transaction (Policy).
+		pol  *policy
+		env  queue.Envelope
+		seen map[string]bool // recipients so far, canonical form
 		// dead is set when the connection is out of step with the client
 		// (a stalled body); Reset closes it after the reply is written.
 		dead bool
@@ -66,7 +68,6 @@ func (s *Server) newSession(c *smtp.Conn, lc ListenerConfig) (smtp.Session, erro
 		conn:   c,
 		tc:     trackedOf(c.Conn()),
 		ip:     ip,
-		netOK:  s.mayRelayFrom(ip),
 		log:    s.log.With().Str("ip", ip.String()).Logger(),
 		ctx:    ctx,
 		cancel: cancel,
@@ -77,9 +78,10 @@ func (s *Server) newSession(c *smtp.Conn, lc ListenerConfig) (smtp.Session, erro
 
 // mayRelayLocked is the relay policy (DESIGN.md invariant 6): a client
 // that has authenticated may relay, and so may one in an allowed network
-// except on a submission listener, where everyone must AUTH; nobody else.
-func (s *session) mayRelayLocked() bool {
-	return s.mu.authenticated || s.netOK && s.lc.Mode != ModeSubmission
+// of p except on a submission listener, where everyone must AUTH; nobody
+// else.
+func (s *session) mayRelayLocked(p *policy) bool {
+	return s.mu.authenticated || s.lc.Mode != ModeSubmission && p.mayRelayFrom(s.ip)
 }
 
 // Mail starts a transaction (RFC 5321 §4.1.1.2).
@@ -96,7 +98,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.lc.Mode == ModeSubmission && !s.mu.authenticated {
 		return s.reject(ev(), replyAuthRequired) // RFC 6409 §4.3, RFC 4954 §6
 	}
-	if reply := s.pressureLocked(); reply != nil {
+	pol := s.srv.pol.Load() // this transaction's policy, to its end
+	if reply := s.pressureLocked(pol); reply != nil {
 		// Info, not warn: under pressure every MAIL is refused, and the
 		// level change itself was logged at warn by the monitor.
 		return s.reject(s.log.Info().Str("stage", "mail").Str("from", from), reply)
@@ -120,6 +123,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return s.reject(ev(), replyShuttingDown)
 	}
 	s.mu.inTxn = true
+	s.mu.pol = pol
 	s.mu.seen = make(map[string]bool)
 	s.mu.env = queue.Envelope{
 		From:     from,
@@ -144,7 +148,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	// The policy comes first: a client that may not relay learns nothing
 	// about how its addresses would be read, whatever tricks they hold.
-	if !s.mayRelayLocked() {
+	if !s.mayRelayLocked(s.mu.pol) {
 		return s.reject(ev(), replyRelayDenied)
 	}
 	addr, err := checkAddress(to, s.mu.env.SMTPUTF8)
@@ -158,7 +162,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.mu.seen[key] {
 		return nil // collapsed: one envelope entry, one copy delivered
 	}
-	if len(s.mu.env.Recipients) >= s.srv.cfg.MaxRecipients {
+	if len(s.mu.env.Recipients) >= s.mu.pol.MaxRecipients {
 		return s.reject(ev(), replyTooManyRcpts)
 	}
 	r := queue.Recipient{Addr: addr}
@@ -197,6 +201,7 @@ func (s *session) Data(r io.Reader) error {
 	env := s.mu.env
 	env.Recipients = slices.Clone(env.Recipients)
 	auth, user := s.mu.authenticated, s.mu.user
+	pol := s.mu.pol
 	// Counted while the transaction is, so Shutdown's Wait cannot have seen
 	// zero. With BDAT, go-smtp runs Data in its own goroutine and an RSET
 	// can end the transaction before Data returns.
@@ -225,7 +230,7 @@ func (s *session) Data(r io.Reader) error {
 		rcpts:    rcpts,
 		date:     cfg.Now(),
 	})
-	body := newBodyReader(r, cfg.MaxMessageSize, cfg.MaxHops, cfg.BareLineEndings)
+	body := newBodyReader(r, cfg.MaxMessageSize, pol.MaxHops, pol.BareLineEndings)
 	err := s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), body))
 
 	ev := func() *zerolog.Event {
@@ -296,6 +301,7 @@ func (s *session) endTxnLocked() {
 	}
 	s.mu.env = queue.Envelope{}
 	s.mu.seen = nil
+	s.mu.pol = nil
 }
 
 // reject logs a refused command at warn and returns its reply for go-smtp.
@@ -307,12 +313,12 @@ func (s *session) reject(ev *zerolog.Event, r *retry.Reply) error {
 // pressureLocked returns the back-pressure refusal for a MAIL now, or nil.
 // At medium only allowed networks and authenticated clients get through;
 // at high nobody does (Exchange's levels, seeds 000 and 004).
-func (s *session) pressureLocked() *retry.Reply {
+func (s *session) pressureLocked(p *policy) *retry.Reply {
 	level, res := s.srv.cfg.Pressure.Level()
 	switch {
 	case level >= PressureHigh:
 		return replyPressure(res)
-	case level == PressureMedium && !s.mayRelayLocked():
+	case level == PressureMedium && !s.mayRelayLocked(p):
 		return replyPressure(res)
 	}
 	return nil

@@ -48,14 +48,18 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 		lastHop    string
 		cooling    *retry.Reply // why a skipped host is cooling down
 		coolingHop string
-		busy       int  // 421 4.3.2s met in this attempt
-		stale      int  // reused connections found closed
-		urgent     bool // back at the front of the destination's line
+		coolUntil  time.Time // when the first skipped host may be tried
+		busy       int       // 421 4.3.2s met in this attempt
+		stale      int       // reused connections found closed
+		urgent     bool      // back at the front of the destination's line
 	)
 	for ti := 0; ti < len(targets) && len(pending) > 0; ti++ {
 		target := targets[ti]
-		if r := w.breaker.coolingDown(target.Addr); r != nil {
+		if until, r := w.breaker.coolingUntil(target.Addr); r != nil {
 			cooling, coolingHop = r, target.Addr
+			if coolUntil.IsZero() || until.Before(coolUntil) {
+				coolUntil = until
+			}
 			continue
 		}
 		l, err := w.pool.acquire(ctx, dest, urgent)
@@ -121,11 +125,15 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 	if len(pending) > 0 {
 		switch {
 		case last == nil && cooling != nil:
-			// Every host is cooling down: what the last one said is what
-			// the operator and the delay DSN need to see.
-			last, lastHop = cooling, coolingHop
-			w.Log.Debug().Str("id", string(m.ID)).Str("dest", dest).Str("reply", last.Error()).
-				Msg("every host of the destination is cooling down after failing")
+			// Every host is cooling down: no attempt was made. What the
+			// last one said is what the operator needs to see, and the
+			// recipients are due when the first host may be tried again.
+			w.Log.Debug().Str("id", string(m.ID)).Str("dest", dest).Str("reply", cooling.Error()).
+				Time("until", coolUntil).Msg("every host of the destination is cooling down after failing")
+			for _, i := range pending {
+				out = append(out, outcome{idx: i, reply: cooling, host: coolingHop, notBefore: coolUntil})
+			}
+			return out
 		case last == nil:
 			last = &retry.Reply{Code: 451, Enhanced: retry.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
 		}
@@ -236,12 +244,20 @@ type tally struct {
 	// asked NOTIFY=SUCCESS are owed a "relayed" DSN (RFC 3461 §5.2.2).
 	relayed  []int
 	retryNow bool // a recipient waits only for a connection slot
+	deferred bool // a recipient was deferred after a real attempt
+	// waitUntil is when the first host of a destination whose hosts were
+	// all cooling down may be tried again; zero if none was.
+	waitUntil time.Time
 }
 
 func newTally(m *queue.Message, now time.Time) *tally { return &tally{m: m, now: now} }
 
 // recordOutcome records o, noting whether its next hop took over DSNs.
 func (t *tally) recordOutcome(o outcome) {
+	if !o.notBefore.IsZero() {
+		t.wait(o.idx, o.reply, o.host, o.notBefore)
+		return
+	}
 	t.record(o.idx, o.decision, o.reply, o.host)
 	if o.decision.Action == retry.Deliver && !o.dsn {
 		t.relayed = append(t.relayed, o.idx)
@@ -267,6 +283,20 @@ func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string)
 		t.retryNow = true
 	default:
 		r.Attempts++
+		t.deferred = true
+	}
+}
+
+// wait records that no host of recipient i's destination could be tried
+// before until, every one cooling down after failing: not an attempt, so
+// not counted and not backed off — the recipient is due when the first
+// host may be tried again (after an operator's flush too).
+func (t *tally) wait(i int, reply *retry.Reply, host string, until time.Time) {
+	r := &t.m.Recipients[i]
+	r.LastReply, r.LastHost = reply.Error(), host
+	t.recorded = append(t.recorded, i)
+	if t.waitUntil.IsZero() || until.Before(t.waitUntil) {
+		t.waitUntil = until
 	}
 }
 
@@ -350,7 +380,8 @@ func (w *Worker) relayedDSN(m *queue.Message, idx []int) []queue.NewMessage {
 // none) are named, and never to <>. It sets m.DelayWarned, to be committed
 // in the same batch.
 func (w *Worker) delayWarning(m *queue.Message, now time.Time) []queue.NewMessage {
-	if w.DelayWarning <= 0 || m.DelayWarned || now.Sub(m.Received) < w.DelayWarning {
+	rt := w.retryTiming()
+	if rt.delayWarning <= 0 || m.DelayWarned || now.Sub(m.Received) < rt.delayWarning {
 		return nil
 	}
 	var idx []int
@@ -363,7 +394,7 @@ func (w *Worker) delayWarning(m *queue.Message, now time.Time) []queue.NewMessag
 		return nil
 	}
 	m.DelayWarned = true
-	return w.report(m, "delayed")(w.ndr.delayed(m, idx, m.Received.Add(w.Lifetime)))
+	return w.report(m, "delayed")(w.ndr.delayed(m, idx, m.Received.Add(rt.lifetime)))
 }
 
 // report turns a report maker's result into the messages to enqueue; a
@@ -389,11 +420,18 @@ func (w *Worker) nextAttempt(t *tally) time.Time {
 	if t.retryNow {
 		return t.now
 	}
+	if !t.deferred && !t.waitUntil.IsZero() {
+		return t.waitUntil
+	}
 	attempts := 1
 	for _, i := range t.m.Pending() {
 		attempts = max(attempts, t.m.Recipients[i].Attempts)
 	}
-	return t.now.Add(w.Backoff.Delay(attempts))
+	next := t.now.Add(w.retryTiming().backoff.Delay(attempts))
+	if !t.waitUntil.IsZero() && t.waitUntil.Before(next) {
+		next = t.waitUntil
+	}
+	return next
 }
 
 func (w *Worker) logOutcomes(t *tally) {

@@ -61,13 +61,20 @@ func newBreaker(base, ceiling time.Duration, now func() time.Time) *breaker {
 // coolingDown returns the failure that put addr in its cool-down when addr
 // is still cooling down, else nil (try it).
 func (b *breaker) coolingDown(addr string) *retry.Reply {
+	_, r := b.coolingUntil(addr)
+	return r
+}
+
+// coolingUntil returns when addr's cool-down ends and the failure that
+// started it, or a nil reply when addr may be tried now.
+func (b *breaker) coolingUntil(addr string) (time.Time, *retry.Reply) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.mu.hosts[addr]
 	if h == nil || !b.now().Before(h.until) {
-		return nil
+		return time.Time{}, nil
 	}
-	return h.last
+	return h.until, h.last
 }
 
 // fail records a failure of addr and returns its cool-down, and false when

@@ -37,7 +37,7 @@ func (w *Worker) succeeded(ctx context.Context, l *lease, dest, host string) {
 	if !ch.changed {
 		return
 	}
-	w.Log.Warn().Str("dest", dest).Int("cap", ch.to).Int("previous_cap", ch.from).Int("max_cap", w.MaxConnsPerDest).
+	w.Log.Warn().Str("dest", dest).Int("cap", ch.to).Int("previous_cap", ch.from).Int("max_cap", ch.max).
 		Msg("destination took every connection its cap allows for a run of deliveries; cap raised")
 	w.persist(ctx, dest)
 }

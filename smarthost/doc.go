@@ -93,6 +93,10 @@
 //     the next. Learned caps, their reason and time are stored (DestStore,
 //     queue key d/<destination>), logged at warn when they change, loaded
 //     at start, and shown by Worker.Destinations.
+//   - A reload (Worker.SetMaxConnsPerDest) moves the destinations at the
+//     old maximum to the new one; a lower learned cap stays. A lowered cap
+//     closes idle connections beyond it and lets busy ones finish: they
+//     are closed, not reused, when they come back.
 //   - Circuit breaker per host: a host that fails to connect, refuses us
 //     before MAIL, fails TLS or says 421 is skipped for CoolDown, doubling
 //     per failure in a row up to MaxCoolDown; the next host is used. When
@@ -125,6 +129,10 @@
 //     same batch), at the first commit after DelayWarning (0: never), to
 //     the sender about the pending recipients whose NOTIFY allows DELAY;
 //     Will-Retry-Until is Received + Lifetime.
+//   - Retry timings (Backoff, Lifetime, DelayWarning) can change while Run
+//     goes on (Worker.SetRetry): each is read from one atomically stored
+//     value where it is used, so the next attempt uses the new ones; a
+//     message keeps the next-attempt time it was committed with.
 //   - Never a report to <> (invariant 4): a failed recipient of a message
 //     from <> is logged at error ("double bounce") and counted
 //     (Worker.DoubleBounces).

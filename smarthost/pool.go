@@ -232,6 +232,7 @@ type capChange struct {
 	changed  bool
 	open     int // connections open when it happened, the refused one included
 	from, to int
+	max      int // the configured maximum then
 }
 
 // refused answers a 421 4.3.2 (seed 001) on l's connection: the destination
@@ -279,7 +280,7 @@ func (p *pool) succeeded(l *lease) capChange {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d := l.dest
-	ch := capChange{open: d.open, from: d.cap, to: d.cap}
+	ch := capChange{open: d.open, from: d.cap, to: d.cap, max: p.maxPerDest}
 	if d.open < d.cap || d.cap >= p.maxPerDest {
 		return ch
 	}
@@ -295,6 +296,31 @@ func (p *pool) succeeded(l *lease) capChange {
 	ch.changed, ch.to = true, d.cap
 	p.wakeLocked(d)
 	return ch
+}
+
+// setMax changes the configured maximum per destination to n (see
+// Worker.SetMaxConnsPerDest). Idle connections beyond a lowered cap are
+// closed; release closes busy ones when they come back.
+func (p *pool) setMax(n int) {
+	var stale []*Conn
+	p.mu.Lock()
+	old := p.maxPerDest
+	p.maxPerDest = n
+	for _, d := range p.mu.dests {
+		if d.cap >= old || d.cap > n {
+			d.cap = n // nothing learned holds it below the maximum
+		}
+		for d.open > d.cap && len(d.idle) > 0 {
+			stale = append(stale, d.idle[0].c)
+			d.idle = d.idle[1:]
+			p.dropLocked(d)
+		}
+		p.wakeLocked(d) // a raised cap lets waiters in
+	}
+	p.mu.Unlock()
+	for _, c := range stale {
+		c.Close()
+	}
 }
 
 // note records the last failure of one of dest's hosts, for the status view.

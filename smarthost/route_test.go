@@ -242,16 +242,36 @@ func TestSmarthostAllHostsDownDefers441(t *testing.T) {
 		w.Dialer, w.CoolDown = dialer, time.Hour
 	})
 	id := h.put("a@src.invalid", "b@dst.invalid")
-	for n := 1; n <= 2; n++ {
-		// The first attempt tries both hosts; the second finds both
-		// cooling down and defers with what the last one said.
-		r := h.waitAttempts(id, n).Recipients[0]
-		if r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "451 4.4.1") {
-			t.Fatalf("attempt %d: %s with %q, want pending with 451 4.4.1", n, r.State, r.LastReply)
+	// The first attempt tries both hosts and defers with 4.4.1.
+	m := h.waitAttempts(id, 1)
+	if r := m.Recipients[0]; r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "451 4.4.1") {
+		t.Fatalf("%s with %q, want pending with 451 4.4.1", r.State, r.LastReply)
+	}
+	// An operator's flush while both hosts cool down: no host is dialled,
+	// no attempt is counted, and the message is due when the first
+	// cool-down ends rather than after another backoff.
+	flushed := time.Now()
+	if err := h.store.Flush(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m, _ = h.store.Get(id); m != nil && m.LastAttempt.After(flushed) {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatal("the flushed message was not looked at within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r := m.Recipients[0]; r.Attempts != 1 || !strings.HasPrefix(r.LastReply, "451 4.4.1") {
+		t.Errorf("after the flush: %d attempts, %q; want still 1, with the hosts' reply", r.Attempts, r.LastReply)
+	}
+	if wait := time.Until(m.NextAttempt); wait < 55*time.Minute || wait > time.Hour {
+		t.Errorf("next attempt in %s, want when the hour-long cool-down ends", wait)
 	}
 	if d := dialer.dialedSince(0); len(d) != 2 {
-		t.Errorf("dialled %v: the second attempt should have skipped both hosts, cooling down", d)
+		t.Errorf("dialled %v: the flush should have skipped both hosts, cooling down", d)
 	}
 	if h.ndrs(id) != 0 {
 		t.Fatal("hosts being down gave rise to an NDR")

@@ -70,11 +70,14 @@ type Worker struct {
 	Router   Router
 	Dialer   Dialer // nil: a net.Dialer with a 30 s timeout
 	Hostname string // EHLO name, NDR Reporting-MTA
-	Backoff  retry.Backoff
+	// Backoff, Lifetime and DelayWarning are the initial retry timings;
+	// SetRetry changes them while Run goes on.
+	Backoff retry.Backoff
 	// Lifetime is how long a message may stay queued; then 4.4.7.
 	Lifetime time.Duration
 	// MaxConns caps outbound connections (and concurrent attempts) in
-	// total; MaxConnsPerDest per destination.
+	// total; MaxConnsPerDest per destination (initially: see
+	// SetMaxConnsPerDest).
 	MaxConns, MaxConnsPerDest int
 	// IdleTimeout closes a reusable connection unused this long.
 	IdleTimeout time.Duration
@@ -105,6 +108,7 @@ type Worker struct {
 	Observe func(Outcome)
 
 	setup     sync.Once
+	timing    atomic.Pointer[retryTiming] // set by defaults and SetRetry
 	pool      *pool
 	breaker   *breaker
 	ndr       ndrMaker
@@ -246,6 +250,7 @@ func (w *Worker) defaults() {
 	if w.MaxCoolDown <= 0 {
 		w.MaxCoolDown = DefaultMaxCoolDown
 	}
+	w.timing.Store(&retryTiming{backoff: w.Backoff, lifetime: w.Lifetime, delayWarning: w.DelayWarning})
 	w.pool = newPool(w.MaxConns, w.MaxConnsPerDest, w.RaiseAfter, w.IdleTimeout, w.Now)
 	w.breaker = newBreaker(w.CoolDown, w.MaxCoolDown, w.Now)
 	if w.Queue != nil {
@@ -275,6 +280,48 @@ func (w *Worker) loadDests() {
 				Str("reason", s.Reason).Time("updated", s.Updated).Msg("learned destination cap restored")
 		}
 	}
+}
+
+// retryTiming is the retry schedule in force. A value is never modified
+// once stored: SetRetry stores a new one.
+type retryTiming struct {
+	backoff                retry.Backoff
+	lifetime, delayWarning time.Duration
+}
+
+func (w *Worker) retryTiming() *retryTiming {
+	w.init()
+	return w.timing.Load()
+}
+
+// SetRetry changes the retry timings while Run goes on (a configuration
+// reload): the backoff after each failed attempt from now on, the queue
+// lifetime and the delay warning (0: none) checked at each attempt. A
+// message already deferred keeps the time it was given; zero values mean
+// the defaults, as in Worker.
+func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration) {
+	w.init()
+	if b.Min <= 0 {
+		b = retry.DefaultBackoff()
+	}
+	if lifetime <= 0 {
+		lifetime = 120 * time.Hour
+	}
+	w.timing.Store(&retryTiming{backoff: b, lifetime: lifetime, delayWarning: delayWarning})
+}
+
+// SetMaxConnsPerDest changes the configured maximum of connections per
+// destination while Run goes on (a configuration reload; n <= 0 means 20).
+// A destination at the old maximum moves to the new one; a cap learned
+// from a 421 4.3.2 that is lower stays (within the new maximum) and rises
+// from there as usual. Connections beyond a lowered cap are not cut: idle
+// ones are closed, busy ones finish their transaction and are not reused.
+func (w *Worker) SetMaxConnsPerDest(n int) {
+	w.init()
+	if n <= 0 {
+		n = 20
+	}
+	w.pool.setMax(n)
 }
 
 // Destinations returns the state of every destination known: its current,
@@ -309,7 +356,7 @@ func (w *Worker) attempt(ctx context.Context, id queue.ID) {
 		w.operatorBounce(ctx, m, now)
 		return
 	}
-	if retry.Expired(m.Received, now, w.Lifetime) {
+	if retry.Expired(m.Received, now, w.retryTiming().lifetime) {
 		w.expire(ctx, m)
 		return
 	}
@@ -371,6 +418,9 @@ type outcome struct {
 	reply    *retry.Reply
 	host     string
 	dsn      bool // the next hop offered DSN (RcptResult.DSN)
+	// notBefore, when set, means no host could be tried (all cooling
+	// down): no verdict, the recipient is due again then.
+	notBefore time.Time
 }
 
 // route groups the pending recipients by destination. Recipients whose

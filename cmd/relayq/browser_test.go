@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"testing"
 	"time"
-
 )
 
 // browserArgs are the flags that make chromium run headless in a container

@@ -260,6 +260,29 @@ max_backoff = "200ms"
 	waitFor(t, intakeTimeout, func() bool { return in.store.Messages() == 0 }, "the queue to empty")
 }
 
+// TestBackPressureDisabledNeverRefuses: enabled = false turns the
+// monitor off, whatever the thresholds say.
+func TestBackPressureDisabledNeverRefuses(t *testing.T) {
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`data_dir = %q
+[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = ""
+[back_pressure]
+enabled = false
+free_disk_medium = "1000TB"
+free_disk_high = "1000TB"
+`, filepath.Join(t.TempDir(), "queue"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := startRelayq(t, cfg)
+	if in.srv.Pressure() != nil {
+		t.Error("a monitor runs with enabled = false")
+	}
+	dial(t, in.addrs()[0]).cmd("MAIL FROM:<app@shop.invalid>", 250)
+}
+
 // TestTLSListenersAndAuthFromRelayqCertAndPasswd wires what `relayq cert`
 // and `relayq passwd` make into a config: STARTTLS with AUTH on a relay
 // listener lets a client outside allowed_networks relay, an smtps listener

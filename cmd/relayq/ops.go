@@ -11,6 +11,9 @@ import (
 
 	"relayq/admin"
 	"relayq/config"
+	"relayq/relay"
+	"relayq/retry"
+	"relayq/smarthost"
 )
 
 // The operator side of a running instance: the admin HTTP server and
@@ -105,7 +108,9 @@ func (in *instance) onReload(apply func(*config.Config)) {
 // reload re-reads the configuration (SIGHUP, POST /api/reload). A file that
 // does not load or validate is rejected with a log line and the running
 // configuration stays; otherwise every setter gets the new one and
-// connections stay up. Keys that only a restart can change are logged.
+// connections stay up. Keys that only a restart can change are logged at
+// every reload until a restart applies them: in.cfg stays the
+// configuration the instance started with.
 func (in *instance) reload() error {
 	in.reloadMu.Lock()
 	defer in.reloadMu.Unlock()
@@ -123,19 +128,25 @@ func (in *instance) reload() error {
 	for _, apply := range in.reloaders {
 		apply(cfg)
 	}
-	in.cfg = cfg
 	in.log.Info().Int("applied", len(in.reloaders)).Msg("config reloaded")
 	return nil
 }
 
-// restartOnly names the keys that differ between old and new and that a
-// reload cannot apply: sockets, the queue directory, the admin server and
-// logging are set up once.
+// restartOnly names the keys that differ between old (the configuration
+// started with) and new and that a reload cannot apply: sockets, the queue
+// directory, the admin server and logging are set up once; go-smtp
+// advertises SIZE, offers STARTTLS and greets with the host name from its
+// own fields, which cannot change while it serves; the total of outbound
+// connections sizes the worker's pool. Back pressure can be turned off and
+// on again live, but not on when it was off at start: there is no monitor.
 func restartOnly(old, new *config.Config) []string {
 	if old == nil {
 		return nil
 	}
 	var keys []string
+	if !old.BackPressure.Enabled && new.BackPressure.Enabled {
+		keys = append(keys, "back_pressure.enabled")
+	}
 	for _, c := range []struct {
 		key      string
 		old, new any
@@ -145,10 +156,72 @@ func restartOnly(old, new *config.Config) []string {
 		{"admin", old.Admin, new.Admin},
 		{"log", old.Log, new.Log},
 		{"delivery.dns_servers", old.Delivery.DNSServers, new.Delivery.DNSServers},
+		{"delivery.max_connections", old.Delivery.MaxConnections, new.Delivery.MaxConnections},
+		{"hostname", old.Hostname, new.Hostname},
+		{"tls", old.TLS, new.TLS},
+		{"limits.max_message_size", old.Limits.MaxMessageSize, new.Limits.MaxMessageSize},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
 			keys = append(keys, c.key)
 		}
 	}
 	return keys
+}
+
+// reloadLive registers the setters that apply a reloaded configuration to
+// the running relay server and delivery worker, without closing a
+// connection: the relay policy (allowed networks, users, limits other than
+// the message size, connection caps), the back-pressure thresholds, the
+// retry timings and the per-destination connection cap. Routes have their
+// own setter (start).
+func (in *instance) reloadLive(worker *smarthost.Worker) {
+	in.onReload(func(c *config.Config) {
+		in.srv.SetPolicy(relayPolicy(c))
+		// Without a monitor (back pressure off at start) this does nothing
+		// and restartOnly says so.
+		in.srv.Pressure().SetThresholds(thresholdsOf(c.BackPressure))
+		worker.SetRetry(backoffOf(c.Retry), c.Retry.MaxQueueLifetime.Std(), c.Retry.DelayWarning.Std())
+		worker.SetMaxConnsPerDest(c.Delivery.MaxConnectionsPerDestination)
+	})
+}
+
+// relayPolicy is the part of the inbound configuration that a reload can
+// change (relay.Policy).
+func relayPolicy(c *config.Config) relay.Policy {
+	p := relay.Policy{
+		AllowedNetworks:         c.Relay.Networks(),
+		MaxRecipients:           c.Limits.MaxRecipients,
+		MaxHops:                 c.Limits.MaxHops,
+		MaxConnections:          c.Limits.MaxConnections,
+		MaxConnectionsPerSource: c.Limits.MaxConnectionsPerSource,
+	}
+	if c.Limits.BareLineEndings == config.BareLineEndingsReject {
+		p.BareLineEndings = relay.BareReject
+	}
+	if len(c.Relay.Users) > 0 {
+		p.Users = make(map[string]string, len(c.Relay.Users))
+		for _, u := range c.Relay.Users {
+			p.Users[u.Name] = u.PasswordHash
+		}
+	}
+	return p
+}
+
+// thresholdsOf is [back_pressure] as the monitor's thresholds.
+func thresholdsOf(bp config.BackPressure) relay.Thresholds {
+	return relay.Thresholds{
+		FreeDiskMedium:      int64(bp.FreeDiskMedium),
+		FreeDiskHigh:        int64(bp.FreeDiskHigh),
+		QueueMessagesMedium: int64(bp.QueueMessagesMedium),
+		QueueMessagesHigh:   int64(bp.QueueMessagesHigh),
+		MemoryMedium:        float64(bp.MemoryMedium),
+		MemoryHigh:          float64(bp.MemoryHigh),
+		Off:                 !bp.Enabled,
+	}
+}
+
+// backoffOf is [retry]'s backoff, with 20% jitter so that messages
+// deferred together do not come back together.
+func backoffOf(r config.Retry) retry.Backoff {
+	return retry.Backoff{Min: r.MinBackoff.Std(), Max: r.MaxBackoff.Std(), Jitter: 0.2}
 }

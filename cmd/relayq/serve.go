@@ -23,7 +23,6 @@ import (
 	"relayq/config"
 	"relayq/queue"
 	"relayq/relay"
-	"relayq/retry"
 	"relayq/smarthost"
 )
 
@@ -196,11 +195,9 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		Router: router,
 		// Smart-host and route host names resolve through dns_servers too;
 		// MX hosts come as addresses from the router.
-		Dialer:   &net.Dialer{Timeout: 30 * time.Second, Resolver: resolver},
-		Hostname: cfg.Hostname,
-		Backoff: retry.Backoff{
-			Min: cfg.Retry.MinBackoff.Std(), Max: cfg.Retry.MaxBackoff.Std(), Jitter: 0.2,
-		},
+		Dialer:          &net.Dialer{Timeout: 30 * time.Second, Resolver: resolver},
+		Hostname:        cfg.Hostname,
+		Backoff:         backoffOf(cfg.Retry),
 		Lifetime:        cfg.Retry.MaxQueueLifetime.Std(),
 		DelayWarning:    cfg.Retry.DelayWarning.Std(), // 0: no delay DSNs
 		MaxConns:        cfg.Delivery.MaxConnections,
@@ -209,6 +206,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		Log:             log,
 		Observe:         in.observe,
 	}
+	in.reloadLive(worker)
 
 	var workerCtx context.Context
 	workerCtx, in.stopWorker = context.WithCancel(context.Background())
@@ -234,17 +232,17 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 // certificate, the AUTH users, the limits and back pressure, which reads
 // the queue's size, its volume's free space and Pebble's write stalls.
 func relayConfig(cfg *config.Config, store *queue.Store, stalls *relay.StallWatch, log zerolog.Logger) (relay.Config, error) {
+	p := relayPolicy(cfg) // what a reload can change: ops.go
 	rc := relay.Config{
 		Hostname:                cfg.Hostname,
-		AllowedNetworks:         cfg.Relay.Networks(),
+		AllowedNetworks:         p.AllowedNetworks,
 		MaxMessageSize:          int64(cfg.Limits.MaxMessageSize),
-		MaxRecipients:           cfg.Limits.MaxRecipients,
-		MaxHops:                 cfg.Limits.MaxHops,
-		MaxConnections:          cfg.Limits.MaxConnections,
-		MaxConnectionsPerSource: cfg.Limits.MaxConnectionsPerSource,
-	}
-	if cfg.Limits.BareLineEndings == config.BareLineEndingsReject {
-		rc.BareLineEndings = relay.BareReject
+		MaxRecipients:           p.MaxRecipients,
+		MaxHops:                 p.MaxHops,
+		MaxConnections:          p.MaxConnections,
+		MaxConnectionsPerSource: p.MaxConnectionsPerSource,
+		BareLineEndings:         p.BareLineEndings,
+		Users:                   p.Users,
 	}
 	if cfg.TLS.Enabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
@@ -252,12 +250,6 @@ func relayConfig(cfg *config.Config, store *queue.Store, stalls *relay.StallWatc
 			return rc, fmt.Errorf("tls: %w", err)
 		}
 		rc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-	if len(cfg.Relay.Users) > 0 {
-		rc.Users = make(map[string]string, len(cfg.Relay.Users))
-		for _, u := range cfg.Relay.Users {
-			rc.Users[u.Name] = u.PasswordHash
-		}
 	}
 	if bp := cfg.BackPressure; bp.Enabled {
 		rc.Pressure = relay.NewMonitor(relay.PressureConfig{

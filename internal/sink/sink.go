@@ -59,6 +59,9 @@ type Options struct {
 	// default PLAIN and LOGIN; tests set one to check a client's choice.
 	AuthMechanisms []string
 	DisableDSN     bool
+	// Discard keeps only the envelope of each message in memory, not its
+	// data (for load tests; the count and Wait still work).
+	Discard bool
 	// Hooks: return an *smtp.SMTPError to reply with it; nil to accept.
 	OnMail func(from string) error
 	OnRcpt func(to string) error
@@ -239,6 +242,9 @@ func (s *Server) store(m Message) error {
 		s.logMu.Unlock()
 	}
 
+	if s.opts.Discard {
+		m.Data = nil
+	}
 	// Counted last, so that a waiter finds the file and the log line.
 	s.mu.Lock()
 	s.mu.msgs = append(s.mu.msgs, m)

@@ -1,0 +1,104 @@
+package relay
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+)
+
+// Policy is the part of Config that can change while the server runs (a
+// configuration reload): who may relay, who may AUTH, the limits on one
+// message and the connection caps. As in Config, the zero value of a field
+// means its default.
+//
+// What a change reaches: the connection caps apply to the next connection
+// accepted (open connections are never closed for it); everything else to
+// the next command. A transaction keeps the policy it began with at MAIL,
+// up to its reply to DATA or RSET, so one message is judged by one policy;
+// an AUTH exchange keeps the users it began with.
+type Policy struct {
+	AllowedNetworks         []netip.Prefix
+	MaxRecipients           int
+	MaxHops                 int
+	MaxConnections          int
+	MaxConnectionsPerSource int
+	BareLineEndings         BareLineEndings
+	// Users are the AUTH accounts, name → bcrypt hash; empty: no AUTH.
+	Users map[string]string
+}
+
+// policy is a Policy in force: defaults applied, with its authenticator.
+// It is never modified once stored, so a reader's snapshot stays whole.
+type policy struct {
+	Policy
+	auth *authenticator
+}
+
+// policy returns the Policy fields of c.
+func (c Config) policy() Policy {
+	return Policy{
+		AllowedNetworks:         c.AllowedNetworks,
+		MaxRecipients:           c.MaxRecipients,
+		MaxHops:                 c.MaxHops,
+		MaxConnections:          c.MaxConnections,
+		MaxConnectionsPerSource: c.MaxConnectionsPerSource,
+		BareLineEndings:         c.BareLineEndings,
+		Users:                   c.Users,
+	}
+}
+
+func (p Policy) withDefaults() Policy {
+	if p.MaxRecipients <= 0 {
+		p.MaxRecipients = DefaultMaxRecipients
+	}
+	if p.MaxHops <= 0 {
+		p.MaxHops = DefaultMaxHops
+	}
+	if p.MaxConnections <= 0 {
+		p.MaxConnections = DefaultMaxConnections
+	}
+	if p.MaxConnectionsPerSource <= 0 {
+		p.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+	}
+	return p
+}
+
+// SetPolicy puts p in force for what comes next (see Policy); no
+// connection is closed or interrupted. It is safe to call while serving:
+// sessions and the listener read the policy with one atomic load, and p is
+// copied, so the caller may reuse its slices and map.
+func (s *Server) SetPolicy(p Policy) {
+	p = p.withDefaults()
+	p.AllowedNetworks = slices.Clone(p.AllowedNetworks)
+	p.Users = maps.Clone(p.Users)
+	next := &policy{Policy: p}
+	old := s.pol.Load()
+	switch {
+	case old != nil && maps.Equal(old.Users, p.Users):
+		// The same users: keep the dummy hash rather than pay for a new
+		// bcrypt of it at every reload.
+		next.auth = old.auth
+	default:
+		next.auth = newAuthenticator(p.Users)
+		if old != nil {
+			// One bound on concurrent bcrypt comparisons across policies.
+			next.auth.sem = old.auth.sem
+		}
+	}
+	s.pol.Store(next)
+}
+
+// Policy returns the policy in force, defaults applied. The caller must not
+// modify its slices or map.
+func (s *Server) Policy() Policy { return s.pol.Load().Policy }
+
+// mayRelayFrom reports whether ip is in an allowed network.
+func (p *policy) mayRelayFrom(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, n := range p.AllowedNetworks {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
