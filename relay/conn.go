@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"crypto/tls"
 	"net"
 	"net/netip"
@@ -226,6 +227,13 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		c.wbuf = append(c.wbuf, p...)
 		out = c.wbuf
 	}
+	if bytes.HasPrefix(p, reply221) {
+		// The reply to QUIT: the client is leaving. Free its slot before
+		// it can read this and connect again, or a client that keeps
+		// exactly max_connections_per_source open would be refused now
+		// and then, its new connection racing our close of the old.
+		c.once.Do(func() { c.s.release(c) })
+	}
 	n, err := c.Conn.Write(out)
 	c.wbuf = c.wbuf[:0]
 	if c.closeAfterReply.Load() {
@@ -287,6 +295,9 @@ func isContinuationLine(p []byte) bool {
 	}
 	return true
 }
+
+// reply221 starts go-smtp's reply to QUIT (RFC 5321 §4.1.1.10).
+var reply221 = []byte("221 ")
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() { c.s.release(c) })

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"bytes"
 	"crypto/tls"
 	"errors"
@@ -270,4 +271,39 @@ func TestIdleConnectionGets421_4_4_2AndClose(t *testing.T) {
 		t.Errorf("idle: 421 %s, want 421 4.4.2", msg)
 	}
 	r.expectClosed()
+}
+
+// TestQuitReplyFreesTheSourceSlotBeforeClose: a client that keeps exactly
+// max_connections_per_source connections and reconnects as soon as it reads
+// the 221 (as smtp-source does) must find its old slot free, so the slot is
+// released when the 221 is written, not when the server gets round to
+// closing the connection.
+func TestQuitReplyFreesTheSourceSlotBeforeClose(t *testing.T) {
+	s := New(testConfig(), &memQueue{}, zerolog.Nop())
+	defer s.Shutdown(context.Background())
+	server, client := net.Pipe()
+	defer client.Close()
+	go io.Copy(io.Discard, client)
+	tc := &trackedConn{Conn: server, s: s, ip: netip.MustParseAddr("127.0.0.9")}
+	if s.admit(tc) != admitted {
+		t.Fatal("not admitted")
+	}
+	slots := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.mu.sources[tc.ip]
+	}
+	if _, err := tc.Write([]byte("250 2.0.0 OK\r\n")); err != nil || slots() != 1 {
+		t.Fatalf("after a 250: err %v, %d slots taken, want 1", err, slots())
+	}
+	if _, err := tc.Write([]byte("221 2.0.0 Bye\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if n := slots(); n != 0 {
+		t.Fatalf("%d slots still taken after the 221, before Close; want 0", n)
+	}
+	tc.Close() // releases nothing twice
+	if n := slots(); n != 0 {
+		t.Fatalf("%d slots after Close", n)
+	}
 }
