@@ -2,8 +2,8 @@ package relay
 
 import (
 	"bufio"
-	"context"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"

@@ -117,7 +117,6 @@ func diskMessage(tok string) []byte {
 
 // smtpSender is one SMTP connection that sends messages one after another.
 type smtpSender struct {
-	t    *testing.T
 	addr string
 	c    *smtp.Client
 }
@@ -215,7 +214,7 @@ func fillDisk(t *testing.T) *fullDisk {
 	f.cfg = diskConfig(t, f.mnt, f.listen, f.dest, "[back_pressure]\nenabled = false\n")
 	f.c = startChild(t, f.cfg)
 	f.c.waitLog(20*time.Second, 1, msgIs("listening"))
-	s := &smtpSender{t: t, addr: f.listen}
+	s := &smtpSender{addr: f.listen}
 	defer s.close()
 	for i := 0; i < 400; i++ { // 25 MiB: more than fits
 		tok := fmt.Sprintf("full-%d", i)
@@ -306,7 +305,7 @@ func TestDiskFullLosesNothingAcknowledgedAndIntakeResumes(t *testing.T) {
 	checkArrivedIntact(t, dst, f.acked)
 
 	// Intake takes mail again.
-	s := &smtpSender{t: t, addr: f.listen}
+	s := &smtpSender{addr: f.listen}
 	defer s.close()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -343,7 +342,7 @@ func TestDiskFullAnswers451AndKeepsRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst.Close()
-	s := &smtpSender{t: t, addr: f.listen}
+	s := &smtpSender{addr: f.listen}
 	defer s.close()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -412,7 +411,7 @@ free_disk_high = "32MB"
 		}
 	}
 
-	s := &smtpSender{t: t, addr: listen}
+	s := &smtpSender{addr: listen}
 	defer s.close()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
