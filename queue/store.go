@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -31,10 +32,18 @@ type Options struct {
 	// EventListener, if set, receives Pebble's events (write stalls, low
 	// disk space) for back pressure.
 	EventListener *pebble.EventListener
+	// Reserve is the free space Put leaves on the data volume: a message
+	// that would take the volume below it is refused (the client gets
+	// 451 4.3.0), so that Pebble keeps room to flush, compact and record
+	// deliveries. A write Pebble cannot make is fatal to it, so this is the
+	// last line of defence when back pressure is off. 0 means 16 MiB; a
+	// negative value turns the check off (FS other than the real disk).
+	Reserve int64
 }
 
 const (
 	defaultChunkSize = 64 << 10
+	defaultReserve   = 16 << 20
 	// spillBytes bounds the batch a Put builds in memory: a body larger than
 	// this is written in several unsynced batches, sealed by the final synced
 	// one (Pebble's WAL is ordered, so syncing the last record syncs all).
@@ -46,6 +55,8 @@ const (
 
 // Store is the durable queue. Its methods are safe for concurrent use.
 type Store struct {
+	dir       string
+	reserve   int64 // free space Put leaves on the volume; <= 0: unchecked
 	db        *pebble.DB
 	log       zerolog.Logger
 	now       func() time.Time
@@ -81,11 +92,29 @@ func Open(dir string, opts Options) (*Store, error) {
 		EventListener:      opts.EventListener,
 		Logger:             pebbleLogger{opts.Log},
 	}
+	if opts.Reserve == 0 {
+		opts.Reserve = defaultReserve
+	}
+	if opts.FS != nil {
+		opts.Reserve = -1 // not the real disk: statfs would read another volume
+	}
+	if opts.Reserve > 0 {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("queue: %w", err)
+		}
+		// Opening replays the log and flushes it; on a volume with no room
+		// for that Pebble retries for ever. Better say so and stop.
+		if free, ok := freeBytes(dir); ok && free < opts.Reserve/4 {
+			return nil, fmt.Errorf("queue: the volume of %s has %d bytes free; opening the queue needs at least %d: free some space", dir, free, opts.Reserve/4)
+		}
+	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
 	}
 	s := &Store{
+		dir:       dir,
+		reserve:   opts.Reserve,
 		db:        db,
 		log:       opts.Log,
 		now:       opts.Now,
@@ -167,6 +196,9 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 			return s.abandon(id, spilled, fmt.Errorf("queue: reading body: %w", rerr))
 		}
 		if b.Len() >= spillBytes {
+			if err := s.checkRoom(int64(b.Len())); err != nil {
+				return s.abandon(id, spilled, err)
+			}
 			if !spilled {
 				// Marks the chunks as orphans until the envelope commits, so
 				// recovery can remove them after a crash.
@@ -180,6 +212,9 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 			}
 			b.Reset()
 		}
+	}
+	if err := s.checkRoom(int64(b.Len())); err != nil {
+		return s.abandon(id, spilled, err)
 	}
 	env.Received = s.now()
 	env.Size = size
@@ -201,6 +236,23 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 	s.bytes.Add(size)
 	s.signal()
 	return nil
+}
+
+// ErrNoRoom is returned by Put when storing the message would leave less
+// than the reserve free on the queue's volume.
+var ErrNoRoom = errors.New("queue: not enough free disk space")
+
+// checkRoom fails when writing n more bytes would take the volume below
+// the reserve.
+func (s *Store) checkRoom(n int64) error {
+	if s.reserve <= 0 {
+		return nil
+	}
+	free, ok := freeBytes(s.dir)
+	if !ok || free-n >= s.reserve {
+		return nil
+	}
+	return fmt.Errorf("%w: %d bytes free on the volume of %s, %d kept in reserve", ErrNoRoom, free, s.dir, s.reserve)
 }
 
 // abandon removes what a failed Put already wrote and returns err.
