@@ -1,7 +1,10 @@
 package relay
 
 import (
+	"bytes"
+	"errors"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -43,6 +46,7 @@ type bodyReader struct {
 	lineLen  int  // bytes in the current line so far
 	nameMode int  // how far the current line matches "received" (see feedName)
 
+	buf   *bodyBuf // pooled: in and out are its, until release
 	in    []byte
 	out   []byte    // transformed, not yet returned
 	off   int       // out[off:] is pending
@@ -58,16 +62,44 @@ const (
 	rcvd        = "received" // RFC 5322 §3.6.7 field name, case-insensitive
 )
 
+// bodyBufs holds the buffers of finished bodyReaders: a new pair for every
+// message would be ~100 KB of garbage per message however small it is.
+var bodyBufs = sync.Pool{New: func() any {
+	return &bodyBuf{in: make([]byte, bodyChunk), out: make([]byte, 0, 2*bodyChunk+2)}
+}}
+
+type bodyBuf struct{ in, out []byte }
+
+// newBodyReader returns a reader of src's normalised body. Call release
+// once it is no longer read.
 func newBodyReader(src io.Reader, max int64, maxHops int, bare BareLineEndings) *bodyReader {
+	buf := bodyBufs.Get().(*bodyBuf)
 	return &bodyReader{
 		src:     src,
 		max:     max,
 		maxHops: maxHops,
 		reject:  bare == BareReject,
-		in:      make([]byte, bodyChunk),
-		out:     make([]byte, 0, 2*bodyChunk+2),
+		buf:     buf,
+		in:      buf.in,
+		out:     buf.out[:0],
 	}
 }
+
+// release hands r's buffers to the next bodyReader. Reply, Done and Size
+// keep working; a Read fails.
+func (r *bodyReader) release() {
+	if r.buf == nil {
+		return
+	}
+	r.buf.out = r.out[:0]
+	bodyBufs.Put(r.buf)
+	r.buf, r.in, r.out, r.off = nil, nil, nil, 0
+	if r.err == nil {
+		r.err = errReleased
+	}
+}
+
+var errReleased = errors.New("relay: body reader used after release")
 
 // Read implements io.Reader.
 func (r *bodyReader) Read(p []byte) (int, error) {
@@ -134,8 +166,15 @@ func (r *bodyReader) fail(err *retry.Reply) {
 // transform appends the normalised form of b to out. It fails with
 // replyLoop when the hop limit is exceeded and, in reject mode, with
 // replyBareLineEnding at a bare CR or LF.
+//
+// The header section goes byte by byte (it is short, and each byte feeds
+// the Received match); the body section, where only line endings matter,
+// goes by runs in transformBody.
 func (r *bodyReader) transform(b []byte) *retry.Reply {
-	for _, c := range b {
+	for i, c := range b {
+		if r.body {
+			return r.transformBody(b[i:])
+		}
 		if r.cr {
 			r.cr = false
 			if c == '\n' {
@@ -161,6 +200,60 @@ func (r *bodyReader) transform(b []byte) *retry.Reply {
 			}
 			r.lineLen++
 		}
+	}
+	return nil
+}
+
+// transformBody is transform past the header section: it copies the runs
+// between line breaks whole and writes CRLF for each CRLF, bare CR and bare
+// LF, exactly as the byte loop of transform does. A CR at the end of b
+// leaves r.cr set, so that an LF at the start of the next chunk is taken as
+// the second half of its CRLF.
+//
+// The runs are found with the vectorised bytes.IndexByte: the next LF, then
+// a CR before it. A body line ends in CRLF, so that is two fast scans per
+// line instead of a step per byte. The LF found is kept until passed, so
+// bare CRs cannot make the scan quadratic.
+func (r *bodyReader) transformBody(b []byte) *retry.Reply {
+	pos, lf := 0, -1 // lf: the next LF at or after pos, len(b) if none
+	for pos < len(b) {
+		if r.cr {
+			r.cr = false
+			if b[pos] == '\n' {
+				pos++ // the LF of a CRLF whose line break is written
+				continue
+			}
+			if r.reject {
+				return replyBareLineEnding // a CR not followed by LF
+			}
+		}
+		if lf < pos {
+			if lf = bytes.IndexByte(b[pos:], '\n'); lf < 0 {
+				lf = len(b)
+			} else {
+				lf += pos
+			}
+		}
+		end := lf // where the run ends: the first CR or LF, or len(b)
+		if cr := bytes.IndexByte(b[pos:lf], '\r'); cr >= 0 {
+			end = pos + cr
+		}
+		r.out = append(r.out, b[pos:end]...)
+		r.lineLen += end - pos
+		switch {
+		case end == len(b):
+			return nil
+		case b[end] == '\n' && r.reject:
+			return replyBareLineEnding
+		case b[end] == '\n':
+			pos = end + 1 // bare LF
+		case end+1 < len(b) && b[end+1] == '\n':
+			pos = end + 2 // CRLF, the common case
+		default:
+			r.cr = true // a bare CR, or a CR whose LF is in the next chunk
+			pos = end + 1
+		}
+		r.endLine()
 	}
 	return nil
 }

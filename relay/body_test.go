@@ -73,12 +73,41 @@ func TestBodyReaderNormalisesLineEndings(t *testing.T) {
 		{"smuggling CR dot CR", "x\r.\rMAIL", "x\r\n.\r\nMAIL\r\n"},
 	}
 	for _, tt := range tests {
-		for _, k := range []int{1, 2, bodyChunk} {
-			r := newBodyReader(&chunked{b: []byte(tt.in), k: k}, 0, 0, BareNormalize)
-			got, err := io.ReadAll(r)
-			if err != nil || string(got) != tt.want {
-				t.Errorf("%s (chunks of %d): got %q, %v; want %q", tt.name, k, got, err, tt.want)
+		// Without a header section every line is a header line; behind one
+		// the body's run-copying path does the work.
+		for _, head := range []string{"", headSection} {
+			for _, k := range []int{1, 2, 3, bodyChunk} {
+				r := newBodyReader(&chunked{b: []byte(head + tt.in), k: k}, 0, 0, BareNormalize)
+				got, err := io.ReadAll(r)
+				if want := head + tt.want; err != nil || string(got) != want {
+					t.Errorf("%s (chunks of %d, header %q): got %q, %v; want %q", tt.name, k, head, got, err, want)
+				}
 			}
+		}
+	}
+}
+
+// headSection is a header section with its empty line, to put the lines
+// of a test in the body.
+const headSection = "Subject: x\r\n\r\n"
+
+func TestBodyReaderCopiesLongBodiesAcrossChunks(t *testing.T) {
+	// Every line break kind, at every offset relative to the chunk size.
+	var in, want strings.Builder
+	in.WriteString(headSection)
+	want.WriteString(headSection)
+	for i := range 3000 {
+		line := strings.Repeat("x", i%97)
+		in.WriteString(line + [...]string{"\r\n", "\n", "\r", "\r\r\n"}[i%4])
+		want.WriteString(line + [...]string{"\r\n", "\r\n", "\r\n", "\r\n\r\n"}[i%4])
+	}
+	in.WriteString(".last")
+	want.WriteString(".last\r\n")
+	for _, k := range []int{1, 7, 4096, bodyChunk, 1 << 20} {
+		r := newBodyReader(&chunked{b: []byte(in.String()), k: k}, 0, 0, BareNormalize)
+		got, err := io.ReadAll(r)
+		if err != nil || string(got) != want.String() {
+			t.Errorf("chunks of %d: %v, output differs from the reference: %t", k, err, string(got) != want.String())
 		}
 	}
 }
@@ -251,12 +280,35 @@ func TestBodyReaderRejectMode(t *testing.T) {
 		{"smuggling CR dot CR", "x\r.\rMAIL\r\n", true},
 	}
 	for _, tt := range tests {
-		for _, k := range []int{1, 2, bodyChunk} {
-			r := newBodyReader(&chunked{b: []byte(tt.in), k: k}, 0, 0, BareReject)
-			_, err := io.ReadAll(r)
-			if tt.refused && err != replyBareLineEnding || !tt.refused && err != nil {
-				t.Errorf("%s (chunks of %d): err %v, refused want %v", tt.name, k, err, tt.refused)
+		for _, head := range []string{"", headSection} {
+			for _, k := range []int{1, 2, 3, bodyChunk} {
+				r := newBodyReader(&chunked{b: []byte(head + tt.in), k: k}, 0, 0, BareReject)
+				_, err := io.ReadAll(r)
+				if tt.refused && err != replyBareLineEnding || !tt.refused && err != nil {
+					t.Errorf("%s (chunks of %d, header %q): err %v, refused want %v", tt.name, k, head, err, tt.refused)
+				}
 			}
 		}
+	}
+}
+
+func TestBodyReaderAfterReleaseKeepsItsResultsAndFailsReads(t *testing.T) {
+	r := newBodyReader(strings.NewReader("Subject: x\r\n\r\nhi\r\n"), 0, 0, BareNormalize)
+	if _, err := io.ReadAll(r); err != nil {
+		t.Fatal(err)
+	}
+	r.release()
+	r.release() // twice is harmless
+	if !r.Done() || r.Reply() != nil || r.Size() != 18 {
+		t.Errorf("after release: Done %v, Reply %v, Size %d", r.Done(), r.Reply(), r.Size())
+	}
+	if n, err := r.Read(make([]byte, 8)); n != 0 || err == nil {
+		t.Errorf("Read after release: %d, %v", n, err)
+	}
+
+	unread := newBodyReader(strings.NewReader("x\r\n"), 0, 0, BareNormalize)
+	unread.release()
+	if n, err := unread.Read(make([]byte, 8)); n != 0 || err != errReleased {
+		t.Errorf("Read of an unread body after release: %d, %v", n, err)
 	}
 }

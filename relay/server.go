@@ -26,8 +26,9 @@ type Queue interface {
 	NewID() queue.ID
 	// Put stores env and the body read from body under id, and returns only
 	// after both are committed to disk with fsync (pebble.Sync). body is
-	// streamed (never read whole into memory by Put). An error means nothing
-	// was stored. Put sets env.Size and env.Received itself.
+	// streamed (never read whole into memory by Put) and not read after Put
+	// returns (its buffers are reused). An error means nothing was stored.
+	// Put sets env.Size and env.Received itself.
 	Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error
 }
 

@@ -231,6 +231,7 @@ func (s *session) Data(r io.Reader) error {
 		date:     cfg.Now(),
 	})
 	body := newBodyReader(r, cfg.MaxMessageSize, pol.MaxHops, pol.BareLineEndings)
+	defer body.release()
 	err := s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), body))
 
 	ev := func() *zerolog.Event {

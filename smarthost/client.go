@@ -64,9 +64,6 @@ const (
 	DefaultTimeout = 5 * time.Minute
 	// quitTimeout bounds the polite QUIT of Close: nothing rides on it.
 	quitTimeout = 10 * time.Second
-	// bodyChunk is how much of the body is read and written at a time; the
-	// body is never held whole (DESIGN.md invariant 5).
-	bodyChunk = 32 << 10
 )
 
 // DialError is the error Dial returns: the reply that ended the attempt and
@@ -88,7 +85,8 @@ func (e *DialError) Unwrap() error { return e.Reply }
 // It is not safe for concurrent use: one delivery at a time.
 type Conn struct {
 	client  *smtp.Client
-	raw     net.Conn // the TCP connection: closed to abort on ctx
+	raw     net.Conn    // the TCP connection: closed to abort on ctx
+	wire    *replayConn // what client reads and writes: raw, or TLS over it
 	addr    string
 	hello   string
 	tls     bool
@@ -204,7 +202,8 @@ func (c *Conn) open(ctx context.Context, t Target, host string) (retry.Stage, er
 		replay = append(replay, rest...)
 	}
 
-	c.client = smtp.NewClient(&replayConn{Conn: conn, pending: replay})
+	c.wire = &replayConn{Conn: conn, pending: replay}
+	c.client = smtp.NewClient(c.wire)
 	c.client.CommandTimeout = c.timeout
 	// RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".",
 	// twice the 5 minutes of the other commands.
@@ -532,7 +531,9 @@ func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResul
 		}
 		return res, c.reset(ctx.Err)
 	}
-	if rep := c.writeBody(ctx, w, r); rep != nil {
+	// writeBody writes the body itself; w, which has written nothing,
+	// then ends it with "\r\n.\r\n" and reads the reply (data.go).
+	if rep := c.writeBody(ctx, r); rep != nil {
 		decide(accepted, retry.StageBody, rep)
 		return res, rep
 	}
@@ -637,40 +638,6 @@ func (c *Conn) rcptCheck(rcpt string) *retry.Reply {
 		return localReply(553, 5, 6, 7, "non-ASCII recipient and the next hop does not support SMTPUTF8")
 	}
 	return nil
-}
-
-// writeBody streams r into the DATA writer. go-smtp sets no deadline while
-// the body is written, so each write gets its own (RFC 5321 §4.5.3.2.5:
-// a timeout per chunk sent, not for the whole body). It returns nil, or the
-// reply that breaks the connection.
-func (c *Conn) writeBody(ctx context.Context, w io.Writer, r io.Reader) *retry.Reply {
-	buf := make([]byte, bodyChunk)
-	for {
-		n, rerr := r.Read(buf)
-		if n > 0 {
-			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
-			if _, err := w.Write(buf[:n]); err != nil {
-				return c.reply(ctx.Err(), retry.StageBody, err)
-			}
-		}
-		if rerr == io.EOF {
-			// The final "." is written by CloseWithResponse, under this
-			// deadline; go-smtp then sets its own for the reply.
-			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
-			return nil
-		}
-		if rerr != nil {
-			// The only way to abort DATA without delivering a truncated
-			// message is to drop the connection (RFC 5321 §4.1.1.4 has no
-			// abort). The fault is ours: 451 4.3.0, not the next hop's.
-			c.broken = true
-			c.raw.Close()
-			if ctx.Err() != nil {
-				return retry.FromError(retry.StageBody, ctx.Err())
-			}
-			return localReply(451, 4, 3, 0, "reading the queued message: "+rerr.Error())
-		}
-	}
 }
 
 // Reset sends RSET, used before reusing a connection that sat idle. An error
@@ -803,21 +770,4 @@ func rangeFrom(from, to int) []int {
 		idx = append(idx, i)
 	}
 	return idx
-}
-
-// replayConn hands go-smtp's client the greeting that startTLS already read:
-// the client insists on reading a 220 first and cannot be told that the
-// session is greeted.
-type replayConn struct {
-	net.Conn
-	pending []byte
-}
-
-func (c *replayConn) Read(p []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
 }

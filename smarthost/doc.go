@@ -25,10 +25,15 @@
 //   - A non-nil error from Send means the connection is unusable (421, I/O
 //     error, timeout, ctx done): Close it, never reuse it. 421 is answered by
 //     closing without QUIT (RFC 5321 §3.8).
-//   - The body is streamed from the caller's reader in 32 KiB chunks and
+//   - The body is streamed from the caller's reader in 64 KiB chunks and
 //     never held whole (invariant 5). If the reader fails mid-body the
 //     connection is dropped before the final ".", so a truncated message is
 //     never delivered (SMTP has no way to abort DATA, RFC 5321 §4.1.1.4).
+//   - What goes out after the 354 has CRLF line endings only (a bare CR or
+//     LF in the body becomes CRLF) and every line starting with "." has it
+//     doubled (RFC 5321 §4.5.2): nothing in a body can end the DATA early
+//     at the next hop. The body is written in large chunks straight to the
+//     connection; go-smtp writes only the final "\r\n.\r\n" (data.go).
 //   - Timeouts: every command has Target.Timeout (default 5 minutes, RFC 5321
 //     §4.5.3.2); each body write has its own (§4.5.3.2.5, go-smtp sets none
 //     during the body); the reply to the final "." gets twice the timeout

@@ -164,8 +164,13 @@ func waitFor(t testing.TB, timeout time.Duration, cond func() bool, what string)
 // BenchmarkRelayThroughput pushes 1 KiB messages from 20 connections through
 // relayq (synced queue commit before each 250, delivery through a smart
 // host) into a sink, and reports messages/s end to end.
-func BenchmarkRelayThroughput(b *testing.B) {
-	dst := startSink(b, sink.Options{})
+func BenchmarkRelayThroughput(b *testing.B) { benchmarkRelay(b, 1024) }
+
+// BenchmarkRelayThroughput100K is the same with 100 KiB messages.
+func BenchmarkRelayThroughput100K(b *testing.B) { benchmarkRelay(b, 100<<10) }
+
+func benchmarkRelay(b *testing.B, size int) {
+	dst := startSink(b, sink.Options{Discard: true})
 	in := startRelayq(b, testConfig(b, dst.Addr()))
 	const conns = 20
 	b.ResetTimer()
@@ -183,7 +188,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 			for i := range tokens {
 				tokens[i] = fmt.Sprintf("b%d-%d", c, i)
 			}
-			submit(b, in.addrs()[0], "sender@test.invalid", "rcpt@dest.invalid", tokens, 1024)
+			submit(b, in.addrs()[0], "sender@test.invalid", "rcpt@dest.invalid", tokens, size)
 		}(c, n)
 	}
 	wg.Wait()
