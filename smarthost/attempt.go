@@ -289,8 +289,8 @@ func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string)
 
 // wait records that no host of recipient i's destination could be tried
 // before until, every one cooling down after failing: not an attempt, so
-// not counted and not backed off — the recipient is due when the first
-// host may be tried again (after an operator's flush too).
+// not counted; the recipient is due again after its backoff, and not
+// before the first host may be tried again.
 func (t *tally) wait(i int, reply *retry.Reply, host string, until time.Time) {
 	r := &t.m.Recipients[i]
 	r.LastReply, r.LastHost = reply.Error(), host
@@ -420,18 +420,23 @@ func (w *Worker) nextAttempt(t *tally) time.Time {
 	if t.retryNow {
 		return t.now
 	}
-	if !t.deferred && !t.waitUntil.IsZero() {
-		return t.waitUntil
-	}
 	attempts := 1
 	for _, i := range t.m.Pending() {
 		attempts = max(attempts, t.m.Recipients[i].Attempts)
 	}
 	next := t.now.Add(w.retryTiming().backoff.Delay(attempts))
-	if !t.waitUntil.IsZero() && t.waitUntil.Before(next) {
-		next = t.waitUntil
+	// A destination cooling down is tried no earlier than its cool-down
+	// ends, and no earlier than the backoff either: while it is down,
+	// every queued message must not be looked at again each time a
+	// cool-down ends. (An operator's flush clears the cool-downs.)
+	return latest(next, t.waitUntil)
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
 	}
-	return next
+	return a
 }
 
 func (w *Worker) logOutcomes(t *tally) {

@@ -106,6 +106,13 @@ func (b *breaker) fail(addr string, r *retry.Reply) (time.Duration, bool) {
 	return d, true
 }
 
+// reset forgets every host's failures: all are tried at the next attempt.
+func (b *breaker) reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	clear(b.mu.hosts)
+}
+
 // ok records a success of addr and reports whether it had been failing.
 func (b *breaker) ok(addr string) bool {
 	b.mu.Lock()

@@ -247,9 +247,10 @@ func TestSmarthostAllHostsDownDefers441(t *testing.T) {
 	if r := m.Recipients[0]; r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "451 4.4.1") {
 		t.Fatalf("%s with %q, want pending with 451 4.4.1", r.State, r.LastReply)
 	}
-	// An operator's flush while both hosts cool down: no host is dialled,
-	// no attempt is counted, and the message is due when the first
-	// cool-down ends rather than after another backoff.
+	// The message comes round again while both hosts cool down (as after
+	// a queue flush that did not clear the cool-downs): no host is
+	// dialled, no attempt is counted, and the message is due no earlier
+	// than the first cool-down ends.
 	flushed := time.Now()
 	if err := h.store.Flush(context.Background(), id); err != nil {
 		t.Fatal(err)

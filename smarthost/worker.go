@@ -389,6 +389,14 @@ func (w *Worker) operatorBounce(ctx context.Context, m *queue.Message, now time.
 	w.commit(ctx, t)
 }
 
+// ForgetHostFailures ends every host's cool-down, so the next attempt
+// tries them all: an operator's flush means "try now", whatever failed
+// before.
+func (w *Worker) ForgetHostFailures() {
+	w.init()
+	w.breaker.reset()
+}
+
 // Outcome is one recipient's committed verdict in one attempt.
 type Outcome struct {
 	ID     queue.ID

@@ -56,7 +56,9 @@ func (in *instance) serveAdmin(cfg *config.Config, opts admin.Options) {
 	if in.adminLn == nil {
 		return
 	}
-	opts.Queue = in.store
+	if opts.Queue == nil {
+		opts.Queue = in.store
+	}
 	opts.Metrics = in.metrics
 	opts.Events = in.events
 	opts.Token = cfg.Admin.Token

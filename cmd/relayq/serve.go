@@ -222,6 +222,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		})
 	}
 	in.serveAdmin(cfg, admin.Options{
+		Queue:        flushingQueue{in.store, worker},
 		BackPressure: pressureSource{in.srv},
 		Destinations: destinationSource{worker},
 	})
