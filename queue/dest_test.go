@@ -36,6 +36,7 @@ func TestDestStateSurvivesReopenAndStaysApartFromMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	<-s.Counted()
 	if n := s.Messages(); n != 1 {
 		t.Errorf("%d messages counted after reopen, want 1: d/ keys are no messages", n)
 	}

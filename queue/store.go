@@ -66,8 +66,12 @@ type Store struct {
 	locks     [lockStripes]sync.Mutex
 	messages  atomic.Int64
 	bytes     atomic.Int64
-	bufs      sync.Pool
-	scan      scanHint
+	// counted is closed when the count of what was queued at Open is in
+	// messages and bytes; closing stops that count early (Close).
+	counted chan struct{}
+	closing atomic.Bool
+	bufs    sync.Pool
+	scan    scanHint
 }
 
 // record is what an m/ key holds after the version byte.
@@ -121,6 +125,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		chunkSize: opts.ChunkSize,
 		ids:       newIDSource(opts.Now),
 		wake:      make(chan struct{}, 1),
+		counted:   make(chan struct{}),
 	}
 	s.bufs.New = func() any { b := make([]byte, s.chunkSize); return &b }
 	if err := s.recover(); err != nil {
@@ -132,7 +137,17 @@ func Open(dir string, opts Options) (*Store, error) {
 
 // Close closes the database. Every other method panics or fails after it:
 // stop the workers and the listeners first.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.closing.Store(true)
+	<-s.counted
+	return s.db.Close()
+}
+
+// Counted is closed once Messages and Bytes include everything that was
+// queued when the store was opened; until then they count only part of
+// it. Open does not wait for the count, so that a restart with a large
+// queue takes mail at once.
+func (s *Store) Counted() <-chan struct{} { return s.counted }
 
 // NewID returns a fresh message ID.
 func (s *Store) NewID() ID { return s.ids.next() }
@@ -557,32 +572,53 @@ func (s *Store) recover() error {
 	if orphans > 0 {
 		s.log.Warn().Int("orphans", orphans).Msg("queue: removed bodies of messages that were never acknowledged")
 	}
-	return s.count()
+	return s.startCount()
 }
 
-// count sets the message and byte counters from the m/ keys.
-func (s *Store) count() error {
+// startCount counts the messages queued at Open, in the background, over
+// an iterator opened now: it sees the queue as it was before any write of
+// this run, and those writes adjust the counters themselves, so the sum is
+// exact once the count is done.
+func (s *Store) startCount() error {
 	it, err := s.db.NewIter(&pebble.IterOptions{
 		LowerBound: []byte(prefixMeta),
 		UpperBound: prefixEnd(prefixMeta),
 	})
 	if err != nil {
+		close(s.counted)
 		return fmt.Errorf("queue: count: %w", err)
 	}
-	defer it.Close()
-	var n, size int64
-	for ok := it.First(); ok; ok = it.Next() {
-		r, err := decodeRecord(it.Value())
-		if err != nil {
-			s.log.Error().Err(err).Str("key", string(it.Key())).Msg("queue: unreadable record")
-			continue
+	go func() {
+		defer close(s.counted)
+		defer it.Close()
+		for ok := it.First(); ok && !s.closing.Load(); ok = it.Next() {
+			size, err := recordSize(it.Value())
+			if err != nil {
+				s.log.Error().Err(err).Str("key", string(it.Key())).Msg("queue: unreadable record")
+				continue
+			}
+			s.messages.Add(1)
+			s.bytes.Add(size)
 		}
-		n++
-		size += r.Size
+		if err := it.Error(); err != nil {
+			s.log.Error().Err(err).Msg("queue: counting the queue")
+		}
+	}()
+	return nil
+}
+
+// recordSize reads only the size of a stored record.
+func recordSize(v []byte) (int64, error) {
+	if len(v) == 0 || v[0] != recordVersion {
+		return 0, fmt.Errorf("queue: unknown record version")
 	}
-	s.messages.Store(n)
-	s.bytes.Store(size)
-	return it.Error()
+	var r struct {
+		Size int64 `json:"z"`
+	}
+	if err := json.Unmarshal(v[1:], &r); err != nil {
+		return 0, fmt.Errorf("queue: decode: %w", err)
+	}
+	return r.Size, nil
 }
 
 // pebbleLogger sends Pebble's own messages to zerolog.

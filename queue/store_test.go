@@ -196,6 +196,7 @@ func TestReopenCountsAndKeepsSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	<-s.Counted()
 	if s.Messages() != 10 || s.Bytes() != 100 {
 		t.Fatalf("after reopen: %d messages, %d bytes", s.Messages(), s.Bytes())
 	}
@@ -291,6 +292,7 @@ func checkCrashImage(t *testing.T, fs vfs.FS, acked map[ID][]byte) {
 			t.Fatalf("message %s: body of %d bytes came back as %d bytes", id, len(body), len(got))
 		}
 	}
+	<-s.Counted()
 	if int(s.Messages()) < len(acked) {
 		t.Fatalf("Messages() = %d < %d acknowledged", s.Messages(), len(acked))
 	}

@@ -227,6 +227,7 @@ max_backoff = "200ms"
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { in.stop() })
+	<-in.store.Counted()
 	if in.store.Messages() != 1 {
 		t.Fatalf("%d messages queued after the restart, want 1", in.store.Messages())
 	}

@@ -176,7 +176,7 @@ max_backoff = "300ms"
 	}
 	defer dst.Close()
 	second := startChild(t, cfgPath)
-	opened := second.waitLog(20*time.Second, 1, msgIs("queue opened"))
+	opened := second.waitLog(20*time.Second, 1, msgIs("queue counted"))
 	if q := opened[0]["queued"]; q != float64(len(tokens)) {
 		t.Errorf("after SIGKILL the queue reopened with %v messages, want %d", q, len(tokens))
 	}
@@ -192,7 +192,7 @@ max_backoff = "300ms"
 	second.waitLog(20*time.Second, len(tokens), msgIs("delivered"))
 	second.kill()
 	third := startChild(t, cfgPath)
-	opened = third.waitLog(20*time.Second, 1, msgIs("queue opened"))
+	opened = third.waitLog(20*time.Second, 1, msgIs("queue counted"))
 	if q := opened[0]["queued"]; q != float64(0) {
 		t.Errorf("queue reopened with %v messages after all were delivered, want 0", q)
 	}

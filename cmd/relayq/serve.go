@@ -165,7 +165,11 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 			in.store.Close()
 		}
 	}()
-	log.Info().Str("data_dir", cfg.DataDir).Int64("queued", in.store.Messages()).Msg("queue opened")
+	log.Info().Str("data_dir", cfg.DataDir).Msg("queue opened")
+	go func(store *queue.Store) {
+		<-store.Counted()
+		log.Info().Int64("queued", store.Messages()).Int64("bytes", store.Bytes()).Msg("queue counted")
+	}(in.store)
 	for _, lc := range cfg.Listeners {
 		l, err := net.Listen("tcp", lc.Address)
 		if err != nil {
