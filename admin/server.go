@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -175,6 +176,12 @@ func New(opts Options) *Server {
 	mux.HandleFunc("POST /api/queue/{id}/{action}", s.apiAction)
 	mux.HandleFunc("POST /api/queue/{action}", s.apiBulk)
 	mux.HandleFunc("POST /api/reload", s.apiReload)
+	// Profiles, for when relayq is slow or big: behind the same token
+	// and loopback rules as the rest of the API.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /{$}", s.page)
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(staticFS)))
 	s.handler = s.guard(mux)

@@ -138,8 +138,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	var (
 		mu       sync.Mutex
 		inflight = map[queue.ID]bool{}
-		done     = make(chan struct{}, w.MaxConns)
-		wg       sync.WaitGroup
+		// done wakes the loop when an attempt ends. It is a signal, not a
+		// count: the loop looks at inflight itself, so a send that finds
+		// one pending is dropped. (A blocking send here once let finished
+		// attempts pile up, each holding its goroutine, while the loop,
+		// seeing their slots free, started more.)
+		done = make(chan struct{}, 1)
+		wg   sync.WaitGroup
 	)
 	skip := func(id queue.ID) bool { return inflight[id] }
 	reap := time.NewTicker(max(w.IdleTimeout/2, 100*time.Millisecond))
@@ -174,7 +179,10 @@ func (w *Worker) Run(ctx context.Context) error {
 				mu.Lock()
 				delete(inflight, id)
 				mu.Unlock()
-				done <- struct{}{}
+				select {
+				case done <- struct{}{}:
+				default:
+				}
 			}(id)
 		}
 		wait := time.Hour

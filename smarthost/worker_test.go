@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/mail"
 	"net/textproto"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -426,4 +427,94 @@ func TestOperatorBounceReturnsMessageWithNDR(t *testing.T) {
 	if r.Get("Action") != "failed" || !strings.Contains(r.Get("Diagnostic-Code"), "operator") {
 		t.Fatalf("NDR Action %q Diagnostic-Code %q, want failed and the operator's reason", r.Get("Action"), r.Get("Diagnostic-Code"))
 	}
+}
+
+// failingRouter fails every lookup at once, so that attempts end in
+// microseconds: the worker must still never run more attempts than
+// MaxConns, and must stop when asked.
+type failingRouter struct{}
+
+func (failingRouter) Route(context.Context, string) (*Route, error) {
+	return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeDNSTemp, Text: "lookup failed", Local: true}
+}
+
+func TestInstantAttemptsNeverExceedMaxConnsAndStop(t *testing.T) {
+	store, err := queue.Open(t.TempDir(), queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	const n = 400
+	for i := 0; i < n; i++ {
+		env := &queue.Envelope{From: "a@src.invalid", Recipients: []queue.Recipient{{Addr: fmt.Sprintf("r%d@dst.invalid", i)}}}
+		if err := store.Put(context.Background(), store.NewID(), env, strings.NewReader("x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var running, most atomic.Int32
+	q := &countingQueue{Store: store, running: &running, most: &most}
+	w := &Worker{Queue: q, Router: failingRouter{}, Hostname: "relay.test.invalid", MaxConns: 3,
+		Backoff: retry.Backoff{Min: time.Hour, Max: time.Hour}, Grace: time.Second, Log: zerolog.Nop()}
+	base := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	// Intake goes on meanwhile, as in production: every Put wakes the
+	// worker's loop too, not only finished attempts.
+	var intake sync.WaitGroup
+	intake.Add(1)
+	go func() {
+		defer intake.Done()
+		for i := 0; i < n; i++ {
+			env := &queue.Envelope{From: "a@src.invalid", Recipients: []queue.Recipient{{Addr: fmt.Sprintf("late%d@dst.invalid", i)}}}
+			if err := store.Put(context.Background(), store.NewID(), env, strings.NewReader("x\r\n")); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	peak := 0
+	deadline := time.Now().Add(20 * time.Second)
+	for q.updates.Load() < 2*n {
+		peak = max(peak, runtime.NumGoroutine()-base)
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages attempted within 20 s", q.updates.Load(), 2*n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	intake.Wait()
+	// The worker's loop, its ticker, MaxConns attempts and the intake.
+	if peak > 3+8 {
+		t.Errorf("up to %d goroutines more than before the worker started; MaxConns is 3: finished attempts are piling up", peak)
+	}
+	if m := most.Load(); m > 3 {
+		t.Errorf("%d attempts ran at once; MaxConns is 3", m)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of being stopped")
+	}
+}
+
+// countingQueue counts the attempts running at once (from Get to Update)
+// and the Updates made.
+type countingQueue struct {
+	*queue.Store
+	running, most *atomic.Int32
+	updates       atomic.Int32
+}
+
+func (q *countingQueue) Get(id queue.ID) (*queue.Message, error) {
+	n := q.running.Add(1)
+	for m := q.most.Load(); n > m && !q.most.CompareAndSwap(m, n); m = q.most.Load() {
+	}
+	return q.Store.Get(id)
+}
+
+func (q *countingQueue) Update(ctx context.Context, m *queue.Message, news ...queue.NewMessage) error {
+	defer q.running.Add(-1)
+	defer q.updates.Add(1)
+	return q.Store.Update(ctx, m, news...)
 }
