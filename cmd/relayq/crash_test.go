@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -37,43 +34,6 @@ func crashCycles(t *testing.T) int {
 		t.Fatalf("RELAYQ_SOAK_CYCLES=%q: want a positive number", v)
 	}
 	return n
-}
-
-// startQuietChild is startChild keeping only the log lines that match keep:
-// under load relayq logs two lines per message, which a long run need not
-// hold in memory.
-func startQuietChild(t *testing.T, configPath string, keep func(map[string]any) bool) *child {
-	t.Helper()
-	cmd := exec.Command(relayqBinary(t), "serve", "--config", configPath, "--log-format", "json")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{t: t, cmd: cmd, more: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var line map[string]any
-			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				line = map[string]any{"message": sc.Text()}
-			}
-			if !keep(line) {
-				continue
-			}
-			c.mu.Lock()
-			c.logs = append(c.logs, line)
-			close(c.more)
-			c.more = make(chan struct{})
-			c.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { c.kill() })
-	return c
 }
 
 // notPerMessage keeps every log line but the per-message ones.
@@ -235,29 +195,13 @@ const (
 func TestSIGKILLUnderLoadLosesNoAcknowledgedMessage(t *testing.T) {
 	cycles := crashCycles(t)
 	listen, dest := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "relayq.toml")
-	cfg := fmt.Sprintf(`
-hostname = "relay.test.invalid"
-data_dir = %q
-[[listener]]
-address = %q
-[admin]
-address = "127.0.0.1:0"
+	cfgPath := childConfig(t, filepath.Join(t.TempDir(), "queue"), listen, dest, fmt.Sprintf(`
 [back_pressure]
 enabled = false                 # not under test; /tmp may be short of space
 [delivery]
-max_connections = %[3]d
-max_connections_per_destination = %[3]d
-[delivery.smarthost]
-hosts = [%[4]q]
-tls = "none"
-[retry]
-min_backoff = "100ms"
-max_backoff = "300ms"
-`, filepath.Join(t.TempDir(), "queue"), listen, crashAttempts, dest)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+max_connections = %[1]d
+max_connections_per_destination = %[1]d
+`, crashAttempts))
 
 	l := newLedger()
 	var sinks []*sink.Server
@@ -293,7 +237,7 @@ max_backoff = "300ms"
 		if cycle == downCycle {
 			sinks[len(sinks)-1].Close()
 		}
-		c := startQuietChild(t, cfgPath, notPerMessage)
+		c := startChildKeeping(t, cfgPath, notPerMessage)
 		c.waitLog(20*time.Second, 1, msgIs("listening"))
 		start, before := time.Now(), l.ackCount.Load()
 		l.waitAcks(t, before+killAfterLo+rng.Int64N(killAfterHi-killAfterLo), 60*time.Second)
@@ -309,7 +253,7 @@ max_backoff = "300ms"
 
 	// The last restart, with no kill: traffic goes on a little, then the
 	// senders stop and every acknowledged message must arrive.
-	final := startQuietChild(t, cfgPath, notPerMessage)
+	final := startChildKeeping(t, cfgPath, notPerMessage)
 	final.waitLog(20*time.Second, 1, msgIs("listening"))
 	l.waitAcks(t, l.ackCount.Load()+100, 60*time.Second)
 	stopSenders()

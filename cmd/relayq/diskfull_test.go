@@ -68,25 +68,7 @@ func freeSpace(t *testing.T, dir string) int64 {
 // to dest; extra is appended (a [back_pressure] section).
 func diskConfig(t *testing.T, mnt, listen, dest, extra string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "relayq.toml")
-	cfg := fmt.Sprintf(`
-hostname = "relay.test.invalid"
-data_dir = %q
-[[listener]]
-address = %q
-[admin]
-address = "127.0.0.1:0"
-[delivery.smarthost]
-hosts = [%q]
-tls = "none"
-[retry]
-min_backoff = "100ms"
-max_backoff = "300ms"
-%s`, filepath.Join(mnt, "queue"), listen, dest, extra)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return childConfig(t, filepath.Join(mnt, "queue"), listen, dest, extra)
 }
 
 const (

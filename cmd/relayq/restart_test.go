@@ -66,6 +66,14 @@ type child struct {
 
 func startChild(t *testing.T, configPath string) *child {
 	t.Helper()
+	return startChildKeeping(t, configPath, nil)
+}
+
+// startChildKeeping is startChild keeping only the log lines keep accepts
+// (nil: all): under load relayq logs lines per message, which a long run
+// need not hold in memory.
+func startChildKeeping(t *testing.T, configPath string, keep func(map[string]any) bool) *child {
+	t.Helper()
 	cmd := exec.Command(relayqBinary(t), "serve", "--config", configPath, "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -83,6 +91,9 @@ func startChild(t *testing.T, configPath string) *child {
 			var line map[string]any
 			if json.Unmarshal(sc.Bytes(), &line) != nil {
 				line = map[string]any{"message": sc.Text()}
+			}
+			if keep != nil && !keep(line) {
+				continue
 			}
 			c.mu.Lock()
 			c.logs = append(c.logs, line)
@@ -132,13 +143,12 @@ func (c *child) kill() {
 	<-c.done
 }
 
-func msgIs(text string) func(map[string]any) bool {
-	return func(l map[string]any) bool { return l["message"] == text }
-}
-
-func TestRestartAfterSIGKILLDeliversEveryAcknowledgedMessageOnce(t *testing.T) {
-	listen, dest := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "relayq.toml")
+// childConfig writes a config for a relayq child: its queue in dataDir,
+// listening on listen, delivering through the smart host dest with short
+// retry timings; extra is appended (more TOML sections).
+func childConfig(t *testing.T, dataDir, listen, dest, extra string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "relayq.toml")
 	cfg := fmt.Sprintf(`
 hostname = "relay.test.invalid"
 data_dir = %q
@@ -152,10 +162,20 @@ tls = "none"
 [retry]
 min_backoff = "100ms"
 max_backoff = "300ms"
-`, filepath.Join(t.TempDir(), "queue"), listen, dest)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+%s`, dataDir, listen, dest, extra)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return path
+}
+
+func msgIs(text string) func(map[string]any) bool {
+	return func(l map[string]any) bool { return l["message"] == text }
+}
+
+func TestRestartAfterSIGKILLDeliversEveryAcknowledgedMessageOnce(t *testing.T) {
+	listen, dest := freeAddr(t), freeAddr(t)
+	cfgPath := childConfig(t, filepath.Join(t.TempDir(), "queue"), listen, dest, "")
 
 	// 1. The destination is down: messages are accepted and queued.
 	first := startChild(t, cfgPath)
