@@ -19,13 +19,14 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 8m ./...
 
-## fuzz: run each fuzz target for a while (FUZZTIME=30s)
+## fuzz: run each of the five fuzz targets for a while (FUZZTIME=30s)
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseReply$$' -fuzztime=$(FUZZTIME) ./retry/
 	$(GO) test -run='^$$' -fuzz='^FuzzExplainText$$' -fuzztime=$(FUZZTIME) ./retry/
 	$(GO) test -run='^$$' -fuzz='^FuzzSession$$' -fuzztime=$(FUZZTIME) ./relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzBodyReader$$' -fuzztime=$(FUZZTIME) ./relay/
+	$(GO) test -run='^$$' -fuzz='^FuzzDotStuffer$$' -fuzztime=$(FUZZTIME) ./smarthost/
 
 clean:
 	rm -rf bin
