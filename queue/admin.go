@@ -197,34 +197,21 @@ func (s *Store) Bounce(ctx context.Context, id ID) error {
 // message's lock, as Update does. ErrNotFound for an unknown or invalid id;
 // an error from fn aborts without writing.
 func (s *Store) modify(ctx context.Context, id ID, fn func(r *record, now time.Time) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if !id.Valid() {
-		return ErrNotFound
-	}
-	mu := s.lock(id)
-	mu.Lock()
-	defer mu.Unlock()
-	r, err := s.getRecord(id)
+	old, unlock, err := s.locked(ctx, id)
 	if err != nil {
 		return err
 	}
-	oldHeld, oldDue := r.Held, r.NextAttempt
-	if err := fn(r, s.now()); err != nil {
+	defer unlock()
+	r := *old
+	if err := fn(&r, s.now()); err != nil {
 		return err
 	}
-	if r.Held == oldHeld && r.NextAttempt.Equal(oldDue) && !r.BounceRequested {
+	if r.Held == old.Held && r.NextAttempt.Equal(old.NextAttempt) && !r.BounceRequested {
 		return nil // nothing changed: no write, no fsync
 	}
 	b := s.newBatch()
 	defer b.Close()
-	if !oldHeld {
-		if err := b.Delete(scheduleKey(oldDue, id), nil); err != nil {
-			return err
-		}
-	}
-	if err := s.setRecord(b, id, r); err != nil {
+	if err := s.rewriteLocked(b, id, old, &r); err != nil {
 		return err
 	}
 	if err := s.commit(b, pebble.Sync); err != nil {
@@ -242,19 +229,11 @@ func (s *Store) modify(ctx context.Context, id ID, fn func(r *record, now time.T
 // attempt in flight finds the message gone when it commits and records
 // nothing (Update returns ErrNotFound).
 func (s *Store) Delete(ctx context.Context, id ID) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if !id.Valid() {
-		return ErrNotFound
-	}
-	mu := s.lock(id)
-	mu.Lock()
-	defer mu.Unlock()
-	r, err := s.getRecord(id)
+	r, unlock, err := s.locked(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	b := s.newBatch()
 	defer b.Close()
 	if err := s.deleteLocked(b, id, r); err != nil {

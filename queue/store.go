@@ -437,16 +437,11 @@ func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, nex
 // meanwhile (by an operator); then nothing is written. Operator state (Held)
 // is kept from the stored record, not taken from m.
 func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	mu := s.lock(m.ID)
-	mu.Lock()
-	defer mu.Unlock()
-	old, err := s.getRecord(m.ID)
+	old, unlock, err := s.locked(ctx, m.ID)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	b := s.newBatch()
 	defer b.Close()
 	final := m.Final()
@@ -455,13 +450,10 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 			return err
 		}
 	} else {
-		if err := b.Delete(scheduleKey(old.NextAttempt, m.ID), nil); err != nil {
-			return err
-		}
 		r := &record{Envelope: m.Envelope, Chunks: old.Chunks}
 		r.Held = old.Held
 		r.BounceRequested = r.BounceRequested || old.BounceRequested
-		if err := s.setRecord(b, m.ID, r); err != nil {
+		if err := s.rewriteLocked(b, m.ID, old, r); err != nil {
 			return err
 		}
 	}
@@ -531,6 +523,37 @@ func (s *Store) deleteLocked(b *writeBatch, id ID, r *record) error {
 		}
 	}
 	return nil
+}
+
+// locked takes id's lock and reads its record: ErrNotFound for an
+// unknown or invalid id. The caller calls unlock when its change is
+// committed. Every read-modify-write of a message goes through here.
+func (s *Store) locked(ctx context.Context, id ID) (r *record, unlock func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if !id.Valid() {
+		return nil, nil, ErrNotFound
+	}
+	mu := s.lock(id)
+	mu.Lock()
+	if r, err = s.getRecord(id); err != nil {
+		mu.Unlock()
+		return nil, nil, err
+	}
+	return r, mu.Unlock, nil
+}
+
+// rewriteLocked adds to b the replacement of id's record old by r: its
+// schedule entry moves from old's due time to r's (a held record has
+// none).
+func (s *Store) rewriteLocked(b *writeBatch, id ID, old, r *record) error {
+	if !old.Held {
+		if err := b.Delete(scheduleKey(old.NextAttempt, id), nil); err != nil {
+			return err
+		}
+	}
+	return s.setRecord(b, id, r)
 }
 
 func (s *Store) lock(id ID) *sync.Mutex {
