@@ -368,6 +368,25 @@ func TestOpsMetricsMoveAsMailFlows(t *testing.T) {
 	}
 }
 
+// startFromFile writes fc to path and runs relayq on it until the test
+// ends, logging into the returned buffer; reloads read path again.
+func startFromFile(t *testing.T, path string, fc fileConfig) (*instance, *syncWriter) {
+	t.Helper()
+	writeConfig(t, path, fc)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	in, err := start(cfg, zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.stop() })
+	in.setLoader(func() (*config.Config, error) { return config.Load(path) })
+	return in, logs
+}
+
 // fileConfig is what writeConfig puts in a relayq config file; extra is
 // TOML appended at the end (tables other than those written).
 type fileConfig struct {
@@ -422,18 +441,7 @@ func TestOpsReloadSwitchesSmarthostLiveAndRejectsABadFile(t *testing.T) {
 	path := filepath.Join(dir, "relayq.toml")
 	dataDir := filepath.Join(dir, "queue")
 	fc := fileConfig{dataDir: dataDir, listen: "127.0.0.1:0", admin: "127.0.0.1:0", smarthost: freeAddr(t)}
-	writeConfig(t, path, fc)
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncWriter{w: &bytes.Buffer{}}
-	in, err := start(cfg, zerolog.New(logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.stop() })
-	in.setLoader(func() (*config.Config, error) { return config.Load(path) })
+	in, logs := startFromFile(t, path, fc)
 	submit(t, in.addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"first"}, 100)
 	waitDeferred(t, in.adminAddr(), 1)
 
@@ -555,18 +563,7 @@ func TestOpsReloadChangesALimitLiveWithoutDroppingConnections(t *testing.T) {
 	dst := startSink(t, sink.Options{})
 	fc := fileConfig{dataDir: filepath.Join(dir, "queue"), listen: "127.0.0.1:0", admin: "127.0.0.1:0",
 		smarthost: dst.Addr(), extra: "[limits]\nmax_recipients = 2\n"}
-	writeConfig(t, path, fc)
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncWriter{w: &bytes.Buffer{}}
-	in, err := start(cfg, zerolog.New(logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.stop() })
-	in.setLoader(func() (*config.Config, error) { return config.Load(path) })
+	in, logs := startFromFile(t, path, fc)
 
 	c := dial(t, in.addrs()[0])
 	send := func(rcpts ...string) {
