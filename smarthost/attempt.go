@@ -238,8 +238,8 @@ func each(idx []int, d retry.Decision, r *retry.Reply, host string) []outcome {
 type tally struct {
 	m        *queue.Message
 	now      time.Time
-	recorded []int // recipients given a verdict since the last commit
-	bounced  []int // of those, the bounced ones
+	recorded []verdict // recipients given a verdict since the last commit
+	bounced  []int     // of those, the bounced ones
 	// relayed are the delivered ones whose next hop lacked DSN: those that
 	// asked NOTIFY=SUCCESS are owed a "relayed" DSN (RFC 3461 §5.2.2).
 	relayed  []int
@@ -248,6 +248,14 @@ type tally struct {
 	// waitUntil is when the first host of a destination whose hosts were
 	// all cooling down may be tried again; zero if none was.
 	waitUntil time.Time
+}
+
+// verdict is one recipient's reply in this attempt, kept parsed for the
+// log line and the metrics (the recipient holds it as text).
+type verdict struct {
+	idx    int
+	code   int
+	status retry.EnhancedCode
 }
 
 func newTally(m *queue.Message, now time.Time) *tally { return &tally{m: m, now: now} }
@@ -269,7 +277,7 @@ func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string)
 	r.LastReply = reply.Error()
 	r.LastHost = host
 	r.Status = d.Status.String()
-	t.recorded = append(t.recorded, i)
+	t.recorded = append(t.recorded, verdict{idx: i, code: reply.Code, status: d.Status})
 	switch d.Action {
 	case retry.Deliver:
 		r.State, r.Done = queue.Delivered, t.now
@@ -293,8 +301,8 @@ func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string)
 // before the first host may be tried again.
 func (t *tally) wait(i int, reply *retry.Reply, host string, until time.Time) {
 	r := &t.m.Recipients[i]
-	r.LastReply, r.LastHost = reply.Error(), host
-	t.recorded = append(t.recorded, i)
+	r.LastReply, r.LastHost, r.Status = reply.Error(), host, reply.Status().String()
+	t.recorded = append(t.recorded, verdict{idx: i, code: reply.Code, status: reply.Status()})
 	if t.waitUntil.IsZero() || until.Before(t.waitUntil) {
 		t.waitUntil = until
 	}
@@ -442,8 +450,8 @@ func latest(a, b time.Time) time.Time {
 func (w *Worker) logOutcomes(t *tally) {
 	m := t.m
 	delay := t.now.Sub(m.Received)
-	for _, i := range t.recorded {
-		r := &m.Recipients[i]
+	for _, v := range t.recorded {
+		r := &m.Recipients[v.idx]
 		ev, msg := w.Log.Warn(), "deferred"
 		switch r.State {
 		case queue.Delivered:
@@ -453,12 +461,9 @@ func (w *Worker) logOutcomes(t *tally) {
 		}
 		ev = ev.Str("id", string(m.ID)).Str("from", m.From).Str("rcpt", r.Addr).
 			Str("dest", r.LastHost).Int("attempt", r.Attempts).Dur("delay", delay)
-		if reply, err := retry.ParseReply(r.LastReply); err == nil {
-			st := recordedStatus(r)
-			ev = ev.Int("code", reply.Code).Str("enhanced", st.String())
-			if r.State != queue.Delivered {
-				ev = ev.Str("explain", retry.Summary(st))
-			}
+		ev = ev.Int("code", v.code).Str("enhanced", v.status.String())
+		if r.State != queue.Delivered {
+			ev = ev.Str("explain", retry.Summary(v.status))
 		}
 		if !r.State.Final() {
 			ev = ev.Time("next_attempt", m.NextAttempt)
