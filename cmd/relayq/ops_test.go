@@ -102,25 +102,20 @@ func waitDeferred(t *testing.T, adminAddr string, n int) []admin.Message {
 	return list.Messages
 }
 
-// flushUntil flushes the messages query selects until cond holds: the
-// circuit breaker may skip a host that just failed for a second or two, so
-// the first flush can meet it cooling down.
-func flushUntil(t *testing.T, adminAddr, query string, timeout time.Duration, cond func() bool, what string) {
+// flushAndWait flushes the messages query selects, once, and waits until
+// cond holds. One flush must do: it ends the cool-down of a host that has
+// just failed, so with a 10-minute backoff nothing else would deliver them.
+func flushAndWait(t *testing.T, adminAddr, query string, timeout time.Duration, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		resp, err := http.Post("http://"+adminAddr+"/api/queue/flush?"+query, "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end) && !cond(); {
-			time.Sleep(10 * time.Millisecond)
-		}
+	resp, err := http.Post("http://"+adminAddr+"/api/queue/flush?"+query, "", nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("flush %s: %s", query, resp.Status)
+	}
+	waitFor(t, timeout, cond, what)
 }
 
 func TestOpsListShowsDeferredMessagesWith441AndShowExplains(t *testing.T) {
@@ -207,7 +202,7 @@ func TestOpsHoldKeepsMessageThroughFlushAndReleaseDelivers(t *testing.T) {
 		t.Fatalf("queue flush --all: exit %d %q", code, out)
 	}
 	// The other message goes; the held one stays, through any number of flushes.
-	flushUntil(t, in.adminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() >= 1 }, "the message not held to arrive")
+	flushAndWait(t, in.adminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() >= 1 }, "the message not held to arrive")
 	if ids := messageIDs(t, dst.Messages()); dst.Count() != 1 || ids["<free@test.invalid>"] != 1 {
 		t.Fatalf("sink got %v", ids)
 	}
@@ -223,7 +218,7 @@ func TestOpsHoldKeepsMessageThroughFlushAndReleaseDelivers(t *testing.T) {
 	if out, _, code := runOps(t, in, "queue", "release", held); code != 0 || !strings.Contains(out, "released 1 message") {
 		t.Fatalf("queue release: exit %d %q", code, out)
 	}
-	flushUntil(t, in.adminAddr(), "id="+held, 15*time.Second, func() bool { return dst.Count() >= 2 }, "the released message to arrive")
+	flushAndWait(t, in.adminAddr(), "id="+held, 15*time.Second, func() bool { return dst.Count() >= 2 }, "the released message to arrive")
 	if ids := messageIDs(t, dst.Messages()); ids["<held@test.invalid>"] != 1 {
 		t.Fatalf("sink got %v", ids)
 	}
@@ -243,7 +238,7 @@ func TestOpsFlushDeliversWithinSecondsDespiteTenMinuteBackoff(t *testing.T) {
 	if out, _, code := runOps(t, in, "queue", "flush", msgs[0].ID); code != 0 || !strings.Contains(out, "flushed 1 message") {
 		t.Fatalf("queue flush: exit %d %q", code, out)
 	}
-	flushUntil(t, in.adminAddr(), "id="+msgs[0].ID, 10*time.Second, func() bool { return dst.Count() == 1 }, "the flushed message to arrive")
+	flushAndWait(t, in.adminAddr(), "id="+msgs[0].ID, 10*time.Second, func() bool { return dst.Count() == 1 }, "the flushed message to arrive")
 	t.Logf("delivered %v after the flush (backoff was %v)", time.Since(start).Round(time.Millisecond), time.Until(msgs[0].NextAttempt).Round(time.Minute))
 }
 
@@ -348,7 +343,7 @@ func TestOpsMetricsMoveAsMailFlows(t *testing.T) {
 		t.Fatalf("queue gauges after 2 messages: %v messages, %v bytes", value(m, "relayq_queue_messages"), value(m, "relayq_queue_bytes"))
 	}
 	dst := startSink(t, sink.Options{Addr: dest})
-	flushUntil(t, in.adminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() == 2 }, "both messages to arrive")
+	flushAndWait(t, in.adminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() == 2 }, "both messages to arrive")
 	waitFor(t, 10*time.Second, func() bool { return value(scrape(), "relayq_queue_messages") == 0 }, "relayq_queue_messages to fall to 0")
 	if value(scrape(), "relayq_queue_bytes") != 0 {
 		t.Fatal("relayq_queue_bytes is not 0 with an empty queue")
@@ -456,7 +451,7 @@ func TestOpsReloadSwitchesSmarthostLiveAndRejectsABadFile(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST /api/reload = %d", resp.StatusCode)
 	}
-	flushUntil(t, in.adminAddr(), "all=true", 10*time.Second, func() bool { return dst.Count() == 1 }, "delivery through the new smart host")
+	flushAndWait(t, in.adminAddr(), "all=true", 10*time.Second, func() bool { return dst.Count() == 1 }, "delivery through the new smart host")
 
 	// A bad file is refused; the running configuration (the new smart host) stays.
 	if err := os.WriteFile(path, []byte("[limits]\nmax_recipients = -1\n"), 0o600); err != nil {
@@ -536,7 +531,7 @@ func TestOpsSIGHUPReloadsTheConfigFile(t *testing.T) {
 		c.cmd("RSET", 250)
 		return code == 452
 	}, "max_recipients = 1 after SIGHUP on a connection opened before it")
-	flushUntil(t, adminAddr, "all=true", 10*time.Second, func() bool { return dst.Count() == 1 }, "delivery through the smart host named after SIGHUP")
+	flushAndWait(t, adminAddr, "all=true", 10*time.Second, func() bool { return dst.Count() == 1 }, "delivery through the smart host named after SIGHUP")
 }
 
 // postReload POSTs /api/reload to the admin API at addr and returns the
