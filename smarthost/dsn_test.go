@@ -252,7 +252,7 @@ func TestDelayWarningSentOnce(t *testing.T) {
 	}}, "Subject: slow\r\n\r\nx\r\n")
 	null := h.putEnv(&queue.Envelope{From: "", Recipients: []queue.Recipient{{Addr: "bounce@busy.invalid"}}}, "Subject: a bounce\r\n\r\nx\r\n")
 
-	msgs := h.waitSink(1)
+	h.waitSink(1)
 	m, err := h.store.Get(id)
 	if err != nil {
 		t.Fatal(err)
@@ -269,7 +269,7 @@ func TestDelayWarningSentOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	msgs = h.sink.Messages()
+	msgs := h.sink.Messages()
 	if got := reportsAbout(msgs, id); len(got) != 1 || h.ndrs(id) != 1 {
 		t.Fatalf("%d delay warnings at the sink, %d queued; want exactly one", len(got), h.ndrs(id))
 	}
