@@ -302,7 +302,7 @@ cat >"$TMP/relayq.toml" <<-EOF
 EOF
 bin/relayq serve --config "$TMP/relayq.toml" --listen "127.0.0.1:$RELAYQ_PORT" --data-dir "$TMP/relayq" \
 	--smarthost "127.0.0.1:$SINK_PORT" --smarthost-tls none --admin "127.0.0.1:$ADMIN_PORT" \
-	--log-format json --log-level warn >"$TMP/relayq.log" 2>&1 &
+	--log-format json >"$TMP/relayq.log" 2>&1 &
 RELAYQ_PID=$!
 PIDS+=($!)
 wait_port "$RELAYQ_PORT" relayq

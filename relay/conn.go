@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -202,15 +203,75 @@ type trackedConn struct {
 
 	wmu  sync.Mutex
 	wbuf []byte // continuation lines held back
+
+	// The DATA fast path (fastdata.go). Only the goroutine go-smtp serves
+	// the connection with reads and writes these: it reads commands, writes
+	// the 354 and runs Session.Data for DATA.
+	fastState int
+	fast      *fastData // while fastActive
+	pending   []byte    // while fastDone: given to go-smtp before the socket
+	lastData  bool      // the last read go-smtp got ended with a DATA line
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
+	if c.fastState != fastOff {
+		if n, ok, err := c.readFast(p); ok {
+			return n, err
+		}
+	}
+	n, err := c.readRaw(p)
+	c.lastData = n > 0 && endsWithData(p[:n])
+	return n, err
+}
+
+// readRaw reads the socket under the sliding deadline.
+func (c *trackedConn) readRaw(p []byte) (int, error) {
 	if d := time.Duration(c.slide.Load()); d > 0 {
 		if err := c.Conn.SetReadDeadline(time.Now().Add(d)); err != nil {
 			return 0, err
 		}
 	}
 	return c.Conn.Read(p)
+}
+
+// readFast serves go-smtp's reads after a body read by the fast path: the
+// rest of the body first if Data did not read it all, then ".\r\n" and
+// what followed the body. ok is false when the socket is to be read as
+// usual.
+func (c *trackedConn) readFast(p []byte) (n int, ok bool, err error) {
+	switch c.fastState {
+	case fastArmed:
+		// Session.Data did not take the body: go-smtp reads it itself.
+		c.fastState = fastOff
+		return 0, false, nil
+	case fastActive:
+		if err := c.fast.drain(); err != io.EOF {
+			return 0, true, err // sticky: every later read fails the same
+		}
+		c.pending, c.fast, c.fastState = c.fast.rest(), nil, fastDone
+	}
+	n = copy(p, c.pending)
+	c.pending = c.pending[n:]
+	if len(c.pending) == 0 {
+		c.pending, c.fastState = nil, fastOff
+		// What followed the body may itself end with a DATA line.
+		c.lastData = endsWithData(p[:n])
+	}
+	return n, true, nil
+}
+
+// takeFast returns the reader of the body whose 354 was just written, if
+// the fast path is armed for it, else nil: then Data reads go-smtp's
+// reader. max is the size limit, go-smtp's MaxMessageBytes.
+func (c *trackedConn) takeFast(max int64) io.Reader {
+	if c == nil || c.fastState != fastArmed {
+		return nil
+	}
+	c.fast, c.fastState = newFastData(c, max), fastActive
+	if c.s != nil {
+		c.s.fastBodies.Add(1)
+	}
+	return c.fast
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
@@ -236,6 +297,11 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Write(out)
 	c.wbuf = c.wbuf[:0]
+	if err == nil && bytes.HasPrefix(p, reply354) && c.lastData && c.fastState == fastOff {
+		// Nothing after the DATA line has been read: the body is all
+		// still in the socket (fastdata.go).
+		c.fastState = fastArmed
+	}
 	if c.closeAfterReply.Load() {
 		c.Close()
 	}
@@ -296,8 +362,12 @@ func isContinuationLine(p []byte) bool {
 	return true
 }
 
-// reply221 starts go-smtp's reply to QUIT (RFC 5321 §4.1.1.10).
-var reply221 = []byte("221 ")
+// reply221 starts go-smtp's reply to QUIT (RFC 5321 §4.1.1.10), reply354
+// its reply to DATA.
+var (
+	reply221 = []byte("221 ")
+	reply354 = []byte("354 ")
+)
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() { c.s.release(c) })

@@ -185,6 +185,9 @@ type Server struct {
 	// txns counts open transactions (MAIL accepted, not yet reset) and
 	// running Data calls; Shutdown waits for it to reach zero.
 	txns sync.WaitGroup
+	// fastBodies counts the DATA bodies read by the fast path
+	// (fastdata.go).
+	fastBodies atomic.Int64
 
 	mu struct {
 		sync.Mutex

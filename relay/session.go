@@ -230,7 +230,11 @@ func (s *session) Data(r io.Reader) error {
 		rcpts:    rcpts,
 		date:     cfg.Now(),
 	})
-	body := newBodyReader(r, cfg.MaxMessageSize, pol.MaxHops, pol.BareLineEndings)
+	src := r
+	if fast := s.tc.takeFast(cfg.MaxMessageSize); fast != nil {
+		src = fast // read by runs, not byte by byte (fastdata.go)
+	}
+	body := newBodyReader(src, cfg.MaxMessageSize, pol.MaxHops, pol.BareLineEndings)
 	defer body.release()
 	err := s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), body))
 

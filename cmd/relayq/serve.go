@@ -91,10 +91,11 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("config: %v", err), 2)
 	}
-	log, err := newLogger(cfg.Log, os.Stderr)
+	log, logs, err := newLogger(cfg.Log, os.Stderr)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
+	defer logs.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return run(ctx, cfg, log, func() (*config.Config, error) { return loadConfig(c) })

@@ -1,0 +1,263 @@
+package relay
+
+import (
+	"bytes"
+	"io"
+	"sync"
+
+	"github.com/emersion/go-smtp"
+)
+
+// The DATA fast path.
+//
+// go-smtp reads a DATA body through two byte-at-a-time loops: its
+// dataReader takes the body one bufio.ReadByte at a time to undo the dot
+// stuffing, and its lineLimitReader looks at every byte for the line
+// length. At 100 KiB per message they were half of relayq's CPU (make
+// bench). On a plaintext connection, trackedConn can read the body itself,
+// by runs (bytes.IndexByte), with the same decoding and the same limits,
+// and hand go-smtp an empty body in its place:
+//
+//  1. go-smtp writes "354 …" through trackedConn.Write. If the last bytes
+//     trackedConn handed go-smtp ended exactly with a "DATA" command line,
+//     go-smtp's buffer holds nothing of the body yet: every byte of it is
+//     still to be read from the socket. trackedConn arms the fast path.
+//     (A client that sent the body before the 354 — not allowed by RFC
+//     2920 §3.1, but possible — or a TLS connection, whose bytes
+//     trackedConn sees encrypted, never arms it: go-smtp reads those
+//     bodies as usual.)
+//  2. session.Data takes the armed fastData (takeFast) and reads the body
+//     from it instead of go-smtp's reader.
+//  3. Once fastData has read the end-of-data line, trackedConn's next reads
+//     give go-smtp ".\r\n" — an empty body, which its dataReader ends at
+//     once — and then whatever the client sent after the body (a
+//     pipelined QUIT). If Data stopped reading early (a refused body),
+//     go-smtp's drain of its reader makes trackedConn read the rest of the
+//     body to its end first, as go-smtp's own drain would.
+//
+// fastData decodes exactly as go-smtp's dataReader (taken from
+// net/textproto, keeping CRLF): a "." at the start of a line (after CRLF,
+// or at the start of the data) is dropped; ".\r\n" there ends the data; a
+// bare CR or LF does not start a line. It fails with go-smtp's errors: the
+// input line length limit (smtp.ErrTooLongLine, counted like go-smtp's
+// lineLimitReader) and the message size (smtp.ErrDataTooLarge once more
+// than max bytes were decoded). Reads of the socket go through
+// trackedConn's sliding deadline.
+
+// fastArmed and the other states of trackedConn's fast path.
+const (
+	fastOff    = iota // no fast path: reads pass through
+	fastArmed         // a 354 was written with nothing of the body read
+	fastActive        // session.Data reads the body from fastData
+	fastDone          // the body was read: give go-smtp ".\r\n" and the rest
+)
+
+// fastChunk is how much of the socket fastData reads at a time.
+const fastChunk = 32 << 10
+
+// fastLineLimit is go-smtp's default Server.MaxLineLength, which relay
+// keeps for commands.
+const fastLineLimit = 2000
+
+var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastChunk); return &b }}
+
+// dataCommand is the line that makes go-smtp answer 354.
+var dataCommand = []byte("DATA\r\n")
+
+// endsWithData reports whether p is, or ends with, a whole "DATA" command
+// line (case-insensitive, as go-smtp reads commands).
+func endsWithData(p []byte) bool {
+	n := len(dataCommand)
+	if len(p) < n || !bytes.EqualFold(p[len(p)-n:], dataCommand) {
+		return false
+	}
+	return len(p) == n || p[len(p)-n-1] == '\n'
+}
+
+// fastData reads one DATA body from a trackedConn's socket.
+type fastData struct {
+	c       *trackedConn
+	bufp    *[]byte
+	raw     []byte // read from the socket, not yet consumed: raw[off:]
+	off     int
+	state   int   // go-smtp's dataReader state, below
+	lineLen int   // as go-smtp's lineLimitReader counts
+	limited bool  // max applies (go-smtp lifts it for its drain)
+	max     int64 // bytes that may still be decoded
+	err     error // sticky; io.EOF after the end-of-data line
+}
+
+// The states of go-smtp's dataReader.
+const (
+	stBeginLine = iota // at the start of a line; the initial state
+	stDot              // read "." at the start of a line
+	stDotCR            // read ".\r" at the start of a line
+	stCR               // read "\r"
+	stData             // in the middle of a line
+)
+
+func newFastData(c *trackedConn, max int64) *fastData {
+	bufp := fastBufs.Get().(*[]byte)
+	// The DATA line's LF counts as the first byte of the next line, as in
+	// go-smtp's lineLimitReader.
+	return &fastData{c: c, bufp: bufp, lineLen: 1, limited: max > 0, max: max}
+}
+
+// Read decodes the body into p.
+func (f *fastData) Read(p []byte) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
+	if f.limited {
+		if f.max <= 0 {
+			f.err = smtp.ErrDataTooLarge
+			return 0, f.err
+		}
+		if int64(len(p)) > f.max {
+			p = p[:f.max]
+		}
+	}
+	n := 0
+	for n < len(p) && f.err == nil {
+		if f.off == len(f.raw) {
+			if n > 0 {
+				break // give what there is before blocking on the socket
+			}
+			m, err := f.c.readRaw((*f.bufp)[:fastChunk])
+			f.raw, f.off = (*f.bufp)[:m], 0
+			if m == 0 {
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				f.err = err
+				break
+			}
+		}
+		n += f.decode(p[n:])
+	}
+	if f.limited {
+		f.max -= int64(n)
+	}
+	if n > 0 && f.err != nil && f.err != io.EOF {
+		return n, nil // the error comes with the next Read
+	}
+	return n, f.err
+}
+
+// decode moves bytes from raw to dst and returns how many it wrote. It
+// sets err to io.EOF at the end-of-data line and to ErrTooLongLine.
+func (f *fastData) decode(dst []byte) int {
+	n := 0
+	for n < len(dst) && f.off < len(f.raw) {
+		src := f.raw[f.off:]
+		if f.state == stData {
+			// The bulk: a run up to the next CR, which is the only byte
+			// that can change the state.
+			run := src
+			if i := bytes.IndexByte(src, '\r'); i >= 0 {
+				run = src[:i]
+			}
+			run = run[:min(len(run), len(dst)-n)]
+			if len(run) > 0 {
+				if !f.count(run) {
+					return n
+				}
+				n += copy(dst[n:], run)
+				f.off += len(run)
+				continue
+			}
+		}
+		c := src[0]
+		if !f.count(src[:1]) {
+			return n
+		}
+		f.off++
+		emit := true
+		switch f.state {
+		case stBeginLine:
+			switch c {
+			case '.':
+				f.state, emit = stDot, false
+			case '\r':
+				f.state = stCR
+			default:
+				f.state = stData
+			}
+		case stDot:
+			if c == '\r' {
+				f.state, emit = stDotCR, false
+			} else {
+				f.state = stData
+			}
+		case stDotCR:
+			if c == '\n' {
+				f.err = io.EOF
+				return n
+			}
+			f.state = stData
+		case stCR:
+			if c == '\n' {
+				f.state = stBeginLine
+			} else {
+				f.state = stData
+			}
+		case stData:
+			f.state = stCR // c is the CR the run stopped at
+		}
+		if emit {
+			dst[n] = c
+			n++
+		}
+	}
+	return n
+}
+
+// count adds the consumed bytes b to the line length as go-smtp's
+// lineLimitReader does (an LF starts the count again at 1) and fails with
+// ErrTooLongLine beyond the limit.
+func (f *fastData) count(b []byte) bool {
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			f.lineLen += len(b)
+			break
+		}
+		if f.lineLen+i > fastLineLimit {
+			f.lineLen += i
+			break
+		}
+		f.lineLen, b = 1, b[i+1:]
+	}
+	if f.lineLen > fastLineLimit {
+		f.err = smtp.ErrTooLongLine
+		return false
+	}
+	return true
+}
+
+// drain reads the rest of the body, without the size limit (go-smtp lifts
+// it for its own drain), and returns the error that ended it, io.EOF at a
+// clean end.
+func (f *fastData) drain() error {
+	f.limited = false
+	var scratch [4096]byte
+	for {
+		if _, err := f.Read(scratch[:]); err != nil {
+			if err == smtp.ErrDataTooLarge {
+				// Set by a Read before the drain; the body goes on.
+				f.err = nil
+				continue
+			}
+			return err
+		}
+	}
+}
+
+// rest returns what the client sent after the body, and gives the buffer
+// back. f is done with after it.
+func (f *fastData) rest() []byte {
+	out := append([]byte(".\r\n"), f.raw[f.off:]...)
+	fastBufs.Put(f.bufp)
+	f.bufp, f.raw, f.off = nil, nil, 0
+	return out
+}
