@@ -27,7 +27,9 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzSession$$' -fuzztime=$(FUZZTIME) ./relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzBodyReader$$' -fuzztime=$(FUZZTIME) ./relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzFastData$$' -fuzztime=$(FUZZTIME) ./relay/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZTIME) ./queue/
 	$(GO) test -run='^$$' -fuzz='^FuzzDotStuffer$$' -fuzztime=$(FUZZTIME) ./smarthost/
+	$(GO) test -run='^$$' -fuzz='^FuzzReadReply$$' -fuzztime=$(FUZZTIME) ./smarthost/
 
 clean:
 	rm -rf bin

@@ -1,6 +1,7 @@
 package smarthost
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -84,9 +85,16 @@ func (e *DialError) Unwrap() error { return e.Reply }
 // authenticated) SMTP session to one host, reusable for several messages.
 // It is not safe for concurrent use: one delivery at a time.
 type Conn struct {
+	// client does the opening (greeting, EHLO, STARTTLS, AUTH) and answers
+	// Extension from its EHLO; after Dial it never reads or writes again:
+	// the transactions, RSET and QUIT are spoken through r and out
+	// (pipeline.go).
 	client  *smtp.Client
-	raw     net.Conn    // the TCP connection: closed to abort on ctx
-	wire    *replayConn // what client reads and writes: raw, or TLS over it
+	raw     net.Conn      // the TCP connection: closed to abort on ctx
+	wire    *replayConn   // what is read and written: raw, or TLS over it
+	r       *bufio.Reader // replies from wire, once Dial is done; nil before
+	out     []byte        // commands (a pipelined group) or the end of the data, for one write
+	ext     extensions    // what the transaction needs of the EHLO reply
 	addr    string
 	hello   string
 	tls     bool
@@ -205,9 +213,6 @@ func (c *Conn) open(ctx context.Context, t Target, host string) (retry.Stage, er
 	c.wire = &replayConn{Conn: conn, pending: replay}
 	c.client = smtp.NewClient(c.wire)
 	c.client.CommandTimeout = c.timeout
-	// RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".",
-	// twice the 5 minutes of the other commands.
-	c.client.SubmissionTimeout = 2 * c.timeout
 	if err := c.client.Hello(c.hello); err != nil {
 		return retry.StageHello, err
 	}
@@ -216,7 +221,24 @@ func (c *Conn) open(ctx context.Context, t Target, host string) (retry.Stage, er
 			return retry.StageHello, err
 		}
 	}
+	c.takeOver()
 	return retry.StageHello, nil
+}
+
+// takeOver ends go-smtp's part of the session: every exchange so far was
+// lock-step, so its reader holds nothing, and from here on the session is
+// read through c.r (pipeline.go). The extensions the transaction needs are
+// looked up once.
+func (c *Conn) takeOver() {
+	has := func(name string) bool { ok, _ := c.client.Extension(name); return ok }
+	c.ext = extensions{
+		pipelining:   has("PIPELINING"),
+		eightBitMIME: has("8BITMIME"),
+		size:         has("SIZE"),
+		smtpUTF8:     has("SMTPUTF8"),
+		dsn:          has("DSN"),
+	}
+	c.r = bufio.NewReaderSize(c.wire, replyBuf)
 }
 
 // deadline gives the next plaintext-phase exchange c.timeout.
@@ -364,7 +386,8 @@ func (c *Conn) MaxSize() int64 {
 }
 
 // Extension reports whether the remote offered the EHLO keyword name
-// (case-insensitive), and its parameters.
+// (case-insensitive), and its parameters. It answers from the EHLO reply,
+// without I/O.
 func (c *Conn) Extension(name string) (bool, string) { return c.client.Extension(name) }
 
 // Envelope is what Send needs of a message.
@@ -412,39 +435,41 @@ type RcptResult struct {
 //     RCPT then carries its NOTIFY and ORCPT. Non-ASCII addresses to a
 //     remote without SMTPUTF8 get a local 553 5.6.7 (RFC 6531 §3.2: such a
 //     message must not be sent).
-//   - RCPT for each recipient in order. When one is refused with "too many
-//     recipients" (what retry.Classify calls Split: x.5.3 or that text), no
-//     more RCPTs are sent; it and every later recipient get that reply, to
-//     be sent in the next transaction (RFC 5321 §4.5.3.1.10).
-//   - No recipient accepted: RSET, no DATA. Otherwise DATA, the body
-//     streamed from r, and the final reply applies to every accepted
-//     recipient.
+//   - When the remote offers PIPELINING (RFC 2920), MAIL, the RCPTs and
+//     DATA go out in one write (groups of at most 100 commands or about
+//     16 KiB) and every reply is read, in order; otherwise each command
+//     waits for its reply. A refused MAIL decides every recipient (the
+//     replies to its RCPTs and DATA are read and ignored); each RCPT reply
+//     decides its recipient.
+//   - When a RCPT is refused with "too many recipients" (what
+//     retry.Classify calls Split: x.5.3 or that text), no more RCPTs are
+//     sent; it and every later recipient not yet sent get that reply, to
+//     be sent in the next transaction (RFC 5321 §4.5.3.1.10). A recipient
+//     already sent in the same group is decided by its own reply.
+//   - No recipient accepted: no DATA when that is known before DATA is
+//     due (no MAIL either when every recipient is refused locally), else
+//     DATA is refused (typically 554), or, if the remote says 354 anyway,
+//     just "." is sent (RFC 2920 §3.1); the recipients keep their RCPT
+//     replies; an open transaction is ended with RSET. Otherwise
+//     the body is streamed from r after the 354, and the reply to the final
+//     "." applies to every accepted recipient; a refused DATA applies to
+//     them at StageData.
 //
 // A non-nil error (a *retry.Reply) means the connection is unusable: a 421
-// at any stage, an I/O error, a timeout, a read error on r, or ctx done. The
-// results are still complete, the recipients not yet decided carrying that
-// error; the caller must Close and not reuse the Conn. After a nil error the
-// Conn is ready for the next Send.
+// at any stage, an I/O error, a timeout, a reply out of step, a read error
+// on r, or ctx done. The results are still complete, the recipients not
+// yet decided carrying that error; the caller must Close and not reuse the
+// Conn. After a nil error the Conn is ready for the next Send.
 func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResult, error) {
 	res := make([]RcptResult, len(env.Rcpts))
 	for i, rc := range env.Rcpts {
 		res[i].Rcpt = rc
 	}
-	// decide gives every still undecided recipient in idx (nil: all) rep.
-	decide := func(idx []int, stage retry.Stage, rep *retry.Reply) {
-		if idx == nil {
-			idx = rangeFrom(0, len(res))
-		}
-		for _, i := range idx {
-			if res[i].Reply == nil {
-				res[i].Reply, res[i].Stage = rep, stage
-			}
-		}
-	}
-	if c.broken || c.closed {
+	t := txn{c: c, ctx: ctx, env: env, res: res}
+	if c.broken || c.closed || c.r == nil {
 		rep := localReply(451, 4, 4, 2, "connection already closed")
 		c.broken = true
-		decide(nil, retry.StageMail, rep)
+		t.decide(nil, retry.StageMail, rep)
 		return res, rep
 	}
 	if len(res) == 0 {
@@ -452,7 +477,7 @@ func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResul
 	}
 	if err := ctx.Err(); err != nil {
 		rep := retry.FromError(retry.StageMail, err)
-		decide(nil, retry.StageMail, rep)
+		t.decide(nil, retry.StageMail, rep)
 		c.broken = true
 		return res, rep
 	}
@@ -464,91 +489,34 @@ func (c *Conn) Send(ctx context.Context, env Envelope, r io.Reader) ([]RcptResul
 	}()
 
 	if rep := c.precheck(env); rep != nil {
-		decide(nil, retry.StageMail, rep)
+		t.decide(nil, retry.StageMail, rep)
 		return res, nil
 	}
-
-	hasUTF8, _ := c.client.Extension("SMTPUTF8")
-	opts := &smtp.MailOptions{Size: env.Size, UTF8: hasUTF8 && (env.SMTPUTF8 || !asciiEnvelope(env))}
-	hasDSN, _ := c.client.Extension("DSN")
-	if hasDSN {
-		// RFC 3461 §4.3, §4.4: passed on as received.
-		opts.Return, opts.EnvelopeID = dsnReturn(env.Ret), dsnEnvID(env.EnvID)
-	}
 	for i := range res {
-		res[i].DSN = hasDSN
+		res[i].DSN = c.ext.dsn
 	}
-	// go-smtp adds BODY=8BITMIME itself whenever the remote offers 8BITMIME
-	// (harmless for a 7-bit body). To a remote without it an 8-bit body goes
-	// unchanged: RFC 6152 §3 asks for a conversion or a bounce, but like
-	// most MTAs (Postfix by default) we rely on servers taking 8-bit data.
-	if err := c.client.Mail(env.From, opts); err != nil {
-		rep := c.reply(ctx.Err(), retry.StageMail, err)
-		decide(nil, retry.StageMail, rep)
-		return res, c.errIfBroken(rep)
+	if c.allRefusedLocally(env, res) {
+		return res, nil // no MAIL for nobody
 	}
-
-	var accepted []int
-	for i, rc := range env.Rcpts {
-		if res[i].Reply != nil {
-			continue // already decided by a "too many recipients"
-		}
-		if rep := c.rcptCheck(rc); rep != nil {
-			res[i].Reply, res[i].Stage = rep, retry.StageRcpt
-			continue
-		}
-		var ropts *smtp.RcptOptions
-		if hasDSN && i < len(env.DSN) {
-			ropts = rcptDSN(env.DSN[i])
-		}
-		err := c.client.Rcpt(rc, ropts)
-		if err == nil {
-			accepted = append(accepted, i)
-			continue
-		}
-		rep := c.reply(ctx.Err(), retry.StageRcpt, err)
-		if c.broken {
-			decide(nil, retry.StageRcpt, rep)
-			return res, rep
-		}
-		res[i].Reply, res[i].Stage = rep, retry.StageRcpt
-		if retry.Classify(retry.StageRcpt, rep).Action == retry.Split {
-			// RFC 5321 §4.5.3.1.10: the rest go in the next transaction.
-			decide(rangeFrom(i+1, len(res)), retry.StageRcpt, rep)
-		}
-	}
-	if len(accepted) == 0 {
-		// RFC 5321 §4.1.1.5: end the open transaction before the next one.
-		return res, c.reset(ctx.Err)
-	}
-
-	w, err := c.client.Data()
-	if err != nil {
-		rep := c.reply(ctx.Err(), retry.StageData, err)
-		decide(accepted, retry.StageData, rep)
-		if c.broken {
-			return res, rep
-		}
-		return res, c.reset(ctx.Err)
-	}
-	// writeBody writes the body itself; w, which has written nothing,
-	// then ends it with "\r\n.\r\n" and reads the reply (data.go).
-	if rep := c.writeBody(ctx, r); rep != nil {
-		decide(accepted, retry.StageBody, rep)
-		return res, rep
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		rep := c.reply(ctx.Err(), retry.StageBody, err)
-		decide(accepted, retry.StageBody, rep)
-		return res, c.errIfBroken(rep)
-	}
-	decide(accepted, retry.StageBody, okReply(resp.StatusText))
-	return res, nil
+	return res, t.run(r)
 }
 
-// dsnReturn is the RET value to send, "" unless well formed: go-smtp fails
-// the whole command on a bad one (RFC 3461 §4.3).
+// allRefusedLocally reports whether rcptCheck refuses every recipient,
+// and then gives each its reply.
+func (c *Conn) allRefusedLocally(env Envelope, res []RcptResult) bool {
+	for _, rc := range env.Rcpts {
+		if c.rcptCheck(rc) == nil {
+			return false
+		}
+	}
+	for i, rc := range env.Rcpts {
+		res[i].Reply, res[i].Stage = c.rcptCheck(rc), retry.StageRcpt
+	}
+	return true
+}
+
+// dsnReturn is the RET value to send, "" unless well formed: a bad one
+// would have the whole MAIL refused (RFC 3461 §4.3).
 func dsnReturn(ret string) smtp.DSNReturn {
 	switch r := smtp.DSNReturn(strings.ToUpper(strings.TrimSpace(ret))); r {
 	case smtp.DSNReturnFull, smtp.DSNReturnHeaders:
@@ -622,7 +590,7 @@ func (c *Conn) precheck(env Envelope) *retry.Reply {
 		return localReply(552, 5, 3, 4,
 			fmt.Sprintf("message size %d exceeds the next hop's limit of %d bytes", env.Size, max))
 	}
-	if ok, _ := c.client.Extension("SMTPUTF8"); !ok && !isASCII(env.From) {
+	if !c.ext.smtpUTF8 && !isASCII(env.From) {
 		return localReply(553, 5, 6, 7, "non-ASCII sender and the next hop does not support SMTPUTF8")
 	}
 	return nil
@@ -634,7 +602,7 @@ func (c *Conn) rcptCheck(rcpt string) *retry.Reply {
 	if rcpt == "" || strings.ContainsAny(rcpt, "\r\n<>") {
 		return localReply(501, 5, 1, 3, "bad recipient address syntax")
 	}
-	if ok, _ := c.client.Extension("SMTPUTF8"); !ok && !isASCII(rcpt) {
+	if !c.ext.smtpUTF8 && !isASCII(rcpt) {
 		return localReply(553, 5, 6, 7, "non-ASCII recipient and the next hop does not support SMTPUTF8")
 	}
 	return nil
@@ -643,27 +611,10 @@ func (c *Conn) rcptCheck(rcpt string) *retry.Reply {
 // Reset sends RSET, used before reusing a connection that sat idle. An error
 // means: Close and redial.
 func (c *Conn) Reset() error {
-	if c.broken || c.closed {
+	if c.broken || c.closed || c.r == nil {
 		return localReply(451, 4, 4, 2, "connection already closed")
 	}
 	return c.reset(func() error { return nil })
-}
-
-// reset sends RSET and EHLO: go-smtp forgets the EHLO after RSET and would
-// otherwise say it lazily inside a getter such as Extension, where an error
-// could not be reported.
-func (c *Conn) reset(ctxErr func() error) error {
-	if err := c.client.Reset(); err != nil {
-		rep := c.reply(ctxErr(), retry.StageMail, err)
-		c.broken = true
-		return rep
-	}
-	if err := c.client.Hello(c.hello); err != nil {
-		rep := c.reply(ctxErr(), retry.StageHello, err)
-		c.broken = true
-		return rep
-	}
-	return nil
 }
 
 // Close says QUIT (with a short deadline) unless the connection is broken,
@@ -673,7 +624,16 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	c.closed = true
-	if c.client != nil && !c.broken {
+	switch {
+	case c.broken:
+	case c.r != nil:
+		if c.quit() {
+			_ = c.wire.Close() // with TLS, says close_notify first
+			return nil
+		}
+	case c.client != nil:
+		// Dial failed after the greeting (a refused AUTH): go-smtp's
+		// client still has the session, in step.
 		c.client.CommandTimeout = min(quitTimeout, c.timeout)
 		if err := c.client.Quit(); err == nil {
 			return nil // Quit closed the connection
@@ -705,14 +665,6 @@ func (c *Conn) reply(ctxErr error, stage retry.Stage, err error) *retry.Reply {
 	return r
 }
 
-// errIfBroken returns rep as the error of Send when the connection is broken.
-func (c *Conn) errIfBroken(rep *retry.Reply) error {
-	if c.broken {
-		return rep
-	}
-	return nil
-}
-
 // protoErr turns a *textproto.Error from the plaintext phase into the
 // remote reply it is; other errors pass unchanged.
 func protoErr(err error) error {
@@ -728,12 +680,12 @@ func protoErr(err error) error {
 	return r
 }
 
-// okReply is the 250 after the final "." with the remote's text (its queue
+// okReply is the 2xx after the final "." with the remote's text (its queue
 // ID, usually), kept for the log and the success DSN.
-func okReply(text string) *retry.Reply {
-	r, err := retry.ParseReply("250 " + strings.ReplaceAll(strings.TrimSpace(text), "\n", "; "))
+func okReply(code int, text string) *retry.Reply {
+	r, err := retry.ParseReply(strconv.Itoa(code) + " " + strings.ReplaceAll(strings.TrimSpace(text), "\n", "; "))
 	if err != nil {
-		return &retry.Reply{Code: 250, Enhanced: retry.CodeOK}
+		return &retry.Reply{Code: code, Enhanced: retry.CodeOK}
 	}
 	return r
 }

@@ -242,35 +242,66 @@ func TestPerRecipientResults(t *testing.T) {
 	}
 }
 
-func TestTooManyRecipientsStopsRCPTAndTheRestGoNext(t *testing.T) {
-	var calls atomic.Int32
-	s := startSink(t, sink.Options{OnRcpt: func(string) error {
-		if calls.Add(1) > 2 {
-			return smtpErr(452, 4, 5, 3, "Too many recipients")
-		}
-		return nil
-	}})
-	c := mustDial(t, target(s.Addr(), TLSNone))
+// TestTooManyRecipientsLeavesTheRestForTheNextTransaction: after a 452
+// 4.5.3 the recipients refused with it go in the caller's next transaction
+// on the same Conn. Lock-step, no RCPT follows the 452; with PIPELINING
+// (the sink) every RCPT was already sent, and each is decided by its own
+// reply.
+func TestTooManyRecipientsLeavesTheRestForTheNextTransaction(t *testing.T) {
 	rcpts := []string{"1@x.example", "2@x.example", "3@x.example", "4@x.example"}
-	res, err := send(t, c, env(rcpts...))
-	if err != nil {
-		t.Fatal(err)
-	}
 	tooMany := want{452, "4.5.3", retry.StageRcpt, false}
-	checkResults(t, res, delivered(), delivered(), tooMany, tooMany)
-	if n := calls.Load(); n != 3 {
-		t.Errorf("%d RCPT commands reached the sink, want 3 (none after the 452)", n)
-	}
-	// The caller sends the rest in the next transaction on the same Conn.
-	calls.Store(0)
-	res, err = send(t, c, env(rcpts[2:]...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkResults(t, res, delivered(), delivered())
-	if msgs := s.Messages(); len(msgs) != 2 || strings.Join(msgs[1].To, ",") != "3@x.example,4@x.example" {
-		t.Errorf("sink got %+v", msgs)
-	}
+	t.Run("lock-step: no RCPT after the 452", func(t *testing.T) {
+		p := startPeer(t, nil, func(tu turn) string {
+			if tu.verb == "RCPT" && tu.rcpts >= 2 {
+				return "452 4.5.3 Too many recipients"
+			}
+			return ""
+		})
+		c := mustDial(t, peerTarget(p.addr))
+		res, err := send(t, c, env(rcpts...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResults(t, res, delivered(), delivered(), tooMany, tooMany)
+		if got := strings.Join(p.verbs(1), " "); got != "MAIL RCPT RCPT RCPT DATA" {
+			t.Errorf("the peer read %s, want no RCPT after the 452", got)
+		}
+		res, err = send(t, c, env(rcpts[2:]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResults(t, res, delivered(), delivered())
+		if msgs := p.wait(2); strings.Join(msgs[1].To, ",") != "3@x.example,4@x.example" {
+			t.Errorf("the peer got %+v", msgs)
+		}
+	})
+	t.Run("pipelined: every RCPT sent in the group", func(t *testing.T) {
+		var calls atomic.Int32
+		s := startSink(t, sink.Options{OnRcpt: func(string) error {
+			if calls.Add(1) > 2 {
+				return smtpErr(452, 4, 5, 3, "Too many recipients")
+			}
+			return nil
+		}})
+		c := mustDial(t, target(s.Addr(), TLSNone))
+		res, err := send(t, c, env(rcpts...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResults(t, res, delivered(), delivered(), tooMany, tooMany)
+		if n := calls.Load(); n != 4 {
+			t.Errorf("%d RCPT commands reached the sink, want 4 (one group)", n)
+		}
+		calls.Store(0)
+		res, err = send(t, c, env(rcpts[2:]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResults(t, res, delivered(), delivered())
+		if msgs := s.Messages(); len(msgs) != 2 || strings.Join(msgs[1].To, ",") != "3@x.example,4@x.example" {
+			t.Errorf("sink got %+v", msgs)
+		}
+	})
 }
 
 func TestSizePrecheckSendsNothing(t *testing.T) {

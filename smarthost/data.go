@@ -11,20 +11,18 @@ import (
 	"relayq/retry"
 )
 
-// The body of DATA is written here rather than through go-smtp's
-// DataCommand, whose writer (net/textproto's dotWriter) goes byte by byte
-// through a 4 KiB bufio.Writer: for a large message that was most of the
-// CPU of a delivery and one write syscall per 4 KiB.
+// The body of DATA is written here in large chunks, not through a
+// net/textproto dotWriter (go-smtp's), which goes byte by byte through a
+// 4 KiB bufio.Writer: for a large message that was most of the CPU of a
+// delivery and one write syscall per 4 KiB.
 //
-// After Client.Data has sent DATA and read the 354 (go-smtp flushes every
-// command), go-smtp's buffered writer is empty and its dotWriter has
-// written nothing. writeBody then writes the dot-stuffed body itself to the
-// connection go-smtp writes to (the TLS connection when TLS is on), holding
-// back the CRLF that ends the last line, and DataCommand.CloseWithResponse
-// writes "\r\n.\r\n": a dotWriter that has written nothing closes with
-// exactly that, which ends the last line and the data (RFC 5321 §4.1.1.4),
-// and then reads the reply as usual. The bytes on the wire are those
-// go-smtp would have sent for a CRLF-only body.
+// After the 354, writeBody writes the dot-stuffed body to the connection
+// (the TLS connection when TLS is on), holding back the CRLF that ends the
+// last line and leaving the last chunk, when small, in Conn.out; the
+// transaction (pipeline.go) then appends "\r\n.\r\n", which ends the last
+// line and the data (RFC 5321 §4.1.1.4), writes it and reads the reply.
+// The bytes on the wire are those go-smtp would have sent for a CRLF-only
+// body.
 
 const (
 	// bodyChunk is how much of the body is read at a time: the queue's
@@ -47,16 +45,16 @@ var bodyBufs = sync.Pool{New: func() any {
 type bodyBuf struct{ in, out []byte }
 
 // writeBody writes r dot-stuffed to the connection after a 354, without
-// the CRLF that ends its last line (see above): the caller must then call
-// the DataCommand's CloseWithResponse. go-smtp sets no deadline while the
-// body is written, so each write gets its own (RFC 5321 §4.5.3.2.5: a
-// timeout per chunk sent, not for the whole body). It returns nil, or the
-// reply that breaks the connection.
+// the CRLF that ends its last line (see above), and leaves the last chunk
+// in c.out when it is at most maxHeld bytes: the caller then appends
+// "\r\n.\r\n" to c.out and writes it. Each write has its own deadline (RFC
+// 5321 §4.5.3.2.5: a timeout per chunk sent, not for the whole body). It
+// returns nil, or the reply that breaks the connection.
 func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
 	buf := bodyBufs.Get().(*bodyBuf)
 	defer bodyBufs.Put(buf)
 	enc := dotStuffer{out: buf.out[:0]}
-	c.wire.held = c.wire.held[:0] // left over only after a failed write, on a broken Conn
+	c.out = c.out[:0]
 	// Each encoded chunk is written once the next read has shown that it
 	// is not the last, so that the last one can go out with the final ".".
 	var pending []byte
@@ -72,13 +70,11 @@ func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
 			pending = enc.encode(buf.in[:n])
 		}
 		if rerr == io.EOF {
-			// The final "." is written by CloseWithResponse, under this
-			// deadline; go-smtp then sets its own for the reply.
-			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
 			if len(pending) <= maxHeld {
-				c.wire.hold(pending)
+				c.out = append(c.out, pending...)
 				return nil
 			}
+			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
 			if _, err := c.wire.Write(pending); err != nil {
 				return c.reply(ctx.Err(), retry.StageBody, err)
 			}
@@ -108,7 +104,7 @@ func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
 //
 // The CRLF that ends the last line is held back: encode keeps a trailing
 // CRLF for the start of the next chunk's output, and at the end of the body
-// it is left to the "\r\n.\r\n" that go-smtp writes.
+// it is left to the "\r\n.\r\n" that ends the data.
 type dotStuffer struct {
 	mid  bool   // in the middle of a line: a "." is not at a line start
 	cr   bool   // the last byte was a CR, its CRLF already written
@@ -171,15 +167,13 @@ func (d *dotStuffer) encode(b []byte) []byte {
 	return d.out
 }
 
-// replayConn is the connection go-smtp's client reads and writes. It hands
-// the client the greeting that startTLS already read (the client insists
-// on reading a 220 first and cannot be told that the session is greeted),
-// and it sends what writeBody held back in one write with go-smtp's next,
-// the final ".".
+// replayConn is the connection the session is read and written through.
+// It hands go-smtp's client the greeting that startTLS already read (the
+// client insists on reading a 220 first and cannot be told that the
+// session is greeted).
 type replayConn struct {
 	net.Conn
 	pending []byte // read before the client's reads
-	held    []byte // written before the client's next write, in the same call
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {
@@ -189,18 +183,4 @@ func (c *replayConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
-}
-
-// hold keeps a copy of p to be written with the next Write.
-func (c *replayConn) hold(p []byte) { c.held = append(c.held[:0], p...) }
-
-func (c *replayConn) Write(p []byte) (int, error) {
-	if len(c.held) == 0 {
-		return c.Conn.Write(p)
-	}
-	h := len(c.held)
-	c.held = append(c.held, p...)
-	n, err := c.Conn.Write(c.held)
-	c.held = c.held[:0]
-	return max(n-h, 0), err
 }

@@ -6,9 +6,11 @@
 //
 // Dial opens one session to one host: TCP through a caller-supplied Dialer
 // (never go-smtp's Dial, whose 30 s timeout is fixed), the greeting, EHLO
-// (HELO when EHLO is refused, RFC 5321 §3.2), TLS per Target.TLS, then AUTH.
-// Conn.Send runs one mail transaction on it; a Conn carries any number of
-// transactions, one at a time.
+// (HELO when EHLO is refused, RFC 5321 §3.2), TLS per Target.TLS, then AUTH,
+// all through go-smtp's client. Conn.Send runs one mail transaction on it; a
+// Conn carries any number of transactions, one at a time. The transactions,
+// RSET and QUIT are spoken by pipeline.go over the same connection, never
+// through go-smtp's client again (its reader would be out of step).
 //
 // Invariants and contract:
 //
@@ -33,18 +35,32 @@
 //     LF in the body becomes CRLF) and every line starting with "." has it
 //     doubled (RFC 5321 §4.5.2): nothing in a body can end the DATA early
 //     at the next hop. The body is written in large chunks straight to the
-//     connection; go-smtp writes only the final "\r\n.\r\n" (data.go).
-//   - Timeouts: every command has Target.Timeout (default 5 minutes, RFC 5321
-//     §4.5.3.2); each body write has its own (§4.5.3.2.5, go-smtp sets none
-//     during the body); the reply to the final "." gets twice the timeout
-//     (§4.5.3.2.6, 10 minutes by default). Cancelling ctx closes the socket,
-//     which aborts whatever is blocked.
+//     connection, its small last chunk in one write with the final
+//     "\r\n.\r\n" (data.go).
+//   - PIPELINING (RFC 2920): when the next hop offers it, MAIL, every RCPT
+//     and DATA go out in one write and the replies are read in order, so a
+//     one-recipient message takes two writes and two reads (the commands,
+//     then the body and "."). Every reply of a group is checked: a refused
+//     MAIL decides all recipients, each RCPT its own recipient (one accepted
+//     after a "too many recipients" stays in the transaction), a refused
+//     DATA the accepted ones; a 354 with no recipient accepted gets just
+//     "." (§3.1). A group holds at most 100 commands or about 16 KiB, so
+//     that neither side can block on full socket buffers. Without
+//     PIPELINING every command waits for its reply.
+//   - Timeouts: every reply has Target.Timeout (default 5 minutes, RFC 5321
+//     §4.5.3.2), and so has every write: each group of commands, each chunk
+//     of the body (§4.5.3.2.5); the reply to the final "." gets twice the
+//     timeout (§4.5.3.2.6, 10 minutes by default). Cancelling ctx closes the
+//     socket, which aborts whatever is blocked.
+//   - Replies are read with bounded memory: a line of more than 16 KiB or a
+//     reply of more than 64 KiB breaks the connection.
 //   - SIZE (RFC 1870): a message larger than the remote's advertised limit is
 //     not sent at all; every recipient gets a local 552 5.3.4 that names both
 //     sizes, so the NDR can tell the sender the remote's limit (seed 000).
 //   - "Too many recipients" at RCPT (x.5.3, RFC 5321 §4.5.3.1.10): no further
-//     RCPT is sent; that recipient and the later ones carry the reply and
-//     go in the caller's next transaction on the same Conn.
+//     RCPT is sent; the recipients refused with it and the later ones not
+//     yet sent carry the reply and go in the caller's next transaction on
+//     the same Conn.
 //   - TLS: opportunistic mode (RFC 7435) does STARTTLS when offered without
 //     verifying the certificate and continues in plaintext only when
 //     STARTTLS is not offered; a refused STARTTLS or a failed handshake
