@@ -15,10 +15,36 @@ import (
 type writeBatch struct {
 	*pebble.Batch
 	minDue int64 // Unix ns; math.MaxInt64 when it schedules nothing
+	spill  bool  // made by spillBatch: its buffer is kept across Resets
 }
 
 func (s *Store) newBatch() *writeBatch {
 	return &writeBatch{Batch: s.db.NewBatch(), minDue: math.MaxInt64}
+}
+
+// spillBatch returns the batch the rest of a large body is written
+// through once b, just committed, has been spilled: b itself, reset, if it
+// is already a spill batch, else (closing b) a new one with room for a
+// whole spill. A batch's buffer grows by doubling from 1 KiB, and Pebble
+// drops on Reset a buffer larger than 1 MiB, so resetting the first batch
+// would grow a fresh buffer to 2 MiB at every spill: ~4 MiB of garbage per
+// MiB of body, which the garbage collector lets the heap, and so RSS, grow
+// by. One buffer of fixed size per large body makes no garbage beyond it.
+func (s *Store) spillBatch(b *writeBatch) *writeBatch {
+	if b.spill {
+		b.Reset()
+		b.minDue = math.MaxInt64
+		return b
+	}
+	b.Close()
+	// A spill is at most spillBytes plus one chunk and its key; the final
+	// batch adds the record and the schedule entry.
+	n := spillBytes + s.chunkSize + 16<<10
+	return &writeBatch{
+		Batch:  s.db.NewBatch(pebble.WithInitialSizeBytes(n), pebble.WithMaxRetainedSizeBytes(n)),
+		minDue: math.MaxInt64,
+		spill:  true,
+	}
 }
 
 // schedule adds the schedule entry of id at due. Every s/ key is written

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
@@ -147,4 +148,124 @@ func loadQueue(s *Store, n int, t0 time.Time, spread time.Duration) ([]ID, error
 	s.bytes.Add(int64(n * len(body)))
 	// Move the memtables into sstables, where a long-lived queue keeps them.
 	return ids, s.db.Flush()
+}
+
+// benchRecord is a typical m/ record after one deferral: two recipients,
+// one with a reply recorded, the fields relay sets.
+func benchRecord() *record {
+	t0 := time.Unix(1_800_000_000, 123_456_789)
+	return &record{
+		Envelope: Envelope{
+			From: "sender@example.org",
+			Recipients: []Recipient{
+				{Addr: "rcpt1@example.net", Notify: "FAILURE", ORCPT: "rfc822;rcpt1@example.net",
+					Attempts: 1, LastReply: "451 4.7.1 greylisted, try again later", LastHost: "mx1.example.net", Status: "4.7.1"},
+				{Addr: "rcpt2@example.net", State: Delivered, Attempts: 1,
+					LastReply: "250 2.0.0 Ok: queued as 4Xq1Zb0Hk9z", LastHost: "mx1.example.net", Status: "2.0.0", Done: t0.Add(time.Second)},
+			},
+			Received:    t0,
+			Size:        1 << 10,
+			EnvID:       "QQ314159",
+			Client:      "[127.0.0.1] client.example.org",
+			NextAttempt: t0.Add(5 * time.Minute),
+			LastAttempt: t0.Add(time.Second),
+		},
+		Chunks: 1,
+	}
+}
+
+// BenchmarkEncodeRecord and BenchmarkDecodeRecord measure the m/ codec on
+// benchRecord; every message is encoded at Put and at each Update, and
+// decoded at each Get and Update.
+func BenchmarkEncodeRecord(b *testing.B) {
+	r := benchRecord()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := encodeRecord(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeRecord(b *testing.B) {
+	v, err := encodeRecord(benchRecord())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeRecord(v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// putBench queues one 1 KiB message with benchRecord's envelope.
+func putBench(b *testing.B, s *Store) ID {
+	b.Helper()
+	body := bytes.Repeat([]byte("0123456789abcde\n"), 64) // 1 KiB
+	env := benchRecord().Envelope
+	id := s.NewID()
+	if err := s.Put(context.Background(), id, &env, bytes.NewReader(body)); err != nil {
+		b.Fatal(err)
+	}
+	return id
+}
+
+// BenchmarkGet1KiB reads the envelope of a queued message, as the worker
+// does at the start of every attempt: from the memtable (a message that
+// moves through at once) and from an sstable (one that waited).
+func BenchmarkGet1KiB(b *testing.B) {
+	benchStored(b, func(b *testing.B, s *Store, id ID) {
+		for b.Loop() {
+			if _, err := s.Get(id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkBody1KiB reads a queued 1 KiB body whole, into a 64 KiB buffer
+// as smarthost's writeBody does, and closes it.
+func BenchmarkBody1KiB(b *testing.B) {
+	benchStored(b, func(b *testing.B, s *Store, id ID) {
+		buf := make([]byte, 64<<10)
+		for b.Loop() {
+			rc, err := s.Body(id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for {
+				k, err := rc.Read(buf)
+				n += k
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			rc.Close()
+			if n != 1<<10 {
+				b.Fatalf("read %d bytes, want 1024", n)
+			}
+		}
+	})
+}
+
+// benchStored runs fn as sub-benchmarks "memtable" and "flushed" on a store
+// holding one 1 KiB message.
+func benchStored(b *testing.B, fn func(b *testing.B, s *Store, id ID)) {
+	s, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	id := putBench(b, s)
+	b.Run("memtable", func(b *testing.B) { b.ReportAllocs(); fn(b, s, id) })
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("flushed", func(b *testing.B) { b.ReportAllocs(); fn(b, s, id) })
 }

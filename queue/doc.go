@@ -6,9 +6,12 @@
 //
 // # Key layout
 //
-//	m/<id>                 version byte 1, then the JSON record: the envelope,
-//	                       every recipient's state, and the body's chunk count
-//	b/<id>/<chunk>         body chunk, <chunk> as 4 big-endian bytes, 64 KiB each
+//	m/<id>                 the record: the envelope, every recipient's state
+//	                       and the body's chunk count, after a version byte
+//	                       (see below)
+//	b/<id>/<chunk>         body chunk, <chunk> as 4 big-endian bytes from 0;
+//	                       every chunk but the last is exactly the chunk size
+//	                       (64 KiB), the last is 1 byte to the chunk size
 //	s/<due><id>            schedule entry, <due> as 8 big-endian bytes of Unix
 //	                       nanoseconds, so a forward scan yields due order;
 //	                       absent while an operator holds the message
@@ -18,6 +21,30 @@
 //	d/<destination>        learned state of a destination (cap, last error)
 //
 // IDs are 24 hex digits (time in ns, then a counter), so they sort by age.
+//
+// # Record encoding
+//
+// Version 2, the one written, is varints and length-prefixed strings, laid
+// out in record.go: Chunks and Size first (counting the queue at Open reads
+// only those), then flags, times as Unix nanoseconds with their zone offset
+// (a zero time is flagged absent), the strings, and the recipients. A time
+// comes back as from JSON: the same instant, no monotonic reading, in UTC,
+// Local or a fixed zone as its offset says. Version 1, the JSON of the
+// struct tags in message.go, is still read, so a queue written by an older
+// relayq opens and delivers; a record is rewritten as version 2 by its next
+// change. Decoding checks every length against the bytes left and refuses
+// trailing bytes; it never panics (FuzzDecodeRecord).
+//
+// # Reading bodies
+//
+// Body reads chunks 0, 1, … with point lookups, no iterator. A chunk
+// shorter than the chunk size is the last; after a full one, a lookup
+// that finds nothing ends the body, and the record's chunk count tells
+// the end from a missing chunk (an error, never a truncated body). This
+// relies on the chunk size not growing between runs on one queue: a chunk
+// longer than the chunk size is noticed and read past, but chunks written
+// with a smaller size would look like a short last one. Each chunk is
+// copied out and its Pebble memory released before Read returns.
 //
 // # When writes are synced
 //

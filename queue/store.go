@@ -1,9 +1,8 @@
 package queue
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +26,9 @@ type Options struct {
 	Log zerolog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// ChunkSize is the body chunk size; 0 means 64 KiB.
+	// ChunkSize is the body chunk size; 0 means 64 KiB. It must not grow
+	// between runs on one queue: Body takes a chunk shorter than it for
+	// the last one (doc.go, "Reading bodies").
 	ChunkSize int
 	// EventListener, if set, receives Pebble's events (write stalls, low
 	// disk space) for back pressure.
@@ -47,10 +48,8 @@ const (
 	// spillBytes bounds the batch a Put builds in memory: a body larger than
 	// this is written in several unsynced batches, sealed by the final synced
 	// one (Pebble's WAL is ordered, so syncing the last record syncs all).
-	spillBytes = 1 << 20
-	// recordVersion is the first byte of every m/ value.
-	recordVersion = 1
-	lockStripes   = 64
+	spillBytes  = 1 << 20
+	lockStripes = 64
 )
 
 // Store is the durable queue. Its methods are safe for concurrent use.
@@ -89,13 +88,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.ChunkSize <= 0 {
 		opts.ChunkSize = defaultChunkSize
 	}
-	po := &pebble.Options{
-		FS:                 opts.FS,
-		FormatMajorVersion: pebble.FormatNewest,
-		MemTableSize:       4 << 20,
-		EventListener:      opts.EventListener,
-		Logger:             pebbleLogger{opts.Log},
-	}
+	po := pebbleOptions(opts)
 	if opts.Reserve == 0 {
 		opts.Reserve = defaultReserve
 	}
@@ -225,7 +218,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 			if err := s.commit(b, pebble.NoSync); err != nil {
 				return s.abandon(id, spilled, fmt.Errorf("queue: commit body: %w", err))
 			}
-			b.Reset()
+			b = s.spillBatch(b)
 		}
 	}
 	if err := s.checkRoom(int64(b.Len())); err != nil {
@@ -289,7 +282,8 @@ func (s *Store) abandon(id ID, spilled bool, err error) error {
 // setRecord adds the m/ and s/ keys of r to b. A held message has no
 // schedule entry.
 func (s *Store) setRecord(b *writeBatch, id ID, r *record) error {
-	v, err := encodeRecord(r)
+	var buf [512]byte // most records fit: no allocation (Set copies v)
+	v, err := appendRecord(buf[:0], r)
 	if err != nil {
 		return err
 	}
@@ -302,37 +296,28 @@ func (s *Store) setRecord(b *writeBatch, id ID, r *record) error {
 	return b.schedule(r.NextAttempt, id)
 }
 
-func encodeRecord(r *record) ([]byte, error) {
-	var buf bytes.Buffer
-	buf.WriteByte(recordVersion)
-	if err := json.NewEncoder(&buf).Encode(r); err != nil {
-		return nil, fmt.Errorf("queue: encode: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
-func decodeRecord(v []byte) (*record, error) {
-	if len(v) == 0 || v[0] != recordVersion {
-		return nil, fmt.Errorf("queue: unknown record version")
-	}
-	var r record
-	if err := json.Unmarshal(v[1:], &r); err != nil {
-		return nil, fmt.Errorf("queue: decode: %w", err)
-	}
-	return &r, nil
-}
-
 // getRecord reads the record of id; ErrNotFound if there is none.
 func (s *Store) getRecord(id ID) (*record, error) {
+	r := new(record)
+	if err := s.getRecordTo(id, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// getRecordTo reads the record of id into r; ErrNotFound if there is none.
+func (s *Store) getRecordTo(id ID, r *record) error {
 	v, closer, err := s.db.Get(metaKey(id))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, ErrNotFound
+		return ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("queue: get %s: %w", id, err)
+		return fmt.Errorf("queue: get %s: %w", id, err)
 	}
-	defer closer.Close()
-	return decodeRecord(v)
+	// The decoded strings are copies: nothing refers to v after Close.
+	err = decodeRecordTo(v, r)
+	closer.Close()
+	return err
 }
 
 // Get returns the stored envelope of id, or ErrNotFound.
@@ -340,56 +325,145 @@ func (s *Store) Get(id ID) (*Message, error) {
 	if !id.Valid() {
 		return nil, ErrNotFound
 	}
-	r, err := s.getRecord(id)
-	if err != nil {
+	var r record
+	if err := s.getRecordTo(id, &r); err != nil {
 		return nil, err
 	}
 	return &Message{ID: id, Envelope: r.Envelope}, nil
 }
 
 // Body returns a reader of the body of id, streamed chunk by chunk: memory
-// use does not depend on the message size. Close it when done.
+// use does not depend on the message size. Close it when done. The body of
+// an unknown ID (such as a deleted message's) reads as empty. A body found
+// shorter than its record says, or whose message is deleted while it is
+// read, gives an error (from Body or Read), never a truncated body.
+//
+// Chunks are point reads of b/<id>/0, 1, …, each copied into a buffer and
+// released at once, so no Pebble memory stays pinned between Reads. Every
+// chunk but the last is exactly the chunk size (Put fills them with
+// io.ReadFull), so a shorter one ends the body without another lookup;
+// the record is read only when a lookup finds no chunk, to tell the end of
+// the body from a missing chunk. The first chunk is read before Body
+// returns: once a body has started it reads whole or fails.
 func (s *Store) Body(id ID) (io.ReadCloser, error) {
-	lo, hi := bodyBounds(id)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return nil, fmt.Errorf("queue: body %s: %w", id, err)
+	r := &bodyReader{s: s, id: id}
+	if len(id) != idLen {
+		// Put stores nothing under an invalid ID. The length is all the
+		// key needs: an ID of this length that is not hex has no chunks
+		// and no record either, and so reads as empty.
+		r.done = true
+		return r, nil
 	}
-	return &bodyReader{it: it, started: false}, nil
+	r.key = append(r.keyBuf[:0], bodyKey(id, 0)...)
+	if err := r.fill(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
 }
 
 type bodyReader struct {
-	it      *pebble.Iterator
-	started bool
-	rest    []byte
+	s      *Store
+	id     ID
+	keyBuf [len(prefixBody) + idLen + 1 + 4]byte
+	key    []byte  // b/<id>/<chunk>, in keyBuf; fill rewrites the chunk number
+	next   uint32  // the chunk fill reads next
+	bufp   *[]byte // from s.bufs while a chunk is held
+	rest   []byte  // what Read has not returned of the last chunk read
+	done   bool    // no chunk after rest
+	exact  bool    // a chunk longer than the chunk size was seen: only a lookup that finds nothing ends the body
+	err    error   // sticky, from fill
+}
+
+// fill reads chunk r.next into rest, or sets done if the body has ended.
+func (r *bodyReader) fill() error {
+	binary.BigEndian.PutUint32(r.key[len(r.key)-4:], r.next)
+	v, closer, err := r.s.db.Get(r.key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		r.done = true
+		return r.s.checkBodyEnd(r.id, r.next)
+	}
+	if err != nil {
+		return fmt.Errorf("queue: reading body of %s: %w", r.id, err)
+	}
+	if r.bufp == nil {
+		r.bufp = r.s.bufs.Get().(*[]byte)
+	}
+	buf := *r.bufp
+	if len(v) > len(buf) {
+		// Written with a larger chunk size (Options.ChunkSize changed):
+		// the short-chunk rule no longer tells the last chunk.
+		r.exact = true
+		buf = make([]byte, len(v))
+	}
+	n := copy(buf, v)
+	closer.Close()
+	r.rest = buf[:n]
+	r.next++
+	if !r.exact && n < r.s.chunkSize {
+		r.done = true
+	}
+	return nil
+}
+
+// checkBodyEnd is called when id has no chunk k: it returns nil if its
+// body ends there, and an error if the record says there are more chunks
+// or the message went away after chunk 0 was read.
+func (s *Store) checkBodyEnd(id ID, k uint32) error {
+	v, closer, err := s.db.Get(metaKey(id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		if k == 0 {
+			return nil // no such message: an empty body, as ever
+		}
+		return fmt.Errorf("queue: body of %s: %w while it was read", id, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("queue: body of %s: %w", id, err)
+	}
+	chunks, err := recordChunks(v)
+	closer.Close()
+	if err != nil {
+		return fmt.Errorf("queue: body of %s: %w", id, err)
+	}
+	if chunks != k {
+		return fmt.Errorf("queue: body of %s: chunk %d of %d is missing", id, k, chunks)
+	}
+	return nil
 }
 
 func (r *bodyReader) Read(p []byte) (int, error) {
 	for len(r.rest) == 0 {
-		var ok bool
-		if !r.started {
-			ok, r.started = r.it.First(), true
-		} else {
-			ok = r.it.Next()
-		}
-		if !ok {
-			if err := r.it.Error(); err != nil {
-				return 0, fmt.Errorf("queue: reading body: %w", err)
-			}
+		switch {
+		case r.err != nil:
+			return 0, r.err
+		case r.done:
+			r.release()
 			return 0, io.EOF
 		}
-		v, err := r.it.ValueAndErr()
-		if err != nil {
-			return 0, fmt.Errorf("queue: reading body: %w", err)
-		}
-		r.rest = v
+		r.err = r.fill()
 	}
 	n := copy(p, r.rest)
 	r.rest = r.rest[n:]
+	if len(r.rest) == 0 && r.done {
+		r.release() // the next Read says io.EOF; no need to hold the buffer till then
+	}
 	return n, nil
 }
 
-func (r *bodyReader) Close() error { return r.it.Close() }
+// release returns the chunk buffer to the pool.
+func (r *bodyReader) release() {
+	r.rest = nil
+	if r.bufp != nil {
+		r.s.bufs.Put(r.bufp)
+		r.bufp = nil
+	}
+}
+
+func (r *bodyReader) Close() error {
+	r.done = true
+	r.release()
+	return nil
+}
 
 // Due returns up to limit IDs of messages due at now, oldest due first,
 // passing over those for which skip returns true (messages already in
@@ -628,20 +702,6 @@ func (s *Store) startCount() error {
 		}
 	}()
 	return nil
-}
-
-// recordSize reads only the size of a stored record.
-func recordSize(v []byte) (int64, error) {
-	if len(v) == 0 || v[0] != recordVersion {
-		return 0, fmt.Errorf("queue: unknown record version")
-	}
-	var r struct {
-		Size int64 `json:"z"`
-	}
-	if err := json.Unmarshal(v[1:], &r); err != nil {
-		return 0, fmt.Errorf("queue: decode: %w", err)
-	}
-	return r.Size, nil
 }
 
 // pebbleLogger sends Pebble's own messages to zerolog.
