@@ -71,6 +71,7 @@ type Store struct {
 	closing atomic.Bool
 	bufs    sync.Pool
 	scan    scanHint
+	recent  *recent // the last small messages put (recent.go)
 }
 
 // record is what an m/ key holds after the version byte.
@@ -119,6 +120,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		ids:       newIDSource(opts.Now),
 		wake:      make(chan struct{}, 1),
 		counted:   make(chan struct{}),
+		recent:    newRecent(),
 	}
 	s.bufs.New = func() any { b := make([]byte, s.chunkSize); return &b }
 	if err := s.recover(); err != nil {
@@ -229,7 +231,8 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 	if env.NextAttempt.IsZero() {
 		env.NextAttempt = env.Received
 	}
-	if err := s.setRecord(b, id, &record{Envelope: *env, Chunks: chunks}); err != nil {
+	rec := &record{Envelope: *env, Chunks: chunks}
+	if err := s.setRecord(b, id, rec); err != nil {
 		return s.abandon(id, spilled, err)
 	}
 	if spilled {
@@ -237,9 +240,14 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 			return s.abandon(id, spilled, err)
 		}
 	}
+	if chunks <= 1 {
+		s.recent.add(id, rec, buf[:size]) // the body is all in buf
+	}
 	if err := s.commit(b, pebble.Sync); err != nil {
+		s.recent.drop(id)
 		return s.abandon(id, spilled, fmt.Errorf("queue: commit: %w", err))
 	}
+	s.recent.committed(id)
 	s.messages.Add(1)
 	s.bytes.Add(size)
 	s.signal()
@@ -280,8 +288,9 @@ func (s *Store) abandon(id ID, spilled bool, err error) error {
 }
 
 // setRecord adds the m/ and s/ keys of r to b. A held message has no
-// schedule entry.
+// schedule entry. id leaves the recent cache: readers go to Pebble.
 func (s *Store) setRecord(b *writeBatch, id ID, r *record) error {
+	s.recent.drop(id)
 	var buf [512]byte // most records fit: no allocation (Set copies v)
 	v, err := appendRecord(buf[:0], r)
 	if err != nil {
@@ -307,6 +316,9 @@ func (s *Store) getRecord(id ID) (*record, error) {
 
 // getRecordTo reads the record of id into r; ErrNotFound if there is none.
 func (s *Store) getRecordTo(id ID, r *record) error {
+	if ok, err := s.recent.record(id, r); ok {
+		return err
+	}
 	v, closer, err := s.db.Get(metaKey(id))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return ErrNotFound
@@ -353,6 +365,9 @@ func (s *Store) Body(id ID) (io.ReadCloser, error) {
 		// and no record either, and so reads as empty.
 		r.done = true
 		return r, nil
+	}
+	if rc := s.recent.body(id); rc != nil {
+		return rc, nil
 	}
 	r.key = append(r.keyBuf[:0], bodyKey(id, 0)...)
 	if err := r.fill(); err != nil {
@@ -579,6 +594,7 @@ func (s *Store) addSmall(b *writeBatch, nm *NewMessage) error {
 // deleteLocked adds the removal of every key of id to b. Small bodies get
 // point deletions, which are cheaper to read past than range tombstones.
 func (s *Store) deleteLocked(b *writeBatch, id ID, r *record) error {
+	s.recent.drop(id)
 	if err := b.Delete(metaKey(id), nil); err != nil {
 		return err
 	}

@@ -171,8 +171,12 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		<-store.Counted()
 		log.Info().Int64("queued", store.Messages()).Int64("bytes", store.Bytes()).Msg("queue counted")
 	}(in.store)
+	// No TCP keepalive on SMTP connections: go-smtp's read timeout ends an
+	// idle or dead client, and the four setsockopt calls keepalive costs
+	// each accepted connection are a visible share of a short session.
+	smtpListen := net.ListenConfig{KeepAlive: -1}
 	for _, lc := range cfg.Listeners {
-		l, err := net.Listen("tcp", lc.Address)
+		l, err := smtpListen.Listen(context.Background(), "tcp", lc.Address)
 		if err != nil {
 			return nil, fmt.Errorf("listener %s: %w", lc.Address, err)
 		}

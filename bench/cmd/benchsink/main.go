@@ -1,6 +1,8 @@
 // Command benchsink is the measuring end of `make bench` (bench/run.sh).
 //
 //	benchsink serve -smtp ADDR -ctl ADDR   SMTP sink that counts messages, with an HTTP control port
+//	benchsink follow -ctl ADDR             the same control port for Postfix's smtp-sink: reads the
+//	                                       counter lines of `smtp-sink -c` from stdin
 //	benchsink mark -ctl ADDR -n N          start a run: the next N messages complete it
 //	benchsink wait -ctl ADDR -timeout D    block until the run is complete; print its seconds and the total
 //	benchsink count -ctl ADDR              print how many messages the sink has taken
@@ -14,6 +16,10 @@
 // the time of a run is from mark to the 250 of its last message, measured in
 // the sink, not by polling. It offers PIPELINING (Postfix's client uses it)
 // and flushes its replies only when it has no more input buffered.
+//
+// With follow, the messages are Postfix's smtp-sink's: `smtp-sink -c` prints
+// "sess=N quit=N mesg=N\r" after every event, flushed, and follow takes the
+// time a run completes from the line whose mesg reaches the run's target.
 package main
 
 import (
@@ -38,7 +44,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchsink serve|mark|wait|count|scrape|quantile|fsyncs ...")
+		fmt.Fprintln(os.Stderr, "usage: benchsink serve|follow|mark|wait|count|scrape|quantile|fsyncs ...")
 		os.Exit(2)
 	}
 	var err error
@@ -46,6 +52,8 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		err = serve(args)
+	case "follow":
+		err = follow(args)
 	case "mark", "wait", "count":
 		err = control(os.Args[1], args)
 	case "scrape":
@@ -77,23 +85,14 @@ func serve(args []string) error {
 	smtpAddr := fs.String("smtp", "127.0.0.1:2600", "SMTP listen address")
 	ctlAddr := fs.String("ctl", "127.0.0.1:2601", "HTTP control listen address")
 	fs.Parse(args)
-	s := &sink{}
-	s.target.Store(math.MaxInt64)
+	s, err := newSink(*ctlAddr)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", *smtpAddr)
 	if err != nil {
 		return err
 	}
-	ctl, err := net.Listen("tcp", *ctlAddr)
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /mark", s.handleMark)
-	mux.HandleFunc("GET /wait", s.handleWait)
-	mux.HandleFunc("GET /count", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, s.count.Load())
-	})
-	go func() { _ = http.Serve(ctl, mux) }()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -103,12 +102,62 @@ func serve(args []string) error {
 	}
 }
 
+// follow counts the messages of Postfix's smtp-sink from its -c output on
+// stdin; it returns when smtp-sink's output ends.
+func follow(args []string) error {
+	fs := flag.NewFlagSet("follow", flag.ExitOnError)
+	ctlAddr := fs.String("ctl", "127.0.0.1:2601", "HTTP control listen address")
+	fs.Parse(args)
+	s, err := newSink(*ctlAddr)
+	if err != nil {
+		return err
+	}
+	r := bufio.NewReaderSize(os.Stdin, 64<<10)
+	mesg := []byte("mesg=")
+	for {
+		rec, err := r.ReadSlice('\r')
+		if i := bytes.LastIndex(rec, mesg); i >= 0 {
+			n, perr := strconv.ParseInt(string(bytes.TrimSpace(rec[i+len(mesg):])), 10, 64)
+			if perr == nil && n > s.count.Load() {
+				s.count.Store(n)
+				s.arrived(n)
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case err != nil && !errors.Is(err, bufio.ErrBufferFull):
+			return err
+		}
+	}
+}
+
+// newSink returns a sink whose control port (mark, wait, count) listens on
+// ctlAddr.
+func newSink(ctlAddr string) (*sink, error) {
+	s := &sink{}
+	s.target.Store(math.MaxInt64)
+	ctl, err := net.Listen("tcp", ctlAddr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /mark", s.handleMark)
+	mux.HandleFunc("GET /wait", s.handleWait)
+	mux.HandleFunc("GET /count", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, s.count.Load())
+	})
+	go func() { _ = http.Serve(ctl, mux) }()
+	return s, nil
+}
+
 func (s *sink) handleMark(w http.ResponseWriter, r *http.Request) {
 	n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 	if err != nil || n <= 0 {
 		http.Error(w, "n must be a positive count", http.StatusBadRequest)
 		return
 	}
+	s.target.Store(math.MaxInt64) // no arrival completes the run until it is set below
 	s.reached.Store(0)
 	s.size.Store(n)
 	s.marked.Store(time.Now().UnixNano())
@@ -137,9 +186,13 @@ func (s *sink) handleWait(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "%.6f %d\n", secs, s.count.Load())
 }
 
-func (s *sink) delivered() {
-	if s.count.Add(1) == s.target.Load() {
-		s.reached.Store(time.Now().UnixNano())
+func (s *sink) delivered() { s.arrived(s.count.Add(1)) }
+
+// arrived notes that the sink's count reached n; the first n at or past the
+// run's target completes it.
+func (s *sink) arrived(n int64) {
+	if n >= s.target.Load() {
+		s.reached.CompareAndSwap(0, time.Now().UnixNano())
 	}
 }
 
