@@ -130,6 +130,7 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 			// recipients are due when the first host may be tried again.
 			w.Log.Debug().Str("id", string(m.ID)).Str("dest", dest).Str("reply", cooling.Error()).
 				Time("until", coolUntil).Msg("every host of the destination is cooling down after failing")
+			w.noteCooled(m, pending, targets)
 			for _, i := range pending {
 				out = append(out, outcome{idx: i, reply: cooling, host: coolingHop, notBefore: coolUntil})
 			}

@@ -111,6 +111,7 @@ type Worker struct {
 	timing    atomic.Pointer[retryTiming] // set by defaults and SetRetry
 	pool      *pool
 	breaker   *breaker
+	cooled    cooledDomains // destinations found with every host cooling down (plan.go)
 	ndr       ndrMaker
 	persistMu sync.Mutex // orders the writes of destination state
 
@@ -431,6 +432,7 @@ func (w *Worker) operatorBounce(ctx context.Context, m *queue.Message, now time.
 func (w *Worker) ForgetHostFailures() {
 	w.init()
 	w.breaker.reset()
+	w.cooled.forget()
 }
 
 // Outcome is one recipient's committed verdict in one attempt.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 
 	"relayq/queue"
 	"relayq/smarthost"
@@ -18,4 +19,24 @@ type flushingQueue struct {
 func (q flushingQueue) Flush(ctx context.Context, id queue.ID) error {
 	q.worker.ForgetHostFailures()
 	return q.Store.Flush(ctx, id)
+}
+
+// plannedQueue is the queue the relay puts new messages into: the worker
+// plans each one first, so that a message for a destination whose hosts
+// are all cooling down is queued already put off, instead of being read
+// back and rewritten by an attempt that tries nothing (Worker.Plan).
+type plannedQueue struct {
+	*queue.Store
+	worker *smarthost.Worker
+}
+
+func (q plannedQueue) Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error {
+	planned := q.worker.Plan(env)
+	if err := q.Store.Put(ctx, id, env, body); err != nil {
+		return err
+	}
+	if planned != nil {
+		planned(id)
+	}
+	return nil
 }

@@ -195,7 +195,6 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		return nil, err
 	}
 	relayCfg.Accepted = in.accepted
-	in.srv = relay.New(relayCfg, in.store, log)
 	router := smarthost.NewConfigRouter(cfg.Delivery, resolver)
 	in.onReload(func(c *config.Config) { router.Set(c.Delivery) })
 	worker := &smarthost.Worker{
@@ -216,6 +215,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		Observe:         in.observe,
 	}
 	in.reloadLive(worker)
+	in.srv = relay.New(relayCfg, plannedQueue{in.store, worker}, log)
 
 	var workerCtx context.Context
 	workerCtx, in.stopWorker = context.WithCancel(context.Background())

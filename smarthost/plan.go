@@ -1,0 +1,119 @@
+package smarthost
+
+import (
+	"sync"
+	"time"
+
+	"relayq/queue"
+	"relayq/retry"
+)
+
+// Plan is called for a message about to be queued (the intake wiring in
+// cmd/relayq calls it before Put). While a destination is down, the first
+// attempt of each new message for it finds every host cooling down and
+// tries nothing; all it does is record why and put the message off, at the
+// cost of reading the message back and rewriting it in a synced batch.
+// With a million messages queued for a dead destination that rewrite is
+// most of what the queue does. Plan records the same verdict in env before
+// its first commit instead: when every recipient's destination was last
+// found with all its hosts cooling down and they still are, each recipient
+// gets the reply that put its hosts there and the message is first due
+// when that attempt would have made it due (its backoff, and not before a
+// host may be tried again). Nothing is tried either way, and an operator's
+// flush ends the cool-downs as before.
+//
+// Plan returns the function to call once the message is queued under id,
+// which logs and counts the deferrals as the attempt would; nil when it
+// left env alone (the message is due at once, as usual).
+func (w *Worker) Plan(env *queue.Envelope) func(id queue.ID) {
+	w.init()
+	if len(env.Recipients) == 0 || w.cooled.empty() {
+		return nil
+	}
+	type wait struct {
+		reply *retry.Reply
+		host  string
+		until time.Time
+	}
+	waits := make([]wait, len(env.Recipients))
+	for i := range env.Recipients {
+		hosts := w.cooled.hosts(domainOf(env.Recipients[i].Addr))
+		if len(hosts) == 0 {
+			return nil
+		}
+		for _, h := range hosts { // as deliverGroup: every host skipped, the last one's reply
+			until, r := w.breaker.coolingUntil(h)
+			if r == nil {
+				return nil // this host may be tried: the message is due now
+			}
+			if waits[i].until.IsZero() || until.Before(waits[i].until) {
+				waits[i].until = until
+			}
+			waits[i].reply, waits[i].host = r, h
+		}
+	}
+	m := &queue.Message{Envelope: *env} // shares env's recipients: t.wait writes into env
+	t := newTally(m, w.Now())
+	for i, v := range waits {
+		t.wait(i, v.reply, v.host, v.until)
+	}
+	env.NextAttempt = w.nextAttempt(t)
+	return func(id queue.ID) {
+		t.m = &queue.Message{ID: id, Envelope: *env} // with what Put set (Received)
+		w.logOutcomes(t)
+	}
+}
+
+// noteCooled records that the destination of recipients idx of m, with
+// targets, had every host cooling down (for Plan).
+func (w *Worker) noteCooled(m *queue.Message, idx []int, targets []Target) {
+	hosts := make([]string, len(targets))
+	for k, t := range targets {
+		hosts[k] = t.Addr
+	}
+	for _, i := range idx {
+		w.cooled.note(domainOf(m.Recipients[i].Addr), hosts)
+	}
+}
+
+// cooledDomains remembers, for each recipient domain whose destination an
+// attempt found with every host cooling down, the hosts it had: Plan asks
+// the circuit breaker about them. The breaker decides; this only saves
+// routing (and DNS) at intake. It is bounded: past maxCooledDomains it
+// starts over.
+type cooledDomains struct {
+	mu sync.Mutex
+	m  map[string][]string // recipient domain → its destination's host addresses
+}
+
+const maxCooledDomains = 10_000
+
+// note records that domain's destination had hosts, all cooling down.
+func (c *cooledDomains) note(domain string, hosts []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCooledDomains {
+		c.m = make(map[string][]string)
+	}
+	c.m[domain] = hosts
+}
+
+// hosts returns what note recorded for domain, nil if nothing.
+func (c *cooledDomains) hosts(domain string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[domain]
+}
+
+func (c *cooledDomains) empty() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m) == 0
+}
+
+// forget drops everything (an operator's flush: the cool-downs are over).
+func (c *cooledDomains) forget() {
+	c.mu.Lock()
+	c.m = nil
+	c.mu.Unlock()
+}

@@ -1,0 +1,105 @@
+package smarthost
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"relayq/queue"
+)
+
+// While every host of a destination cools down after failing, a new
+// message for it is queued already put off (Plan), as the attempt that
+// would try nothing would leave it: the hosts' reply, due when the
+// cool-down ends; and no host is dialled for it.
+func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close() // connections are refused from now on
+	dialer := &recordingDialer{}
+	h := startHarness(t, nil, smarthostRouter([]string{dead}), func(w *Worker) {
+		w.Dialer, w.CoolDown = dialer, time.Hour
+	})
+	env := func(rcpts ...string) *queue.Envelope {
+		e := &queue.Envelope{From: "a@src.invalid"}
+		for _, r := range rcpts {
+			e.Recipients = append(e.Recipients, queue.Recipient{Addr: r})
+		}
+		return e
+	}
+	if f := h.worker.Plan(env("b@dst.invalid")); f != nil {
+		t.Fatal("Plan put off a message before any host had failed")
+	}
+
+	// The first message fails: the host cools down for an hour. The
+	// second finds it cooling and is put off without a dial; from then on
+	// the destination is known to be cooling.
+	first := h.put("a@src.invalid", "b@dst.invalid")
+	h.waitAttempts(first, 1)
+	second := h.put("a@src.invalid", "c@dst.invalid")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, err := h.store.Get(second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.LastAttempt.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second message was not looked at within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	dials := dialer.dials()
+	if dials != 1 {
+		t.Fatalf("%d dials for two messages while the only host cools down, want 1", dials)
+	}
+
+	e := env("d@dst.invalid", "e@DST.invalid")
+	planned := h.worker.Plan(e)
+	if planned == nil {
+		t.Fatal("Plan left a message for a destination whose every host cools down due at once")
+	}
+	for _, r := range e.Recipients {
+		if !strings.HasPrefix(r.LastReply, "451 4.4.1") || r.LastHost != dead || r.Status != "4.4.1" || r.Attempts != 0 {
+			t.Errorf("planned recipient %+v, want the host's 451 4.4.1, from %s, no attempt counted", r, dead)
+		}
+	}
+	if wait := time.Until(e.NextAttempt); wait < 55*time.Minute || wait > time.Hour {
+		t.Errorf("planned to be due in %s, want when the hour-long cool-down ends", wait)
+	}
+	id := h.store.NewID()
+	if err := h.store.Put(context.Background(), id, e, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	planned(id)
+	m, err := h.store.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.NextAttempt.Equal(e.NextAttempt) || m.Recipients[0].LastReply != e.Recipients[0].LastReply || !m.LastAttempt.IsZero() {
+		t.Errorf("queued as %+v, want the plan, never attempted", m.Envelope)
+	}
+	if ids, _, _ := h.store.Due(time.Now(), 100, nil); len(ids) != 0 {
+		t.Errorf("due now: %v; the planned message and the put-off ones are not", ids)
+	}
+
+	// A recipient elsewhere, or the cool-downs ended by a flush: due at once.
+	mixed := env("f@dst.invalid", "g@elsewhere.invalid")
+	if h.worker.Plan(mixed) != nil || !mixed.NextAttempt.IsZero() || mixed.Recipients[0].LastReply != "" {
+		t.Errorf("Plan put off a message with a recipient elsewhere: %+v", mixed)
+	}
+	h.worker.ForgetHostFailures()
+	if f := h.worker.Plan(env("h@dst.invalid")); f != nil {
+		t.Error("Plan put off a message after the cool-downs were ended")
+	}
+	if d := dialer.dials(); d != dials {
+		t.Errorf("%d more dials: the planned message was tried", d-dials)
+	}
+}
