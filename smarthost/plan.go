@@ -20,7 +20,10 @@ import (
 // gets the reply that put its hosts there and the message is first due
 // when that attempt would have made it due (its backoff, and not before a
 // host may be tried again). Nothing is tried either way, and an operator's
-// flush ends the cool-downs as before.
+// flush ends the cool-downs as before. Plan does not route: a destination
+// whose route changed is seen at its next attempt; until then, at most
+// until its old hosts' cool-downs end (MaxCoolDown), new mail for it is
+// put off as it would have been before the change.
 //
 // Plan returns the function to call once the message is queued under id,
 // which logs and counts the deferrals as the attempt would; nil when it
