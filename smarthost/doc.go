@@ -95,7 +95,7 @@
 //   - A destination is "smarthost:" plus the hosts, or "mx:" plus the
 //     sorted MX host names: domains sharing MX hosts share one cap.
 //
-// # Delivery (worker.go, attempt.go, pool.go, breaker.go, caps.go)
+// # Delivery (worker.go, attempt.go, plan.go, pool.go, breaker.go, caps.go)
 //
 //   - Caps are caps (DESIGN.md invariant 7): a destination never gets a
 //     new connection while its open ones (in use, idle and being dialled)
@@ -123,6 +123,10 @@
 //     per failure in a row up to MaxCoolDown; the next host is used. When
 //     every host is cooling down the recipients are deferred with the
 //     reply that put the last one there. One success closes the breaker.
+//     Plan (plan.go) gives a new message for such a destination that same
+//     verdict before its first commit, while the breaker still says every
+//     host is cooling down, so the attempt that would try nothing is not
+//     made; it never decides anything the breaker has not.
 //   - A host that offered STARTTLS and failed the handshake is not tried
 //     again in plaintext within the attempt.
 //
