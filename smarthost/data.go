@@ -18,9 +18,10 @@ import (
 //
 // After the 354, writeBody writes the dot-stuffed body to the connection
 // (the TLS connection when TLS is on), holding back the CRLF that ends the
-// last line and leaving the last chunk, when small, in Conn.out; the
-// transaction (pipeline.go) then appends "\r\n.\r\n", which ends the last
-// line and the data (RFC 5321 §4.1.1.4), writes it and reads the reply.
+// last line, and ends it with "\r\n.\r\n", which ends the last line and
+// the data (RFC 5321 §4.1.1.4), in the same write as the last chunk: when
+// that chunk is small it is left, ended, in Conn.out, for the transaction
+// (pipeline.go) to write, and then to read the reply.
 // The bytes on the wire are those go-smtp would have sent for a CRLF-only
 // body.
 
@@ -29,9 +30,9 @@ const (
 	// chunk size, so one read takes one stored chunk. The body is never
 	// held whole (DESIGN.md invariant 5).
 	bodyChunk = 64 << 10
-	// maxHeld bounds the end of a body that is held back to go out in the
-	// same write as the final ".": for a small message that saves a write
-	// syscall; for a large one it would save nothing worth a copy.
+	// maxHeld bounds the end of a body that is left in Conn.out (copied)
+	// to go out with whatever the transaction writes next; a longer one is
+	// written, ended, from the body buffer.
 	maxHeld = 4 << 10
 )
 
@@ -44,10 +45,13 @@ var bodyBufs = sync.Pool{New: func() any {
 
 type bodyBuf struct{ in, out []byte }
 
-// writeBody writes r dot-stuffed to the connection after a 354, without
-// the CRLF that ends its last line (see above), and leaves the last chunk
-// in c.out when it is at most maxHeld bytes: the caller then appends
-// "\r\n.\r\n" to c.out and writes it. Each write has its own deadline (RFC
+// endOfData ends the body's last line and the data.
+const endOfData = "\r\n.\r\n"
+
+// writeBody writes r dot-stuffed to the connection after a 354, ended by
+// "\r\n.\r\n" (see above), except that it leaves the last chunk and the
+// ending in c.out when that chunk is at most maxHeld bytes: the caller
+// then writes c.out. Each write has its own deadline (RFC
 // 5321 §4.5.3.2.5: a timeout per chunk sent, not for the whole body). It
 // returns nil, or the reply that breaks the connection.
 func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
@@ -71,9 +75,12 @@ func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
 		}
 		if rerr == io.EOF {
 			if len(pending) <= maxHeld {
-				c.out = append(c.out, pending...)
+				c.out = append(append(c.out, pending...), endOfData...)
 				return nil
 			}
+			// One write for the last chunk and the end: a syscall fewer per
+			// large message. (buf.out has room for it but in the worst case.)
+			pending = append(pending, endOfData...)
 			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
 			if _, err := c.wire.Write(pending); err != nil {
 				return c.reply(ctx.Err(), retry.StageBody, err)

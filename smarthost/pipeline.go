@@ -254,9 +254,7 @@ func (t *txn) body(r io.Reader) error {
 		t.decide(t.accepted, retry.StageBody, rep)
 		return rep
 	}
-	// writeBody left the end of the body in c.out, without the CRLF of its
-	// last line: "\r\n.\r\n" ends both (RFC 5321 §4.1.1.4).
-	c.out = append(c.out, "\r\n.\r\n"...)
+	// writeBody has written the body and its end, or left the rest in c.out.
 	rep, err := t.end(retry.StageBody)
 	if err != nil {
 		return err
@@ -290,8 +288,12 @@ func (t *txn) end(stage retry.Stage) (*retry.Reply, error) {
 	return nil, t.fail(stage, unexpected(".", code, msg))
 }
 
-// flush writes c.out in one write, under a write deadline of timeout.
+// flush writes c.out in one write, under a write deadline of timeout;
+// nothing if it is empty.
 func (c *Conn) flush(timeout time.Duration) error {
+	if len(c.out) == 0 {
+		return nil
+	}
 	_ = c.raw.SetWriteDeadline(time.Now().Add(timeout))
 	_, err := c.wire.Write(c.out)
 	c.out = c.out[:0]

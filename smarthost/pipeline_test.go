@@ -649,3 +649,36 @@ func TestReplyReaderBoundsWhatItHolds(t *testing.T) {
 		}
 	}
 }
+
+// A large body goes out chunk by chunk, its last chunk in the same write
+// as the end of the data: a 100 KiB message is three writes (the
+// commands, 64 KiB of body, the rest with "\r\n.\r\n"), and arrives whole,
+// dot-stuffing and all.
+func TestLargeBodyEndsWithItsLastChunk(t *testing.T) {
+	s := startPipeServer(t, pipeOpts{pipelining: true})
+	var d countingDialer
+	c, err := Dial(testCtx(t), &d, target(s.addr, TLSNone), hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line := strings.Repeat("y", 78) + "\r\n"
+	body := strings.Repeat(line, 1200) + ".a line that starts with a dot\r\n" + strings.Repeat(line, 80)
+	e := Envelope{From: "a@example.org", Rcpts: []string{"a@x.example"}, Size: int64(len(body))}
+	before := d.writes.Load()
+	res, err := c.Send(testCtx(t), e, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkResults(t, res, delivered())
+	if n := d.writes.Load() - before; n != 3 {
+		t.Errorf("%d writes for a %d-byte message, want 3", n, len(body))
+	}
+	_, _, _, datas := s.seen()
+	if len(datas) != 1 || string(datas[0]) != strings.ReplaceAll(body, "\r\n", "\n") {
+		t.Errorf("the server got %d messages; the body arrived changed", len(datas))
+	}
+	if _, err := send(t, c, env("b@x.example")); err != nil { // the connection goes on
+		t.Fatal(err)
+	}
+}
