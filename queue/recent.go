@@ -51,14 +51,11 @@ func newRecent() *recent {
 	}
 }
 
-// add keeps a pending copy of r and body (which it copies) for id.
-func (c *recent) add(id ID, r *record, body []byte) {
+// add keeps, pending, id's record as encoded (enc, which it keeps: the
+// caller must not modify it) and a copy of its body.
+func (c *recent) add(id ID, enc, body []byte) {
 	if len(body) > c.maxBytes/16 {
 		return
-	}
-	enc, err := appendRecord(nil, r)
-	if err != nil {
-		return // setRecord fails the Put with the same error
 	}
 	e := &recentEntry{enc: enc, body: bytes.Clone(body), pending: true}
 	c.mu.Lock()

@@ -142,7 +142,11 @@ func TestRecentForgetsChangedMessages(t *testing.T) {
 func TestRecentPendingEntriesAreInvisible(t *testing.T) {
 	c := newRecent()
 	r := &record{Envelope: *envelope("a@example.org", "b@example.net"), Chunks: 1}
-	c.add("x", r, []byte("body"))
+	enc, err := appendRecord(nil, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.add("x", enc, []byte("body"))
 	var got record
 	if ok, _ := c.record("x", &got); ok || c.body("x") != nil {
 		t.Fatal("a pending entry (its Put not committed) was served")
@@ -151,7 +155,7 @@ func TestRecentPendingEntriesAreInvisible(t *testing.T) {
 	if ok, err := c.record("x", &got); !ok || err != nil || got.Recipients[0].Addr != "b@example.net" {
 		t.Fatalf("committed entry: ok=%v err=%v %+v", ok, err, got)
 	}
-	c.add("y", r, []byte("body"))
+	c.add("y", enc, []byte("body"))
 	c.drop("y") // rewritten before its Put's commit returned
 	c.committed("y")
 	if ok, _ := c.record("y", &got); ok {
@@ -161,10 +165,13 @@ func TestRecentPendingEntriesAreInvisible(t *testing.T) {
 
 func TestRecentIsBounded(t *testing.T) {
 	c := newRecent()
-	r := &record{Envelope: *envelope("a@example.org", "b@example.net")}
+	enc, err := appendRecord(nil, &record{Envelope: *envelope("a@example.org", "b@example.net")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range 3 * recentEntries {
 		id := ID(fmt.Sprint(i))
-		c.add(id, r, nil)
+		c.add(id, enc, nil)
 		c.committed(id)
 		if i%3 == 0 {
 			c.drop(id) // dropped entries leave stale slots in the ring
@@ -182,12 +189,12 @@ func TestRecentIsBounded(t *testing.T) {
 
 	big := bytes.Repeat([]byte("b"), recentBytes/16)
 	for i := range 100 {
-		c.add(ID(fmt.Sprint("big", i)), r, big)
+		c.add(ID(fmt.Sprint("big", i)), enc, big)
 	}
 	if c.bytes > recentBytes {
 		t.Errorf("%d body bytes held; the bound is %d", c.bytes, recentBytes)
 	}
-	c.add("huge", r, make([]byte, recentBytes/16+1))
+	c.add("huge", enc, make([]byte, recentBytes/16+1))
 	if _, ok := c.entries["huge"]; ok {
 		t.Error("a body over a sixteenth of the bound was kept")
 	}

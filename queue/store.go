@@ -232,7 +232,11 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 		env.NextAttempt = env.Received
 	}
 	rec := &record{Envelope: *env, Chunks: chunks}
-	if err := s.setRecord(b, id, rec); err != nil {
+	enc, err := appendRecord(nil, rec) // kept by the recent cache
+	if err != nil {
+		return s.abandon(id, spilled, err)
+	}
+	if err := s.setEncoded(b, id, rec, enc); err != nil {
 		return s.abandon(id, spilled, err)
 	}
 	if spilled {
@@ -241,7 +245,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 		}
 	}
 	if chunks <= 1 {
-		s.recent.add(id, rec, buf[:size]) // the body is all in buf
+		s.recent.add(id, enc, buf[:size]) // the body is all in buf
 	}
 	if err := s.commit(b, pebble.Sync); err != nil {
 		s.recent.drop(id)
@@ -290,12 +294,17 @@ func (s *Store) abandon(id ID, spilled bool, err error) error {
 // setRecord adds the m/ and s/ keys of r to b. A held message has no
 // schedule entry. id leaves the recent cache: readers go to Pebble.
 func (s *Store) setRecord(b *writeBatch, id ID, r *record) error {
-	s.recent.drop(id)
 	var buf [512]byte // most records fit: no allocation (Set copies v)
 	v, err := appendRecord(buf[:0], r)
 	if err != nil {
 		return err
 	}
+	return s.setEncoded(b, id, r, v)
+}
+
+// setEncoded is setRecord with r already encoded as v.
+func (s *Store) setEncoded(b *writeBatch, id ID, r *record, v []byte) error {
+	s.recent.drop(id)
 	if err := b.Set(metaKey(id), v, nil); err != nil {
 		return err
 	}

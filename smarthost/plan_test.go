@@ -1,42 +1,15 @@
 package smarthost
 
 import (
-	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"relayq/queue"
 )
-
-// lockedLog is a log the worker's goroutines and the test share.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// find returns the first line containing s, or "".
-func (l *lockedLog) find(s string) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		if strings.Contains(line, s) {
-			return line
-		}
-	}
-	return ""
-}
 
 // While every host of a destination cools down after failing, a new
 // message for it is queued already put off (Plan), as the attempt that
@@ -50,10 +23,10 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 	dead := l.Addr().String()
 	l.Close() // connections are refused from now on
 	dialer := &recordingDialer{}
-	var logs lockedLog
+	var logs *logBuffer
 	h := startHarness(t, nil, smarthostRouter([]string{dead}), func(w *Worker) {
 		w.Dialer, w.CoolDown = dialer, time.Hour
-		w.Log = zerolog.New(&logs)
+		logs = captureLog(t, w)
 	})
 	env := func(rcpts ...string) *queue.Envelope {
 		e := &queue.Envelope{From: "a@src.invalid"}
@@ -116,8 +89,14 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 	if !m.NextAttempt.Equal(e.NextAttempt) || m.Recipients[0].LastReply != e.Recipients[0].LastReply || !m.LastAttempt.IsZero() {
 		t.Errorf("queued as %+v, want the plan, never attempted", m.Envelope)
 	}
-	if line := logs.find(`"id":"` + string(id) + `"`); !strings.Contains(line, `"message":"deferred"`) || !strings.Contains(line, `"rcpt":"d@dst.invalid"`) {
-		t.Errorf("log line of the planned message: %q, want its deferral", line)
+	var logged []string
+	for _, ev := range logs.events("deferred") {
+		if ev["id"] == string(id) {
+			logged = append(logged, fmt.Sprint(ev["rcpt"], " ", ev["reply"]))
+		}
+	}
+	if len(logged) != 2 || !strings.HasPrefix(logged[0], "d@dst.invalid 451 4.4.1") {
+		t.Errorf("deferred lines of the planned message: %q, want one per recipient with the host's reply", logged)
 	}
 	if ids, _, _ := h.store.Due(time.Now(), 100, nil); len(ids) != 0 {
 		t.Errorf("due now: %v; the planned message and the put-off ones are not", ids)
