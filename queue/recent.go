@@ -16,7 +16,7 @@ import (
 // and it adds it before its commit, marked pending (Get and Body pass over
 // a pending entry to Pebble); once the commit succeeds it marks it
 // committed, and if the commit fails it drops it. Every other write of a
-// record (setRecord, deleteLocked) drops the entry before its batch is
+// record (setEncoded, under setRecord, and deleteLocked) drops the entry before its batch is
 // committed, so from then on readers go to Pebble, which has the old state
 // until the commit and the new one after, as without the cache. An entry
 // dropped while pending is not brought back by the mark.
@@ -62,6 +62,9 @@ func (c *recent) add(id ID, enc, body []byte) {
 	defer c.mu.Unlock()
 	for c.n == len(c.ring) || c.bytes+len(body) > c.maxBytes {
 		c.evictOldest()
+	}
+	if old, ok := c.entries[id]; ok { // put again under the same ID
+		c.bytes -= len(old.body)
 	}
 	c.ring[(c.head+c.n)%len(c.ring)] = id
 	c.n++
