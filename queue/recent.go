@@ -16,10 +16,11 @@ import (
 // and it adds it before its commit, marked pending (Get and Body pass over
 // a pending entry to Pebble); once the commit succeeds it marks it
 // committed, and if the commit fails it drops it. Every other write of a
-// record (setEncoded, under setRecord, and deleteLocked) drops the entry before its batch is
-// committed, so from then on readers go to Pebble, which has the old state
-// until the commit and the new one after, as without the cache. An entry
-// dropped while pending is not brought back by the mark.
+// record (setEncoded, under setRecord, and deleteLocked) drops the entry
+// before its batch is committed, so from then on readers go to Pebble,
+// which has the old state until the commit and the new one after, as
+// without the cache. An entry dropped while pending is not brought back by
+// the mark.
 type recent struct {
 	mu       sync.Mutex
 	entries  map[ID]*recentEntry
