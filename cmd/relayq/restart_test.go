@@ -22,7 +22,17 @@ var (
 	buildErr  error
 )
 
-// relayqBinary builds the relayq binary once per test run.
+// TestMain removes the binary relayqBinary built, once every test is done.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// relayqBinary builds the relayq binary once per test run (TestMain
+// removes it).
 func relayqBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
