@@ -202,11 +202,17 @@ func dialSession(t *testing.T, addr string) (*textproto.Conn, net.Conn) {
 	expect(t, tp, 220)
 	send(t, tp, "EHLO client.test")
 	expect(t, tp, 250)
+	envelope(t, tp)
+	return tp, nc
+}
+
+// envelope gives MAIL FROM and RCPT TO and expects both to be accepted.
+func envelope(t *testing.T, tp *textproto.Conn) {
+	t.Helper()
 	send(t, tp, "MAIL FROM:<a@example.org>")
 	expect(t, tp, 250)
 	send(t, tp, "RCPT TO:<b@example.net>")
 	expect(t, tp, 250)
-	return tp, nc
 }
 
 func send(t *testing.T, tp *textproto.Conn, line string) {
@@ -350,10 +356,7 @@ func TestFastPathRefusedBodyIsDrainedAndTheSessionGoesOn(t *testing.T) {
 	if msg := expect(t, tp, 552); !strings.Contains(msg, "5.3.4") {
 		t.Fatalf("552 without 5.3.4: %q", msg)
 	}
-	send(t, tp, "MAIL FROM:<a@example.org>")
-	expect(t, tp, 250)
-	send(t, tp, "RCPT TO:<b@example.net>")
-	expect(t, tp, 250)
+	envelope(t, tp)
 	send(t, tp, "DATA")
 	expect(t, tp, 354)
 	if _, err := io.WriteString(nc, "Subject: small\r\n\r\nok\r\n.\r\n"); err != nil {

@@ -461,13 +461,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestDialFailures(t *testing.T) {
-	// A port that was just free: nothing listens there.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := l.Addr().String()
-	l.Close()
+	closed := closedAddr(t)
 
 	silent := rawServer(t, func(*textproto.Conn) {}) // accepts and never greets
 	full := startSink(t, sink.Options{MaxConns: 1})
@@ -596,6 +590,22 @@ func TestParseTLSMode(t *testing.T) {
 // go-smtp server cannot be made to do; handle gets each connection.
 func rawServer(t *testing.T, handle func(*textproto.Conn)) string {
 	t.Helper()
+	return acceptLoop(t, testTimeout, func(conn net.Conn) func() {
+		handle(textproto.NewConn(conn))
+		// Wait for the client to hang up, so handle's last words arrive.
+		io.Copy(io.Discard, conn)
+		return nil
+	})
+}
+
+// acceptLoop listens on a loopback port and accepts connections until the
+// test ends, when it closes the listener and waits for every handler.
+// accepted is called in the accept loop, in turn, with each connection,
+// under a deadline of d; the function it returns, if any, then serves the
+// connection in its own goroutine. The connection is closed when that
+// function (or, without one, accepted) returns. It returns the address.
+func acceptLoop(t *testing.T, d time.Duration, accepted func(net.Conn) func()) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -606,15 +616,22 @@ func rawServer(t *testing.T, handle func(*textproto.Conn)) string {
 	go func() {
 		defer wg.Done()
 		for {
-			conn, err := l.Accept()
+			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			conn.SetDeadline(time.Now().Add(testTimeout))
-			handle(textproto.NewConn(conn))
-			// Wait for the client to hang up, so handle's last words arrive.
-			io.Copy(io.Discard, conn)
-			conn.Close()
+			c.SetDeadline(time.Now().Add(d))
+			serve := accepted(c)
+			if serve == nil {
+				c.Close()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve()
+			}()
 		}
 	}()
 	return l.Addr().String()

@@ -45,34 +45,14 @@ type pipeOpts struct {
 
 func startPipeServer(t *testing.T, o pipeOpts) *pipeServer {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &pipeServer{addr: l.Addr().String(), opts: o}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				if o.sockBuf > 0 {
-					c.(*net.TCPConn).SetReadBuffer(o.sockBuf)
-					c.(*net.TCPConn).SetWriteBuffer(o.sockBuf)
-				}
-				s.serve(textproto.NewConn(c))
-			}()
+	s := &pipeServer{opts: o}
+	s.addr = acceptLoop(t, 20*time.Second, func(c net.Conn) func() {
+		if o.sockBuf > 0 {
+			c.(*net.TCPConn).SetReadBuffer(o.sockBuf)
+			c.(*net.TCPConn).SetWriteBuffer(o.sockBuf)
 		}
-	}()
+		return func() { s.serve(textproto.NewConn(c)) }
+	})
 	return s
 }
 

@@ -3,7 +3,6 @@ package smarthost
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,12 +15,7 @@ import (
 // would try nothing would leave it: the hosts' reply, due when the
 // cool-down ends; and no host is dialled for it.
 func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close() // connections are refused from now on
+	dead := closedAddr(t)
 	dialer := &recordingDialer{}
 	var logs *logBuffer
 	h := startHarness(t, nil, smarthostRouter([]string{dead}), func(w *Worker) {

@@ -60,38 +60,20 @@ type peerConn struct {
 
 func startPeer(t *testing.T, ext []string, script func(turn) string) *peer {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &peer{t: t, addr: l.Addr().String(), ext: ext, script: script, changed: make(chan struct{})}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
+	p := &peer{t: t, ext: ext, script: script, changed: make(chan struct{})}
+	p.addr = acceptLoop(t, 20*time.Second, func(c net.Conn) func() {
+		p.mu.Lock()
+		pc := &peerConn{}
+		p.conns = append(p.conns, pc)
+		n := len(p.conns)
+		p.mu.Unlock()
+		return func() {
+			p.serve(textproto.NewConn(c), n, pc)
 			p.mu.Lock()
-			pc := &peerConn{}
-			p.conns = append(p.conns, pc)
-			n := len(p.conns)
+			pc.ended = true
 			p.mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				p.serve(textproto.NewConn(c), n, pc)
-				p.mu.Lock()
-				pc.ended = true
-				p.mu.Unlock()
-			}()
 		}
-	}()
+	})
 	return p
 }
 
@@ -626,6 +608,7 @@ func TestReplyTableEndToEnd(t *testing.T) {
 
 // closedAddr returns a loopback address nothing listens on.
 func closedAddr(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -135,12 +135,7 @@ func TestRouteForSubdomainsWinsOverTheSmarthost(t *testing.T) {
 
 func TestConfigChangeAppliesToMailAlreadyQueued(t *testing.T) {
 	// The smart host first configured takes nothing (no one listens).
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := closedAddr(t)
 	good, err := sink.Start(sink.Options{})
 	if err != nil {
 		t.Fatal(err)

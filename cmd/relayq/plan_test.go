@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -15,12 +14,7 @@ import (
 // only to find the host cooling down: the message is queued already put
 // off, with the host's reply (the intake is wired through Worker.Plan).
 func TestNewMailForACoolingSmarthostIsQueuedPutOff(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
+	dead := freeAddr(t) // nothing listens: connections are refused
 	cfg := testConfig(t, dead)
 	cfg.Retry.MinBackoff = config.Duration(time.Hour)
 	cfg.Retry.MaxBackoff = config.Duration(2 * time.Hour)

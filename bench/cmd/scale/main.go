@@ -271,12 +271,18 @@ func (r *run) status(field string) int64 {
 
 // load sends n messages over conns connections and returns messages/s.
 func (r *run) load(n, conns int, body []byte) float64 {
-	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-	)
+	var next, sent atomic.Int64
 	start := time.Now()
-	for c := 0; c < min(conns, n); c++ {
+	r.senders(min(conns, n), body, func() bool { return next.Add(1) <= int64(n) }, &sent)()
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// senders starts conns SMTP clients that each send body while more says
+// so, counting the messages in sent; the function returned waits until
+// every client has quit.
+func (r *run) senders(conns int, body []byte, more func() bool, sent *atomic.Int64) (wait func()) {
+	var wg sync.WaitGroup
+	for range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -285,14 +291,14 @@ func (r *run) load(n, conns int, body []byte) float64 {
 			cl := smtp.NewClient(conn)
 			defer cl.Close()
 			check(cl.Hello("bench.invalid"))
-			for next.Add(1) <= int64(n) {
+			for more() {
 				check(cl.SendMail("bench@src.invalid", []string{"rcpt@dst.invalid"}, bytes.NewReader(body)))
+				sent.Add(1)
 			}
 			cl.Quit()
 		}()
 	}
-	wg.Wait()
-	return float64(n) / time.Since(start).Seconds()
+	return wg.Wait
 }
 
 // enqueue queues n messages and prints the enqueue rates on an empty queue
@@ -359,31 +365,15 @@ func (r *run) profileLoad(dir, name string, d time.Duration, conns int, body []b
 	var (
 		stop atomic.Bool
 		sent atomic.Int64
-		wg   sync.WaitGroup
 	)
-	for c := 0; c < conns; c++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conn, err := net.DialTimeout("tcp", r.listen, 10*time.Second)
-			check(err)
-			cl := smtp.NewClient(conn)
-			defer cl.Close()
-			check(cl.Hello("bench.invalid"))
-			for !stop.Load() {
-				check(cl.SendMail("bench@src.invalid", []string{"rcpt@dst.invalid"}, bytes.NewReader(body)))
-				sent.Add(1)
-			}
-			cl.Quit()
-		}()
-	}
+	wait := r.senders(conns, body, func() bool { return !stop.Load() }, &sent)
 	time.Sleep(time.Second)
 	before := sent.Load()
 	start := time.Now()
 	r.fetch(dir, name, fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())))
 	rate := float64(sent.Load()-before) / time.Since(start).Seconds()
 	stop.Store(true)
-	wg.Wait()
+	wait()
 	fmt.Printf("profile %-20s %8.0f msgs/s while profiling (%d messages in this phase)\n", name+":", rate, sent.Load())
 }
 
