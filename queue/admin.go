@@ -214,7 +214,7 @@ func (s *Store) modify(ctx context.Context, id ID, fn func(r *record, now time.T
 	if err := s.rewriteLocked(b, id, old, &r); err != nil {
 		return err
 	}
-	if err := s.commit(b, pebble.Sync); err != nil {
+	if err := s.commit(b, synced); err != nil {
 		return fmt.Errorf("queue: commit %s: %w", id, err)
 	}
 	if !r.Held {
@@ -239,7 +239,7 @@ func (s *Store) Delete(ctx context.Context, id ID) error {
 	if err := s.deleteLocked(b, id, r); err != nil {
 		return err
 	}
-	if err := s.commit(b, pebble.Sync); err != nil {
+	if err := s.commit(b, synced); err != nil {
 		return fmt.Errorf("queue: commit delete %s: %w", id, err)
 	}
 	s.messages.Add(-1)

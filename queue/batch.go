@@ -54,10 +54,12 @@ func (b *writeBatch) schedule(due time.Time, id ID) error {
 	return b.Set(scheduleKey(due, id), nil, nil)
 }
 
-// commit commits b; its schedule entries are noted for the next Due scan.
-// The note and the commit happen under the shared side of scan.mu, so a
-// Due that takes the notes (exclusive side) sees their entries too.
-func (s *Store) commit(b *writeBatch, opts *pebble.WriteOptions) error {
+// apply commits b with opts; its schedule entries are noted for the next
+// Due scan. The note and the commit happen under the shared side of
+// scan.mu, so a Due that takes the notes (exclusive side) sees their
+// entries too. Writers call commit (syncshare.go), which says when b is
+// durable.
+func (s *Store) apply(b *writeBatch, opts *pebble.WriteOptions) error {
 	s.scan.mu.RLock()
 	defer s.scan.mu.RUnlock()
 	for {

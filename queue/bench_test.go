@@ -7,8 +7,6 @@ import (
 	"io"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
 )
 
 // Benchmarks run only with -bench (make test never runs them):
@@ -132,11 +130,11 @@ func loadQueue(s *Store, n int, t0 time.Time, spread time.Duration) ([]ID, error
 		}
 		ids = append(ids, id)
 		if (i+1)%perBatch == 0 || i == n-1 {
-			opts := pebble.NoSync
+			d := unsynced
 			if i == n-1 {
-				opts = pebble.Sync
+				d = synced
 			}
-			if err := s.commit(b, opts); err != nil {
+			if err := s.commit(b, d); err != nil {
 				return nil, err
 			}
 			b.Close()

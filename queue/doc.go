@@ -56,8 +56,12 @@
 //     A crash before that commit leaves a p/ marker, and Open removes those
 //     chunks.
 //   - Update commits one message's new state, its new schedule entry and any
-//     NDR it gave rise to, in one batch with pebble.Sync. A message with no
-//     pending recipient is deleted in that batch.
+//     NDR it gave rise to, in one batch, and returns only once that batch is
+//     on disk. A message with no pending recipient is deleted in that batch.
+//     The batch is written without a sync of its own and made durable by the
+//     next synced commit (a Put, usually), or by a WAL sync of Update's own
+//     after 1 ms without one (syncshare.go): a delivery's outcome has no
+//     client waiting on it, and this saves an fdatasync per few messages.
 //   - Concurrent Syncs share one fsync (Pebble's group commit).
 //
 // # Invariants

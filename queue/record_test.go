@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
 )
 
 // fullRecord has every field of record, Envelope and Recipient set to a
@@ -303,7 +301,7 @@ func TestVersion1QueueOpensAndDelivers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.commit(b, pebble.Sync); err != nil {
+	if err := s.commit(b, synced); err != nil {
 		t.Fatal(err)
 	}
 	b.Close()

@@ -72,6 +72,10 @@ type Store struct {
 	bufs    sync.Pool
 	scan    scanHint
 	recent  *recent // the last small messages put (recent.go)
+	// share and shareWait: Update's commits share the WAL syncs of others
+	// (syncshare.go).
+	share     syncShare
+	shareWait time.Duration
 }
 
 // record is what an m/ key holds after the version byte.
@@ -121,7 +125,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		wake:      make(chan struct{}, 1),
 		counted:   make(chan struct{}),
 		recent:    newRecent(),
+		shareWait: defaultShareWait,
 	}
+	s.share.init()
 	s.bufs.New = func() any { b := make([]byte, s.chunkSize); return &b }
 	if err := s.recover(); err != nil {
 		db.Close()
@@ -217,7 +223,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 				}
 				spilled = true
 			}
-			if err := s.commit(b, pebble.NoSync); err != nil {
+			if err := s.commit(b, unsynced); err != nil {
 				return s.abandon(id, spilled, fmt.Errorf("queue: commit body: %w", err))
 			}
 			b = s.spillBatch(b)
@@ -247,7 +253,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 	if chunks <= 1 {
 		s.recent.add(id, enc, buf[:size]) // the body is all in buf
 	}
-	if err := s.commit(b, pebble.Sync); err != nil {
+	if err := s.commit(b, synced); err != nil {
 		s.recent.drop(id)
 		return s.abandon(id, spilled, fmt.Errorf("queue: commit: %w", err))
 	}
@@ -530,10 +536,11 @@ func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, nex
 
 // Update commits the new state of m (recipient states, NextAttempt,
 // attempt counters) and enqueues news (NDRs it gave rise to), all in one
-// batch with pebble.Sync. A message with no pending recipient left is
-// deleted with its body. Update returns ErrNotFound if m was deleted
-// meanwhile (by an operator); then nothing is written. Operator state (Held)
-// is kept from the stored record, not taken from m.
+// batch, durable when Update returns (its WAL sync shared: syncshare.go).
+// A message with no pending recipient left is deleted with its body.
+// Update returns ErrNotFound if m was deleted meanwhile (by an operator);
+// then nothing is written. Operator state (Held) is kept from the stored
+// record, not taken from m.
 func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) error {
 	old, unlock, err := s.locked(ctx, m.ID)
 	if err != nil {
@@ -563,7 +570,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 		added++
 		addedBytes += int64(len(news[i].Body))
 	}
-	if err := s.commit(b, pebble.Sync); err != nil {
+	if err := s.commit(b, shared); err != nil {
 		return fmt.Errorf("queue: commit update %s: %w", m.ID, err)
 	}
 	if final {
