@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/netip"
 	"slices"
@@ -131,7 +130,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		Ret:      string(opts.Return),
 		Body8Bit: opts.Body == smtp.Body8BitMIME,
 		SMTPUTF8: opts.UTF8,
-		Client:   fmt.Sprintf("%s %s", addressLiteral(s.ip), sanitizeTraceWord(s.conn.Hostname())),
+		Client:   addressLiteral(s.ip) + " " + sanitizeTraceWord(s.conn.Hostname()),
 	}
 	return nil
 }

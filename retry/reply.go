@@ -46,7 +46,14 @@ func (c EnhancedCode) String() string {
 	if c.IsZero() {
 		return ""
 	}
-	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
+	// Not fmt: this runs for every delivery's log line.
+	b := make([]byte, 0, 11)
+	b = strconv.AppendInt(b, int64(c[0]), 10)
+	b = append(b, '.')
+	b = strconv.AppendInt(b, int64(c[1]), 10)
+	b = append(b, '.')
+	b = strconv.AppendInt(b, int64(c[2]), 10)
+	return string(b)
 }
 
 // ParseEnhanced parses "x.y.z" (RFC 3463 §2: class 2, 4 or 5; subject and

@@ -131,3 +131,17 @@ func FuzzParseReply(f *testing.F) {
 		}
 	})
 }
+
+func TestEnhancedCodeString(t *testing.T) {
+	for c, want := range map[EnhancedCode]string{
+		{}:            "",
+		{2, 0, 0}:     "2.0.0",
+		{4, 4, 7}:     "4.4.7",
+		{5, 1, 10}:    "5.1.10",
+		{4, 999, 999}: "4.999.999",
+	} {
+		if got := c.String(); got != want {
+			t.Errorf("%v.String() = %q, want %q", [3]int(c), got, want)
+		}
+	}
+}
