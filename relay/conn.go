@@ -321,13 +321,15 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 // greeting. A goroutine starts with a small stack, and the runtime copies
 // it, adjusting every frame, each time it must grow. Without this it grew
 // deep inside queue.Put, reading the body under Session.Data, at about 4 %
-// of relayq's CPU at 1 KiB (profile of `make bench`); a 16 KiB frame here
-// takes the stack to 32 KiB, and the profile then shows no growth past the
-// greeting. n only keeps the compiler from removing the frame.
+// of relayq's CPU at 1 KiB (profile of `make bench`). An 8 KiB frame here
+// takes the stack to 16 KiB, the largest size the runtime serves from its
+// per-P cache (32 KiB cost a heap allocation per connection), and the
+// profile then shows no growth past the greeting. n only keeps the
+// compiler from removing the frame.
 //
 //go:noinline
 func growStack(n int) byte {
-	var pad [16 << 10]byte
+	var pad [8 << 10]byte
 	pad[n%len(pad)] = 1
 	return pad[(n+1)%len(pad)]
 }
