@@ -133,6 +133,10 @@ var _ DestStore = (*queue.Store)(nil)
 // before it ends.
 const runnerIdle = 10 * time.Second
 
+// doneRecheck bounds how long after an attempt ends the schedule is
+// scanned again when nothing else asks for it (Run).
+const doneRecheck = 100 * time.Millisecond
+
 // Run delivers until ctx is cancelled, then lets the attempts in flight
 // finish (bounded by Grace) and closes the idle connections.
 func (w *Worker) Run(ctx context.Context) error {
@@ -186,16 +190,29 @@ func (w *Worker) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 
+	// The schedule is scanned when something may have become due: a new
+	// or rescheduled message (Wake), the timer, or a finished attempt
+	// while the last scan left due messages for want of a free slot. Any
+	// other finished attempt only brings the next scan within
+	// doneRecheck: its message was rescheduled (Wake) or is gone, unless
+	// its commit failed, and a scan per attempt cost a few % of the CPU
+	// per message under load.
+	var (
+		next      time.Time // when the first message the last scan left is due; zero: none
+		more      = true    // the last scan filled every free slot: more may be due now
+		scan      = true
+		recheckAt time.Time // an attempt ended: scan by then at the latest; zero: none
+	)
 	for ctx.Err() == nil {
 		mu.Lock()
 		free := w.MaxConns - len(inflight)
 		var (
-			ids  []queue.ID
-			next time.Time
-			err  error
+			ids []queue.ID
+			err error
 		)
-		if free > 0 {
+		if free > 0 && scan {
 			ids, next, err = w.Queue.Due(w.Now(), free, skip)
+			more, scan, recheckAt = len(ids) == free, false, time.Time{}
 		}
 		for _, id := range ids {
 			inflight[id] = true
@@ -203,7 +220,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		mu.Unlock()
 		if err != nil {
 			w.Log.Error().Err(err).Msg("reading the schedule")
-			next = w.Now().Add(time.Second)
+			next, more = w.Now().Add(time.Second), false
 		}
 		for _, id := range ids {
 			select {
@@ -213,19 +230,28 @@ func (w *Worker) Run(ctx context.Context) error {
 				go runner(id)
 			}
 		}
+		// With no slot free, or more due than there were slots, a finishing
+		// attempt wakes the loop.
 		wait := time.Hour
-		if !next.IsZero() {
+		if !more && !next.IsZero() && free > len(ids) {
 			wait = max(next.Sub(w.Now()), 0)
 		}
-		if len(ids) > 0 && free == len(ids) {
-			wait = time.Hour // all slots busy: a finishing attempt wakes us
+		if !recheckAt.IsZero() {
+			wait = min(wait, max(recheckAt.Sub(w.Now()), 0))
 		}
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 		case <-w.Queue.Wake():
+			scan = true
 		case <-done:
+			if more {
+				scan = true
+			} else if recheckAt.IsZero() {
+				recheckAt = w.Now().Add(doneRecheck)
+			}
 		case <-timer.C:
+			scan = true
 		case <-reap.C:
 			w.pool.reap()
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -496,6 +497,37 @@ func TestInstantAttemptsNeverExceedMaxConnsAndStop(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return within 10 s of being stopped")
 	}
+}
+
+// An attempt whose commit failed leaves its message due, and nothing
+// wakes the scheduler for it: the loop must look again by itself
+// (doneRecheck), not wait for the next message or its timer.
+func TestAttemptWhoseCommitFailedIsTriedAgain(t *testing.T) {
+	var failed atomic.Bool
+	h := newHarness(t, sink.Options{}, func(w *Worker) {
+		w.Queue = &failFirstUpdate{Queue: w.Queue, failed: &failed}
+	})
+	id := h.put("a@src.invalid", "b@dst.invalid")
+	h.waitGone(id)
+	if !failed.Load() {
+		t.Fatal("no Update failed")
+	}
+	if n := h.sink.Count(); n != 2 {
+		t.Fatalf("the sink got %d copies, want 2: the attempt whose commit failed and the next", n)
+	}
+}
+
+// failFirstUpdate fails the first Update, writing nothing.
+type failFirstUpdate struct {
+	Queue
+	failed *atomic.Bool
+}
+
+func (q *failFirstUpdate) Update(ctx context.Context, m *queue.Message, news ...queue.NewMessage) error {
+	if q.failed.CompareAndSwap(false, true) {
+		return errors.New("injected: the commit failed")
+	}
+	return q.Queue.Update(ctx, m, news...)
 }
 
 // countingQueue counts the attempts running at once (from Get to Update)
