@@ -24,6 +24,19 @@ func crashImage(t *testing.T, fs *vfs.MemFS) *Store {
 	return s
 }
 
+// openCrashable opens a queue on a memory file system that can be
+// crashed (crashImage).
+func openCrashable(t *testing.T) (*Store, *vfs.MemFS) {
+	t.Helper()
+	fs := vfs.NewCrashableMem()
+	s, err := Open("q", Options{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, fs
+}
+
 func putOne(t *testing.T, s *Store) *Message {
 	t.Helper()
 	id := s.NewID()
@@ -40,12 +53,7 @@ func putOne(t *testing.T, s *Store) *Message {
 // With no other writer, a shared commit syncs the WAL itself: what Update
 // returned for survives a crash that loses every unsynced byte.
 func TestSharedUpdateIsDurableAlone(t *testing.T) {
-	fs := vfs.NewCrashableMem()
-	s, err := Open("q", Options{FS: fs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, fs := openCrashable(t)
 	m := putOne(t, s)
 	m.Recipients[0].State = Delivered
 	if err := s.Update(context.Background(), m); err != nil {
@@ -59,12 +67,7 @@ func TestSharedUpdateIsDurableAlone(t *testing.T) {
 // A shared commit waits for the next synced commit, not for its own sync,
 // and is durable when it returns.
 func TestSharedUpdateRidesOnTheNextPut(t *testing.T) {
-	fs := vfs.NewCrashableMem()
-	s, err := Open("q", Options{FS: fs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, fs := openCrashable(t)
 	s.shareWait = time.Hour // it must not sync by itself
 	m := putOne(t, s)
 	m.Recipients[0].State = Delivered
@@ -106,12 +109,7 @@ func TestSharedUpdateRidesOnTheNextPut(t *testing.T) {
 // time, while crash images are taken: every Update that had returned is in
 // the image.
 func TestCrashKeepsEveryReturnedUpdate(t *testing.T) {
-	fs := vfs.NewCrashableMem()
-	s, err := Open("q", Options{FS: fs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, fs := openCrashable(t)
 	const (
 		put       = 1 // Put returned
 		firstDone = 2 // the Update that delivered the first recipient returned
