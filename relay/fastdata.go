@@ -152,10 +152,21 @@ func (f *fastData) decode(dst []byte) int {
 		src := f.raw[f.off:]
 		if f.state == stData {
 			// The bulk: a run up to the next CR, which is the only byte
-			// that can change the state.
+			// that can change the state; with the CRLF that usually ends
+			// it, when both are there, the run ends a line (stBeginLine).
 			run := src
 			if i := bytes.IndexByte(src, '\r'); i >= 0 {
 				run = src[:i]
+				if i+1 < len(src) && src[i+1] == '\n' && i+2 <= len(dst)-n {
+					run = src[:i+2]
+					if !f.count(run) {
+						return n
+					}
+					n += copy(dst[n:], run)
+					f.off += len(run)
+					f.state = stBeginLine
+					continue
+				}
 			}
 			run = run[:min(len(run), len(dst)-n)]
 			if len(run) > 0 {
