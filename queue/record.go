@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"time"
 )
 
@@ -67,17 +66,6 @@ const (
 )
 
 var errTruncated = errors.New("queue: decode: record truncated or malformed")
-
-// encodeRecord returns the m/ value of r, in one allocation for the usual
-// record (setRecord avoids even that).
-func encodeRecord(r *record) ([]byte, error) {
-	var buf [512]byte
-	v, err := appendRecord(buf[:0], r)
-	if err != nil {
-		return nil, err
-	}
-	return slices.Clone(v), nil
-}
 
 // appendRecord appends the version 2 encoding of r to dst. It fails only
 // for a time outside the range of int64 Unix nanoseconds (years 1678 to
@@ -235,13 +223,13 @@ func (d *decoder) uvarint() uint64 {
 	return x
 }
 
+// varint undoes the zigzag encoding of a uvarint, as binary.Varint does.
 func (d *decoder) varint() int64 {
-	x, n := binary.Varint(d.b[d.off:])
-	if n <= 0 {
-		d.fail()
-		return 0
+	u := d.uvarint()
+	x := int64(u >> 1)
+	if u&1 != 0 {
+		x = ^x
 	}
-	d.off += n
 	return x
 }
 

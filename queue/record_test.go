@@ -73,18 +73,24 @@ func TestFullRecordSetsEveryField(t *testing.T) {
 	}
 }
 
+// roundTrip encodes r as every write does and decodes the result.
+func roundTrip(t testing.TB, r *record) (v []byte, got *record) {
+	t.Helper()
+	v, err := appendRecord(nil, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err = decodeRecord(v); err != nil {
+		t.Fatal(err)
+	}
+	return v, got
+}
+
 func TestRecordRoundTripsEveryField(t *testing.T) {
 	want := fullRecord()
-	v, err := encodeRecord(want)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, got := roundTrip(t, want)
 	if v[0] != recordVersion {
 		t.Fatalf("version byte %d, want %d", v[0], recordVersion)
-	}
-	got, err := decodeRecord(v)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
@@ -101,14 +107,7 @@ func TestRecordRoundTripsEveryField(t *testing.T) {
 
 func TestRecordZeroValuesStayZero(t *testing.T) {
 	want := &record{Envelope: Envelope{Recipients: []Recipient{{}}}}
-	v, err := encodeRecord(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := decodeRecord(v)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, got := roundTrip(t, want)
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
@@ -133,14 +132,7 @@ func TestRecordTimesComeBackAsFromJSON(t *testing.T) {
 	} {
 		r := &record{Envelope: Envelope{Received: tm, NextAttempt: tm, LastAttempt: tm,
 			Recipients: []Recipient{{Done: tm}}}}
-		v, err := encodeRecord(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := decodeRecord(v)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, got := roundTrip(t, r)
 		js, err := json.Marshal(tm)
 		if err != nil {
 			t.Fatal(err)
@@ -166,7 +158,7 @@ func TestEncodeRecordRefusesTimesOutOfRange(t *testing.T) {
 		time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC),
 	} {
 		r := &record{Envelope: Envelope{NextAttempt: tm}}
-		if _, err := encodeRecord(r); err == nil {
+		if _, err := appendRecord(nil, r); err == nil {
 			t.Errorf("%v encoded", tm)
 		}
 		// Nor is such a version 1 record read: it could not be written
@@ -178,10 +170,7 @@ func TestEncodeRecordRefusesTimesOutOfRange(t *testing.T) {
 }
 
 func TestDecodeRecordRejectsTruncatedAndTrailingBytes(t *testing.T) {
-	v, err := encodeRecord(fullRecord())
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, _ := roundTrip(t, fullRecord())
 	for n := range len(v) {
 		if _, err := decodeRecord(v[:n]); err == nil {
 			t.Fatalf("a record cut to %d of %d bytes decoded", n, len(v))
@@ -258,14 +247,7 @@ func TestDecodeRecordReadsVersion1JSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v2b, err := encodeRecord(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2, err := decodeRecord(v2b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, v2 := roundTrip(t, r)
 	if !reflect.DeepEqual(v1, v2) {
 		t.Fatalf("version 1 gives %+v\nversion 2 gives %+v", v1, v2)
 	}
@@ -392,7 +374,7 @@ func FuzzDecodeRecord(f *testing.F) {
 		if cerr != nil || chunks != r1.Chunks {
 			t.Fatalf("recordChunks = %d, %v; the record says %d", chunks, cerr, r1.Chunks)
 		}
-		enc, err := encodeRecord(r1)
+		enc, err := appendRecord(nil, r1)
 		if err != nil {
 			t.Fatalf("a decoded record does not encode: %v", err)
 		}
