@@ -17,15 +17,11 @@ func TestPutLargeBodyBoundedHeap(t *testing.T) {
 	s := openTest(t, Options{})
 	const size = 50 << 20
 	// Warm up Pebble's memtables so the measurement sees the body's cost.
-	if err := s.Put(context.Background(), s.NewID(), envelope("a@x.invalid", "b@y.invalid"), io.LimitReader(zeroReader{}, 8<<20)); err != nil {
-		t.Fatal(err)
-	}
+	putReader(t, s, io.LimitReader(zeroReader{}, 8<<20))
 	base := heapBytes()
 	peak := &peakHeap{}
 	r := &sampling{r: io.LimitReader(zeroReader{}, size), every: 1 << 20, sample: peak.sample}
-	if err := s.Put(context.Background(), s.NewID(), envelope("a@x.invalid", "b@y.invalid"), r); err != nil {
-		t.Fatal(err)
-	}
+	putReader(t, s, r)
 	peak.sample()
 	grew := int64(peak.max) - int64(base)
 	t.Logf("50 MB message: heap grew by at most %.1f MB (baseline %.1f MB)", float64(grew)/1e6, float64(base)/1e6)
@@ -44,18 +40,24 @@ func TestPutLargeBodyMakesLittleGarbage(t *testing.T) {
 	s := openTest(t, Options{})
 	const size = 50 << 20
 	// Warm up: memtables at their full size, the WAL's buffers made.
-	if err := s.Put(context.Background(), s.NewID(), envelope("a@x.invalid", "b@y.invalid"), io.LimitReader(zeroReader{}, 16<<20)); err != nil {
-		t.Fatal(err)
-	}
+	putReader(t, s, io.LimitReader(zeroReader{}, 16<<20))
 	before := allocatedBytes()
-	if err := s.Put(context.Background(), s.NewID(), envelope("a@x.invalid", "b@y.invalid"), io.LimitReader(zeroReader{}, size)); err != nil {
-		t.Fatal(err)
-	}
+	putReader(t, s, io.LimitReader(zeroReader{}, size))
 	allocated := allocatedBytes() - before
 	t.Logf("50 MB message: %.1f MB allocated while it was queued", float64(allocated)/1e6)
 	if allocated > 32<<20 {
 		t.Fatalf("queueing a 50 MB message allocated %d bytes; want <= 32 MiB", allocated)
 	}
+}
+
+// putReader queues a message whose body is what r reads.
+func putReader(t *testing.T, s *Store, r io.Reader) ID {
+	t.Helper()
+	id := s.NewID()
+	if err := s.Put(context.Background(), id, envelope("a@x.invalid", "b@y.invalid"), r); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // allocatedBytes is the total the heap has allocated so far, in the whole

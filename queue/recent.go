@@ -64,9 +64,7 @@ func (c *recent) add(id ID, enc, body []byte) {
 	for c.n == len(c.ring) || c.bytes+len(body) > c.maxBytes {
 		c.evictOldest()
 	}
-	if old, ok := c.entries[id]; ok { // put again under the same ID
-		c.bytes -= len(old.body)
-	}
+	c.removeLocked(id) // put again under the same ID
 	c.ring[(c.head+c.n)%len(c.ring)] = id
 	c.n++
 	c.entries[id] = e
@@ -78,6 +76,11 @@ func (c *recent) evictOldest() {
 	c.ring[c.head] = ""
 	c.head = (c.head + 1) % len(c.ring)
 	c.n--
+	c.removeLocked(id)
+}
+
+// removeLocked forgets id's entry, if there is one; c.mu is held.
+func (c *recent) removeLocked(id ID) {
 	if e, ok := c.entries[id]; ok {
 		c.bytes -= len(e.body)
 		delete(c.entries, id)
@@ -96,10 +99,7 @@ func (c *recent) committed(id ID) {
 // drop forgets id. Its slot in the ring is reclaimed when it comes round.
 func (c *recent) drop(id ID) {
 	c.mu.Lock()
-	if e, ok := c.entries[id]; ok {
-		c.bytes -= len(e.body)
-		delete(c.entries, id)
-	}
+	c.removeLocked(id)
 	c.mu.Unlock()
 }
 

@@ -28,11 +28,7 @@ func putBody(t *testing.T, s *Store, size int) (ID, []byte) {
 	for i := range body {
 		body[i] = byte('a' + i%26)
 	}
-	id := s.NewID()
-	if err := s.Put(context.Background(), id, envelope("a@x.invalid", "b@y.invalid"), bytes.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
-	return id, body
+	return putReader(t, s, bytes.NewReader(body)), body
 }
 
 func TestBodyWithAMissingChunkIsAnErrorNotATruncatedBody(t *testing.T) {
