@@ -62,13 +62,19 @@ func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
 	// Each encoded chunk is written once the next read has shown that it
 	// is not the last, so that the last one can go out with the final ".".
 	var pending []byte
+	write := func(p []byte) *retry.Reply {
+		_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
+		if _, err := c.wire.Write(p); err != nil {
+			return c.reply(ctx.Err(), retry.StageBody, err)
+		}
+		return nil
+	}
 	for {
 		n, rerr := r.Read(buf.in)
 		if n > 0 {
 			if len(pending) > 0 {
-				_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
-				if _, err := c.wire.Write(pending); err != nil {
-					return c.reply(ctx.Err(), retry.StageBody, err)
+				if rep := write(pending); rep != nil {
+					return rep
 				}
 			}
 			pending = enc.encode(buf.in[:n])
@@ -79,13 +85,8 @@ func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
 				return nil
 			}
 			// One write for the last chunk and the end: a syscall fewer per
-			// large message. (buf.out has room for it but in the worst case.)
-			pending = append(pending, endOfData...)
-			_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
-			if _, err := c.wire.Write(pending); err != nil {
-				return c.reply(ctx.Err(), retry.StageBody, err)
-			}
-			return nil
+			// large message (appending may grow pending in the worst case).
+			return write(append(pending, endOfData...))
 		}
 		if rerr != nil {
 			// The only way to abort DATA without delivering a truncated
