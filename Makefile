@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/relayq
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build run test vet fuzz clean
+.PHONY: build run test race vet fuzz clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/relayq
@@ -18,6 +18,10 @@ test:
 	$(GO) mod download
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 8m ./...
+
+## race: every test under the race detector (needs cgo and a C compiler: CGO_ENABLED=1, gcc)
+race:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
 
 ## fuzz: run each of the five fuzz targets for a while (FUZZTIME=30s)
 FUZZTIME ?= 30s

@@ -45,8 +45,12 @@ func TestPutLargeBodyMakesLittleGarbage(t *testing.T) {
 	putReader(t, s, io.LimitReader(zeroReader{}, size))
 	allocated := allocatedBytes() - before
 	t.Logf("50 MB message: %.1f MB allocated while it was queued", float64(allocated)/1e6)
-	if allocated > 32<<20 {
-		t.Fatalf("queueing a 50 MB message allocated %d bytes; want <= 32 MiB", allocated)
+	limit := uint64(32 << 20)
+	if raceEnabled {
+		limit *= 2 // 10.7 MB measured without -race, 36.4 MB with it
+	}
+	if allocated > limit {
+		t.Fatalf("queueing a 50 MB message allocated %d bytes; want <= %d MiB", allocated, limit>>20)
 	}
 }
 
