@@ -56,6 +56,8 @@
 #   PORT_BASE=25250     ports PORT_BASE+1 … +6 on 127.0.0.1 are used
 #   RUN_TIMEOUT=300s    longest a single run may take
 #   KEEP=1              keep the temp dir (logs, queues) for a look afterwards
+#   SETTLE_IDLE=0.3 SETTLE_MAX=30   before every run, wait until Postfix's queue is empty and
+#                       neither relay used CPU for SETTLE_IDLE s (at most SETTLE_MAX s; see settle)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -65,6 +67,8 @@ LARGE_N=${LARGE_N:-1000} LARGE_LEN=${LARGE_LEN:-102400}
 PORT_BASE=${PORT_BASE:-25250}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300s}
 KEEP=${KEEP:-0}
+SETTLE_IDLE=${SETTLE_IDLE:-0.3}
+SETTLE_MAX=${SETTLE_MAX:-30}
 NEXT_HOP=${NEXT_HOP:-smtp-sink}
 [[ $NEXT_HOP == smtp-sink || $NEXT_HOP == benchsink ]] || { echo "bench: NEXT_HOP is smtp-sink or benchsink" >&2; exit 2; }
 
@@ -232,6 +236,29 @@ tree_ticks() {
 		awk -v p="$1" '$1 == p { s += $13 + $14 + $15 + $16 } $3 == p { s += $13 + $14 } END { print s + 0 }'
 }
 
+# settle: wait, before a timed run, until the relays are idle: Postfix's queue holds no message
+# and neither Postfix nor relayq used CPU for SETTLE_IDLE seconds (at most SETTLE_MAX seconds,
+# then it goes on). A run is timed until the next hop has every message, but Postfix removes a
+# queue file only after the next hop's 250, and its log daemon writes a few lines per message:
+# without this wait, that work (thousands of unlinks and their journal commits) ran into the
+# next run, always relayq's. settle NEXT logs the seconds it waited before NEXT to $TMP/settle.log.
+settle() {
+	local t0=$SECONDS s0 a b
+	s0=$(date +%s.%N)
+	while ((SECONDS - t0 < SETTLE_MAX)); do
+		if [[ -n $(find "$TMP/postfix/queue/incoming" "$TMP/postfix/queue/active" \
+			"$TMP/postfix/queue/deferred" -type f -print -quit 2>/dev/null) ]]; then
+			sleep 0.05
+			continue
+		fi
+		a=$(($(tree_ticks "$POSTFIX_PID") + $(tree_ticks "$RELAYQ_PID")))
+		sleep "$SETTLE_IDLE"
+		b=$(($(tree_ticks "$POSTFIX_PID") + $(tree_ticks "$RELAYQ_PID")))
+		((a == b)) && break
+	done
+	awk -v a="$s0" -v b="$(date +%s.%N)" -v n="$1" 'BEGIN { printf "%s %.2f\n", n, b - a }' >>"$TMP/settle.log"
+}
+
 median() { sort -g | awk '{ v[NR] = $1 } END { printf "%.0f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
 
@@ -245,12 +272,16 @@ bench_size() {
 	pf_cpu=$(tree_ticks "$POSTFIX_PID") rq_cpu=$(tree_ticks "$RELAYQ_PID")
 	printf '%-6s %10s %10s %14s %14s\n' round postfix relayq "smtp-sink" "next hop"
 	for ((r = 1; r <= ROUNDS; r++)); do
+		settle postfix
 		t=$(run_relay "$POSTFIX_PORT" "$n" "$len")
 		pf=$(rate "$n" "$t")
+		settle relayq
 		t=$(run_relay "$RELAYQ_PORT" "$n" "$len")
 		rq=$(rate "$n" "$t")
+		settle smtp-sink
 		t=$(run_direct "$n" "$len")
 		dx=$(rate "$n" "$t")
+		settle next-hop
 		"$SINK" mark -ctl "$CTL" -n "$n" >/dev/null
 		smtp-source -s "$SESSIONS" -m "$n" -l "$len" -f "$FROM" -t "$TO" "127.0.0.1:$SINK_PORT" \
 			>>"$TMP/smtp-source.log" 2>&1 || die "smtp-source into the next hop failed"
