@@ -6,10 +6,11 @@ import (
 	"sync"
 )
 
-// recent keeps the record and body of the last small messages put, as
-// committed, so that the delivery worker, which reads a new message back
-// moments after its 250 (Get, Body, then Update's read), finds it in memory
-// instead of going to Pebble three times. It is a cache of committed state
+// recent keeps the record and body of the last small messages put (bodies
+// of at most a sixteenth of its bytes), as committed, so that the delivery
+// worker, which reads a new message back moments after its 250 (Get, Body,
+// then Update's read), finds it in memory instead of going to Pebble three
+// times. It is a cache of committed state
 // only, bounded in entries and bytes, and never the only copy of anything.
 //
 // Consistency: only Put adds an entry, for an ID nothing else can know yet,
@@ -52,23 +53,35 @@ func newRecent() *recent {
 	}
 }
 
+// fits reports whether a body of n bytes may be kept: at most a
+// sixteenth of the cache, so that one entry never evicts most of it.
+func (c *recent) fits(n int64) bool { return n <= int64(c.maxBytes/16) }
+
 // add keeps, pending, id's record as encoded (enc, which it keeps: the
 // caller must not modify it) and a copy of its body.
 func (c *recent) add(id ID, enc, body []byte) {
-	if len(body) > c.maxBytes/16 {
+	if c.fits(int64(len(body))) {
+		c.addOwned(id, enc, bytes.Clone(body))
+	}
+}
+
+// addOwned is add without the copy: body is the cache's from now on. It
+// counts body's capacity, not its length, against the bound.
+func (c *recent) addOwned(id ID, enc, body []byte) {
+	if !c.fits(int64(cap(body))) {
 		return
 	}
-	e := &recentEntry{enc: enc, body: bytes.Clone(body), pending: true}
+	e := &recentEntry{enc: enc, body: body, pending: true}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.n == len(c.ring) || c.bytes+len(body) > c.maxBytes {
+	for c.n == len(c.ring) || c.bytes+cap(body) > c.maxBytes {
 		c.evictOldest()
 	}
 	c.removeLocked(id) // put again under the same ID
 	c.ring[(c.head+c.n)%len(c.ring)] = id
 	c.n++
 	c.entries[id] = e
-	c.bytes += len(e.body)
+	c.bytes += cap(e.body)
 }
 
 func (c *recent) evictOldest() {
@@ -82,7 +95,7 @@ func (c *recent) evictOldest() {
 // removeLocked forgets id's entry, if there is one; c.mu is held.
 func (c *recent) removeLocked(id ID) {
 	if e, ok := c.entries[id]; ok {
-		c.bytes -= len(e.body)
+		c.bytes -= cap(e.body)
 		delete(c.entries, id)
 	}
 }

@@ -31,7 +31,7 @@ func cached(s *Store, id ID) bool {
 func TestRecentServesWhatPebbleHolds(t *testing.T) {
 	s := openTest(t, Options{ChunkSize: 1000})
 	ctx := context.Background()
-	for _, size := range []int{0, 1, 999, 1000, 1001} {
+	for _, size := range []int{0, 1, 999, 1000, 1001, 2000, 2500, recentBytes / 32, recentBytes/16 + 1} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			body := bytes.Repeat([]byte("x"), size)
 			id := s.NewID()
@@ -41,7 +41,7 @@ func TestRecentServesWhatPebbleHolds(t *testing.T) {
 			if err := s.Put(ctx, id, env, bytes.NewReader(body)); err != nil {
 				t.Fatal(err)
 			}
-			if want := size <= 1000; cached(s, id) != want {
+			if want := size <= recentBytes/16; cached(s, id) != want {
 				t.Fatalf("cached = %v after a Put of %d bytes with 1000-byte chunks, want %v", !want, size, want)
 			}
 			got, err := s.Get(id)

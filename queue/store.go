@@ -192,12 +192,16 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 		chunks  uint32
 		size    int64
 		spilled bool
+		n       int    // the bytes of buf the last read filled
+		whole   []byte // a body of several chunks so far, for the recent cache while it fits
+		keep    = true // the body may still fit in the recent cache
 	)
 	for {
 		if err := ctx.Err(); err != nil {
 			return s.abandon(id, spilled, err)
 		}
-		n, rerr := io.ReadFull(body, buf)
+		var rerr error
+		n, rerr = io.ReadFull(body, buf)
 		if n > 0 {
 			if err := b.Set(bodyKey(id, chunks), buf[:n], nil); err != nil {
 				return s.abandon(id, spilled, fmt.Errorf("queue: batch: %w", err))
@@ -210,6 +214,16 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 		}
 		if rerr != nil {
 			return s.abandon(id, spilled, fmt.Errorf("queue: reading body: %w", rerr))
+		}
+		// buf is read into again next: a body longer than a chunk is
+		// copied for the recent cache as long as it may fit there.
+		if keep = keep && s.recent.fits(size); keep {
+			if whole == nil {
+				whole = make([]byte, 0, 2*len(buf))
+			}
+			whole = append(whole, buf[:n]...)
+		} else {
+			whole = nil
 		}
 		if b.Len() >= spillBytes {
 			if err := s.checkRoom(int64(b.Len())); err != nil {
@@ -250,8 +264,11 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 			return s.abandon(id, spilled, err)
 		}
 	}
-	if chunks <= 1 {
+	switch {
+	case chunks <= 1:
 		s.recent.add(id, enc, buf[:size]) // the body is all in buf
+	case keep && s.recent.fits(size):
+		s.recent.addOwned(id, enc, append(whole, buf[:n]...))
 	}
 	if err := s.commit(b, synced); err != nil {
 		s.recent.drop(id)
