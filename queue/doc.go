@@ -74,7 +74,7 @@
 //   - Memory does not grow with queue length or message size: bodies are
 //     streamed in chunks, Due reads only as many entries as it returns.
 //   - The in-memory copies of the last small messages put (recent.go, at
-//     most 4096 and 8 MiB) hold committed state only: an entry is served
+//     most 4096 and 8 MiB, bodies up to 512 KiB) hold committed state only: an entry is served
 //     only after its Put's commit, and every other write of the message
 //     drops it before its own commit.
 package queue
