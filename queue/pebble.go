@@ -41,25 +41,33 @@ import (
 // with 1M queued went from 65 % of the rate on an empty queue to 78-106 %
 // over eight runs of bench/cmd/scale (78 % in the last three). Since new
 // messages for a destination that is down are no longer rewritten by an
-// attempt that tries nothing (smarthost/plan.go), it measures 96-113 %.
+// attempt that tries nothing (smarthost/plan.go), it measures 96-142 %.
 // Value separation (blob files for bodies) was measured too and left off:
 // with bodies in their own tables they are rarely rewritten anyway.
-// 16 MiB memtables (instead of Pebble's 4 MiB) were measured and left off:
-// in `make bench` at 100 KiB they cut flushes and compactions from 28 % to
-// 8 % of relayq's CPU (more bodies are deleted before their memtable is
-// flushed), but with 1M queued the enqueue rate fell to 48 % of the empty
-// queue's, and a 50 MB message added 42 MB of RSS instead of 8 MB.
-// 8 MiB memtables halved flushes and compactions at 100 KiB too (from 23 %
-// to 12 % of relayq's CPU in one profile) and kept the 1M enqueue rate
-// (117 % and 95 % of empty in two runs), but a 50 MB message added 19.7
-// and 24.5 MB of RSS (8-18.5 MB at 4 MiB), too close to the 32 MB bound
-// of the project's target; also left off.
+// Larger memtables than Pebble's 4 MiB were measured and left off. At
+// 100 KiB a memtable holds ~40 bodies, fewer than wait for delivery under
+// load, so most bodies are flushed to a table and compacted away after
+// their delivery; larger memtables let more of them die in memory.
+//   - 16 MiB: flushes and compactions at 100 KiB fell from 28 % to 8 % of
+//     relayq's CPU, but with 1M queued the enqueue rate fell to 48 % of
+//     the empty queue's, and a 50 MB message added 42 MB of RSS.
+//   - 8 MiB, with a 32 MiB cache (memtables are reserved from the cache):
+//     +10 % and +5 % messages/s at 100 KiB (7 rounds interleaved with
+//     4 MiB, twice), no change at 1 KiB, the 1M enqueue rate at 115 % of
+//     empty; but a 50 MB message added 20-24 MB of RSS (3-18.5 MB at
+//     4 MiB), and Pebble's preallocated logs grow with the memtables
+//     (110 %), so its room on a full disk, the 16 MiB reserve, and the
+//     disk-full tests' 64 MiB volume would all have to grow with them.
+//
 // WALMinSyncInterval (a pause after each WAL sync, so that more commits
 // share the next one) was measured at 0.5 and 1 ms: fdatasyncs per 1 KiB
 // message fell from 0.35 to 0.21 and 0.16, relayq's CPU per message by
 // 3 %, but in 7 interleaved `make bench`-like rounds the rate did not rise
 // (98 % of the rate without it) and the p99 from DATA to 250 grew; left
 // off (Pebble's default, none).
+// Table compression: Snappy (Pebble's default) is kept. Without it, and
+// with MinLZ, relayq used more CPU per 100 KiB message, not less (5
+// interleaved rounds each): the flushes write more bytes.
 func pebbleOptions(opts Options) *pebble.Options {
 	po := &pebble.Options{
 		FS:                    opts.FS,

@@ -36,7 +36,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	if browser == "" {
 		t.Skip("chromium is not installed; `make browser-test` installs it with apt-get and runs this test")
 	}
-	in := opsRelayq(t, freeAddr(t))
+	in := opsRelayq(t, downAddr(t))
 	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"p1", "p2"}, 3000)
 	submit(t, in.addrs()[0], "cron@ops.invalid", "root@backup.invalid", []string{"p3"}, 800)
 	waitDeferred(t, in.adminAddr(), 3)

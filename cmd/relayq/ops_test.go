@@ -119,7 +119,7 @@ func flushAndWait(t *testing.T, adminAddr, query string, timeout time.Duration, 
 }
 
 func TestOpsListShowsDeferredMessagesWith441AndShowExplains(t *testing.T) {
-	in := opsRelayq(t, freeAddr(t))
+	in := opsRelayq(t, downAddr(t))
 	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
 	msgs := waitDeferred(t, in.adminAddr(), 2)
 
@@ -168,7 +168,7 @@ func TestOpsListShowsDeferredMessagesWith441AndShowExplains(t *testing.T) {
 }
 
 func TestOpsDeleteRemovesMessage(t *testing.T) {
-	in := opsRelayq(t, freeAddr(t))
+	in := opsRelayq(t, downAddr(t))
 	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
 	msgs := waitDeferred(t, in.adminAddr(), 2)
 	out, errOut, code := runOps(t, in, "queue", "delete", msgs[0].ID)
@@ -243,7 +243,7 @@ func TestOpsFlushDeliversWithinSecondsDespiteTenMinuteBackoff(t *testing.T) {
 }
 
 func TestOpsFiltersSelectTheRightMessages(t *testing.T) {
-	in := opsRelayq(t, freeAddr(t))
+	in := opsRelayq(t, downAddr(t))
 	submit(t, in.addrs()[0], "app@shop.invalid", "u@one.invalid", []string{"s1", "s2"}, 100)
 	submit(t, in.addrs()[0], "cron@ops.invalid", "u@two.invalid", []string{"o1"}, 100)
 	submit(t, in.addrs()[0], "cron@ops.invalid", "u@one.invalid", []string{"o2"}, 100)
@@ -291,7 +291,7 @@ func TestOpsFiltersSelectTheRightMessages(t *testing.T) {
 }
 
 func TestOpsStatusShowsQueueAndPressure(t *testing.T) {
-	in := opsRelayq(t, freeAddr(t))
+	in := opsRelayq(t, downAddr(t))
 	submit(t, in.addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"a", "b", "c"}, 100)
 	waitDeferred(t, in.adminAddr(), 3)
 	out, errOut, code := runOps(t, in, "status")

@@ -14,7 +14,7 @@ import (
 // only to find the host cooling down: the message is queued already put
 // off, with the host's reply (the intake is wired through Worker.Plan).
 func TestNewMailForACoolingSmarthostIsQueuedPutOff(t *testing.T) {
-	dead := freeAddr(t) // nothing listens: connections are refused
+	dead := downAddr(t) // connections are refused
 	cfg := testConfig(t, dead)
 	cfg.Retry.MinBackoff = config.Duration(time.Hour)
 	cfg.Retry.MaxBackoff = config.Duration(2 * time.Hour)
