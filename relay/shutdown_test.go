@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -127,6 +128,12 @@ func TestShutdownClosesIdleConnectionsPromptly(t *testing.T) {
 	s, addr := startServer(t, testConfig(), &memQueue{})
 	idle := dialRaw(t, addr, "")
 	greeted := dialFrom(t, addr, "") // no EHLO: go-smtp has no session for it yet
+	// Its greeting says it was accepted: a connection still in the
+	// listener's backlog when Shutdown closes the listener is reset.
+	br := bufio.NewReader(greeted)
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
+		t.Fatalf("greeting: %q, %v", line, err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -136,7 +143,7 @@ func TestShutdownClosesIdleConnectionsPromptly(t *testing.T) {
 	if _, err := idle.tp.ReadLine(); !errors.Is(err, io.EOF) {
 		t.Errorf("idle connection still open: %v", err)
 	}
-	if _, err := io.ReadAll(greeted); err != nil {
+	if _, err := io.ReadAll(br); err != nil {
 		t.Errorf("unintroduced connection not closed cleanly: %v", err)
 	}
 }
