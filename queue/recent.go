@@ -10,8 +10,8 @@ import (
 // of at most a sixteenth of its bytes), as committed, so that the delivery
 // worker, which reads a new message back moments after its 250 (Get, Body,
 // then Update's read), finds it in memory instead of going to Pebble three
-// times. It is a cache of committed state
-// only, bounded in entries and bytes, and never the only copy of anything.
+// times. It is a cache of committed state only, bounded in entries and
+// bytes, and never the only copy of anything.
 //
 // Consistency: only Put adds an entry, for an ID nothing else can know yet,
 // and it adds it before its commit, marked pending (Get and Body pass over
