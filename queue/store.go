@@ -194,7 +194,6 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 		spilled bool
 		n       int    // the bytes of buf the last read filled
 		whole   []byte // a body of several chunks so far, for the recent cache while it fits
-		keep    = true // the body may still fit in the recent cache
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -216,8 +215,9 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 			return s.abandon(id, spilled, fmt.Errorf("queue: reading body: %w", rerr))
 		}
 		// buf is read into again next: a body longer than a chunk is
-		// copied for the recent cache as long as it may fit there.
-		if keep = keep && s.recent.fits(size); keep {
+		// copied for the recent cache as long as it may fit there (size
+		// only grows: once it does not, it never will).
+		if s.recent.fits(size) {
 			if whole == nil {
 				whole = make([]byte, 0, 2*len(buf))
 			}
@@ -267,7 +267,7 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 	switch {
 	case chunks <= 1:
 		s.recent.add(id, enc, buf[:size]) // the body is all in buf
-	case keep && s.recent.fits(size):
+	case s.recent.fits(size): // so did every size before: whole holds the rest
 		s.recent.addOwned(id, enc, append(whole, buf[:n]...))
 	}
 	if err := s.commit(b, synced); err != nil {

@@ -154,18 +154,11 @@ func (f *fastData) decode(dst []byte) int {
 			// The bulk: a run up to the next CR, which is the only byte
 			// that can change the state; with the CRLF that usually ends
 			// it, when both are there, the run ends a line (stBeginLine).
-			run := src
+			run, next := src, stData
 			if i := bytes.IndexByte(src, '\r'); i >= 0 {
 				run = src[:i]
 				if i+1 < len(src) && src[i+1] == '\n' && i+2 <= len(dst)-n {
-					run = src[:i+2]
-					if !f.count(run) {
-						return n
-					}
-					n += copy(dst[n:], run)
-					f.off += len(run)
-					f.state = stBeginLine
-					continue
+					run, next = src[:i+2], stBeginLine
 				}
 			}
 			run = run[:min(len(run), len(dst)-n)]
@@ -175,6 +168,7 @@ func (f *fastData) decode(dst []byte) int {
 				}
 				n += copy(dst[n:], run)
 				f.off += len(run)
+				f.state = next
 				continue
 			}
 		}
