@@ -1,0 +1,195 @@
+// Command hol measures head-of-line blocking in relayq's delivery: one
+// slow destination must not hold up mail for the others.
+//
+// It runs the real binary with relayq's defaults (max_connections = 200)
+// and per-domain routes to five loopback sinks: slow.test's sink allows one
+// connection (421 4.3.2 beyond) and takes -slow per message; healthy1.test
+// to healthy4.test take mail at once. It queues -n messages for slow.test,
+// then -healthy messages spread over the four healthy domains, and prints
+// the median and worst delay of the healthy mail from relayq's 250 to its
+// arrival, and how many messages per second the slow destination took in
+// that time.
+//
+// Usage (from the repository root, after `make build`):
+//
+//	go run ./bench/cmd/hol
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"relayq/internal/sink"
+)
+
+func main() {
+	var (
+		bin     = flag.String("relayq", "bin/relayq", "relayq binary")
+		n       = flag.Int("n", 300, "messages queued for the slow destination")
+		healthy = flag.Int("healthy", 40, "messages for the four healthy destinations, after those")
+		slow    = flag.Duration("slow", 300*time.Millisecond, "time the slow destination takes per message")
+	)
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "relayq-hol")
+	check(err)
+	defer os.RemoveAll(dir)
+
+	var (
+		mu      sync.Mutex
+		arrived = map[string]time.Time{} // Subject → arrival
+		slowAt  []time.Time
+	)
+	note := func(m *sink.Message) error {
+		i := bytes.Index(m.Data, []byte("Subject: "))
+		subj := string(m.Data[i+9 : i+9+bytes.IndexByte(m.Data[i+9:], '\r')])
+		mu.Lock()
+		arrived[subj] = time.Now()
+		if strings.HasPrefix(subj, "slow") {
+			slowAt = append(slowAt, time.Now())
+		}
+		mu.Unlock()
+		return nil
+	}
+	slowSink, err := sink.Start(sink.Options{MaxConns: 1, Discard: true, OnData: func(m *sink.Message) error {
+		time.Sleep(*slow)
+		return note(m)
+	}})
+	check(err)
+	defer slowSink.Close()
+	routes := fmt.Sprintf("[[delivery.route]]\ndomains = [\"slow.test\"]\nvia = \"smarthost\"\nhosts = [%q]\ntls = \"none\"\n", slowSink.Addr())
+	for i := 1; i <= 4; i++ {
+		s, err := sink.Start(sink.Options{Discard: true, OnData: note})
+		check(err)
+		defer s.Close()
+		routes += fmt.Sprintf("[[delivery.route]]\ndomains = [\"healthy%d.test\"]\nvia = \"smarthost\"\nhosts = [%q]\ntls = \"none\"\n", i, s.Addr())
+	}
+	listen := freeAddr()
+	cfg := fmt.Sprintf("hostname = \"relay.bench.invalid\"\ndata_dir = %q\n[[listener]]\naddress = %q\n[admin]\naddress = %q\n%s",
+		filepath.Join(dir, "queue"), listen, freeAddr(), routes)
+	check(os.WriteFile(filepath.Join(dir, "relayq.toml"), []byte(cfg), 0o600))
+	logf, err := os.Create(filepath.Join(dir, "relayq.log"))
+	check(err)
+	cmd := exec.Command(*bin, "serve", "--config", filepath.Join(dir, "relayq.toml"), "--log-format", "json", "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // also when log.Fatal ends this process
+	check(cmd.Start())
+	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
+	waitEHLO(listen)
+
+	// The slow backlog, over 10 connections, then the healthy mail, each
+	// message's 250 noted.
+	var next atomic.Int64
+	send(listen, 10, func() (string, string, bool) {
+		i := next.Add(1)
+		return fmt.Sprintf("slow-%d", i), "u@slow.test", i <= int64(*n)
+	}, nil)
+	accepted := map[string]time.Time{}
+	var amu sync.Mutex
+	next.Store(0)
+	start := time.Now()
+	send(listen, 4, func() (string, string, bool) {
+		i := next.Add(1)
+		return fmt.Sprintf("healthy-%d", i), fmt.Sprintf("u@healthy%d.test", 1+i%4), i <= int64(*healthy)
+	}, func(subj string) { amu.Lock(); accepted[subj] = time.Now(); amu.Unlock() })
+
+	var delays []time.Duration
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(delays) < *healthy && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		delays = delays[:0]
+		mu.Lock()
+		for subj, at := range accepted {
+			if got, ok := arrived[subj]; ok {
+				delays = append(delays, got.Sub(at))
+			}
+		}
+		mu.Unlock()
+	}
+	end := time.Now()
+	if len(delays) < *healthy {
+		log.Fatalf("only %d of %d healthy messages arrived within 2 minutes", len(delays), *healthy)
+	}
+	slices.Sort(delays)
+	mu.Lock()
+	during := 0
+	for _, at := range slowAt {
+		if !at.Before(start) && !at.After(end) {
+			during++
+		}
+	}
+	total := len(slowAt)
+	mu.Unlock()
+	fmt.Printf("healthy mail (%d messages, 4 destinations), delay after relayq's 250: median %.3f s, worst %.3f s\n",
+		len(delays), delays[len(delays)/2].Seconds(), delays[len(delays)-1].Seconds())
+	fmt.Printf("slow destination meanwhile (%.2f s): %d delivered, %.2f msgs/s (one connection at %s per message allows %.2f); %d of %d so far\n",
+		end.Sub(start).Seconds(), during, float64(during)/end.Sub(start).Seconds(), *slow, 1/slow.Seconds(), total, *n)
+}
+
+// send sends messages over conns connections while more says so; each is
+// to rcpt with Subject subj. accepted, if set, is told each 250.
+func send(addr string, conns int, more func() (subj, rcpt string, ok bool), accepted func(subj string)) {
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := smtp.Dial(addr)
+			check(err)
+			defer c.Close()
+			check(c.Hello("bench.invalid"))
+			for {
+				subj, rcpt, ok := more()
+				if !ok {
+					break
+				}
+				body := "From: <b@src.invalid>\r\nTo: <" + rcpt + ">\r\nSubject: " + subj + "\r\n\r\nhello\r\n"
+				check(c.SendMail("b@src.invalid", []string{rcpt}, strings.NewReader(body)))
+				if accepted != nil {
+					accepted(subj)
+				}
+			}
+			c.Quit()
+		}()
+	}
+	wg.Wait()
+}
+
+func waitEHLO(addr string) {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if c, err := smtp.Dial(addr); err == nil {
+			err = c.Hello("bench.invalid")
+			c.Close()
+			if err == nil {
+				return
+			}
+		}
+	}
+	log.Fatal("relayq did not answer EHLO within a minute")
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func check(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
