@@ -106,34 +106,36 @@ func TestSharedUpdateRidesOnTheNextPut(t *testing.T) {
 }
 
 // Writers put messages and deliver their two recipients one Update at a
-// time, while crash images are taken: every Update that had returned is in
-// the image.
+// time, while crash images are taken. Each message's progress is read
+// before and after an image is taken, and the image must hold it at a
+// stage between the two, or one further (an Update in flight may be in
+// the image already): every acknowledged Put is there, whole, unless a
+// returned or in-flight Update deleted it; every returned Update is there.
 func TestCrashKeepsEveryReturnedUpdate(t *testing.T) {
 	s, fs := openCrashable(t)
-	const (
-		put       = 1 // Put returned
-		firstDone = 2 // the Update that delivered the first recipient returned
-		deleted   = 3 // the Update that delivered the second (final) returned
-	)
+	const body = "hi"
 	var (
 		mu    sync.Mutex
 		stage = map[ID]int{}
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	// The writers stop before the store closes (t.Cleanup), also when the
+	// test fails.
+	defer func() { cancel(); wg.Wait() }()
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 300 && ctx.Err() == nil; i++ {
 				id := s.NewID()
-				if s.Put(ctx, id, envelope("a@x.invalid", "b@y.invalid", "c@y.invalid"), strings.NewReader("hi")) != nil {
+				if s.Put(ctx, id, envelope("a@x.invalid", "b@y.invalid", "c@y.invalid"), strings.NewReader(body)) != nil {
 					return
 				}
 				mu.Lock()
-				stage[id] = put
+				stage[id] = stagePut
 				mu.Unlock()
-				for r, st := range []int{firstDone, deleted} {
+				for r, st := range []int{stageFirstDone, stageDeleted} {
 					m, err := s.Get(id)
 					if err != nil {
 						return
@@ -149,30 +151,66 @@ func TestCrashKeepsEveryReturnedUpdate(t *testing.T) {
 			}
 		}()
 	}
+	snapshot := func() map[ID]int {
+		mu.Lock()
+		defer mu.Unlock()
+		out := make(map[ID]int, len(stage))
+		for id, st := range stage {
+			out[id] = st
+		}
+		return out
+	}
 	rng := rand.New(rand.NewPCG(7, 7))
+	var checked int
 	for c := 0; c < 6; c++ {
 		time.Sleep(time.Duration(5+rng.IntN(20)) * time.Millisecond) // spacing only; nothing waits on it
-		mu.Lock()
-		snapshot := make(map[ID]int, len(stage))
-		for id, st := range stage {
-			snapshot[id] = st
-		}
-		mu.Unlock()
+		before := snapshot()
 		img := crashImage(t, fs)
-		var checked int
-		for id, st := range snapshot {
-			m, err := img.Get(id)
-			switch {
-			case st == deleted && !errors.Is(err, ErrNotFound):
-				t.Fatalf("image %d: %s was deleted by a returned Update but is there (%v)", c, id, err)
-			case st == firstDone && err == nil && m.Recipients[0].State != Delivered:
-				t.Fatalf("image %d: %s lost the delivery of its first recipient", c, id)
-			case st == deleted || st == firstDone:
-				checked++
+		after := snapshot()
+		for id, lo := range before {
+			got := imageStage(t, img, id, body)
+			if hi := after[id] + 1; got < lo || got > hi {
+				t.Fatalf("image %d: %s is at stage %s, want %s to %s", c, id, stageName(got), stageName(lo), stageName(min(hi, stageDeleted)))
 			}
 		}
-		t.Logf("image %d: %d returned updates checked", c, checked)
+		checked += len(before)
+		t.Logf("image %d: %d acknowledged messages checked", c, len(before))
 	}
-	cancel()
-	wg.Wait()
+	if checked == 0 {
+		t.Fatal("no message was acknowledged before an image was taken: the test proves nothing")
+	}
+}
+
+// The stages of a message in TestCrashKeepsEveryReturnedUpdate.
+const (
+	stagePut       = 1 // Put returned
+	stageFirstDone = 2 // the Update that delivered the first recipient returned
+	stageDeleted   = 3 // the Update that delivered the second (final) returned
+)
+
+func stageName(st int) string {
+	return [...]string{"never put", "put", "first recipient delivered", "deleted"}[st]
+}
+
+// imageStage is the stage id is at in img: deleted if its record is gone;
+// a record there must have its body whole.
+func imageStage(t *testing.T, img *Store, id ID, body string) int {
+	t.Helper()
+	m, err := img.Get(id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return stageDeleted
+	case err != nil:
+		t.Fatalf("reading %s from a crash image: %v", id, err)
+	}
+	if got := readAll(t, img, id); string(got) != body {
+		t.Fatalf("%s in a crash image has the body %q, want %q", id, got, body)
+	}
+	if m.Recipients[1].State == Delivered {
+		t.Fatalf("%s in a crash image has its second recipient delivered but is not deleted", id)
+	}
+	if m.Recipients[0].State == Delivered {
+		return stageFirstDone
+	}
+	return stagePut
 }
