@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/term"
 )
 
 // maxPassword is bcrypt's limit: it ignores, and x/crypto refuses, longer.
@@ -40,28 +40,27 @@ func passwdCommand() *cli.Command {
 }
 
 // promptPassword reads the password: the first line of in. On a terminal
-// it prompts on w, turns echo off (with stty, when there is one) and asks
-// twice.
+// it prompts on w, reads without echo (x/term puts the terminal back as it
+// was, also when the read fails) and asks twice.
 func promptPassword(in *os.File, w io.Writer) (string, error) {
-	fi, err := in.Stat()
-	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+	fd := int(in.Fd())
+	if !term.IsTerminal(fd) {
 		return readPassword(in)
 	}
-	if err := stty(in, "-echo"); err == nil {
-		defer stty(in, "echo")
-	} else {
-		fmt.Fprintln(w, "(stty not available: the password will be echoed)")
+	ask := func(prompt string) (string, error) {
+		fmt.Fprint(w, prompt)
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(w)
+		if err != nil {
+			return "", err
+		}
+		return readPassword(strings.NewReader(string(b)))
 	}
-	br := bufio.NewReader(in)
-	fmt.Fprint(w, "Password: ")
-	first, err := readPassword(br)
-	fmt.Fprintln(w)
+	first, err := ask("Password: ")
 	if err != nil {
 		return "", err
 	}
-	fmt.Fprint(w, "Again: ")
-	second, err := readPassword(br)
-	fmt.Fprintln(w)
+	second, err := ask("Again: ")
 	if err != nil {
 		return "", err
 	}
@@ -69,12 +68,6 @@ func promptPassword(in *os.File, w io.Writer) (string, error) {
 		return "", errors.New("the passwords differ")
 	}
 	return first, nil
-}
-
-func stty(tty *os.File, arg string) error {
-	cmd := exec.Command("stty", arg)
-	cmd.Stdin = tty
-	return cmd.Run()
 }
 
 // readPassword returns the first line of r without its line break. Spaces
