@@ -71,6 +71,11 @@
 //   - A recipient marked Delivered is committed before Update returns and
 //     is never handed out as pending again.
 //   - m/ and s/ always agree: every change to a message is one batch.
+//   - A storage error Pebble cannot go on from (a failed write or sync of
+//     its WAL or MANIFEST) ends the process (fatal.go): one log line at
+//     fatal level, then Options.Exit(1). The commit that failed never
+//     returns to its writer, so nothing is acknowledged that is not on
+//     disk.
 //   - Memory does not grow with queue length or message size: bodies are
 //     streamed in chunks, Due reads only as many entries as it returns.
 //   - The in-memory copies of the last small messages put (recent.go, at

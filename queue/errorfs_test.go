@@ -19,49 +19,51 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// fatalTrap is the queue's log writer in the fault tests. Pebble treats a
-// failed WAL write or sync as fatal: DB.Apply calls Logger.Fatalf("pebble:
-// fatal commit error"), and the queue's Pebble logger turns that into
-// zerolog's Fatal, which exits the process, as it does in relayq. Here the
-// goroutine that hits it is parked for good instead (zerolog's exit runs in
-// a defer, so ending the goroutine would still exit): its Put never
-// returns, as in the process that exits, and the rest of the test process
-// lives on to inspect what a crash at that moment leaves on disk.
+// fatalTrap stands in for the log and the process exit in the fault tests.
+// Pebble treats a failed WAL write or sync as fatal: DB.Apply calls
+// Logger.Fatalf("pebble: fatal commit error"), and the queue's Pebble
+// logger (fatal.go) writes one line at fatal level and calls Options.Exit,
+// which in relayq is os.Exit. Here exit parks the goroutine for good
+// instead: its Put never returns, as in the process that exits, and the
+// rest of the test process lives on to inspect what a crash at that moment
+// leaves on disk.
 type fatalTrap struct {
-	mu     sync.Mutex
-	fatals []string
+	mu    sync.Mutex
+	lines []string // log lines at fatal level
+	codes []int    // exit calls
 }
 
 func (f *fatalTrap) Write(p []byte) (int, error) { return len(p), nil }
 
 func (f *fatalTrap) WriteLevel(l zerolog.Level, p []byte) (int, error) {
-	if l != zerolog.FatalLevel {
-		return len(p), nil
+	if l == zerolog.FatalLevel {
+		f.mu.Lock()
+		f.lines = append(f.lines, strings.TrimSpace(string(p)))
+		f.mu.Unlock()
 	}
-	f.mu.Lock()
-	f.fatals = append(f.fatals, strings.TrimSpace(string(p)))
-	f.mu.Unlock()
-	select {} // the process "exited" here
+	return len(p), nil
 }
 
-// parked is how many goroutines the trap holds.
+// exit is Options.Exit: the process "exited" here.
+func (f *fatalTrap) exit(code int) {
+	f.mu.Lock()
+	f.codes = append(f.codes, code)
+	f.mu.Unlock()
+	select {}
+}
+
+// parked is how many goroutines exit holds.
 func (f *fatalTrap) parked() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.fatals)
+	return len(f.codes)
 }
 
-// messages are the distinct fatal messages.
+// messages are the fatal lines logged so far.
 func (f *fatalTrap) messages() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []string
-	for _, m := range f.fatals {
-		if !slices.Contains(out, m) {
-			out = append(out, m)
-		}
-	}
-	return out
+	return slices.Clone(f.lines)
 }
 
 // walFault injects err into the given operations on Pebble's WAL files
@@ -154,7 +156,7 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 			mem := vfs.NewCrashableMem()
 			fault := &switchedFault{Injector: tc.inject}
 			trap := &fatalTrap{}
-			s, err := Open("q", Options{FS: newRecyclingFS(mem, fault), ChunkSize: 4096, Log: zerolog.New(trap)})
+			s, err := Open("q", Options{FS: newRecyclingFS(mem, fault), ChunkSize: 4096, Log: zerolog.New(trap), Exit: trap.exit})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -229,7 +231,8 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 					defer func() {
 						// Pebble panics in commitWrite on a WAL that failed
 						// before; a Put that never returns is parked in
-						// fatalTrap or waits behind the wedged pipeline.
+						// fatalTrap.exit, in the Pebble logger's Fatalf
+						// behind it, or behind the wedged pipeline.
 						if recover() != nil {
 							out.panicked.Add(1)
 						}
@@ -249,7 +252,7 @@ func TestPutNeverAcknowledgesAWriteThatDidNotSync(t *testing.T) {
 				}(w)
 			}
 			go func() { wg.Wait(); close(done) }()
-			// Every writer returns, panics or is parked in fatalTrap; one
+			// Every writer returns, panics or is parked in fatalTrap.exit; one
 			// that does none of these within a second of the first failure
 			// waits behind the wedged commit pipeline (a panicking commit
 			// leaves its mutex locked), and never answers either.
@@ -317,5 +320,66 @@ func checkTakesMail(t *testing.T, fs vfs.FS) {
 	}
 	if got := readAll(t, s, id); !bytes.Equal(got, body) {
 		t.Fatalf("message put after the fault reads back as %q", got)
+	}
+}
+
+// TestWALSyncFailureExitsWithOneFatalLine: when the WAL's sync fails,
+// Pebble cannot go on, and neither can relayq: the queue logs one line at
+// fatal level naming the data directory and the error and exits with a
+// non-zero status, however many writers were committing; no Put returns
+// nil for a commit whose sync failed.
+func TestWALSyncFailureExitsWithOneFatalLine(t *testing.T) {
+	mem := vfs.NewCrashableMem()
+	fault := &switchedFault{Injector: walFault(syscall.EIO, true, syncOps...)}
+	trap := &fatalTrap{}
+	s, err := Open("q", Options{FS: newRecyclingFS(mem, fault), Log: zerolog.New(trap), Exit: trap.exit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fault.state.Store(2) // s is not closed: see TestPutNeverAcknowledgesAWriteThatDidNotSync
+	putOne(t, s)
+	if err := s.db.Flush(); err != nil { // no WAL rotation below (see there)
+		t.Fatal(err)
+	}
+
+	fault.state.Store(1)
+	var acked, settled atomic.Int64
+	for w := 0; w < 4; w++ {
+		go func() {
+			defer func() {
+				recover() // Pebble panics in commitWrite on a WAL that failed before
+				settled.Add(1)
+			}()
+			if s.Put(context.Background(), s.NewID(), envelope("a@x.invalid", "b@y.invalid"), strings.NewReader("hello")) == nil {
+				acked.Add(1)
+			}
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for trap.parked() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The other writers panic, fail, or wait in Fatalf or behind the
+	// wedged pipeline; give those that come back a moment to log.
+	for settle := time.Now().Add(time.Second); settled.Load()+int64(trap.parked()) < 4 && time.Now().Before(settle); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	trap.mu.Lock()
+	codes := slices.Clone(trap.codes)
+	trap.mu.Unlock()
+	lines := trap.messages()
+	if len(codes) != 1 || codes[0] == 0 {
+		t.Fatalf("after a failed WAL sync the queue called exit with %v, want once with a non-zero status", codes)
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d fatal lines, want exactly one: %q", len(lines), lines)
+	}
+	for _, want := range []string{`"level":"fatal"`, `"data_dir":"q"`, "fatal commit error", "input/output error", "exiting"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("the fatal line %s does not say %s", lines[0], want)
+		}
+	}
+	if n := acked.Load(); n > 0 {
+		t.Errorf("%d Puts returned nil after the WAL sync failed", n)
 	}
 }

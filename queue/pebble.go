@@ -78,7 +78,7 @@ func pebbleOptions(opts Options) *pebble.Options {
 		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 24,
 		EventListener:         opts.EventListener,
-		Logger:                pebbleLogger{opts.Log},
+		// Logger: Open sets it (fatal.go), with the directory it names.
 	}
 	for i := range po.TargetFileSizes {
 		po.TargetFileSizes[i] = 4 << 20

@@ -33,6 +33,10 @@ type Options struct {
 	// EventListener, if set, receives Pebble's events (write stalls, low
 	// disk space) for back pressure.
 	EventListener *pebble.EventListener
+	// Exit ends the process when Pebble reports an error it cannot go on
+	// from (a failed WAL write or sync: fatal.go); nil means os.Exit. It
+	// is called once, after one log line at fatal level.
+	Exit func(code int)
 	// Reserve is the free space Put leaves on the data volume: a message
 	// that would take the volume below it is refused (the client gets
 	// 451 4.3.0), so that Pebble keeps room to flush, compact and record
@@ -94,6 +98,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts.ChunkSize = defaultChunkSize
 	}
 	po := pebbleOptions(opts)
+	po.Logger = newPebbleLogger(dir, opts)
 	if opts.Reserve == 0 {
 		opts.Reserve = defaultReserve
 	}
@@ -752,10 +757,3 @@ func (s *Store) startCount() error {
 	}()
 	return nil
 }
-
-// pebbleLogger sends Pebble's own messages to zerolog.
-type pebbleLogger struct{ log zerolog.Logger }
-
-func (l pebbleLogger) Infof(format string, args ...any)  { l.log.Debug().Msgf(format, args...) }
-func (l pebbleLogger) Errorf(format string, args ...any) { l.log.Error().Msgf(format, args...) }
-func (l pebbleLogger) Fatalf(format string, args ...any) { l.log.Fatal().Msgf(format, args...) }
