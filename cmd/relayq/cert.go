@@ -1,20 +1,14 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"relayq/internal/certs"
 )
 
 func certCommand() *cli.Command {
@@ -49,47 +43,20 @@ func writeSelfSigned(hosts []string, certPath, keyPath string, validFor time.Dur
 	if len(hosts) == 0 {
 		return errors.New("give at least one --host")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: hosts[0], Organization: []string{"relayq self-signed"}},
-		NotBefore:             now.Add(-time.Hour), // tolerate a client clock a little behind
-		NotAfter:              now.Add(validFor),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	p, err := certs.SelfSigned(hosts, validFor)
 	if err != nil {
 		return err
 	}
 	// The key first: a certificate without its key is of no use.
-	if err := writePEM(keyPath, "PRIVATE KEY", pkcs8, 0o600, force); err != nil {
+	if err := writeFile(keyPath, p.KeyPEM, 0o600, force); err != nil {
 		return err
 	}
-	return writePEM(certPath, "CERTIFICATE", der, 0o644, force)
+	return writeFile(certPath, p.CertPEM, 0o644, force)
 }
 
-func writePEM(path, typ string, der []byte, mode os.FileMode, force bool) error {
+// writeFile writes data to a new file at path with mode, or over an
+// existing one when force is set.
+func writeFile(path string, data []byte, mode os.FileMode, force bool) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if force {
 		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
@@ -101,7 +68,7 @@ func writePEM(path, typ string, der []byte, mode os.FileMode, force bool) error 
 	if err != nil {
 		return err
 	}
-	if err := pem.Encode(f, &pem.Block{Type: typ, Bytes: der}); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
 	}

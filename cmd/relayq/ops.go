@@ -8,6 +8,9 @@ import (
 	"net/netip"
 	"reflect"
 	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"relayq/admin"
 	"relayq/config"
@@ -184,6 +187,24 @@ func (in *instance) reloadLive(worker *smarthost.Worker) {
 		in.srv.Pressure().SetThresholds(thresholdsOf(c.BackPressure))
 		worker.SetRetry(backoffOf(c.Retry), c.Retry.MaxQueueLifetime.Std(), c.Retry.DelayWarning.Std())
 		worker.SetMaxConnsPerDest(c.Delivery.MaxConnectionsPerDestination)
+	})
+}
+
+// certPoll is how often the listeners' certificate files are looked at: a
+// renewed certificate is served within this time, with no SIGHUP needed.
+const certPoll = 2 * time.Second
+
+// watchCerts reloads the listeners' certificate when its files change and
+// at every configuration reload (SIGHUP, POST /api/reload). A pair that
+// does not load is logged and the one in use stays.
+func (in *instance) watchCerts(log zerolog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	in.stopCerts = cancel
+	go in.certs.Watch(ctx, certPoll, log)
+	in.onReload(func(*config.Config) {
+		if err := in.certs.Reload(); err != nil {
+			log.Error().Err(err).Msg("config reload: the certificate does not load; the previous one stays in use")
+		}
 	})
 }
 

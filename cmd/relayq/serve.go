@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +20,7 @@ import (
 
 	"relayq/admin"
 	"relayq/config"
+	"relayq/internal/certs"
 	"relayq/queue"
 	"relayq/relay"
 	"relayq/smarthost"
@@ -131,6 +131,8 @@ type instance struct {
 	srv        *relay.Server
 	listeners  []net.Listener
 	stopWorker context.CancelFunc
+	certs      *certs.File        // the listeners' certificate; nil without [tls]
+	stopCerts  context.CancelFunc // ends the certificate's file watch
 	workerDone chan struct{}
 	serving    errgroup.Group
 
@@ -163,6 +165,9 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 			if in.adminLn != nil {
 				in.adminLn.Close()
 			}
+			if in.stopCerts != nil {
+				in.stopCerts()
+			}
 			in.store.Close()
 		}
 	}()
@@ -190,10 +195,13 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		return nil, err
 	}
 
-	relayCfg, err := relayConfig(cfg, in.store, stalls, log)
-	if err != nil {
-		return nil, err
+	if cfg.TLS.Enabled() {
+		if in.certs, err = certs.Load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			return nil, err
+		}
+		in.watchCerts(log)
 	}
+	relayCfg := relayConfig(cfg, in.certs, in.store, stalls, log)
 	relayCfg.Accepted = in.accepted
 	router := smarthost.NewConfigRouter(cfg.Delivery, resolver)
 	in.onReload(func(c *config.Config) { router.Set(c.Delivery) })
@@ -239,9 +247,10 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 }
 
 // relayConfig builds the inbound side's configuration from cfg: the TLS
-// certificate, the AUTH users, the limits and back pressure, which reads
-// the queue's size, its volume's free space and Pebble's write stalls.
-func relayConfig(cfg *config.Config, store *queue.Store, stalls *relay.StallWatch, log zerolog.Logger) (relay.Config, error) {
+// certificate (cert, nil without [tls]), the AUTH users, the limits and
+// back pressure, which reads the queue's size, its volume's free space and
+// Pebble's write stalls.
+func relayConfig(cfg *config.Config, cert *certs.File, store *queue.Store, stalls *relay.StallWatch, log zerolog.Logger) relay.Config {
 	p := relayPolicy(cfg) // what a reload can change: ops.go
 	rc := relay.Config{
 		Hostname:                cfg.Hostname,
@@ -254,12 +263,8 @@ func relayConfig(cfg *config.Config, store *queue.Store, stalls *relay.StallWatc
 		BareLineEndings:         p.BareLineEndings,
 		Users:                   p.Users,
 	}
-	if cfg.TLS.Enabled() {
-		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
-		if err != nil {
-			return rc, fmt.Errorf("tls: %w", err)
-		}
-		rc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		rc.TLS = cert.ServerConfig() // reloaded on SIGHUP and when the files change
 	}
 	if bp := cfg.BackPressure; bp.Enabled {
 		rc.Pressure = relay.NewMonitor(relay.PressureConfig{
@@ -274,7 +279,7 @@ func relayConfig(cfg *config.Config, store *queue.Store, stalls *relay.StallWatc
 			Stalls:              stalls,
 		}, log)
 	}
-	return rc, nil
+	return rc
 }
 
 // addrs returns the bound listener addresses.
@@ -299,6 +304,9 @@ func (in *instance) stop() error {
 		in.log.Warn().Err(err).Msg("SMTP sessions still open at shutdown")
 	}
 	err := in.serving.Wait()
+	if in.stopCerts != nil {
+		in.stopCerts()
+	}
 	in.stopWorker()
 	<-in.workerDone
 	in.log.Info().Int64("queued", in.store.Messages()).Msg("stopped")
