@@ -247,9 +247,7 @@ func TestDeleteRemovesMessageBodyScheduleAndCounts(t *testing.T) {
 		if _, err := f.s.Get(id); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("Get after Delete: %v", err)
 		}
-		if b := readAll(t, f.s, id); len(b) != 0 {
-			t.Fatal("body left after Delete")
-		}
+		checkNoBody(t, f.s, id)
 	}
 	if due := f.due(t); len(due) != 1 || !due[keep] {
 		t.Fatalf("due after delete = %v", due)

@@ -125,6 +125,11 @@ func (e *Envelope) Final() bool {
 type Message struct {
 	ID ID
 	Envelope
+	// Scheduled is the NextAttempt the stored record had when Get read
+	// it; it is not stored. Update compares it with the record's current
+	// one to tell an operator's rescheduling since (which wins) from its
+	// own. Zero: Update writes NextAttempt as is.
+	Scheduled time.Time
 }
 
 // NewMessage is a message to enqueue as part of another change, such as an

@@ -122,9 +122,7 @@ func TestRecentForgetsChangedMessages(t *testing.T) {
 	if _, err := s.Get(id3); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get after Delete: %v, want ErrNotFound", err)
 	}
-	if b := readAll(t, s, id3); len(b) != 0 {
-		t.Errorf("Body after Delete reads %q", b)
-	}
+	checkNoBody(t, s, id3)
 
 	id4 := put()
 	m4, _ := s.Get(id4)

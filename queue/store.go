@@ -378,14 +378,16 @@ func (s *Store) Get(id ID) (*Message, error) {
 	if err := s.getRecordTo(id, &r); err != nil {
 		return nil, err
 	}
-	return &Message{ID: id, Envelope: r.Envelope}, nil
+	return &Message{ID: id, Envelope: r.Envelope, Scheduled: r.NextAttempt}, nil
 }
 
 // Body returns a reader of the body of id, streamed chunk by chunk: memory
-// use does not depend on the message size. Close it when done. The body of
-// an unknown ID (such as a deleted message's) reads as empty. A body found
-// shorter than its record says, or whose message is deleted while it is
-// read, gives an error (from Body or Read), never a truncated body.
+// use does not depend on the message size. Close it when done. Body of an
+// unknown or invalid ID (such as a message deleted after its Get) returns
+// ErrNotFound: a deleted message's body must never pass for an empty one.
+// A body found shorter than its record says, or whose message is deleted
+// while it is read, gives an error (from Body or Read), never a truncated
+// body.
 //
 // Chunks are point reads of b/<id>/0, 1, …, each copied into a buffer and
 // released at once, so no Pebble memory stays pinned between Reads. Every
@@ -395,14 +397,13 @@ func (s *Store) Get(id ID) (*Message, error) {
 // the body from a missing chunk. The first chunk is read before Body
 // returns: once a body has started it reads whole or fails.
 func (s *Store) Body(id ID) (io.ReadCloser, error) {
-	r := &bodyReader{s: s, id: id}
 	if len(id) != idLen {
 		// Put stores nothing under an invalid ID. The length is all the
 		// key needs: an ID of this length that is not hex has no chunks
-		// and no record either, and so reads as empty.
-		r.done = true
-		return r, nil
+		// and no record either, and so is not found.
+		return nil, ErrNotFound
 	}
+	r := &bodyReader{s: s, id: id}
 	if rc := s.recent.body(id); rc != nil {
 		return rc, nil
 	}
@@ -465,7 +466,7 @@ func (s *Store) checkBodyEnd(id ID, k uint32) error {
 	v, closer, err := s.db.Get(metaKey(id))
 	if errors.Is(err, pebble.ErrNotFound) {
 		if k == 0 {
-			return nil // no such message: an empty body, as ever
+			return ErrNotFound // no such message (deleted since its Get)
 		}
 		return fmt.Errorf("queue: body of %s: %w while it was read", id, ErrNotFound)
 	}
@@ -561,8 +562,12 @@ func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, nex
 // batch, durable when Update returns (its WAL sync shared: syncshare.go).
 // A message with no pending recipient left is deleted with its body.
 // Update returns ErrNotFound if m was deleted meanwhile (by an operator);
-// then nothing is written. Operator state (Held) is kept from the stored
-// record, not taken from m.
+// then nothing is written. Operator state (Held, BounceRequested) is kept
+// from the stored record, not taken from m, and so is an operator's later
+// rescheduling: when the stored NextAttempt is no longer m.Scheduled (a
+// flush, bounce or release since Get), the stored time is kept and
+// m.NextAttempt is set to it. On success m.Scheduled is the NextAttempt
+// written, so that the same m can be updated again.
 func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) error {
 	old, unlock, err := s.locked(ctx, m.ID)
 	if err != nil {
@@ -572,6 +577,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 	b := s.newBatch()
 	defer b.Close()
 	final := m.Final()
+	next := m.NextAttempt // what is written
 	if final {
 		if err := s.deleteLocked(b, m.ID, old); err != nil {
 			return err
@@ -580,6 +586,10 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 		r := &record{Envelope: m.Envelope, Chunks: old.Chunks}
 		r.Held = old.Held
 		r.BounceRequested = r.BounceRequested || old.BounceRequested
+		if !m.Scheduled.IsZero() && !old.NextAttempt.Equal(m.Scheduled) {
+			r.NextAttempt = old.NextAttempt // an operator's change since Get wins
+		}
+		next = r.NextAttempt
 		if err := s.rewriteLocked(b, m.ID, old, r); err != nil {
 			return err
 		}
@@ -601,6 +611,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 	}
 	s.messages.Add(added)
 	s.bytes.Add(addedBytes)
+	m.NextAttempt, m.Scheduled = next, next
 	if added > 0 || !final {
 		s.signal()
 	}

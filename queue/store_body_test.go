@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 
@@ -90,12 +91,30 @@ func TestBodyOfAMessageDeletedWhileReadFails(t *testing.T) {
 	}
 }
 
-func TestBodyOfAnUnknownOrInvalidIDIsEmpty(t *testing.T) {
+// TestBodyOfAnUnknownInvalidOrDeletedIDIsNotFound: a message deleted
+// between an attempt's Get and its Body must not read as an empty body,
+// which the attempt would send.
+func TestBodyOfAnUnknownInvalidOrDeletedIDIsNotFound(t *testing.T) {
 	s := openTest(t, Options{})
-	for _, id := range []ID{s.NewID(), "not-an-id", ""} {
-		if got, err := readBody(s, id); err != nil || len(got) != 0 {
-			t.Fatalf("Body(%q): %d bytes, %v", id, len(got), err)
+	deleted, _ := putBody(t, s, 100)
+	if _, err := s.Get(deleted); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(context.Background(), deleted); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []ID{s.NewID(), "not-an-id", "", deleted} {
+		if got, err := readBody(s, id); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Body(%q): %d bytes, %v; want ErrNotFound", id, len(got), err)
 		}
+	}
+	empty := s.NewID()
+	if err := s.Put(context.Background(), empty, &Envelope{From: "a@b.invalid", Recipients: []Recipient{{Addr: "c@d.invalid"}}}, strings.NewReader("")); err != nil {
+		t.Fatal(err)
+	}
+	s.recent.drop(empty)
+	if got, err := readBody(s, empty); err != nil || len(got) != 0 {
+		t.Fatalf("Body of a stored empty message: %d bytes, %v", len(got), err)
 	}
 }
 

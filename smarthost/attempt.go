@@ -3,6 +3,8 @@ package smarthost
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"time"
 
 	"relayq/queue"
@@ -20,9 +22,13 @@ const maxBusyRetries = 8
 const maxStaleRetries = 4
 
 // deliverGroup delivers the recipients of g over connections to its
-// destination, trying its targets in order, and returns the outcome of each
-// recipient it reached a verdict for. Recipients left without one (shutdown)
-// keep their state.
+// destination, trying its targets in order, and records in t the outcome
+// of each recipient it reaches a verdict for, committing each
+// transaction's verdicts as soon as it ends (before another transaction,
+// host or slot is tried), so that a crash never sends a recipient again
+// whose 250 came. Recipients left without one (shutdown) keep their state.
+// It returns errGone when the message was deleted meanwhile: then nothing
+// more is to be done for it.
 //
 //   - A host that fails to connect, refuses us before MAIL, fails the TLS
 //     handshake or says 421 is given to the circuit breaker, and the next
@@ -38,12 +44,12 @@ const maxStaleRetries = 4
 //   - Recipients no host took are deferred with the last reply (a local
 //     451 4.4.1 for a host that did not answer); when every host was
 //     cooling down, with the reply that put the last one there.
-func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) []outcome {
+func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group) error {
+	m := t.m
 	dest := g.route.Destination
 	targets := g.route.Targets
 	pending := g.idx
 	var (
-		out        []outcome
 		last       *retry.Reply
 		lastHop    string
 		cooling    *retry.Reply // why a skipped host is cooling down
@@ -64,13 +70,13 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 		}
 		l, err := w.pool.acquire(ctx, dest, urgent)
 		if err != nil {
-			return out // shutting down: no verdict
+			return nil // shutting down: no verdict
 		}
 		urgent = false
 		conn, err := w.connect(ctx, l, target)
 		if err != nil && ctx.Err() != nil {
 			w.pool.release(l, nil, false)
-			return out // shutting down: no verdict, and no host to blame
+			return nil // shutting down: no verdict, and no host to blame
 		}
 		if err != nil {
 			reply, stage := dialReply(err)
@@ -89,11 +95,14 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 			continue
 		}
 		reused := l.conn != nil
-		decided, rest, broken := w.transactions(ctx, m, conn, pending)
-		out = append(out, decided...)
+		decided, rest, broken, err := w.transactions(ctx, t, conn, pending)
+		if errors.Is(err, errGone) {
+			w.pool.release(l, conn, broken == nil)
+			return err
+		}
 		pending = rest
 		if broken == nil {
-			if len(decided) > 0 {
+			if decided {
 				// conn.Addr, not target.Addr: a reused connection may
 				// go to another host of the destination.
 				w.succeeded(ctx, l, dest, conn.Addr())
@@ -112,7 +121,7 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 		} else {
 			w.pool.release(l, conn, false)
 		}
-		if reused && len(decided) == 0 && stale < maxStaleRetries {
+		if reused && !decided && stale < maxStaleRetries {
 			// A reused connection the peer had closed (or said 421 on
 			// after its idle timeout): not the host's fault; redial it.
 			stale++
@@ -132,9 +141,9 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 				Time("until", coolUntil).Msg("every host of the destination is cooling down after failing")
 			w.noteCooled(m, pending, targets)
 			for _, i := range pending {
-				out = append(out, outcome{idx: i, reply: cooling, host: coolingHop, notBefore: coolUntil})
+				t.recordOutcome(outcome{idx: i, reply: cooling, host: coolingHop, notBefore: coolUntil})
 			}
-			return out
+			return w.commit(ctx, t)
 		case last == nil:
 			last = &retry.Reply{Code: 451, Enhanced: retry.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
 		}
@@ -142,9 +151,12 @@ func (w *Worker) deliverGroup(ctx context.Context, m *queue.Message, g *group) [
 		// retry, only a deferral.
 		d := retry.Classify(retry.StageConnect, last)
 		d.Action = retry.Defer
-		out = append(out, each(pending, d, last, lastHop)...)
+		for _, i := range pending {
+			t.record(i, d, last, lastHop)
+		}
+		return w.commit(ctx, t)
 	}
-	return out
+	return nil
 }
 
 // dialReply returns the reply that ended a Dial and the stage it came at.
@@ -164,19 +176,26 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (*Conn, e
 	return Dial(ctx, w.Dialer, target, w.Hostname)
 }
 
-// transactions sends m to the recipients pending on conn, in as many
-// transactions as the peer's recipient limit needs. It returns the
-// recipients decided, those left for another host, and a non-nil reply if
-// the connection broke (then it must not be reused).
-func (w *Worker) transactions(ctx context.Context, m *queue.Message, conn *Conn, pending []int) (decided []outcome, rest []int, broken *retry.Reply) {
+// transactions sends t.m to the recipients pending on conn, in as many
+// transactions as the peer's recipient limit needs, recording and
+// committing each one's verdicts when it ends. It returns whether any
+// recipient was decided, those left for another host, and a non-nil reply
+// if the connection broke (then it must not be reused); err is errGone
+// when the message was deleted meanwhile.
+func (w *Worker) transactions(ctx context.Context, t *tally, conn *Conn, pending []int) (decided bool, rest []int, broken *retry.Reply, err error) {
+	m := t.m
 	for len(pending) > 0 {
 		env := envelopeFor(m, pending)
 		body, err := w.Queue.Body(m.ID)
+		if errors.Is(err, queue.ErrNotFound) {
+			w.Log.Info().Str("id", string(m.ID)).Msg("message deleted during delivery")
+			return decided, pending, nil, errGone
+		}
 		if err != nil {
 			w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("reading a queued body")
-			return decided, pending, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "local error reading the queue", Local: true}
+			return decided, pending, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "local error reading the queue", Local: true}, nil
 		}
-		results, sendErr := conn.Send(ctx, env, body)
+		results, sendErr := conn.Send(ctx, env, &exactReader{r: body, left: m.Size})
 		body.Close()
 		var split, nextHost []int
 		progressed := false
@@ -194,28 +213,63 @@ func (w *Worker) transactions(ctx context.Context, m *queue.Message, conn *Conn,
 				// host) may take them; deliverGroup decides which.
 				nextHost = append(nextHost, i)
 			default:
-				decided = append(decided, outcome{idx: i, decision: d, reply: r.Reply, host: conn.Addr(), dsn: r.DSN})
+				t.recordOutcome(outcome{idx: i, decision: d, reply: r.Reply, host: conn.Addr(), dsn: r.DSN})
 				progressed = true
 			}
 		}
-		if sendErr != nil {
-			return decided, append(split, nextHost...), retry.FromError(retry.StageBody, sendErr)
-		}
-		rest = append(rest, nextHost...)
-		if !progressed && len(split) > 0 {
+		if !progressed && len(split) > 0 && sendErr == nil {
 			// The peer took no recipient at all: retrying the same split
 			// would loop. Defer them with the reply it gave.
 			for k, i := range pending {
 				if contains(split, i) {
 					r := results[k].Reply
-					decided = append(decided, outcome{idx: i, decision: retry.Decision{Action: retry.Defer, Status: r.Status()}, reply: r, host: conn.Addr()})
+					t.record(i, retry.Decision{Action: retry.Defer, Status: r.Status()}, r, conn.Addr())
 				}
 			}
-			split = nil
+			split, progressed = nil, true
 		}
+		decided = decided || progressed
+		// This transaction's verdicts are on disk before anything else
+		// happens: the next transaction, another host, a wait for a slot.
+		if err := w.commit(ctx, t); err != nil {
+			var rep *retry.Reply
+			if sendErr != nil {
+				rep = retry.FromError(retry.StageBody, sendErr)
+			}
+			return decided, append(split, nextHost...), rep, err
+		}
+		if sendErr != nil {
+			return decided, append(split, nextHost...), retry.FromError(retry.StageBody, sendErr), nil
+		}
+		rest = append(rest, nextHost...)
 		pending = split
 	}
-	return decided, rest, nil
+	return decided, rest, nil, nil
+}
+
+// errGone: the message was deleted (by an operator) during its attempt.
+var errGone = errors.New("message deleted during delivery")
+
+// exactReader passes a queued body on and fails, instead of ending it,
+// when it is not exactly the stored size: a body that went away or
+// changed is never sent as if it were the message (the client then drops
+// the connection before the final ".": SMTP has no way to abort DATA,
+// RFC 5321 §4.1.1.4).
+type exactReader struct {
+	r    io.Reader
+	left int64 // bytes still expected
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	e.left -= int64(n)
+	switch {
+	case e.left < 0:
+		return n, fmt.Errorf("the queued body is longer than its stored size")
+	case err == io.EOF && e.left > 0:
+		return n, fmt.Errorf("the queued body ended %d bytes short of its stored size", e.left)
+	}
+	return n, err
 }
 
 func contains(s []int, v int) bool {
@@ -227,14 +281,6 @@ func contains(s []int, v int) bool {
 	return false
 }
 
-func each(idx []int, d retry.Decision, r *retry.Reply, host string) []outcome {
-	out := make([]outcome, len(idx))
-	for k, i := range idx {
-		out[k] = outcome{idx: i, decision: d, reply: r, host: host}
-	}
-	return out
-}
-
 // tally gathers one attempt's verdicts into m and commits them.
 type tally struct {
 	m        *queue.Message
@@ -244,7 +290,6 @@ type tally struct {
 	// relayed are the delivered ones whose next hop lacked DSN: those that
 	// asked NOTIFY=SUCCESS are owed a "relayed" DSN (RFC 3461 §5.2.2).
 	relayed  []int
-	retryNow bool // a recipient waits only for a connection slot
 	deferred bool // a recipient was deferred after a real attempt
 	// waitUntil is when the first host of a destination whose hosts were
 	// all cooling down may be tried again; zero if none was.
@@ -287,9 +332,6 @@ func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string)
 		r.State, r.Done = queue.Bounced, t.now
 		r.Attempts++
 		t.bounced = append(t.bounced, i)
-	case retry.RetryNow:
-		// Not counted: the destination was busy, not failing (seed 001).
-		t.retryNow = true
 	default:
 		r.Attempts++
 		t.deferred = true
@@ -314,10 +356,18 @@ func (t *tally) wait(i int, reply *retry.Reply, host string, until time.Time) {
 // batch): the NDR of the bounced recipients, the "relayed" DSN of those
 // delivered to a next hop without DSN, and the delay warning once the
 // message is older than DelayWarning. It logs each recipient's outcome.
-func (w *Worker) commit(ctx context.Context, t *tally) {
+//
+// The commit does not depend on the attempt going on: it has a context of
+// its own (commitTimeout), so that verdicts reached are written also when
+// shutdown interrupts the attempt. It returns errGone if the message was
+// deleted meanwhile, else nil (a failed commit is logged and its verdicts
+// are kept for the next one).
+func (w *Worker) commit(ctx context.Context, t *tally) error {
 	if len(t.recorded) == 0 {
-		return
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
 	m := t.m
 	m.LastAttempt = t.now
 	m.NextAttempt = w.nextAttempt(t)
@@ -339,6 +389,7 @@ func (w *Worker) commit(ctx context.Context, t *tally) {
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		w.Log.Info().Str("id", string(m.ID)).Msg("message deleted during delivery")
+		return errGone
 	case err != nil:
 		// Nothing was written. The verdicts stay in t, so that a later
 		// commit of this attempt writes them with their reports; without
@@ -346,13 +397,18 @@ func (w *Worker) commit(ctx context.Context, t *tally) {
 		// it twice (at-least-once).
 		m.DelayWarned = warned
 		w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("committing delivery results")
-		return
+		return nil
 	default:
 		w.logOutcomes(t)
 		w.logReports(m, news, kinds)
 	}
 	t.recorded, t.bounced, t.relayed = nil, nil, nil
+	return nil
 }
+
+// commitTimeout bounds one commit of verdicts; it runs on after the
+// attempt's context is cancelled (shutdown).
+const commitTimeout = 10 * time.Second
 
 // ndrs returns the NDR for the bounced recipients idx of m, if one is due.
 // A failed message from <> is logged, counted (DoubleBounces) and dropped,
@@ -422,11 +478,12 @@ func (w *Worker) report(m *queue.Message, kind string) func(*queue.NewMessage, e
 	}
 }
 
-// nextAttempt is when m is due again: at once if a recipient only waits for
-// a connection slot (the attempt then waits in the pool), else after the
-// backoff of its most-tried pending recipient.
+// nextAttempt is when m is due again: after the backoff of its most-tried
+// pending recipient once the attempt deferred one; before that (a commit
+// of the first transactions while the rest are still to be tried) at
+// once, so that a crash meanwhile leaves the rest due.
 func (w *Worker) nextAttempt(t *tally) time.Time {
-	if t.retryNow {
+	if !t.deferred && t.waitUntil.IsZero() {
 		return t.now
 	}
 	attempts := 1
@@ -502,6 +559,8 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 		r.LastReply = last
 	}
 	news := w.ndrs(m, t.bounced, "expired")
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
 	if err := w.Queue.Update(ctx, m, news...); err != nil && !errors.Is(err, queue.ErrNotFound) {
 		w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("committing expiry")
 		return

@@ -133,10 +133,20 @@
 // # Reports (ndr.go, attempt.go: commit, expire)
 //
 //   - Every verdict is committed in one synced batch with the reports it
-//     calls for (DESIGN.md "one message's whole change is one batch"): the
-//     NDR of the bounced recipients, the "relayed" DSN of delivered ones,
-//     and the delay warning. If that commit fails, the verdicts and their
-//     reports go with the attempt's next commit, or are lost with it.
+//     calls for (one message's whole change is one batch): the NDR of the
+//     bounced recipients, the "relayed" DSN of delivered ones, and the
+//     delay warning. Each transaction's verdicts are committed as soon as
+//     it ends, before the next transaction, another host or a wait for a
+//     slot, so a crash never sends again a recipient whose 250 came. The
+//     commit has a context of its own (10 s), not the attempt's: verdicts
+//     reached when shutdown interrupts an attempt are still written. If a
+//     commit fails, the verdicts and their reports go with the attempt's
+//     next commit, or are lost with it.
+//   - An operator's flush, bounce or release during an attempt wins over
+//     the attempt's rescheduling (queue.Message.Scheduled). A message
+//     deleted during its attempt is not sent on: its Body is not found,
+//     and a body that reads longer or shorter than the stored size is
+//     never ended with "." (the connection is dropped instead).
 //   - RFC 3461: NOTIFY, ORCPT, RET and ENVID are passed to a next hop that
 //     offers DSN (envelopeFor, Send), which then answers for them. A
 //     recipient delivered to a next hop without DSN that asked

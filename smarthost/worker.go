@@ -428,14 +428,13 @@ func (w *Worker) attempt(ctx context.Context, id queue.ID) {
 	for _, res := range unrouted {
 		t.record(res.idx, res.decision, res.reply, "")
 	}
-	if len(unrouted) > 0 {
-		w.commit(ctx, t)
+	if len(unrouted) > 0 && w.commit(ctx, t) != nil {
+		return
 	}
 	for _, g := range groups {
-		for _, r := range w.deliverGroup(ctx, m, g) {
-			t.recordOutcome(r)
+		if w.deliverGroup(ctx, t, g) != nil {
+			return
 		}
-		w.commit(ctx, t)
 	}
 }
 

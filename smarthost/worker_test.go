@@ -69,18 +69,7 @@ func pausedHarness(t *testing.T, dst *sink.Server, router Router, tune func(*Wor
 		t.Fatal(err)
 	}
 	rec := &recordingQueue{Store: store, news: map[queue.ID]int{}}
-	w := &Worker{
-		Queue:    rec,
-		State:    store,
-		Router:   router,
-		Hostname: "relay.test.invalid",
-		Backoff:  retry.Backoff{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond},
-		Grace:    5 * time.Second,
-		Log:      zerolog.New(zerolog.NewTestWriter(t)),
-	}
-	if tune != nil {
-		tune(w)
-	}
+	w := testWorker(t, rec, store, router, tune)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	h := &harness{t: t, dir: dir, store: store, rec: rec, sink: dst, worker: w}
@@ -101,6 +90,24 @@ func pausedHarness(t *testing.T, dst *sink.Server, router Router, tune func(*Wor
 	})
 	t.Cleanup(h.stop)
 	return h
+}
+
+// testWorker is a worker over q (whose store is store) with short
+// backoffs, tuned by tune if set.
+func testWorker(t *testing.T, q Queue, store *queue.Store, router Router, tune func(*Worker)) *Worker {
+	w := &Worker{
+		Queue:    q,
+		State:    store,
+		Router:   router,
+		Hostname: "relay.test.invalid",
+		Backoff:  retry.Backoff{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond},
+		Grace:    5 * time.Second,
+		Log:      zerolog.New(zerolog.NewTestWriter(t)),
+	}
+	if tune != nil {
+		tune(w)
+	}
+	return w
 }
 
 // recordingQueue counts the messages each Update enqueued (NDRs) per
