@@ -63,6 +63,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 				// treats the session as TLS (ESMTPS, AUTH); the tracked
 				// conn below still slides deadlines and is closed on
 				// Shutdown.
+				tc.tls = true
 				return tls.Server(tc, l.s.cfg.TLS), nil
 			}
 			return tc, nil
@@ -210,18 +211,54 @@ type trackedConn struct {
 	// the 354 and runs Session.Data for DATA.
 	fastState int
 	fast      *fastData // while fastActive
-	pending   []byte    // while fastDone: given to go-smtp before the socket
-	lastData  bool      // the last read go-smtp got ended with a DATA line
+	// pending is what was read from the socket and not yet handed to
+	// go-smtp: what followed a DATA line in the same read, or a body the
+	// fast path read and what followed it. held is its reused buffer.
+	pending, held []byte
+	scan          dataScan // the lines handed to go-smtp so far
+	// lastData: the last bytes handed to go-smtp ended with a DATA command
+	// line, so go-smtp holds nothing of what follows it.
+	lastData bool
+	// tls: the bytes are TLS records (smtps, or after STARTTLS): never
+	// scanned, never the fast path.
+	tls bool
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
-	if c.fastState != fastOff {
-		if n, ok, err := c.readFast(p); ok {
-			return n, err
+	switch c.fastState {
+	case fastArmed:
+		// Session.Data did not take the body: go-smtp reads it itself.
+		c.fastState = fastOff
+	case fastActive:
+		// go-smtp drains its reader after Data: finish the body first, as
+		// its own drain would, then give it ".\r\n" (an empty body, which
+		// its reader ends at once) and what the client sent after the body.
+		if err := c.fast.drain(); err != io.EOF {
+			return 0, err // sticky: every later read fails the same
 		}
+		c.pending, c.fast, c.fastState = c.fast.rest(), nil, fastOff
+	}
+	if c.tls {
+		return c.readRaw(p)
+	}
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		if end := c.scan.dataLineEnd(p[:n]); end >= 0 {
+			n = end
+		}
+		c.pending = c.pending[n:]
+		c.lastData = len(c.pending) == 0 && c.scan.afterData
+		return n, nil
 	}
 	n, err := c.readRaw(p)
-	c.lastData = n > 0 && endsWithData(p[:n])
+	if end := c.scan.dataLineEnd(p[:n]); end >= 0 && end < n && err == nil {
+		// Keep what follows the DATA line from go-smtp: it is the body
+		// (or the next commands) and decides the path at the 354.
+		c.pending = append(c.held[:0], p[end:n]...)
+		c.held = c.pending[:0]
+		n = end
+	}
+	c.lastData = n > 0 && c.scan.afterData
 	return n, err
 }
 
@@ -233,32 +270,6 @@ func (c *trackedConn) readRaw(p []byte) (int, error) {
 		}
 	}
 	return c.Conn.Read(p)
-}
-
-// readFast serves go-smtp's reads after a body read by the fast path: the
-// rest of the body first if Data did not read it all, then ".\r\n" and
-// what followed the body. ok is false when the socket is to be read as
-// usual.
-func (c *trackedConn) readFast(p []byte) (n int, ok bool, err error) {
-	switch c.fastState {
-	case fastArmed:
-		// Session.Data did not take the body: go-smtp reads it itself.
-		c.fastState = fastOff
-		return 0, false, nil
-	case fastActive:
-		if err := c.fast.drain(); err != io.EOF {
-			return 0, true, err // sticky: every later read fails the same
-		}
-		c.pending, c.fast, c.fastState = c.fast.rest(), nil, fastDone
-	}
-	n = copy(p, c.pending)
-	c.pending = c.pending[n:]
-	if len(c.pending) == 0 {
-		c.pending, c.fastState = nil, fastOff
-		// What followed the body may itself end with a DATA line.
-		c.lastData = endsWithData(p[:n])
-	}
-	return n, true, nil
 }
 
 // takeFast returns the reader of the body whose 354 was just written, if
@@ -278,7 +289,8 @@ func (c *trackedConn) takeFast(max int64) io.Reader {
 func (c *trackedConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if !c.grown {
+	greeting := !c.grown
+	if greeting {
 		c.grown = true
 		growStack(len(p))
 	}
@@ -300,11 +312,19 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		// and then, its new connection racing our close of the old.
 		c.once.Do(func() { c.s.release(c) })
 	}
+	if !greeting && bytes.HasPrefix(p, reply220) && !c.tls {
+		// A 220 after the greeting answers STARTTLS: what follows is TLS.
+		// What the client sent after STARTTLS in the clear is dropped, as
+		// go-smtp drops what its reader holds (RFC 3207 §6: no command
+		// sent before the handshake counts after it).
+		c.tls, c.pending, c.lastData = true, nil, false
+	}
 	n, err := c.Conn.Write(out)
 	c.wbuf = c.wbuf[:0]
-	if err == nil && bytes.HasPrefix(p, reply354) && c.lastData && c.fastState == fastOff {
-		// Nothing after the DATA line has been read: the body is all
-		// still in the socket (fastdata.go).
+	if err == nil && bytes.HasPrefix(p, reply354) && c.lastData && len(c.pending) == 0 && c.fastState == fastOff {
+		// go-smtp answers the DATA line that ended what it was handed, so
+		// it holds no byte of the body, and none has been read from the
+		// socket: the body is all still there (fastdata.go).
 		c.fastState = fastArmed
 	}
 	if c.closeAfterReply.Load() {
@@ -386,8 +406,9 @@ func isContinuationLine(p []byte) bool {
 }
 
 // reply221 starts go-smtp's reply to QUIT (RFC 5321 §4.1.1.10), reply354
-// its reply to DATA.
+// its reply to DATA, reply220 its greeting and its reply to STARTTLS.
 var (
+	reply220 = []byte("220 ")
 	reply221 = []byte("221 ")
 	reply354 = []byte("354 ")
 )

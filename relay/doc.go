@@ -80,7 +80,11 @@
 // counted there, since go-smtp has no hook before its greeting; the read
 // deadline slides during DATA; a multi-line reply, which go-smtp writes line
 // by line, goes out in one write; control characters go-smtp would echo
-// from client input are replaced; and Shutdown can close idle connections.
+// from client input are replaced; Shutdown can close idle connections; and
+// a DATA body is read by the fast path (fastdata.go) only when go-smtp holds
+// none of it: the wrapper never hands go-smtp bytes past a DATA command
+// line in the same read, and arms the fast path at the 354 only if nothing
+// after that line has been read from the socket.
 // Implicit TLS (ModeSMTPS) is layered on top of that wrapper with
 // tls.Server, so that go-smtp sees a *tls.Conn (ESMTPS, AUTH). Inside TLS
 // the wrapper sees records only: coalescing and cleaning apply to

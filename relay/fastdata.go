@@ -18,17 +18,25 @@ import (
 // by runs (bytes.IndexByte), with the same decoding and the same limits,
 // and hand go-smtp an empty body in its place:
 //
-//  1. go-smtp writes "354 …" through trackedConn.Write. If the last bytes
-//     trackedConn handed go-smtp ended exactly with a "DATA" command line,
-//     go-smtp's buffer holds nothing of the body yet: every byte of it is
-//     still to be read from the socket. trackedConn arms the fast path.
-//     (A client that sent the body before the 354 — not allowed by RFC
-//     2920 §3.1, but possible — or a TLS connection, whose bytes
-//     trackedConn sees encrypted, never arms it: go-smtp reads those
-//     bodies as usual.)
-//  2. session.Data takes the armed fastData (takeFast) and reads the body
+//  1. trackedConn hands go-smtp the client's bytes up to and including
+//     each DATA command line, never past one in the same read (dataScan):
+//     what followed it stays in trackedConn (pending). So when go-smtp
+//     answers a DATA, it holds no unread byte after that line. (go-smtp
+//     reads commands by lines, the lines dataScan follows. Only a BDAT
+//     chunk can end inside a line, and go-smtp never answers a DATA that
+//     follows a chunk directly with 354: the transfer is still open, 502,
+//     or it ended with the transaction.)
+//  2. go-smtp writes "354 …" through trackedConn.Write. If the last bytes
+//     handed to go-smtp ended with a DATA line and nothing after it has
+//     been read from the socket, every byte of the body is still in the
+//     socket: trackedConn arms the fast path. Otherwise — a client that
+//     sent (part of) the body before the 354, not allowed by RFC 2920
+//     §3.1 but done, or a TLS connection, whose bytes trackedConn sees
+//     encrypted — it does not, and go-smtp reads the body as usual,
+//     pending first.
+//  3. session.Data takes the armed fastData (takeFast) and reads the body
 //     from it instead of go-smtp's reader.
-//  3. Once fastData has read the end-of-data line, trackedConn's next reads
+//  4. Once fastData has read the end-of-data line, trackedConn's next reads
 //     give go-smtp ".\r\n" — an empty body, which its dataReader ends at
 //     once — and then whatever the client sent after the body (a
 //     pipelined QUIT). If Data stopped reading early (a refused body),
@@ -42,14 +50,14 @@ import (
 // input line length limit (smtp.ErrTooLongLine, counted like go-smtp's
 // lineLimitReader) and the message size (smtp.ErrDataTooLarge once more
 // than max bytes were decoded). Reads of the socket go through
-// trackedConn's sliding deadline.
+// trackedConn's sliding deadline. TestFastDataReadsLikeGoSMTP and
+// FuzzFastData hold relay to this against a real go-smtp server.
 
 // fastArmed and the other states of trackedConn's fast path.
 const (
 	fastOff    = iota // no fast path: reads pass through
 	fastArmed         // a 354 was written with nothing of the body read
 	fastActive        // session.Data reads the body from fastData
-	fastDone          // the body was read: give go-smtp ".\r\n" and the rest
 )
 
 // fastChunk is how much of the socket fastData reads at a time.
@@ -61,18 +69,56 @@ const fastLineLimit = 2000
 
 var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastChunk); return &b }}
 
-// dataCommand is the line that makes go-smtp answer 354.
-var dataCommand = []byte("DATA\r\n")
-
-// endsWithData reports whether p is, or ends with, a whole "DATA" command
-// line (case-insensitive, as go-smtp reads commands).
-func endsWithData(p []byte) bool {
-	n := len(dataCommand)
-	if len(p) < n || !bytes.EqualFold(p[len(p)-n:], dataCommand) {
-		return false
-	}
-	return len(p) == n || p[len(p)-n-1] == '\n'
+// dataScan follows the lines of the client's bytes as they are handed to
+// go-smtp, to find the DATA command lines among them. A DATA command line
+// is what go-smtp reads as the command DATA with no argument: "DATA" in
+// any case, then only CRs, then LF (its reader drops the line ending and
+// its parser trailing CRs). Each line is looked at up to where it stops
+// matching, so a run of ordinary lines costs one IndexByte per line.
+type dataScan struct {
+	n     int  // bytes of the current line so far (while it may match)
+	other bool // the current line is not a DATA line
+	// afterData: the last byte scanned ended a DATA line.
+	afterData bool
 }
+
+// dataLineEnd scans b, the next bytes for go-smtp, and returns the end of
+// the first DATA line that ends in it (the index after its LF), or -1 when
+// none does; then all of b was scanned, else b up to that end.
+func (s *dataScan) dataLineEnd(b []byte) int {
+	for i := 0; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\n')
+		end := len(b)
+		if j >= 0 {
+			end = i + j
+		}
+		for _, c := range b[i:end] {
+			if s.other {
+				break
+			}
+			if s.n < len(dataWord) {
+				s.other = c|0x20 != dataWord[s.n]
+			} else {
+				s.other = c != '\r'
+			}
+			s.n++
+		}
+		if j < 0 {
+			s.afterData = false
+			return -1
+		}
+		s.afterData = !s.other && s.n >= len(dataWord)
+		s.n, s.other = 0, false
+		if s.afterData {
+			return end + 1
+		}
+		i = end + 1
+	}
+	return -1
+}
+
+// dataWord is the DATA command, lower case.
+const dataWord = "data"
 
 // fastData reads one DATA body from a trackedConn's socket.
 type fastData struct {

@@ -3,7 +3,6 @@ package relay
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,123 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
-
-// refDecode is go-smtp's dataReader state machine (data.go, from
-// net/textproto, CRLF kept), byte by byte, with its lineLimitReader's count
-// over the bytes consumed: what fastData must agree with. It returns the
-// body, what follows the end-of-data line, and io.EOF,
-// smtp.ErrTooLongLine or io.ErrUnexpectedEOF.
-func refDecode(in []byte) (body, rest []byte, err error) {
-	const (
-		beginLine = iota
-		dot
-		dotCR
-		cr
-		data
-	)
-	state, lineLen := beginLine, 1
-	for i, c := range in {
-		if c == '\n' {
-			lineLen = 0
-		}
-		lineLen++
-		if lineLen > fastLineLimit {
-			return body, nil, smtp.ErrTooLongLine
-		}
-		switch state {
-		case beginLine:
-			if c == '.' {
-				state = dot
-				continue
-			}
-			if c == '\r' {
-				state = cr
-				break
-			}
-			state = data
-		case dot:
-			if c == '\r' {
-				state = dotCR
-				continue
-			}
-			state = data
-		case dotCR:
-			if c == '\n' {
-				return body, in[i+1:], io.EOF
-			}
-			state = data
-		case cr:
-			if c == '\n' {
-				state = beginLine
-				break
-			}
-			state = data
-		case data:
-			if c == '\r' {
-				state = cr
-			}
-		}
-		body = append(body, c)
-	}
-	return body, nil, io.ErrUnexpectedEOF
-}
-
-// fastDecode runs in through a fastData over a net.Pipe, written in pieces
-// of chunk bytes and read with reads of readSize, and returns what the
-// reference returns, the rest being what the trackedConn then gives go-smtp.
-func fastDecode(t testing.TB, in []byte, chunk, readSize int) (body, rest []byte, err error) {
-	server, client := net.Pipe()
-	defer server.Close()
-	go func() {
-		defer client.Close()
-		for p := in; len(p) > 0; {
-			n := min(chunk, len(p))
-			if _, err := client.Write(p[:n]); err != nil {
-				return
-			}
-			p = p[n:]
-		}
-	}()
-	_ = server.SetDeadline(time.Now().Add(testTimeout))
-	tc := &trackedConn{Conn: server, fastState: fastArmed}
-	r := tc.takeFast(0)
-	buf := make([]byte, readSize)
-	for range len(in) + 2 {
-		n, rerr := r.Read(buf)
-		body = append(body, buf[:n]...)
-		if rerr != nil {
-			err = rerr
-			break
-		}
-	}
-	if err == io.EOF {
-		// What the trackedConn now hands go-smtp: ".\r\n", then the
-		// bytes after the body that it had read.
-		var got []byte
-		for tc.fastState != fastOff {
-			n, rerr := tc.Read(buf)
-			if rerr != nil {
-				t.Fatalf("read after the body: %v", rerr)
-			}
-			got = append(got, buf[:n]...)
-		}
-		if !bytes.HasPrefix(got, []byte(".\r\n")) {
-			t.Fatalf("after the body go-smtp got %q, want it to start with .\\r\\n", got)
-		}
-		rest = got[3:]
-		// The pipe still holds what the reads did not take.
-		_ = server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-		more, _ := io.ReadAll(server)
-		rest = append(rest, more...)
-	}
-	if errors.Is(err, io.ErrClosedPipe) {
-		err = io.ErrUnexpectedEOF
-	}
-	return body, rest, err
-}
 
 var fastCases = []string{
 	"Subject: x\r\n\r\nhello\r\n.\r\n",
@@ -147,45 +30,73 @@ var fastCases = []string{
 	strings.Repeat("line of text\r\n", 3000) + ".\r\nNOOP\r\n",
 }
 
-func TestFastDataDecodesLikeGoSMTP(t *testing.T) {
-	for i, in := range fastCases {
-		for _, chunk := range []int{1, 2, 7, 1 << 20} {
-			for _, readSize := range []int{1, 3, 4096} {
-				if len(in) > 10000 && (chunk < 7 || readSize < 4096) {
-					continue // byte-sized steps over 40 KB add nothing but time
+// issueBody is a body whose first part ends with a line that reads DATA:
+// sent with the DATA command in one segment, it once made the fast path
+// take the rest for the whole body.
+const (
+	issueHead = "Subject: x\r\n\r\nline1\r\nDATA\r\n"
+	issueBody = issueHead + "tail\r\n.\r\n"
+)
+
+func TestFastDataReadsLikeGoSMTP(t *testing.T) {
+	cases := append(fastCases, issueBody, "DATA\r\n.\r\n", "data\r\r\n.\r\n")
+	for i, in := range cases {
+		for _, chunk := range []int{1, 7, 1 << 20} {
+			if len(in) > 10000 && chunk < 7 {
+				continue // byte-sized steps over 40 KB add nothing but time
+			}
+			for _, split := range splitPoints(in) {
+				for _, withBody := range []bool{false, true} {
+					r := dataRun{in: []byte(in), split: split, chunk: chunk, withBody: withBody, limit: 1 << 20}
+					t.Run(fmt.Sprintf("%d/chunk%d/split%d/with%v", i, chunk, split, withBody), func(t *testing.T) {
+						checkFastAgainstGoSMTP(t, r, true)
+					})
 				}
-				t.Run(fmt.Sprintf("%d/chunk%d/read%d", i, chunk, readSize), func(t *testing.T) {
-					checkAgainstRef(t, []byte(in), chunk, readSize)
-				})
 			}
 		}
 	}
 }
 
-func checkAgainstRef(t *testing.T, in []byte, chunk, readSize int) {
-	t.Helper()
-	wantBody, wantRest, wantErr := refDecode(in)
-	body, rest, err := fastDecode(t, in, chunk, readSize)
-	if err != wantErr {
-		t.Fatalf("error %v, want %v", err, wantErr)
+// splitPoints are where the first body segment ends: nothing, after each
+// line that reads DATA (a segment boundary there is what once fooled the
+// fast path), and one byte in.
+func splitPoints(in string) []int {
+	points := []int{0}
+	for i := 0; ; {
+		j := strings.Index(strings.ToUpper(in[i:]), "DATA\r\n")
+		if j < 0 {
+			break
+		}
+		i += j + len("DATA\r\n")
+		points = append(points, i)
 	}
-	if !bytes.Equal(body, wantBody) && wantErr == io.EOF {
-		t.Fatalf("body\n%q\nwant\n%q", body, wantBody)
+	if len(in) > 1 {
+		points = append(points, 1)
 	}
-	if !bytes.HasPrefix(wantBody, body) {
-		t.Fatalf("body before the error\n%q\nis not a prefix of\n%q", body, wantBody)
-	}
-	if wantErr == io.EOF && !bytes.Equal(rest, wantRest) {
-		t.Fatalf("after the body go-smtp got %q, want %q", rest, wantRest)
-	}
+	return points
 }
 
+// FuzzFastData sends a body (in) in segments that end at split and then
+// every chunk bytes, with DATA alone or with the first segment, under a
+// size limit (0: 1 MiB), and compares what relay queues and replies with
+// go-smtp's reading of the same segments. The corpus in testdata holds a
+// DATA line at a segment boundary and bodies at and over the limit.
 func FuzzFastData(f *testing.F) {
 	for _, c := range fastCases {
-		f.Add([]byte(c), uint8(5))
+		f.Add([]byte(c), uint16(0), uint8(5), uint16(0), false)
 	}
-	f.Fuzz(func(t *testing.T, in []byte, chunk uint8) {
-		checkAgainstRef(t, in, int(chunk%64)+1, 4096)
+	f.Fuzz(func(t *testing.T, in []byte, split uint16, chunk uint8, limit uint16, withBody bool) {
+		r := dataRun{
+			in:       in,
+			split:    int(split) % (len(in) + 1),
+			chunk:    int(chunk%64) + 1,
+			withBody: withBody,
+			limit:    int64(limit),
+		}
+		if r.limit == 0 {
+			r.limit = 1 << 20
+		}
+		checkFastAgainstGoSMTP(t, r, false)
 	})
 }
 
@@ -418,5 +329,27 @@ func BenchmarkFastDataDecode(b *testing.B) {
 		if f.err != io.EOF {
 			b.Fatal(f.err)
 		}
+	}
+}
+
+// TestBodySentWithDataEndingInADataLineIsStoredWhole is a client that
+// sends the start of the body together with DATA, before the 354, in a
+// segment that ends with a body line reading "DATA": go-smtp has read that
+// part of the body, so the fast path must not take the rest from the
+// socket as if it were the whole body.
+func TestBodySentWithDataEndingInADataLineIsStoredWhole(t *testing.T) {
+	q := &memQueue{}
+	_, addr := startServer(t, testConfig(), q)
+	tp, nc := dialSession(t, addr)
+	if _, err := io.WriteString(nc, "DATA\r\n"+issueHead); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, tp, 354)
+	if _, err := io.WriteString(nc, strings.TrimPrefix(issueBody, issueHead)); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, tp, 250)
+	if got, want := string(afterReceived(t, q.only(t).body)), strings.TrimSuffix(issueBody, ".\r\n"); got != want {
+		t.Fatalf("queued body %q, want %q", got, want)
 	}
 }

@@ -73,11 +73,19 @@ func (c *pipeConn) Close() error {
 }
 func (c *pipeConn) LocalAddr() net.Addr  { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 25} }
 func (c *pipeConn) RemoteAddr() net.Addr { return c.remote }
+
+// SetReadDeadline cannot fail, as on a TCP socket whose peer has closed
+// its side (a net.Pipe fails it then, and go-smtp would answer with 421
+// "Connection error" instead of ending the session at the EOF).
+func (c *pipeConn) SetReadDeadline(t time.Time) error {
+	c.in.SetReadDeadline(t)
+	return nil
+}
+
 func (c *pipeConn) SetDeadline(t time.Time) error {
 	c.in.SetDeadline(t)
 	return c.out.SetDeadline(t)
 }
-func (c *pipeConn) SetReadDeadline(t time.Time) error  { return c.in.SetReadDeadline(t) }
 func (c *pipeConn) SetWriteDeadline(t time.Time) error { return c.out.SetWriteDeadline(t) }
 
 // pipeClient is the client's side.
