@@ -57,6 +57,7 @@ type Config struct {
 	Retry        Retry        `toml:"retry"`
 	Admin        Admin        `toml:"admin"`
 	Log          Log          `toml:"log"`
+	Sendmail     Sendmail     `toml:"sendmail"`
 }
 
 // Listener is one inbound SMTP socket ([[listener]]).
