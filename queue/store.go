@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -528,33 +527,8 @@ func (r *bodyReader) Close() error {
 // walks the tombstones that delivered messages leave at the front of the
 // index, which would make every call cost as much as the history.
 func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, next time.Time, err error) {
-	it, start, err := s.scan.begin(s.db)
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("queue: due: %w", err)
-	}
-	defer it.Close()
-	firstLive := prefixEnd(prefixSchedule) // if the scan meets nothing
-	defer func() { s.scan.end(firstLive) }()
-	for ok, first := it.SeekGE(start), true; ok; ok, first = it.Next(), false {
-		if first {
-			firstLive = slices.Clone(it.Key())
-		}
-		due, id, err := parseScheduleKey(it.Key())
-		if err != nil {
-			return ids, next, err
-		}
-		if skip != nil && skip(id) {
-			continue
-		}
-		if due.After(now) {
-			return ids, due, it.Error()
-		}
-		if len(ids) == limit {
-			return ids, now, it.Error()
-		}
-		ids = append(ids, id)
-	}
-	return ids, time.Time{}, it.Error()
+	ids, next, _, err = s.DueAfter(now, Cursor{}, limit, skip)
+	return ids, next, err
 }
 
 // Update commits the new state of m (recipient states, NextAttempt,

@@ -11,7 +11,7 @@ import (
 	"relayq/retry"
 )
 
-// maxBusyRetries bounds how often one attempt goes back to the front of a
+// maxBusyRetries bounds how often a message goes back to the front of a
 // destination's line after a 421 4.3.2 before it settles for a deferral.
 // Each time lowers the cap, so a few suffice unless the peer refuses
 // whatever we do.
@@ -28,7 +28,8 @@ const maxStaleRetries = 4
 // host or slot is tried), so that a crash never sends a recipient again
 // whose 250 came. Recipients left without one (shutdown) keep their state.
 // It returns errGone when the message was deleted meanwhile: then nothing
-// more is to be done for it.
+// more is to be done for it; errSentBack when its recipients go back to
+// the front of the destination's line (j.busy counts those times).
 //
 //   - A host that fails to connect, refuses us before MAIL, fails the TLS
 //     handshake or says 421 is given to the circuit breaker, and the next
@@ -37,14 +38,16 @@ const maxStaleRetries = 4
 //     plaintext within the attempt (RFC 3207 §4, DESIGN.md).
 //   - A 421 4.3.2 (or "too many connections") while other connections to
 //     the destination were open lowers its cap (pool.refused) and sends the
-//     recipients back to the front of the destination's line, on the same
-//     host, as soon as a slot frees: no backoff, no attempt counted (seed
-//     001). With no other connection open the refusal is not about our
-//     concurrency, and it counts as the host failing.
+//     recipients back to the front of the destination's line, to go as
+//     soon as a slot frees: no backoff, no attempt counted (seed 001).
+//     With no other connection open the refusal is not about our
+//     concurrency, and it counts as the host failing. So does finding the
+//     destination's slots all taken (its cap was lowered since the
+//     scheduler gave this delivery one).
 //   - Recipients no host took are deferred with the last reply (a local
 //     451 4.4.1 for a host that did not answer); when every host was
 //     cooling down, with the reply that put the last one there.
-func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group) error {
+func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) error {
 	m := t.m
 	dest := g.route.Destination
 	targets := g.route.Targets
@@ -55,9 +58,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group) error {
 		cooling    *retry.Reply // why a skipped host is cooling down
 		coolingHop string
 		coolUntil  time.Time // when the first skipped host may be tried
-		busy       int       // 421 4.3.2s met in this attempt
 		stale      int       // reused connections found closed
-		urgent     bool      // back at the front of the destination's line
 	)
 	for ti := 0; ti < len(targets) && len(pending) > 0; ti++ {
 		target := targets[ti]
@@ -68,11 +69,13 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group) error {
 			}
 			continue
 		}
-		l, err := w.pool.acquire(ctx, dest, urgent)
-		if err != nil {
+		if ctx.Err() != nil {
 			return nil // shutting down: no verdict
 		}
-		urgent = false
+		l := w.pool.tryAcquire(dest)
+		if l == nil {
+			return errSentBack
+		}
 		conn, err := w.connect(ctx, l, target)
 		if err != nil && ctx.Err() != nil {
 			w.pool.release(l, nil, false)
@@ -82,10 +85,9 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group) error {
 			reply, stage := dialReply(err)
 			d := retry.Classify(stage, reply)
 			if d.LowerCap {
-				if w.lowerCap(ctx, l, dest, reply) && busy < maxBusyRetries {
-					busy++
-					urgent, ti = true, ti-1
-					continue
+				if w.lowerCap(ctx, l, dest, reply) && j.busy < maxBusyRetries {
+					j.busy++
+					return errSentBack
 				}
 			} else {
 				w.pool.release(l, nil, false)
@@ -113,10 +115,9 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group) error {
 		d := retry.Classify(retry.StageMail, broken)
 		if d.LowerCap {
 			conn.Close()
-			if w.lowerCap(ctx, l, dest, broken) && busy < maxBusyRetries {
-				busy++
-				urgent, ti = true, ti-1
-				continue
+			if w.lowerCap(ctx, l, dest, broken) && j.busy < maxBusyRetries {
+				j.busy++
+				return errSentBack
 			}
 		} else {
 			w.pool.release(l, conn, false)
@@ -249,6 +250,10 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn *Conn, pending
 
 // errGone: the message was deleted (by an operator) during its attempt.
 var errGone = errors.New("message deleted during delivery")
+
+// errSentBack: the recipients go back to the front of the destination's
+// line, to be sent when a slot frees (a 421 4.3.2).
+var errSentBack = errors.New("sent back to the front of the destination's line")
 
 // exactReader passes a queued body on and fails, instead of ending it,
 // when it is not exactly the stored size: a body that went away or

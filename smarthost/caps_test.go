@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -138,68 +137,61 @@ func TestConnectionsStayWithinALoweredCap(t *testing.T) {
 	}
 }
 
-func TestPoolUrgentWaiterGoesFirst(t *testing.T) {
-	p := newPool(10, 1, DefaultRaiseAfter, time.Minute, time.Now)
-	ctx := context.Background()
-	held, err := p.acquire(ctx, "d", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		order []string
-		wg    sync.WaitGroup
-	)
-	waiter := func(name string, urgent bool) {
-		defer wg.Done()
-		l, err := p.acquire(ctx, "d", urgent)
-		if err != nil {
-			t.Error(err)
-			return
+// TestSchedulerServesDestinationsRoundRobinWithinTheirCaps: the lines
+// are served in turn, one delivery each, a destination at its cap is
+// passed over, MaxConns bounds them all, and a message sent back by a
+// 421 4.3.2 goes before the rest of its line.
+func TestSchedulerServesDestinationsRoundRobinWithinTheirCaps(t *testing.T) {
+	s := newSched(5)
+	caps := map[string]int{"slow": 1, "a": 2, "b": 2}
+	capOf := func(d string) int { return caps[d] }
+	for _, d := range []string{"slow", "a", "b"} {
+		for i := range 3 {
+			s.requeue(d, &job{id: queue.ID(fmt.Sprintf("%s%d", d, i))}, false)
 		}
-		mu.Lock()
-		order = append(order, name)
-		mu.Unlock()
-		p.release(l, nil, false)
 	}
-	wg.Add(2)
-	go waiter("regular", false)
-	waitWaiting(t, p, "d", 1)
-	go waiter("urgent", true)
-	waitWaiting(t, p, "d", 2)
-	p.release(held, nil, false)
-	wg.Wait()
-	if strings.Join(order, ",") != "urgent,regular" {
-		t.Fatalf("slots went to %v; the message a 421 4.3.2 sent back goes first", order)
-	}
-}
-
-func waitWaiting(t *testing.T, p *pool, name string, n int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	var got []string
+	var taken []*job
 	for {
-		p.mu.Lock()
-		w := p.destLocked(name).waiting
-		p.mu.Unlock()
-		if w >= n {
-			return
+		j, from := s.next(capOf)
+		if j == nil {
+			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d waiters, want %d", w, n)
-		}
-		time.Sleep(time.Millisecond)
+		got = append(got, from+":"+string(j.id))
+		taken = append(taken, j)
 	}
+	if want := "slow:slow0 a:a0 b:b0 a:a1 b:b1"; strings.Join(got, " ") != want {
+		t.Fatalf("started %v, want %s (round-robin, slow at its cap of 1, 5 in all)", got, want)
+	}
+	// slow0 is sent back (421 4.3.2): it goes first when slow has a slot.
+	s.requeue("slow", taken[0], true)
+	s.finish("slow", taken[0], true)
+	if j, from := s.next(capOf); j == nil || from != "slow" || j.id != "slow0" {
+		t.Fatalf("after slow0 was sent back, next is %v from %q, want slow0", j, from)
+	}
+	if w := s.waiting(); w["slow"] != 2 || w["a"] != 1 || w["b"] != 1 {
+		t.Fatalf("waiting %v", w)
+	}
+	// A running delivery enters a destination only when it has a slot free
+	// and nothing waiting in its line.
+	if s.enter("a", capOf) {
+		t.Fatal("entered a, which has mail waiting and no slot free")
+	}
+	caps["c"] = 1
+	if !s.enter("c", capOf) || s.enter("c", capOf) {
+		t.Fatal("c (cap 1, no line) must take exactly one delivery")
+	}
+	s.leave("c")
 }
 
 func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 	p := newPool(100, 10, 3, time.Minute, time.Now)
-	ctx := context.Background()
 	busy := &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns, Text: "too many connections"}
 	var ls []*lease
 	for i := 0; i < 6; i++ {
-		l, err := p.acquire(ctx, "d", false)
-		if err != nil {
-			t.Fatal(err)
+		l := p.tryAcquire("d")
+		if l == nil {
+			t.Fatalf("no slot free with %d open", i)
 		}
 		ls = append(ls, l)
 	}
@@ -222,10 +214,7 @@ func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 	}
 	// The probe is refused again: back to 5, and the next raise needs a
 	// run twice as long.
-	l, err := p.acquire(ctx, "d", false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := p.tryAcquire("d")
 	if ch := p.refused(l, busy); ch.to != 5 {
 		t.Fatalf("probe refused: %+v, want 5", ch)
 	}
@@ -244,7 +233,7 @@ func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 		p.release(l, nil, false)
 	}
 	p2 := newPool(100, 10, 3, time.Minute, time.Now)
-	l, _ = p2.acquire(ctx, "e", false)
+	l = p2.tryAcquire("e")
 	if ch := p2.refused(l, busy); ch.to != 1 || ch.open != 1 {
 		t.Fatalf("refused with 1 open: %+v, want cap 1", ch)
 	}

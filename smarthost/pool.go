@@ -1,7 +1,6 @@
 package smarthost
 
 import (
-	"context"
 	"sort"
 	"sync"
 	"time"
@@ -36,8 +35,7 @@ type pool struct {
 
 	mu struct {
 		sync.Mutex
-		dests    map[string]*destination
-		anyFreed chan struct{} // closed and replaced whenever any slot frees up
+		dests map[string]*destination
 	}
 }
 
@@ -54,11 +52,8 @@ type destination struct {
 	lastAt    time.Time // when
 	used      time.Time // last lease given back
 
-	open    int           // connections open: in use, idle and being dialled
-	idle    []idleConn    // most recently used last
-	waiting int           // callers blocked in acquire
-	urgent  int           // of those, messages back at the front of the line
-	freed   chan struct{} // closed and replaced whenever a slot frees up
+	open int        // connections open: in use, idle and being dialled
+	idle []idleConn // most recently used last
 }
 
 type idleConn struct {
@@ -69,14 +64,13 @@ type idleConn struct {
 func newPool(total, perDest, raiseAfter int, idleTimeout time.Duration, now func() time.Time) *pool {
 	p := &pool{maxPerDest: perDest, raiseAfter: raiseAfter, idleTimeout: idleTimeout, now: now, total: make(chan struct{}, total)}
 	p.mu.dests = map[string]*destination{}
-	p.mu.anyFreed = make(chan struct{})
 	return p
 }
 
 func (p *pool) destLocked(name string) *destination {
 	d := p.mu.dests[name]
 	if d == nil {
-		d = &destination{name: name, cap: p.maxPerDest, need: p.raiseAfter, freed: make(chan struct{})}
+		d = &destination{name: name, cap: p.maxPerDest, need: p.raiseAfter}
 		p.mu.dests[name] = d
 	}
 	return d
@@ -89,56 +83,31 @@ type lease struct {
 	conn *Conn
 }
 
-// acquire returns a lease on a slot of dest: an idle connection if there is
-// one, else a free slot to dial into. It waits, bounded by ctx, while dest
-// is at its cap or all connections are in use. An urgent caller (a message
-// a 421 4.3.2 sent back, seed 001) goes before every other waiter of dest:
-// the front of the destination's line.
-func (p *pool) acquire(ctx context.Context, name string, urgent bool) (*lease, error) {
+// tryAcquire returns a lease on a slot of name: an idle connection if
+// there is one, else a free slot to dial into; nil when the destination is
+// at its cap or every connection (MaxConns) is in use. It never waits: the
+// scheduler gives a delivery a destination's slot before it starts
+// (sched), so nil means the cap was lowered meanwhile, and the message
+// goes back to the destination's line.
+func (p *pool) tryAcquire(name string) *lease {
 	var stale []*Conn
-	defer func() {
-		for _, c := range stale {
-			c.Close()
-		}
-	}()
 	p.mu.Lock()
-	d := p.destLocked(name)
-	for {
-		if urgent || d.urgent == 0 {
-			if l := p.takeLocked(d, &stale); l != nil {
-				p.mu.Unlock()
-				return l, nil
-			}
-		}
-		// At the destination's cap (or behind urgent waiters), wait for its
-		// own slots; at the total limit, for anyone's.
-		freed := d.freed
-		if d.open < d.cap && (urgent || d.urgent == 0) {
-			freed = p.mu.anyFreed
-		}
-		d.waiting++
-		if urgent {
-			d.urgent++
-		}
-		p.mu.Unlock()
-		var err error
-		select {
-		case <-freed:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		p.mu.Lock()
-		d.waiting--
-		if urgent {
-			if d.urgent--; d.urgent == 0 {
-				p.wakeLocked(d) // the regular waiters may go now
-			}
-		}
-		if err != nil {
-			p.mu.Unlock()
-			return nil, err
-		}
+	l := p.takeLocked(p.destLocked(name), &stale)
+	p.mu.Unlock()
+	for _, c := range stale {
+		c.Close()
 	}
+	return l
+}
+
+// capOf returns the current cap of name.
+func (p *pool) capOf(name string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d := p.mu.dests[name]; d != nil {
+		return d.cap
+	}
+	return p.maxPerDest
 }
 
 // takeLocked returns a lease on an idle connection or a free slot of d, or
@@ -201,7 +170,6 @@ func (p *pool) release(l *lease, c *Conn, reusable bool) {
 	d.used = p.now()
 	if reusable && c != nil && d.open <= d.cap {
 		d.idle = append(d.idle, idleConn{c: c, since: p.now()})
-		p.wakeLocked(d)
 		p.mu.Unlock()
 		return
 	}
@@ -216,14 +184,6 @@ func (p *pool) release(l *lease, c *Conn, reusable bool) {
 func (p *pool) dropLocked(d *destination) {
 	d.open--
 	<-p.total
-	p.wakeLocked(d)
-}
-
-func (p *pool) wakeLocked(d *destination) {
-	close(d.freed)
-	d.freed = make(chan struct{})
-	close(p.mu.anyFreed)
-	p.mu.anyFreed = make(chan struct{})
 }
 
 // capChange says how a destination's cap changed, for the log and the
@@ -294,7 +254,6 @@ func (p *pool) succeeded(l *lease) capChange {
 	}
 	d.updated = p.now()
 	ch.changed, ch.to = true, d.cap
-	p.wakeLocked(d)
 	return ch
 }
 
@@ -315,7 +274,6 @@ func (p *pool) setMax(n int) {
 			d.idle = d.idle[1:]
 			p.dropLocked(d)
 		}
-		p.wakeLocked(d) // a raised cap lets waiters in
 	}
 	p.mu.Unlock()
 	for _, c := range stale {
@@ -370,7 +328,7 @@ type DestinationStatus struct {
 	Reason      string    // the reply that set LearnedCap
 	Open        int       // connections open now: in use, idle and being dialled
 	Idle        int       // of those, idle
-	Waiting     int       // deliveries waiting for a slot
+	Waiting     int       // messages waiting in its line for a slot
 	LastReply   string    // the last failure of any of its hosts
 	LastReplyAt time.Time // when
 	Updated     time.Time // when Cap last changed
@@ -383,7 +341,7 @@ func (p *pool) snapshot() []DestinationStatus {
 	for _, d := range p.mu.dests {
 		out = append(out, DestinationStatus{
 			Name: d.name, Cap: d.cap, LearnedCap: d.learned, MaxCap: p.maxPerDest,
-			Reason: d.reason, Open: d.open, Idle: len(d.idle), Waiting: d.waiting,
+			Reason: d.reason, Open: d.open, Idle: len(d.idle),
 			LastReply: d.lastReply, LastReplyAt: d.lastAt, Updated: d.updated,
 		})
 	}
@@ -408,7 +366,7 @@ func (p *pool) reap() {
 			keep = append(keep, ic)
 		}
 		d.idle = keep
-		if d.open == 0 && d.waiting == 0 && d.learned == 0 && d.cap == p.maxPerDest && now.Sub(d.used) > forgetAfter {
+		if d.open == 0 && d.learned == 0 && d.cap == p.maxPerDest && now.Sub(d.used) > forgetAfter {
 			delete(p.mu.dests, name)
 		}
 	}

@@ -19,9 +19,11 @@ import (
 
 // Queue is what the worker needs of the store; *queue.Store is one.
 type Queue interface {
-	// Due returns up to limit due IDs not skipped, and when the next
-	// non-skipped one is due (zero if none).
-	Due(now time.Time, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, error)
+	// DueAfter returns up to limit due IDs not skipped whose schedule
+	// entry comes after the cursor (all for the zero Cursor), when the
+	// next non-skipped one is due (zero if none), and the cursor after
+	// the last one returned.
+	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, queue.Cursor, error)
 	// Get returns the stored message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
 	// Body streams the body; the caller closes it.
@@ -110,6 +112,7 @@ type Worker struct {
 	setup     sync.Once
 	timing    atomic.Pointer[retryTiming] // set by defaults and SetRetry
 	pool      *pool
+	sched     *sched
 	breaker   *breaker
 	cooled    cooledDomains // destinations found with every host cooling down (plan.go)
 	ndr       ndrMaker
@@ -137,47 +140,55 @@ const runnerIdle = 10 * time.Second
 // scanned again when nothing else asks for it (Run).
 const doneRecheck = 100 * time.Millisecond
 
+// fullScanEvery is how often the schedule is scanned from its start
+// rather than from where the last scan stopped (queue.Cursor): that finds
+// the rare message rescheduled to before the cursor (a commit that
+// failed, an attempt cut short) without walking every message in memory
+// at every scan.
+const fullScanEvery = time.Second
+
+// task is a job handed to a runner, and the line it was taken from.
+type task struct {
+	j    *job
+	from string
+}
+
 // Run delivers until ctx is cancelled, then lets the attempts in flight
 // finish (bounded by Grace) and closes the idle connections.
+//
+// The loop takes due messages from the queue into the scheduler's lines
+// (sched) and starts deliveries from them round-robin, each destination
+// within its cap and all within MaxConns.
 func (w *Worker) Run(ctx context.Context) error {
 	w.init()
 	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelAttempts()
 
 	var (
-		mu       sync.Mutex
-		inflight = map[queue.ID]bool{}
 		// done wakes the loop when an attempt ends. It is a signal, not a
-		// count: the loop looks at inflight itself, so a send that finds
-		// one pending is dropped. (A blocking send here once let finished
-		// attempts pile up, each holding its goroutine, while the loop,
-		// seeing their slots free, started more.)
+		// count, so a send that finds one pending is dropped.
 		done = make(chan struct{}, 1)
 		wg   sync.WaitGroup
 	)
-	skip := func(id queue.ID) bool { return inflight[id] }
 	// Attempts run on runners: goroutines that, done with one, wait a
 	// while for the next. A new goroutine per attempt would grow its stack
 	// anew in every Pebble read (a tenth of the worker's CPU went there).
 	// There are never more runners than attempts in flight at a time.
-	jobs := make(chan queue.ID) // unbuffered: a send succeeds only into an idle runner
+	tasks := make(chan task) // unbuffered: a send succeeds only into an idle runner
 	stop := make(chan struct{})
-	runner := func(id queue.ID) {
+	runner := func(tk task) {
 		defer wg.Done()
 		idle := time.NewTimer(runnerIdle)
 		defer idle.Stop()
 		for {
-			w.attempt(attemptCtx, id)
-			mu.Lock()
-			delete(inflight, id)
-			mu.Unlock()
+			w.sched.finish(tk.from, tk.j, w.attempt(attemptCtx, tk.j, tk.from))
 			select {
 			case done <- struct{}{}:
 			default:
 			}
 			idle.Reset(runnerIdle)
 			select {
-			case id = <-jobs:
+			case tk = <-tasks:
 			case <-idle.C:
 				return
 			case <-stop:
@@ -192,52 +203,49 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	// The schedule is scanned when something may have become due: a new
 	// or rescheduled message (Wake), the timer, or a finished attempt
-	// while the last scan left due messages for want of a free slot. Any
-	// other finished attempt only brings the next scan within
-	// doneRecheck: its message was rescheduled (Wake) or is gone, unless
-	// its commit failed, and a scan per attempt cost a few % of the CPU
-	// per message under load.
+	// while the last scan stopped for want of room. Any other finished
+	// attempt only brings the next scan within doneRecheck: its message
+	// was rescheduled (Wake) or is gone, unless its commit failed, and a
+	// scan per attempt cost a few % of the CPU per message under load.
 	var (
 		next      time.Time // when the first message the last scan left is due; zero: none
-		more      = true    // the last scan filled every free slot: more may be due now
+		more      = true    // the last scan stopped for want of room: more may be due now
 		scan      = true
 		recheckAt time.Time // an attempt ended: scan by then at the latest; zero: none
+		cursor    queue.Cursor
+		fullAt    time.Time // when the schedule was last scanned from its start (real clock)
+		behind    bool      // an attempt ended since: a full scan is due by fullAt+fullScanEvery
 	)
 	for ctx.Err() == nil {
-		mu.Lock()
-		free := w.MaxConns - len(inflight)
-		var (
-			ids []queue.ID
-			err error
-		)
-		if free > 0 && scan {
-			ids, next, err = w.Queue.Due(w.Now(), free, skip)
-			more, scan, recheckAt = len(ids) == free, false, time.Time{}
-		}
-		for _, id := range ids {
-			inflight[id] = true
-		}
-		mu.Unlock()
-		if err != nil {
-			w.Log.Error().Err(err).Msg("reading the schedule")
-			next, more = w.Now().Add(time.Second), false
-		}
-		for _, id := range ids {
-			select {
-			case jobs <- id: // an idle runner takes it
-			default:
-				wg.Add(1)
-				go runner(id)
+		if scan {
+			if time.Since(fullAt) >= fullScanEvery { // the real clock: a cadence, not a due time
+				cursor, fullAt, behind = queue.Cursor{}, time.Now(), false
+			}
+			limit := min(w.sched.room(), scanBatch)
+			var (
+				ids []queue.ID
+				err error
+			)
+			if limit > 0 {
+				ids, next, cursor, err = w.Queue.DueAfter(w.Now(), cursor, limit, w.sched.knows)
+				w.sched.add(ids)
+			}
+			more, scan, recheckAt = len(ids) == limit, false, time.Time{}
+			if err != nil {
+				w.Log.Error().Err(err).Msg("reading the schedule")
+				next, more = w.Now().Add(time.Second), false
 			}
 		}
-		// With no slot free, or more due than there were slots, a finishing
-		// attempt wakes the loop.
+		w.dispatch(tasks, func(tk task) { wg.Add(1); go runner(tk) })
 		wait := time.Hour
-		if !more && !next.IsZero() && free > len(ids) {
+		if !more && !next.IsZero() {
 			wait = max(next.Sub(w.Now()), 0)
 		}
 		if !recheckAt.IsZero() {
 			wait = min(wait, max(recheckAt.Sub(w.Now()), 0))
+		}
+		if behind {
+			wait = min(wait, max(fullScanEvery-time.Since(fullAt), 0))
 		}
 		timer.Reset(wait)
 		select {
@@ -245,6 +253,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-w.Queue.Wake():
 			scan = true
 		case <-done:
+			behind = true
 			if more {
 				scan = true
 			} else if recheckAt.IsZero() {
@@ -269,6 +278,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.pool.closeIdle()
 	return nil
+}
+
+// dispatch starts every delivery the scheduler allows now: into an idle
+// runner, else a new one (start).
+func (w *Worker) dispatch(tasks chan<- task, start func(task)) {
+	for {
+		j, from := w.sched.next(w.pool.capOf)
+		if j == nil {
+			return
+		}
+		select {
+		case tasks <- task{j: j, from: from}:
+		default:
+			start(task{j: j, from: from})
+		}
+	}
 }
 
 // init applies the defaults and loads the learned destination state, once.
@@ -315,6 +340,7 @@ func (w *Worker) defaults() {
 	}
 	w.timing.Store(&retryTiming{backoff: w.Backoff, lifetime: w.Lifetime, delayWarning: w.DelayWarning})
 	w.pool = newPool(w.MaxConns, w.MaxConnsPerDest, w.RaiseAfter, w.IdleTimeout, w.Now)
+	w.sched = newSched(w.MaxConns)
 	w.breaker = newBreaker(w.CoolDown, w.MaxCoolDown, w.Now)
 	if w.Queue != nil {
 		w.ndr = ndrMaker{hostname: w.Hostname, now: w.Now, newID: w.Queue.NewID, body: w.Queue.Body, returnMax: w.ReturnFullMax}
@@ -402,26 +428,31 @@ func (w *Worker) Hosts() []HostStatus {
 	return w.breaker.snapshot()
 }
 
-// attempt makes one delivery attempt of message id: every pending
-// recipient, grouped by destination, each group's outcome committed before
-// the next group is tried (DESIGN.md invariant 2).
-func (w *Worker) attempt(ctx context.Context, id queue.ID) {
-	m, err := w.Queue.Get(id)
+// attempt makes one delivery attempt of the message of j, taken from the
+// line of from: every pending recipient, grouped by destination, each
+// transaction's outcome committed when it ends (DESIGN.md invariant 2).
+// The group of from's destination goes first, on the slot the scheduler
+// gave j; another destination's group is delivered at once if that one
+// has a slot free, else the message joins its line and the attempt ends
+// there (it reports true: the job was requeued and stays in the
+// scheduler). So does a group a 421 4.3.2 sent back.
+func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued bool) {
+	m, err := w.Queue.Get(j.id)
 	if errors.Is(err, queue.ErrNotFound) {
-		return
+		return false
 	}
 	if err != nil {
-		w.Log.Error().Err(err).Str("id", string(id)).Msg("reading a queued message")
-		return
+		w.Log.Error().Err(err).Str("id", string(j.id)).Msg("reading a queued message")
+		return false
 	}
 	now := w.Now()
 	if m.BounceRequested {
 		w.operatorBounce(ctx, m, now)
-		return
+		return false
 	}
 	if retry.Expired(m.Received, now, w.retryTiming().lifetime) {
 		w.expire(ctx, m)
-		return
+		return false
 	}
 	groups, unrouted := w.route(ctx, m)
 	t := newTally(m, now)
@@ -429,13 +460,33 @@ func (w *Worker) attempt(ctx context.Context, id queue.ID) {
 		t.record(res.idx, res.decision, res.reply, "")
 	}
 	if len(unrouted) > 0 && w.commit(ctx, t) != nil {
-		return
+		return false
 	}
-	for _, g := range groups {
-		if w.deliverGroup(ctx, t, g) != nil {
-			return
+	for k, g := range groups {
+		if g.route.Destination == from && k > 0 {
+			groups[0], groups[k] = groups[k], groups[0]
 		}
 	}
+	for _, g := range groups {
+		dest := g.route.Destination
+		held := dest == from
+		if !held && !w.sched.enter(dest, w.pool.capOf) {
+			w.sched.requeue(dest, &job{id: j.id}, false)
+			return true
+		}
+		err := w.deliverGroup(ctx, t, g, j)
+		if !held {
+			w.sched.leave(dest)
+		}
+		switch {
+		case errors.Is(err, errSentBack):
+			w.sched.requeue(dest, j, true)
+			return true
+		case err != nil:
+			return false
+		}
+	}
+	return false
 }
 
 // operatorBounce returns every pending recipient of m to its sender, as an
