@@ -57,6 +57,7 @@ type Config struct {
 	Retry        Retry        `toml:"retry"`
 	Admin        Admin        `toml:"admin"`
 	Log          Log          `toml:"log"`
+	Cluster      Cluster      `toml:"cluster"`
 	Sendmail     Sendmail     `toml:"sendmail"`
 }
 
@@ -215,8 +216,9 @@ func Default() *Config {
 			MaxQueueLifetime: Duration(120 * time.Hour),
 			DelayWarning:     Duration(4 * time.Hour),
 		},
-		Admin: Admin{Address: "127.0.0.1:8025"},
-		Log:   Log{Format: LogFormatAuto, Level: "info"},
+		Admin:   Admin{Address: "127.0.0.1:8025"},
+		Log:     Log{Format: LogFormatAuto, Level: "info"},
+		Cluster: defaultCluster(),
 	}
 }
 

@@ -131,3 +131,26 @@ func TestValidateAcceptsConsistentConfigs(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateCluster(t *testing.T) {
+	tests := []struct{ file, want string }{
+		{"[cluster]\nredis = \"http://127.0.0.1:6379\"", "cluster.redis:"},
+		{"[cluster]\nredis = \"redis://\"", "cluster.redis: \"redis://\" has no host"},
+		{"[cluster]\nredis = \"redis://r:6379\"\npassword_file = \"f\"\npassword_env = \"E\"", "cluster.password_file: set password_file or password_env, not both"},
+		{"[cluster]\nnode = \"a:b\"", "cluster.node:"},
+		{"[cluster]\nname = \"x}\"", "cluster.name:"},
+		{"[cluster]\nname = \"\"", "cluster.name: must not be empty"},
+		{"[cluster]\nexpected_nodes = 0", "cluster.expected_nodes: must be > 0"},
+	}
+	for _, tt := range tests {
+		_, err := Parse([]byte(tt.file))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: err = %v, want %q", tt.file, err, tt.want)
+		}
+	}
+	for _, ok := range []string{"[cluster]\nredis = \"rediss://user@r.example:6380/2\"\nnode = \"n1\"\nexpected_nodes = 3", ""} {
+		if _, err := Parse([]byte(ok)); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}
