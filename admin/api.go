@@ -103,6 +103,8 @@ type Status struct {
 	Destinations []Destination `json:"destinations"`
 	// Recent are the latest deferrals and bounces, newest first.
 	Recent []Event `json:"recent"`
+	// RateLimited are the users and addresses over a sending limit now.
+	RateLimited []RateLimited `json:"rate_limited,omitempty"`
 }
 
 // QueueTotals sums up the queue.
@@ -436,6 +438,9 @@ func (s *Server) status() Status {
 	}
 	if st.Destinations == nil {
 		st.Destinations = []Destination{}
+	}
+	if s.opts.RateLimits != nil {
+		st.RateLimited = s.opts.RateLimits.RateLimits().Limited
 	}
 	return st
 }

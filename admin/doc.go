@@ -3,7 +3,8 @@
 // probes and a status page that refreshes itself.
 //
 // It knows the rest of relayq only through the small interfaces of
-// server.go (Queue, BackPressureSource, DestinationSource, a reload func)
+// server.go (Queue, BackPressureSource, DestinationSource,
+// RateLimitSource, a reload func)
 // and is fed events (deferrals, bounces) through Server.Event; cmd/relayq
 // adapts the real parts to them.
 //

@@ -107,6 +107,7 @@ type Options struct {
 	Queue        Queue
 	BackPressure BackPressureSource // nil: not shown
 	Destinations DestinationSource  // nil: none shown
+	RateLimits   RateLimitSource    // nil: not shown (ratelimit.go)
 	// Reload re-reads the configuration (POST /api/reload); nil answers 501.
 	Reload func() error
 	// Metrics is the registry served at /metrics; nil: New makes one. New
@@ -165,6 +166,9 @@ func New(opts Options) *Server {
 		s.events = NewEvents(DefaultEvents)
 	}
 	s.metrics.registerSources(opts.Queue, opts.BackPressure, opts.Destinations)
+	if opts.RateLimits != nil {
+		s.metrics.reg.MustRegister(&rateCollector{src: opts.RateLimits})
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)

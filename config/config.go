@@ -100,6 +100,12 @@ type Limits struct {
 	MaxConnectionsPerSource int    `toml:"max_connections_per_source"` // 421 4.3.2 above it
 	MaxHops                 int    `toml:"max_hops"`                   // Received headers; 554 5.4.6 above it
 	BareLineEndings         string `toml:"bare_line_endings"`          // normalize | reject
+	// Hourly sending limits (450 4.7.1 beyond); 0 = off. The user limits
+	// apply to authenticated sessions, the source limit to every client
+	// address (IPv6: its /64).
+	MaxMessagesPerHourPerUser   int `toml:"max_messages_per_hour_per_user"`
+	MaxMessagesPerHourPerSource int `toml:"max_messages_per_hour_per_source"`
+	MaxRecipientsPerHourPerUser int `toml:"max_recipients_per_hour_per_user"`
 }
 
 // BackPressure are the thresholds of graded back pressure ([back_pressure]).
@@ -194,6 +200,11 @@ func Default() *Config {
 			MaxConnectionsPerSource: 20,
 			MaxHops:                 30,
 			BareLineEndings:         BareLineEndingsNormalize,
+			// Only authenticated sessions are users, and they are the
+			// only clients that can send from outside allowed_networks:
+			// a stolen password gets this much, not a million an hour.
+			MaxMessagesPerHourPerUser:   1000,
+			MaxRecipientsPerHourPerUser: 5000,
 		},
 		BackPressure: BackPressure{
 			Enabled:             true,

@@ -137,6 +137,18 @@ func (c *Config) validateLimits(p *problems) {
 	p.positive("limits.max_connections_per_source", l.MaxConnectionsPerSource)
 	p.positive("limits.max_hops", l.MaxHops)
 	p.oneOf("limits.bare_line_endings", l.BareLineEndings, BareLineEndingsNormalize, BareLineEndingsReject)
+	for _, r := range []struct {
+		key string
+		v   int
+	}{
+		{"limits.max_messages_per_hour_per_user", l.MaxMessagesPerHourPerUser},
+		{"limits.max_messages_per_hour_per_source", l.MaxMessagesPerHourPerSource},
+		{"limits.max_recipients_per_hour_per_user", l.MaxRecipientsPerHourPerUser},
+	} {
+		if r.v < 0 {
+			p.add(r.key, "must not be negative (0 turns the limit off)")
+		}
+	}
 }
 
 func (c *Config) validateBackPressure(p *problems) {

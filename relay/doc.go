@@ -54,10 +54,12 @@
 //	MAIL     back pressure high, or medium for a client
 //	         that may not relay                               452 4.3.1 Insufficient system resources (<resource>)
 //	MAIL     SIZE= above MaxMessageSize                       552 5.3.4 (RFC 1870 §6.2)
+//	MAIL     user or source over its hourly message limit     450 4.7.1 (ratelimit.go)
 //	RCPT     not allowed to relay                             550 5.7.1
 //	RCPT     address syntax                                   501 5.1.3 (go-smtp: 501 5.5.2 if unparseable)
 //	RCPT     routing in the local part                        501 5.1.3
 //	RCPT     more than MaxRecipients                          452 4.5.3 (RFC 5321 §4.5.3.1.10)
+//	RCPT     user over its hourly recipient limit             450 4.7.1
 //	DATA     body above MaxMessageSize                        552 5.3.4
 //	DATA     Received fields above MaxHops                    554 5.4.6
 //	DATA     bare CR or LF with BareReject                    550 5.5.2
@@ -104,6 +106,16 @@
 // advertises SIZE and offers STARTTLS from fields of its own server that
 // cannot change while it serves. Monitor.SetThresholds changes the
 // back-pressure thresholds and samples at once.
+//
+// # Sending limits
+//
+// RateLimits (ratelimit.go) are token buckets per authenticated user and
+// per source (an IPv4 address, an IPv6 /64), kept in the Server with the
+// clock of Config.Now: a token is taken when MAIL (RCPT) is accepted, never
+// otherwise; the first refusal of an episode is logged once at warn;
+// SetPolicy applies new limits to the existing buckets at once; a bucket
+// full again is dropped, so memory follows the keys of the last hour (at
+// most maxTrackedSources, beyond which new keys are not limited).
 //
 // # Back pressure
 //

@@ -25,6 +25,8 @@ type Policy struct {
 	BareLineEndings         BareLineEndings
 	// Users are the AUTH accounts, name → bcrypt hash; empty: no AUTH.
 	Users map[string]string
+	// Rate are the hourly sending limits; a change keeps the tokens left.
+	Rate RateLimits
 }
 
 // policy is a Policy in force: defaults applied, with its authenticator.
@@ -44,6 +46,7 @@ func (c Config) policy() Policy {
 		MaxConnectionsPerSource: c.MaxConnectionsPerSource,
 		BareLineEndings:         c.BareLineEndings,
 		Users:                   c.Users,
+		Rate:                    c.RateLimits,
 	}
 }
 
@@ -86,6 +89,9 @@ func (s *Server) SetPolicy(p Policy) {
 		}
 	}
 	s.pol.Store(next)
+	if s.rate != nil { // nil while New runs
+		s.rate.setLimits(p.Rate)
+	}
 }
 
 // Policy returns the policy in force, defaults applied. The caller must not

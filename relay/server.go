@@ -93,6 +93,9 @@ type Config struct {
 	// from it wait with 454 4.7.0 until the oldest failure leaves the window.
 	AuthFailuresPerSource int
 	AuthFailureWindow     time.Duration
+	// RateLimits are the hourly limits per user and per source
+	// (ratelimit.go); zero fields are off.
+	RateLimits RateLimits
 	// Pressure is the back-pressure monitor consulted at MAIL; nil means
 	// always normal. The server samples it once in New, runs it until
 	// Shutdown and never stops delivery: only intake is refused.
@@ -171,6 +174,7 @@ type Server struct {
 	q     Queue
 	log   zerolog.Logger
 	fails *failureLimiter
+	rate  *rateLimiter // hourly limits per user and source, clock cfg.Now
 
 	// ctx is the parent of every session's context; it is cancelled only
 	// when Shutdown gives up waiting, to abort the Puts still running.
@@ -221,6 +225,7 @@ func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	s.mu.warned = make(map[netip.Addr]bool)
 	s.SetPolicy(cfg.policy())
 	s.fails = newFailureLimiter(cfg.AuthFailuresPerSource, cfg.AuthFailureWindow, cfg.Now)
+	s.rate = newRateLimiter(cfg.Now, log)
 	if m := cfg.Pressure; m != nil {
 		m.Sample()
 		var pctx context.Context

@@ -118,6 +118,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts.Size > s.srv.cfg.MaxMessageSize {
 		return s.reject(ev().Int64("size", opts.Size), replyTooBig)
 	}
+	if err := s.rateMailLocked(pol, from); err != nil {
+		return err // 450 4.7.1 (ratelimit.go)
+	}
 	if !s.srv.beginTxn() {
 		return s.reject(ev(), replyShuttingDown)
 	}
@@ -163,6 +166,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if len(s.mu.env.Recipients) >= s.mu.pol.MaxRecipients {
 		return s.reject(ev(), replyTooManyRcpts)
+	}
+	if err := s.rateRcptLocked(addr); err != nil {
+		return err // 450 4.7.1 (ratelimit.go)
 	}
 	r := queue.Recipient{Addr: addr}
 	if opts != nil {

@@ -217,6 +217,11 @@ func relayPolicy(c *config.Config) relay.Policy {
 		MaxHops:                 c.Limits.MaxHops,
 		MaxConnections:          c.Limits.MaxConnections,
 		MaxConnectionsPerSource: c.Limits.MaxConnectionsPerSource,
+		Rate: relay.RateLimits{
+			MessagesPerUser:   c.Limits.MaxMessagesPerHourPerUser,
+			MessagesPerSource: c.Limits.MaxMessagesPerHourPerSource,
+			RecipientsPerUser: c.Limits.MaxRecipientsPerHourPerUser,
+		},
 	}
 	if c.Limits.BareLineEndings == config.BareLineEndingsReject {
 		p.BareLineEndings = relay.BareReject

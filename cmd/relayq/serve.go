@@ -242,6 +242,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		Queue:        flushingQueue{in.store, worker},
 		BackPressure: pressureSource{in.srv},
 		Destinations: destinationSource{worker},
+		RateLimits:   rateSource{in.srv},
 	})
 	return in, nil
 }
@@ -262,6 +263,7 @@ func relayConfig(cfg *config.Config, cert *certs.File, store *queue.Store, stall
 		MaxConnectionsPerSource: p.MaxConnectionsPerSource,
 		BareLineEndings:         p.BareLineEndings,
 		Users:                   p.Users,
+		RateLimits:              p.Rate,
 	}
 	if cert != nil {
 		rc.TLS = cert.ServerConfig() // reloaded on SIGHUP and when the files change

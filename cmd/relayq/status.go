@@ -74,6 +74,8 @@ func printStatus(out io.Writer, st admin.Status) {
 		}
 	}
 
+	fmt.Fprintf(w, "Rate limited:\t%s\n", rateLimitedLine(st))
+
 	fmt.Fprintln(w)
 	if len(st.Destinations) == 0 {
 		fmt.Fprintln(w, "Destinations:\tnone tried yet")
@@ -124,4 +126,18 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// rateLimitedLine lists the users and addresses over a sending limit now
+// ([limits] max_…_per_hour_…), whose MAIL or RCPT gets 450 4.7.1.
+func rateLimitedLine(st admin.Status) string {
+	if len(st.RateLimited) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(st.RateLimited))
+	for i, l := range st.RateLimited {
+		parts[i] = fmt.Sprintf("%s (%s, %d/h; since %s ago, %d refused)",
+			l.Key, l.Limit, l.PerHour, admin.FormatAge(st.Time.Sub(l.Since)), l.Refused)
+	}
+	return strings.Join(parts, ", ")
 }

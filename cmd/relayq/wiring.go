@@ -71,3 +71,20 @@ func (d destinationSource) Destinations() []admin.Destination {
 	}
 	return out
 }
+
+// rateSource shows the relay's sending limits to admin.
+type rateSource struct{ srv *relay.Server }
+
+func (r rateSource) RateLimits() admin.RateLimits {
+	st := r.srv.RateStatus()
+	out := admin.RateLimits{Refused: make(map[string]int64, len(st.Refused))}
+	for limit, n := range st.Refused {
+		out.Refused[string(limit)] = n
+	}
+	for _, l := range st.Limited {
+		out.Limited = append(out.Limited, admin.RateLimited{
+			Limit: string(l.Limit), Key: l.Key, PerHour: l.PerHour, Since: l.Since, Refused: l.Refused,
+		})
+	}
+	return out
+}
