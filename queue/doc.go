@@ -14,7 +14,16 @@
 //	                       (64 KiB), the last is 1 byte to the chunk size
 //	s/<due><id>            schedule entry, <due> as 8 big-endian bytes of Unix
 //	                       nanoseconds, so a forward scan yields due order;
-//	                       absent while an operator holds the message
+//	                       absent while an operator holds the message; its
+//	                       value is empty, or the destination the message
+//	                       waits for (w/ below)
+//	w/<destination>\x00<id> the message was deferred because <destination>
+//	                       failed as a whole (its hosts refused or were
+//	                       cooling down): ReleaseDest makes it due when the
+//	                       destination takes mail again. Written and removed
+//	                       in the same batch as the schedule entry naming it,
+//	                       so there is at most one per queued message;
+//	                       older relayq versions ignore both
 //	p/<id>                 "body being written": set with the first spilled
 //	                       chunk batch of a large body, removed in the batch
 //	                       that commits the envelope
@@ -64,13 +73,34 @@
 //     client waiting on it, and this saves an fdatasync per few messages.
 //   - Concurrent Syncs share one fsync (Pebble's group commit).
 //
+// # Disk space
+//
+//   - Put leaves Options.Reserve free on the volume (relayq: 16 MiB):
+//     a message that would take free space below it is refused with
+//     ErrNoRoom, so that Pebble always has room to flush, compact and
+//     record deliveries; a write Pebble cannot make is fatal to it.
+//   - Deleting mail frees no disk space until Pebble flushes the memtable
+//     holding the tombstones and compacts the tables holding the bodies,
+//     which writes make it do. While free space is below
+//     Options.ReclaimBelow the queue does both for the ranges of the
+//     messages it deleted (reclaim.go), so a queue that back pressure
+//     keeps from taking mail gets its space back as it delivers.
+//   - Written counts the bytes of every batch committed, for back
+//     pressure's estimate of free space between two statfs readings.
+//
 // # Invariants
 //
 //   - A message Put acknowledged survives any crash and is due again after
 //     Open (its s/ entry is written with it and only replaced atomically).
 //   - A recipient marked Delivered is committed before Update returns and
 //     is never handed out as pending again.
-//   - m/ and s/ always agree: every change to a message is one batch.
+//   - m/ and s/ always agree: every change to a message is one batch. So
+//     do s/ and w/: whatever moves or deletes a schedule entry removes the
+//     w/ entry its value names (unindexWait), and Update writes a new one
+//     only for Message.WaitsFor.
+//   - DueAfter scans from a cursor; an entry committed since with an
+//     earlier due time is still found (the scan starts at the earliest
+//     noted write, as Due's does).
 //   - A storage error Pebble cannot go on from (a failed write or sync of
 //     its WAL or MANIFEST) ends the process (fatal.go): one log line at
 //     fatal level, then Options.Exit(1). The commit that failed never

@@ -130,6 +130,11 @@ type Message struct {
 	// one to tell an operator's rescheduling since (which wins) from its
 	// own. Zero: Update writes NextAttempt as is.
 	Scheduled time.Time
+	// WaitsFor, when set, names the destination whose failure deferred
+	// the message; it is not stored in the record. Update indexes the
+	// message under it (key w/), so that Store.ReleaseDest makes it due
+	// as soon as that destination takes mail again.
+	WaitsFor string
 }
 
 // NewMessage is a message to enqueue as part of another change, such as an

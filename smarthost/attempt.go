@@ -97,18 +97,16 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			continue
 		}
 		reused := l.conn != nil
-		decided, rest, broken, err := w.transactions(ctx, t, conn, pending)
+		// conn.Addr, not target.Addr: a reused connection may go to
+		// another host of the destination.
+		ok := func() { w.succeeded(ctx, l, dest, conn.Addr()) }
+		decided, rest, broken, err := w.transactions(ctx, t, conn, pending, ok)
 		if errors.Is(err, errGone) {
 			w.pool.release(l, conn, broken == nil)
 			return err
 		}
 		pending = rest
 		if broken == nil {
-			if decided {
-				// conn.Addr, not target.Addr: a reused connection may
-				// go to another host of the destination.
-				w.succeeded(ctx, l, dest, conn.Addr())
-			}
 			w.pool.release(l, conn, true)
 			continue
 		}
@@ -140,10 +138,12 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			// recipients are due when the first host may be tried again.
 			w.Log.Debug().Str("id", string(m.ID)).Str("dest", dest).Str("reply", cooling.Error()).
 				Time("until", coolUntil).Msg("every host of the destination is cooling down after failing")
-			w.noteCooled(m, pending, targets)
+			w.noteCooled(m, pending, dest, targets)
 			for _, i := range pending {
 				t.recordOutcome(outcome{idx: i, reply: cooling, host: coolingHop, notBefore: coolUntil})
 			}
+			t.waitsForDest(dest)
+			w.pool.noteWaiting(dest)
 			return w.commit(ctx, t)
 		case last == nil:
 			last = &retry.Reply{Code: 451, Enhanced: retry.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
@@ -153,8 +153,9 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 		d := retry.Classify(retry.StageConnect, last)
 		d.Action = retry.Defer
 		for _, i := range pending {
-			t.record(i, d, last, lastHop)
+			t.deferDest(i, d, last, lastHop, dest)
 		}
+		w.pool.noteWaiting(dest)
 		return w.commit(ctx, t)
 	}
 	return nil
@@ -179,11 +180,14 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (*Conn, e
 
 // transactions sends t.m to the recipients pending on conn, in as many
 // transactions as the peer's recipient limit needs, recording and
-// committing each one's verdicts when it ends. It returns whether any
+// committing each one's verdicts when it ends; ok is called after each
+// transaction that decided a recipient, before its commit (the host
+// closes its circuit breaker, the destination counts towards a raise of
+// its cap). It returns whether any
 // recipient was decided, those left for another host, and a non-nil reply
 // if the connection broke (then it must not be reused); err is errGone
 // when the message was deleted meanwhile.
-func (w *Worker) transactions(ctx context.Context, t *tally, conn *Conn, pending []int) (decided bool, rest []int, broken *retry.Reply, err error) {
+func (w *Worker) transactions(ctx context.Context, t *tally, conn *Conn, pending []int, ok func()) (decided bool, rest []int, broken *retry.Reply, err error) {
 	m := t.m
 	for len(pending) > 0 {
 		env := envelopeFor(m, pending)
@@ -230,6 +234,9 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn *Conn, pending
 			split, progressed = nil, true
 		}
 		decided = decided || progressed
+		if progressed && sendErr == nil {
+			ok()
+		}
 		// This transaction's verdicts are on disk before anything else
 		// happens: the next transaction, another host, a wait for a slot.
 		if err := w.commit(ctx, t); err != nil {
@@ -299,6 +306,13 @@ type tally struct {
 	// waitUntil is when the first host of a destination whose hosts were
 	// all cooling down may be tried again; zero if none was.
 	waitUntil time.Time
+	// waitsFor is the destination that failed as a whole (no host took
+	// the connection, every host cooling down) for deferred recipients;
+	// msgDeferred is set when one was deferred for a reason of its own (a
+	// reply in a transaction, routing). Only a message deferred solely
+	// for its destination is indexed for release (queue.ReleaseDest).
+	waitsFor    string
+	msgDeferred bool
 }
 
 // verdict is one recipient's reply in this attempt, kept parsed for the
@@ -323,7 +337,27 @@ func (t *tally) recordOutcome(o outcome) {
 	}
 }
 
+// record records a verdict of recipient i; a deferral is for a reason of
+// its own (see deferDest).
 func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string) {
+	t.note(i, d, reply, host)
+	t.msgDeferred = t.msgDeferred || d.Action == retry.Defer
+}
+
+// deferDest records the deferral d of recipient i because its
+// destination dest failed as a whole.
+func (t *tally) deferDest(i int, d retry.Decision, reply *retry.Reply, host, dest string) {
+	t.note(i, d, reply, host)
+	t.waitsForDest(dest)
+}
+
+func (t *tally) waitsForDest(dest string) {
+	if t.waitsFor == "" {
+		t.waitsFor = dest
+	}
+}
+
+func (t *tally) note(i int, d retry.Decision, reply *retry.Reply, host string) {
 	r := &t.m.Recipients[i]
 	r.LastReply = reply.Error()
 	r.LastHost = host
@@ -376,6 +410,10 @@ func (w *Worker) commit(ctx context.Context, t *tally) error {
 	m := t.m
 	m.LastAttempt = t.now
 	m.NextAttempt = w.nextAttempt(t)
+	m.WaitsFor = ""
+	if !t.msgDeferred {
+		m.WaitsFor = t.waitsFor
+	}
 	var (
 		news  []queue.NewMessage
 		kinds []retry.DSNAction // of each of news, for the log

@@ -33,6 +33,13 @@ func (w *Worker) succeeded(ctx context.Context, l *lease, dest, host string) {
 	if w.breaker.ok(host) {
 		w.Log.Info().Str("dest", dest).Str("host", host).Msg("host is taking mail again")
 	}
+	if w.pool.takeRelease(dest) {
+		w.releases.Add(1)
+		go func() {
+			defer w.releases.Done()
+			w.release(ctx, dest) // ends with the attempts' context (Run)
+		}()
+	}
 	ch := w.pool.succeeded(l)
 	if !ch.changed {
 		return
@@ -71,5 +78,30 @@ func (w *Worker) persist(ctx context.Context, dest string) {
 	}
 	if err != nil {
 		w.Log.Error().Err(err).Str("dest", dest).Msg("storing the learned destination cap")
+	}
+}
+
+// releaseBatch is how many messages one call of ReleaseDest makes due.
+const releaseBatch = 1000
+
+// release makes the mail deferred because dest failed due at once (dest
+// has just taken a message): it then goes through dest's line like any
+// other, within its cap. Mail deferred for reasons of its own keeps its
+// backoff (it is not indexed).
+func (w *Worker) release(ctx context.Context, dest string) {
+	total := 0
+	for {
+		n, more, err := w.Queue.ReleaseDest(ctx, dest, releaseBatch)
+		total += n
+		if err != nil {
+			w.Log.Error().Err(err).Str("dest", dest).Msg("making the mail deferred for a destination due again")
+			return
+		}
+		if !more {
+			break
+		}
+	}
+	if total > 0 {
+		w.Log.Info().Str("dest", dest).Int("messages", total).Msg("destination is taking mail again: the mail deferred for it is due now")
 	}
 }

@@ -1,6 +1,7 @@
 package smarthost
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -26,9 +27,11 @@ import (
 // put off as it would have been before the change.
 //
 // Plan returns the function to call once the message is queued under id,
-// which logs and counts the deferrals as the attempt would; nil when it
-// left env alone (the message is due at once, as usual).
-func (w *Worker) Plan(env *queue.Envelope) func(id queue.ID) {
+// which logs and counts the deferrals as the attempt would and indexes the
+// message as waiting for the destination (queue WaitFor), so that it is
+// due as soon as the destination takes mail again; nil when it left env
+// alone (the message is due at once, as usual).
+func (w *Worker) Plan(env *queue.Envelope) func(ctx context.Context, id queue.ID) {
 	w.init()
 	if len(env.Recipients) == 0 || w.cooled.empty() {
 		return nil
@@ -39,10 +42,14 @@ func (w *Worker) Plan(env *queue.Envelope) func(id queue.ID) {
 		until time.Time
 	}
 	waits := make([]wait, len(env.Recipients))
+	var dest string // the first recipient's
 	for i := range env.Recipients {
-		hosts := w.cooled.hosts(domainOf(env.Recipients[i].Addr))
+		d, hosts := w.cooled.hosts(domainOf(env.Recipients[i].Addr))
 		if len(hosts) == 0 {
 			return nil
+		}
+		if i == 0 {
+			dest = d
 		}
 		for _, h := range hosts { // as deliverGroup: every host skipped, the last one's reply
 			until, r := w.breaker.coolingUntil(h)
@@ -61,21 +68,24 @@ func (w *Worker) Plan(env *queue.Envelope) func(id queue.ID) {
 		t.wait(i, v.reply, v.host, v.until)
 	}
 	env.NextAttempt = w.nextAttempt(t)
-	return func(id queue.ID) {
+	return func(ctx context.Context, id queue.ID) {
 		t.m = &queue.Message{ID: id, Envelope: *env} // with what Put set (Received)
 		w.logOutcomes(t)
+		if err := w.Queue.WaitFor(ctx, id, dest); err != nil {
+			w.Log.Error().Err(err).Str("id", string(id)).Str("dest", dest).Msg("indexing a message as waiting for its destination")
+		}
 	}
 }
 
-// noteCooled records that the destination of recipients idx of m, with
-// targets, had every host cooling down (for Plan).
-func (w *Worker) noteCooled(m *queue.Message, idx []int, targets []Target) {
-	hosts := make([]string, len(targets))
+// noteCooled records that the destination dest of recipients idx of m,
+// with targets, had every host cooling down (for Plan).
+func (w *Worker) noteCooled(m *queue.Message, idx []int, dest string, targets []Target) {
+	c := cooled{dest: dest, hosts: make([]string, len(targets))}
 	for k, t := range targets {
-		hosts[k] = t.Addr
+		c.hosts[k] = t.Addr
 	}
 	for _, i := range idx {
-		w.cooled.note(domainOf(m.Recipients[i].Addr), hosts)
+		w.cooled.note(domainOf(m.Recipients[i].Addr), c)
 	}
 }
 
@@ -86,26 +96,34 @@ func (w *Worker) noteCooled(m *queue.Message, idx []int, targets []Target) {
 // starts over.
 type cooledDomains struct {
 	mu sync.Mutex
-	m  map[string][]string // recipient domain → its destination's host addresses
+	m  map[string]cooled // by recipient domain
+}
+
+// cooled is a destination found with every host cooling down.
+type cooled struct {
+	dest  string
+	hosts []string // the host addresses
 }
 
 const maxCooledDomains = 10_000
 
 // note records that domain's destination had hosts, all cooling down.
-func (c *cooledDomains) note(domain string, hosts []string) {
+func (c *cooledDomains) note(domain string, d cooled) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCooledDomains {
-		c.m = make(map[string][]string)
+		c.m = make(map[string]cooled)
 	}
-	c.m[domain] = hosts
+	c.m[domain] = d
 }
 
-// hosts returns what note recorded for domain, nil if nothing.
-func (c *cooledDomains) hosts(domain string) []string {
+// hosts returns what note recorded for domain: its destination and hosts,
+// no hosts if nothing.
+func (c *cooledDomains) hosts(domain string) (string, []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.m[domain]
+	d := c.m[domain]
+	return d.dest, d.hosts
 }
 
 func (c *cooledDomains) empty() bool {

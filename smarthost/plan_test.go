@@ -75,7 +75,7 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 	if err := h.store.Put(context.Background(), id, e, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	planned(id)
+	planned(context.Background(), id)
 	m, err := h.store.Get(id)
 	if err != nil {
 		t.Fatal(err)

@@ -54,7 +54,19 @@ type destination struct {
 
 	open int        // connections open: in use, idle and being dialled
 	idle []idleConn // most recently used last
+	// waiting says whether mail deferred because the destination failed
+	// may be indexed for it (queue.ReleaseDest): unknown at first (a
+	// restart), then yes after such a deferral, no after a release.
+	waiting waitState
 }
+
+type waitState uint8
+
+const (
+	waitUnknown waitState = iota
+	waitYes
+	waitNo
+)
 
 type idleConn struct {
 	c     *Conn
@@ -98,6 +110,24 @@ func (p *pool) tryAcquire(name string) *lease {
 		c.Close()
 	}
 	return l
+}
+
+// noteWaiting records that mail was deferred because name failed.
+func (p *pool) noteWaiting(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.destLocked(name).waiting = waitYes
+}
+
+// takeRelease reports whether name may have mail waiting for it to take
+// mail again, and records that it has none from now on.
+func (p *pool) takeRelease(name string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.destLocked(name)
+	was := d.waiting
+	d.waiting = waitNo
+	return was != waitNo
 }
 
 // capOf returns the current cap of name.

@@ -2,11 +2,16 @@ package smarthost
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"relayq/config"
 	"relayq/internal/sink"
+	"relayq/queue"
+	"relayq/retry"
 )
 
 // TestSlowDestinationDoesNotHoldUpTheOthers: a destination that takes one
@@ -47,5 +52,68 @@ func TestSlowDestinationDoesNotHoldUpTheOthers(t *testing.T) {
 	h.waitGone(id)
 	if n := slow.Count(); n != 0 {
 		t.Fatalf("%d messages completed at the stuck destination", n)
+	}
+}
+
+// TestDestinationBackReleasesTheMailDeferredForIt: with a 10 minute
+// backoff, a smart host that refuses every transaction (421 at MAIL)
+// leaves 20 messages deferred. When it takes mail again, a new message
+// goes through at once, and the 20 follow within 5 s of it, with no flush.
+// A message deferred for a reason of its own (452 4.2.2 for a full
+// mailbox, before the outage) keeps its backoff.
+func TestDestinationBackReleasesTheMailDeferredForIt(t *testing.T) {
+	full := func(to string) error {
+		if strings.HasPrefix(to, "full@") {
+			return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "mailbox full"}
+		}
+		return nil
+	}
+	h := newHarness(t, sink.Options{OnRcpt: full}, func(w *Worker) {
+		w.Backoff = retry.Backoff{Min: 10 * time.Minute, Max: time.Hour}
+		w.CoolDown, w.MaxCoolDown = 20*time.Millisecond, 50*time.Millisecond
+	})
+	mailbox := h.put("a@src.invalid", "full@dst.invalid")
+	h.waitAttempts(mailbox, 1)
+
+	h.sink.SetHooks(sink.Hooks{OnRcpt: full, OnMail: func(string) error {
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "shutting down"}
+	}})
+	var ids []queue.ID
+	for i := range 20 {
+		ids = append(ids, h.put("a@src.invalid", fmt.Sprintf("r%d@dst.invalid", i)))
+	}
+	for _, id := range ids {
+		m := h.waitAttempted(id)
+		if wait := time.Until(m.NextAttempt); wait < 5*time.Minute {
+			t.Fatalf("deferred for %s only, want the 10 minute backoff", wait)
+		}
+	}
+
+	h.sink.SetHooks(sink.Hooks{OnRcpt: full})
+	// The host's cool-down (at most 50 ms) ends, so the new message is
+	// tried, not put off with the others.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		hs := h.worker.Hosts()
+		if len(hs) == 0 || time.Now().After(hs[0].Until) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the host still cools down: %+v", hs)
+		}
+	}
+	h.put("a@src.invalid", "new@dst.invalid")
+	waitCount(t, h.sink, 1, 10*time.Second)
+	first := time.Now()
+	waitCount(t, h.sink, 21, 5*time.Second)
+	t.Logf("the 20 deferred messages arrived %s after the first success", time.Since(first).Round(time.Millisecond))
+	for _, id := range ids {
+		h.waitGone(id)
+	}
+	m, err := h.store.Get(mailbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Recipients[0]; r.Attempts != 1 || time.Until(m.NextAttempt) < 5*time.Minute {
+		t.Fatalf("the full mailbox's message: %d attempts, due in %s; want its backoff kept", r.Attempts, time.Until(m.NextAttempt))
 	}
 }

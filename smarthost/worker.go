@@ -35,6 +35,11 @@ type Queue interface {
 	Wake() <-chan struct{}
 	// NewID returns a fresh ID for an NDR.
 	NewID() queue.ID
+	// WaitFor indexes a queued message as waiting for a destination that
+	// failed; ReleaseDest makes up to limit messages indexed for it due
+	// now, reporting how many and whether more may be indexed.
+	WaitFor(ctx context.Context, id queue.ID, dest string) error
+	ReleaseDest(ctx context.Context, dest string, limit int) (int, bool, error)
 }
 
 var _ Queue = (*queue.Store)(nil)
@@ -116,7 +121,8 @@ type Worker struct {
 	breaker   *breaker
 	cooled    cooledDomains // destinations found with every host cooling down (plan.go)
 	ndr       ndrMaker
-	persistMu sync.Mutex // orders the writes of destination state
+	persistMu sync.Mutex     // orders the writes of destination state
+	releases  sync.WaitGroup // release goroutines (caps.go), waited for by Run
 
 	doubleBounces atomic.Int64 // DoubleBounces
 }
@@ -276,6 +282,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		cancelAttempts()
 		<-finished
 	}
+	cancelAttempts() // and the releases of mail for destinations back
+	w.releases.Wait()
 	w.pool.closeIdle()
 	return nil
 }

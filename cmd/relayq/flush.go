@@ -36,7 +36,7 @@ func (q plannedQueue) Put(ctx context.Context, id queue.ID, env *queue.Envelope,
 		return err
 	}
 	if planned != nil {
-		planned(id)
+		planned(ctx, id)
 	}
 	return nil
 }
