@@ -37,22 +37,17 @@ type Options struct {
 	// is called once, after one log line at fatal level.
 	Exit func(code int)
 	// Reserve is the free space Put leaves on the data volume: a message
-	// that would take the volume below it is refused with ErrNoRoom, so
-	// that Pebble keeps room to flush, compact and record deliveries. A
-	// write Pebble cannot make is fatal to it, so this is the last line of
-	// defence when back pressure is off. relayq passes
-	// config.DiskReserve; 0 or less: no reserve (and always with an FS
-	// other than the real disk, where statfs would read another volume).
+	// that would take the volume below it is refused (the client gets
+	// 451 4.3.0), so that Pebble keeps room to flush, compact and record
+	// deliveries. A write Pebble cannot make is fatal to it, so this is the
+	// last line of defence when back pressure is off. 0 means 16 MiB; a
+	// negative value turns the check off (FS other than the real disk).
 	Reserve int64
-	// ReclaimBelow is the free space under which the disk space of
-	// deleted mail is reclaimed at once (reclaim.go); relayq passes its
-	// back-pressure free-space threshold. 0 means 4 × Reserve; without a
-	// reserve, nothing is reclaimed.
-	ReclaimBelow int64
 }
 
 const (
 	defaultChunkSize = 64 << 10
+	defaultReserve   = 16 << 20
 	// spillBytes bounds the batch a Put builds in memory: a body larger than
 	// this is written in several unsynced batches, sealed by the final synced
 	// one (Pebble's WAL is ordered, so syncing the last record syncs all).
@@ -63,9 +58,7 @@ const (
 // Store is the durable queue. Its methods are safe for concurrent use.
 type Store struct {
 	dir       string
-	reserve   int64        // free space Put leaves on the volume; <= 0: unchecked
-	reclaim   reclaimer    // the space of deleted mail (reclaim.go)
-	written   atomic.Int64 // bytes of every batch committed: Written
+	reserve   int64 // free space Put leaves on the volume; <= 0: unchecked
 	db        *pebble.DB
 	log       zerolog.Logger
 	now       func() time.Time
@@ -105,13 +98,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	po := pebbleOptions(opts)
 	po.Logger = newPebbleLogger(dir, opts)
-	if opts.FS != nil {
-		opts.Reserve = 0 // not the real disk: statfs would read another volume
+	if opts.Reserve == 0 {
+		opts.Reserve = defaultReserve
 	}
-	if opts.Reserve <= 0 {
-		opts.ReclaimBelow = 0
-	} else if opts.ReclaimBelow <= 0 {
-		opts.ReclaimBelow = defaultReclaimBelow * opts.Reserve
+	if opts.FS != nil {
+		opts.Reserve = -1 // not the real disk: statfs would read another volume
 	}
 	if opts.Reserve > 0 {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -146,7 +137,6 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s.startReclaim(opts.ReclaimBelow)
 	return s, nil
 }
 
@@ -155,7 +145,6 @@ func Open(dir string, opts Options) (*Store, error) {
 func (s *Store) Close() error {
 	s.closing.Store(true)
 	<-s.counted
-	s.stopReclaim()
 	return s.db.Close()
 }
 
@@ -638,7 +627,6 @@ func (s *Store) deleteLocked(b *writeBatch, id ID, r *record) error {
 	if err := s.unindexWait(b, id, r); err != nil {
 		return err
 	}
-	s.reclaim.deleted(id, r.Size)
 	if err := b.Delete(metaKey(id), nil); err != nil {
 		return err
 	}
