@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -12,7 +13,20 @@ import (
 )
 
 func main() {
-	app := &cli.App{
+	// sendmail's flags ("-oi", "-fsender", "-ti") are not urfave/cli's:
+	// a sendmail invocation is parsed by hand, before urfave/cli.
+	if args, ok := sendmailArgs(os.Args); ok {
+		os.Exit(runSendmail(context.Background(), args, os.Stdin, os.Stdout, os.Stderr))
+	}
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "relayq:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp is the relayq command line.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "relayq",
 		Usage: "an SMTP relay with a durable retry queue",
 		Commands: []*cli.Command{
@@ -20,6 +34,7 @@ func main() {
 			queueCommand(),
 			statusCommand(),
 			sendCommand(),
+			sendmailCommand(),
 			sinkCommand(),
 			configCommand(),
 			explainCommand(),
@@ -28,9 +43,5 @@ func main() {
 			versionCommand(),
 		},
 		HideHelpCommand: true,
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "relayq:", err)
-		os.Exit(1)
 	}
 }

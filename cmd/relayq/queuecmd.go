@@ -61,7 +61,7 @@ func queueCommand() *cli.Command {
 				Flags:     append(adminFlags(), jsonFlag()),
 				Action:    queueShow,
 			},
-			actionCommand("flush", "make messages due now, ignoring their backoff (postqueue -f / -i)"),
+			actionCommand("flush", "make messages due now, ignoring their backoff; with no ID or filter, every message (postqueue -f / -i)"),
 			actionCommand("hold", "keep messages from delivery until released (postsuper -h)"),
 			actionCommand("release", "release held messages; they are due at once (postsuper -H)"),
 			actionCommand("bounce", "return messages to their senders with an NDR (Exchange: Remove with NDR)"),
@@ -123,17 +123,10 @@ func adminBase(addr string) (string, error) {
 	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
 		return strings.TrimSuffix(addr, "/"), nil
 	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return "", fmt.Errorf("admin address %q is not host:port", addr)
 	}
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
-	}
-	return "http://" + net.JoinHostPort(host, port), nil
+	return "http://" + config.LoopbackFor(addr), nil
 }
 
 // call sends a request and decodes a 2xx JSON answer into out; an error
@@ -390,6 +383,11 @@ func queueAction(c *cli.Context, action string) error {
 	}
 	ids := c.Args().Slice()
 	all := c.Bool("all")
+	if action == "flush" && len(ids) == 0 && f.IsZero() {
+		// postqueue -f: a flush only brings attempts forward, so it needs
+		// no --all; the actions that remove or stop mail do.
+		all = true
+	}
 	switch {
 	case len(ids) > 0 && (all || !f.IsZero()):
 		return cli.Exit(fmt.Sprintf("queue %s: give message IDs or a filter (or --all), not both", action), 2)

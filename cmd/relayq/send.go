@@ -203,7 +203,7 @@ func sendMessages(ctx context.Context, o *sendOptions, out io.Writer) error {
 		err := sendOne(c, o, tr, i)
 		var rcptErr sendRcptErrors
 		switch {
-		case errors.As(err, &rcptErr):
+		case errors.As(err, &rcptErr) && len(rcptErr) < len(o.to):
 			refused = append(refused, err) // the message went to the others
 		case err != nil:
 			if o.count > 1 {
@@ -305,42 +305,74 @@ func ehloHasExtension(ehloReply, ext string) bool {
 	return false
 }
 
-// sendRcptErrors are the recipients one message was refused for, while others
-// took it.
-type sendRcptErrors []error
+// sendRcptErrors are the recipients one message was refused for: while
+// others took it, or all of them (then no DATA was sent).
+type sendRcptErrors []*sendRcptErr
 
-func (e sendRcptErrors) Error() string { return errors.Join(e...).Error() }
+func (e sendRcptErrors) Error() string { return errors.Join(e.Unwrap()...).Error() }
+
+func (e sendRcptErrors) Unwrap() []error {
+	errs := make([]error, len(e))
+	for i, r := range e {
+		errs[i] = r
+	}
+	return errs
+}
+
+// sendRcptErr is one recipient refused at RCPT; err is its reply.
+type sendRcptErr struct {
+	rcpt string
+	err  error
+}
+
+func (e *sendRcptErr) Error() string { return fmt.Sprintf("RCPT TO:<%s>: %v", e.rcpt, e.err) }
+func (e *sendRcptErr) Unwrap() error { return e.err }
 
 // sendOne runs one transaction: MAIL, RCPT for each recipient, DATA.
 func sendOne(c *smtp.Client, o *sendOptions, tr *sendTranscript, i int) error {
 	msg := buildTestMessage(o, time.Now(), i)
+	err := sendTransaction(c, tr, o.from, o.to, bytes.NewReader(msg), int64(len(msg)))
+	var refused sendRcptErrors
+	if errors.As(err, &refused) && len(refused) == len(o.to) {
+		return fmt.Errorf("no recipient accepted: %w", err)
+	}
+	return err
+}
+
+// sendTransaction sends the message in body (size bytes, CRLF line
+// endings) from `from` to every address of to. It returns nil when every
+// recipient took it; sendRcptErrors when some (or all: then no DATA was
+// sent) were refused at RCPT; any other error when nothing was sent. Reply
+// errors keep the server's *smtp.SMTPError reachable with errors.As.
+func sendTransaction(c *smtp.Client, tr *sendTranscript, from string, to []string, body io.Reader, size int64) error {
 	// Declaring SIZE (RFC 1870 §6) lets a server refuse an oversize message
-	// at MAIL, before it is transferred.
-	if err := c.Mail(o.from, &smtp.MailOptions{Size: int64(len(msg))}); err != nil {
-		return fmt.Errorf("MAIL FROM:<%s>: %w", o.from, sendReplyError(err))
+	// at MAIL, before it is transferred. SMTPUTF8 (RFC 6531) is asked for
+	// only when an address needs it.
+	if err := c.Mail(from, &smtp.MailOptions{Size: size, UTF8: !isASCII(from, to...)}); err != nil {
+		return fmt.Errorf("MAIL FROM:<%s>: %w", from, sendReplyError(err))
 	}
 	var refused sendRcptErrors
-	for _, to := range o.to {
-		if err := c.Rcpt(to, nil); err != nil {
-			err = fmt.Errorf("RCPT TO:<%s>: %w", to, sendReplyError(err))
+	for _, rcpt := range to {
+		if err := c.Rcpt(rcpt, nil); err != nil {
+			err = sendReplyError(err)
 			if sendConnClosing(err) {
-				return err
+				return fmt.Errorf("RCPT TO:<%s>: %w", rcpt, err)
 			}
-			refused = append(refused, err)
+			refused = append(refused, &sendRcptErr{rcpt: rcpt, err: err})
 		}
 	}
-	if len(refused) == len(o.to) {
+	if len(refused) == len(to) {
 		if err := c.Reset(); err != nil {
-			refused = append(refused, fmt.Errorf("RSET: %w", sendReplyError(err)))
+			return fmt.Errorf("RSET after %v: %w", refused, sendReplyError(err))
 		}
-		return fmt.Errorf("no recipient accepted: %w", errors.Join(refused...))
+		return refused
 	}
 	w, err := c.Data()
 	if err != nil {
 		return fmt.Errorf("DATA: %w", sendReplyError(err))
 	}
 	tr.beginBody()
-	if _, err := w.Write(msg); err != nil {
+	if _, err := io.Copy(w, body); err != nil {
 		return fmt.Errorf("sending the message: %w", err)
 	}
 	if _, err := w.CloseWithResponse(); err != nil {
@@ -350,6 +382,24 @@ func sendOne(c *smtp.Client, o *sendOptions, tr *sendTranscript, i int) error {
 		return refused
 	}
 	return nil
+}
+
+// isASCII reports whether every one of the addresses is ASCII.
+func isASCII(addr string, more ...string) bool {
+	for _, a := range append(more, addr) {
+		for i := range len(a) {
+			if a[i] >= 0x80 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// newMessageID returns a fresh Message-ID field value (RFC 5322 §3.6.4)
+// whose right-hand side is host.
+func newMessageID(host string) string {
+	return "<" + strings.ToLower(rand.Text()) + "@" + host + ">"
 }
 
 // buildTestMessage composes message i (0-based) with CRLF line endings
@@ -368,7 +418,7 @@ func buildTestMessage(o *sendOptions, now time.Time, i int) []byte {
 		subject = fmt.Sprintf("%s (%d of %d)", subject, i+1, o.count)
 	}
 	fmt.Fprintf(&b, "Date: %s\r\n", now.Format(time.RFC1123Z))
-	fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", strings.ToLower(rand.Text()), o.ehlo)
+	fmt.Fprintf(&b, "Message-ID: %s\r\n", newMessageID(o.ehlo))
 	fmt.Fprintf(&b, "From: %s\r\n", from)
 	fmt.Fprintf(&b, "To: %s\r\n", strings.Join(o.to, ", "))
 	fmt.Fprintf(&b, "Subject: %s\r\n", mime.QEncoding.Encode("utf-8", subject))
@@ -421,22 +471,24 @@ func sendReplyError(err error) error {
 	if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
 		s += fmt.Sprintf(" %d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 	}
-	return &sendReplyErr{code: se.Code, text: s + " " + strings.ReplaceAll(se.Message, "\n", " ")}
+	return &sendReplyErr{se: se, text: s + " " + strings.ReplaceAll(se.Message, "\n", " ")}
 }
 
+// sendReplyErr is a server's reply, printed as it was sent.
 type sendReplyErr struct {
-	code int
+	se   *smtp.SMTPError
 	text string
 }
 
 func (r *sendReplyErr) Error() string { return r.text }
+func (r *sendReplyErr) Unwrap() error { return r.se }
 
 // sendConnClosing reports whether the connection is unusable after err: a 421
 // (RFC 5321 §3.8: the server is closing) or any non-reply error (I/O).
 func sendConnClosing(err error) bool {
 	var r *sendReplyErr
 	if errors.As(err, &r) {
-		return r.code == 421
+		return r.se.Code == 421
 	}
 	return true
 }

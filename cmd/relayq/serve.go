@@ -135,6 +135,9 @@ type instance struct {
 	stopCerts  context.CancelFunc // ends the certificate's file watch
 	workerDone chan struct{}
 	serving    errgroup.Group
+	// stopPickupFn ends the maildrop pickup (sendmail_submit.go); nil
+	// when none runs.
+	stopPickupFn func()
 
 	// The operator side (ops.go): admin server, metrics, reload.
 	adminLn   net.Listener
@@ -188,6 +191,9 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		in.listeners = append(in.listeners, l)
 	}
 	if err := in.listenAdmin(cfg.Admin); err != nil {
+		return nil, err
+	}
+	if err := prepareMaildrop(cfg); err != nil {
 		return nil, err
 	}
 	resolver, err := resolverFor(cfg.Delivery)
@@ -244,6 +250,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		Destinations: destinationSource{worker},
 		RateLimits:   rateSource{in.srv},
 	})
+	in.startPickup(cfg)
 	return in, nil
 }
 
@@ -299,6 +306,7 @@ func (in *instance) stop() error {
 	in.log.Info().Msg("stopping: no new connections; finishing transactions and deliveries in flight")
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
+	in.stopPickup() // it submits through the listeners
 	if err := in.stopAdmin(ctx); err != nil {
 		in.log.Warn().Err(err).Msg("stopping the admin server")
 	}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/mail"
+	"strings"
+	"time"
+)
+
+// readSendmailInput reads the message sendmail is given on r, with every
+// line ending (LF, CRLF or a bare CR) made CRLF, as SMTP wants (RFC 5321
+// §2.3.8). Unless ignoreDots (-i), a line holding only "." ends the input,
+// as in sendmail. Input beyond max bytes is errTooBig.
+func readSendmailInput(r io.Reader, ignoreDots bool, max int64) ([]byte, error) {
+	br := bufio.NewReaderSize(io.LimitReader(r, max+1), 64<<10)
+	var out bytes.Buffer
+	for {
+		line, err := br.ReadBytes('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		content := bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		if !ignoreDots && string(content) == "." && len(content) < len(line) {
+			break
+		}
+		if len(line) > 0 {
+			out.Write(bytes.ReplaceAll(content, []byte("\r"), []byte("\r\n")))
+			out.WriteString("\r\n")
+		}
+		if out.Len() > int(max) {
+			return nil, errTooBig
+		}
+		if err != nil { // io.EOF
+			break
+		}
+	}
+	return out.Bytes(), nil
+}
+
+// composeOptions say how composeMessage completes a message.
+type composeOptions struct {
+	from     string // envelope sender, for a missing From:
+	fullName string // -F, the display name of that From:
+	host     string // right-hand side of a new Message-ID
+	extract  bool   // -t: return the addresses of To, Cc and Bcc
+	now      time.Time
+}
+
+// headerField is one field of a header section, as it was written: its
+// lines with their CRLFs.
+type headerField struct {
+	name string
+	raw  []byte
+}
+
+// composeMessage completes the message msg (CRLF line endings) as
+// sendmail does: the Bcc fields are removed (RFC 5322 §3.6.3), and From,
+// Date and Message-ID are added when missing, after the fields it has. A
+// first line "From …" (an mbox separator) is dropped; a header section
+// ended by a line that is not a field gets the empty line it lacked. With
+// extract (-t) it also returns the addresses of To, Cc and Bcc.
+func composeMessage(msg []byte, o composeOptions) ([]byte, []string) {
+	fields, body := splitHeader(msg)
+	var out bytes.Buffer
+	var rcpts []string
+	has := map[string]bool{}
+	for _, f := range fields {
+		name := strings.ToLower(f.name)
+		has[name] = true
+		if o.extract && (name == "to" || name == "cc" || name == "bcc") {
+			rcpts = append(rcpts, parseAddressArg(unfold(f))...)
+		}
+		if name == "bcc" || name == "resent-bcc" {
+			continue
+		}
+		out.Write(f.raw)
+	}
+	if !has["from"] {
+		from := o.from
+		if from == "" {
+			from = "MAILER-DAEMON@" + o.host
+		}
+		out.WriteString("From: " + (&mail.Address{Name: o.fullName, Address: from}).String() + "\r\n")
+	}
+	if !has["date"] {
+		out.WriteString("Date: " + o.now.Format(time.RFC1123Z) + "\r\n")
+	}
+	if !has["message-id"] {
+		out.WriteString("Message-ID: " + newMessageID(o.host) + "\r\n")
+	}
+	out.WriteString("\r\n")
+	out.Write(body)
+	return out.Bytes(), rcpts
+}
+
+// splitHeader cuts msg into its header fields and its body (after the
+// empty line, or from the first line that is neither a field nor a
+// continuation).
+func splitHeader(msg []byte) ([]headerField, []byte) {
+	var fields []headerField
+	rest := msg
+	if bytes.HasPrefix(rest, []byte("From ")) {
+		_, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+	}
+	for len(rest) > 0 {
+		line, after, _ := bytes.Cut(rest, []byte("\r\n"))
+		switch {
+		case len(line) == 0:
+			return fields, after
+		case (line[0] == ' ' || line[0] == '\t') && len(fields) > 0:
+			f := &fields[len(fields)-1]
+			f.raw = append(append(f.raw, line...), "\r\n"...)
+		case isFieldLine(line):
+			name, _, _ := bytes.Cut(line, []byte(":"))
+			fields = append(fields, headerField{name: string(name), raw: append(append([]byte(nil), line...), "\r\n"...)})
+		default:
+			return fields, rest
+		}
+		rest = after
+	}
+	return fields, nil
+}
+
+// isFieldLine reports whether line starts a header field: a name of
+// printable ASCII but ':' (RFC 5322 §2.2), then ':'.
+func isFieldLine(line []byte) bool {
+	i := bytes.IndexByte(line, ':')
+	if i <= 0 {
+		return false
+	}
+	for _, c := range line[:i] {
+		if c < 33 || c > 126 {
+			return false
+		}
+	}
+	return true
+}
+
+// unfold returns a field's value on one line (RFC 5322 §2.2.3).
+func unfold(f headerField) string {
+	_, v, _ := strings.Cut(string(f.raw), ":")
+	return strings.TrimSpace(strings.NewReplacer("\r\n", "", "\n", "").Replace(v))
+}
+
+// parseAddressArg returns the addresses of a recipient argument or of a
+// To, Cc or Bcc value: an RFC 5322 address list ("A <a@x>, b@y", groups
+// included), or, where that does not parse, the comma-separated words
+// that could be addresses: bare local parts such as "root" are what cron
+// and scripts write.
+func parseAddressArg(s string) []string {
+	var out []string
+	if list, err := mail.ParseAddressList(s); err == nil {
+		for _, a := range list {
+			out = append(out, a.Address)
+		}
+		return out
+	}
+	for _, w := range strings.Split(s, ",") {
+		w = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(w), "<"), ">")
+		if w != "" && !strings.ContainsAny(w, " \t:;<>\"()") {
+			out = append(out, w)
+		}
+	}
+	return out
+}
