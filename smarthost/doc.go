@@ -95,20 +95,56 @@
 //   - A destination is "smarthost:" plus the hosts, or "mx:" plus the
 //     sorted MX host names: domains sharing MX hosts share one cap.
 //
-// # Delivery (worker.go, attempt.go, plan.go, pool.go, breaker.go, caps.go)
+// # Scheduling (worker.go Run, sched.go)
+//
+//   - Due mail is taken from the queue by an incremental scan
+//     (queue.DueAfter, from a cursor; from the start once a second) into
+//     the scheduler, at most maxKnown (100,000) messages at a time: an ID
+//     and a counter each, never an envelope or a body. Beyond that, due
+//     mail stays on disk until there is room.
+//   - The scheduler keeps a line per destination and one for mail not yet
+//     routed. Deliveries are started round-robin over the lines, one at a
+//     time each, a line only while its destination has fewer deliveries
+//     than its current cap, and all lines together at most MaxConns: each
+//     destination gets its share, and a slow or capped one never holds
+//     more than its cap of the MaxConns. Routing is per attempt: a
+//     delivery from the routing line routes the message and delivers it
+//     at once where its destination has a slot free and no line, else the
+//     message joins that destination's line (and is routed again when it
+//     is taken from there, so a reload applies).
+//   - An attempt never waits for a destination's slot while holding one of
+//     MaxConns: the message joins the line instead (pool.tryAcquire never
+//     waits). So does a message with recipients at several destinations,
+//     for each further one without a slot free; each transaction's
+//     verdicts are committed before that.
+//   - A destination cooling down (every host failing) has its mail
+//     deferred at its next attempt as before; the line holds only due mail.
+//   - A destination that takes a message again after mail was deferred
+//     because it failed as a whole (no host took the connection, every
+//     host cooling down) has that mail made due at once
+//     (queue.ReleaseDest, in batches of 1,000): it goes through the line
+//     within the cap like any other. Mail deferred for a reason of its own
+//     (a 4xx in a transaction, a routing failure) keeps its backoff. A
+//     released message that fails again is deferred by the backoff of its
+//     attempt count so far (the count is what NDRs report; it is not
+//     reset).
+//
+// # Delivery (attempt.go, plan.go, pool.go, breaker.go, caps.go)
 //
 //   - Caps are caps (DESIGN.md invariant 7): a destination never gets a
 //     new connection while its open ones (in use, idle and being dialled)
-//     reach its current cap, nor any destination while MaxConns are open.
+//     reach its current cap, nor any destination while MaxConns are open
+//     (idle connections to other destinations are closed to make room).
 //     Idle connections are reused for the next message to the destination
 //     and closed after IdleTimeout.
 //   - A 421 4.3.2 (or a 421 saying too many connections) while n
 //     connections were open, the refused one included, lowers the cap to
 //     n-1 (at least 1) and sends the message to the front of the
-//     destination's line, on the same host, within the same attempt: no
-//     backoff, no attempt counted (seed 001). With no other connection
-//     open the refusal is not about our concurrency: the host is failed
-//     like any 421. After RaiseAfter successful transactions in a row with
+//     destination's line, to go as soon as a delivery of it ends: no
+//     backoff, no attempt counted, at most 8 times in a row (seed 001).
+//     With no other connection open the refusal is not about our
+//     concurrency: the host is failed like any 421. After RaiseAfter
+//     successful transactions in a row with
 //     every allowed connection in use, the cap rises by one up to
 //     MaxConnsPerDest; a raise refused again doubles the run needed for
 //     the next. Learned caps, their reason and time are stored (DestStore,

@@ -192,6 +192,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			case done <- struct{}{}:
 			default:
 			}
+			// The slot just freed is most likely its own line's: take the
+			// next job at once rather than through the loop, which may be
+			// busy scanning the schedule.
+			if j, from := w.sched.next(w.pool.capOf); j != nil && ctx.Err() == nil {
+				tk = task{j: j, from: from}
+				continue
+			} else if j != nil { // shutting down: back where it was
+				w.sched.requeue(from, j, true)
+				w.sched.finish(from, j, true)
+			}
 			idle.Reset(runnerIdle)
 			select {
 			case tk = <-tasks:
@@ -426,7 +436,12 @@ func (w *Worker) SetMaxConnsPerDest(n int) {
 // last failure. It is a snapshot, safe to call at any time.
 func (w *Worker) Destinations() []DestinationStatus {
 	w.init()
-	return w.pool.snapshot()
+	out := w.pool.snapshot()
+	waiting := w.sched.waiting()
+	for i := range out {
+		out[i].Waiting = waiting[out[i].Name]
+	}
+	return out
 }
 
 // Hosts returns the next-hop hosts that failed recently and the cool-down
