@@ -57,6 +57,7 @@ type Config struct {
 	Retry        Retry        `toml:"retry"`
 	Admin        Admin        `toml:"admin"`
 	Log          Log          `toml:"log"`
+	DKIM         []DKIM       `toml:"dkim"` // dkim.go
 	Cluster      Cluster      `toml:"cluster"`
 	Sendmail     Sendmail     `toml:"sendmail"`
 }

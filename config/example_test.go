@@ -18,6 +18,7 @@ var exampleKeys = map[string]bool{
 	"hostname":       true,
 	"relay.user":     true,
 	"delivery.route": true,
+	"dkim":           true,
 }
 
 func TestExampleFileLoads(t *testing.T) {

@@ -62,6 +62,7 @@ func (c *Config) Validate() error {
 	c.validateDelivery(&p)
 	c.validateRetry(&p)
 	c.validateAdmin(&p)
+	c.validateDKIM(&p)
 	c.validateCluster(&p)
 	c.validateSendmail(&p)
 	p.oneOf("log.format", c.Log.Format, LogFormatAuto, LogFormatJSON, LogFormatConsole)

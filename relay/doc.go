@@ -34,6 +34,12 @@
 //     and §4.1.1.4). The same pass enforces the size limit (552 5.3.4,
 //     RFC 1870) and the Received hop limit (554 5.4.6, RFC 5321 §6.3); any
 //     of them makes the reader fail, so Put stores nothing.
+//   - Signed once, before the queue (sign.go). With Config.Signer (DKIM),
+//     that reader's output goes through the signer, which reads a message
+//     it signs to its end (keeping it in a spool of bounded memory) before
+//     Put reads the signature fields and the message back; Put sees what
+//     the signer hashed, so a signature never covers other bytes than those
+//     queued. A signer error is a failure to store (451 4.3.0).
 //   - AUTH only over TLS (RFC 4954 §4) unless a listener allows insecure
 //     AUTH; every attempt is one bcrypt comparison, against a dummy hash for
 //     unknown users (no user enumeration by timing); the third failure on a

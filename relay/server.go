@@ -96,6 +96,9 @@ type Config struct {
 	// RateLimits are the hourly limits per user and per source
 	// (ratelimit.go); zero fields are off.
 	RateLimits RateLimits
+	// Signer, if set, signs each message before it is queued (DKIM,
+	// sign.go); a signing error is a failure to store (451 4.3.0).
+	Signer Signer
 	// Pressure is the back-pressure monitor consulted at MAIL; nil means
 	// always normal. The server samples it once in New, runs it until
 	// Shutdown and never stops delivery: only intake is refused.

@@ -241,7 +241,11 @@ func (s *session) Data(r io.Reader) error {
 	}
 	body := newBodyReader(src, cfg.MaxMessageSize, pol.MaxHops, pol.BareLineEndings)
 	defer body.release()
-	err := s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), body))
+	msg, release, err := s.signed(id, body) // DKIM (sign.go); body itself when not signing
+	defer release()
+	if err == nil {
+		err = s.srv.q.Put(s.ctx, id, &env, io.MultiReader(strings.NewReader(hdr), msg))
+	}
 
 	ev := func() *zerolog.Event {
 		return s.log.Warn().Str("stage", "data").Str("id", string(id)).Str("from", env.From).

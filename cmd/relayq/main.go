@@ -39,6 +39,7 @@ func newApp() *cli.App {
 			configCommand(),
 			explainCommand(),
 			certCommand(),
+			dkimCommand(),
 			passwdCommand(),
 			versionCommand(),
 		},

@@ -165,6 +165,7 @@ func restartOnly(old, new *config.Config) []string {
 		{"hostname", old.Hostname, new.Hostname},
 		{"tls", old.TLS, new.TLS},
 		{"limits.max_message_size", old.Limits.MaxMessageSize, new.Limits.MaxMessageSize},
+		{"dkim", old.DKIM, new.DKIM},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
 			keys = append(keys, c.key)

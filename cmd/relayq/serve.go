@@ -21,6 +21,7 @@ import (
 	"relayq/admin"
 	"relayq/config"
 	"relayq/internal/certs"
+	"relayq/internal/dkimsign"
 	"relayq/queue"
 	"relayq/relay"
 	"relayq/smarthost"
@@ -156,6 +157,10 @@ type instance struct {
 func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	in := &instance{log: log, workerDone: make(chan struct{}), cfg: cfg,
 		metrics: admin.NewMetrics(), events: admin.NewEvents(admin.DefaultEvents)}
+	signer, err := dkimSigner(cfg) // a key that does not load stops the start (dkim.go)
+	if err != nil {
+		return nil, err
+	}
 	stalls := relay.NewStallWatch() // Pebble's write stalls are a back-pressure input
 	if in.store, err = queue.Open(cfg.DataDir, queue.Options{Log: log, EventListener: stalls.EventListener()}); err != nil {
 		return nil, err
@@ -209,6 +214,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	}
 	relayCfg := relayConfig(cfg, in.certs, in.store, stalls, log)
 	relayCfg.Accepted = in.accepted
+	relayCfg.Signer = signer
 	router := smarthost.NewConfigRouter(cfg.Delivery, resolver)
 	in.onReload(func(c *config.Config) { router.Set(c.Delivery) })
 	worker := &smarthost.Worker{
@@ -367,7 +373,11 @@ func configCommand() *cli.Command {
 				if path == "" {
 					return cli.Exit("config check: give --config FILE", 2)
 				}
-				if _, err := config.Load(path); err != nil {
+				cfg, err := config.Load(path)
+				if err != nil {
+					return cli.Exit(fmt.Sprintf("%s: %v", path, err), 1)
+				}
+				if _, err := dkimsign.New(cfg.DKIM, dkimsign.Options{}); err != nil {
 					return cli.Exit(fmt.Sprintf("%s: %v", path, err), 1)
 				}
 				fmt.Printf("%s: ok\n", path)

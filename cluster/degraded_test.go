@@ -1,0 +1,141 @@
+package cluster
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"relayq/internal/redistest"
+)
+
+// Redis killed: every node turns degraded on its own (no call needed),
+// logs it once, and keeps to cap/expected_nodes counting the leases it
+// already holds. Redis back (empty): the nodes register the leases they
+// hold and share again, and no new lease is granted while the total is at
+// the cap.
+func TestRedisDownFallbackAndRecovery(t *testing.T) {
+	srv := redistest.Start(t)
+	var logs syncBuffer
+	nodes := newNodes(t, srv, 3, Options{ExpectedNodes: 3, CapRefresh: 50 * time.Millisecond}, &logs)
+	ctx := context.Background()
+	const dest, cap = "mx:exchange.example", 9 // fallback: 3 per node
+	held := make([][]*Lease, len(nodes))
+	for i, n := range nodes {
+		for range 2 {
+			l, err := n.Acquire(ctx, dest, cap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held[i] = append(held[i], l)
+		}
+	}
+
+	srv.Kill()
+	for _, n := range nodes {
+		waitFor(t, n.opt.Node+" degraded after Redis died", 5*time.Second, n.Degraded)
+	}
+	for i, n := range nodes {
+		more := acquireAll(t, n, dest, cap, 10)
+		if len(more) != 1 {
+			t.Errorf("%s degraded, holding 2: got %d more leases, want 1 (cap %d / 3 nodes)", n.opt.Node, len(more), cap)
+		}
+		held[i] = append(held[i], more...)
+	}
+	if w := logs.count("warn"); w != len(nodes) {
+		t.Errorf("%d warnings for 3 nodes' one episode each, want 3", w)
+	}
+
+	srv.Restart()
+	for _, n := range nodes {
+		waitFor(t, n.opt.Node+" shared again after Redis came back", 5*time.Second, func() bool { return !n.Degraded() })
+	}
+	views, err := nodes[0].Destinations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(views) != 1 || views[0].Leases["n0"] != 3 || views[0].Leases["n1"] != 3 || views[0].Leases["n2"] != 3 {
+		t.Fatalf("after recovery Redis shows %+v, want 3 leases of each node", views)
+	}
+	if _, err := nodes[0].Acquire(ctx, dest, cap); err != ErrAtCap {
+		t.Fatalf("Acquire at 9 of 9 after recovery = %v, want ErrAtCap", err)
+	}
+	nodes[1].Release(ctx, held[1][0])
+	if _, err := nodes[0].Acquire(ctx, dest, cap); err != nil {
+		t.Errorf("Acquire after another node's Release = %v, want a lease", err)
+	}
+	if w := logs.count("warn"); w != len(nodes) {
+		t.Errorf("%d warnings after recovery, want still 3", w)
+	}
+}
+
+// A Redis that hangs (stopped, connections open) costs a call at most the
+// per-call timeout, not go-redis's seconds-long defaults, and the caller
+// gets a lease from the fallback.
+func TestHungRedisTimesOutToFallback(t *testing.T) {
+	srv := redistest.Start(t)
+	nodes := newNodes(t, srv, 1, Options{ExpectedNodes: 2, CapRefresh: 50 * time.Millisecond, Timeout: DefaultTimeout})
+	n := nodes[0]
+	srv.Pause()
+	start := time.Now()
+	l, err := n.Acquire(context.Background(), "mx:slow.example", 4)
+	if took := time.Since(start); took > time.Second {
+		// 20 times the 50 ms bound; go-redis's own read timeout is 3 s.
+		t.Errorf("Acquire against a hung Redis took %s", took)
+	}
+	if err != nil || l == nil || !n.Degraded() {
+		t.Fatalf("Acquire = %v, %v, degraded %v; want a fallback lease", l, err, n.Degraded())
+	}
+	srv.Resume()
+	waitFor(t, "shared again after Redis resumed", 5*time.Second, func() bool { return !n.Degraded() })
+}
+
+// A client started while Redis is down works degraded from the start and
+// shares once Redis is up.
+func TestStartWithRedisDown(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Kill()
+	c, err := New(context.Background(), Options{URL: srv.URL(), Node: "late", ExpectedNodes: 2, CapRefresh: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !c.Degraded() {
+		t.Fatal("not degraded with Redis down")
+	}
+	if got := len(acquireAll(t, c, "d", 4, 10)); got != 2 {
+		t.Errorf("degraded with expected_nodes 2: %d leases of cap 4, want 2", got)
+	}
+	srv.Restart()
+	waitFor(t, "shared after Redis started", 5*time.Second, func() bool { return !c.Degraded() })
+	if got := c.Held()["d"]; got != 2 {
+		t.Errorf("Held = %d, want the 2 fallback leases", got)
+	}
+}
+
+// Cool-downs set by one node are seen (and cleared) by the others; while
+// degraded a node keeps its own.
+func TestCooldownsShared(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := newFakeClock()
+	nodes := newNodes(t, srv, 2, Options{Now: clock.Now, CapRefresh: 50 * time.Millisecond})
+	ctx := context.Background()
+	until := clock.Now().Add(time.Minute)
+	nodes[0].SetCooldown(ctx, "mx1.example.com", until)
+	if got := nodes[1].Cooldown(ctx, "mx1.example.com"); !got.Equal(until) {
+		t.Errorf("other node's Cooldown = %v, want %v", got, until)
+	}
+	nodes[1].SetCooldown(ctx, "mx1.example.com", time.Time{})
+	if got := nodes[0].Cooldown(ctx, "mx1.example.com"); !got.IsZero() {
+		t.Errorf("Cooldown after clearing = %v, want none", got)
+	}
+	nodes[0].SetCooldown(ctx, "mx2.example.com", until)
+	srv.Kill()
+	waitFor(t, "degraded", 5*time.Second, nodes[0].Degraded)
+	if got := nodes[0].Cooldown(ctx, "mx2.example.com"); !got.Equal(until) {
+		t.Errorf("degraded Cooldown = %v, want its own %v", got, until)
+	}
+	clock.Add(time.Minute)
+	if got := nodes[0].Cooldown(ctx, "mx2.example.com"); !got.IsZero() {
+		t.Errorf("Cooldown at its end = %v, want none", got)
+	}
+}

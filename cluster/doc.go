@@ -1,0 +1,64 @@
+// Package cluster lets several relayq nodes share each destination's
+// limits through one Redis (or Valkey) server: connection leases under the
+// destination's cap, the cap learned from 421 4.3.2, message rates and the
+// cool-downs of failing hosts. Each node keeps its own queue; only limits
+// are shared. Without [cluster] in the configuration this package is not
+// used at all.
+//
+// The delivery scheduler talks to it through Limits: Acquire before
+// opening a connection, Release when it is closed, Allow before each
+// message, PublishCap on a 421 4.3.2, SetCooldown/Cooldown around dials.
+//
+// # Keys
+//
+// Every key starts with relayq:{name}: (name = [cluster] name, "default"),
+// a Redis Cluster hash tag, so that all keys of a cluster are in one slot
+// and a script may touch several. Every key expires when unused:
+//
+//	dest:<id>:leases  sorted set, member node|token-seq, score = expiry (ms);
+//	                  expires 2×LeaseTTL after the last Acquire or renewal
+//	dest:<id>:cap     the learned cap; CapTTL (24 h) after the last publish
+//	dest:<id>:rate    GCRA's theoretical arrival time (µs); 1 s after it
+//	host:<h>:cooldown end of the cool-down (ms); expires at it
+//	nodes             sorted set, node → last heartbeat (ms); 2×NodeWindow
+//
+// # Invariants
+//
+//   - Shared mode: a lease is granted only by one atomic script
+//     (acquireScript, run with EVALSHA) that prunes expired leases, then
+//     grants only while the live leases of all nodes are below
+//     min(cap, learned cap). So the connections of the nodes that reach
+//     Redis never exceed the cap, except for leases registered again after
+//     Redis was unreachable (below), which only delay new grants.
+//   - A lease counts for LeaseTTL (30 s) after its last renewal; the
+//     background loop renews every held lease every LeaseTTL/3. A node
+//     that dies or loses Redis stops counting within LeaseTTL, and the
+//     others then take its share.
+//   - Every Redis call is bounded by Timeout (50 ms) and never retried. A
+//     failed call (other than by the caller's own context) makes the client
+//     degraded: one warning per episode, Degraded() true, and no further
+//     calls to Redis on the delivery path. Nothing fails because Redis is
+//     gone: Acquire, Allow and Cooldown answer from the local fallback.
+//   - Degraded, the node counts every lease it holds (taken before or
+//     during the episode) against max(1, min(cap, last learned cap) /
+//     expected_nodes), paces messages at rate/expected_nodes, and keeps its
+//     own cool-downs. With expected_nodes at least the number of nodes and
+//     all of them degraded, their total stays within the cap.
+//   - Back to shared: the loop pings Redis every CapRefresh; when it
+//     answers, every lease the node holds is written into Redis again,
+//     whatever the count (a connection that exists is counted, even above
+//     the cap), and shared mode resumes in the same critical section that
+//     finds no lease left unregistered. From then on Redis counts every
+//     connection of this node, and no node gets a new lease until the
+//     total is below the cap: the excess of an episode (at most
+//     cap/expected_nodes per node that was degraded while others were not)
+//     only drains. Leases released while degraded stay in Redis until their
+//     TTL, which errs towards fewer connections.
+//   - Learned caps: acquireScript reads the cap key itself, so a published
+//     cap bounds every node's next lease at once; LearnedCap answers from a
+//     cache read back every CapRefresh (500 ms) for the destinations asked
+//     in the last 10 minutes. A cap published while degraded stays local.
+//   - Clocks: lease expiries, rates and cool-downs use the nodes' clocks
+//     (Options.Now), which must agree to well under LeaseTTL (NTP). A skew
+//     of d moves a lease's expiry by d and a rate by d's worth of messages.
+package cluster
