@@ -182,6 +182,14 @@ type Log struct {
 	Level  string `toml:"level"`  // trace | debug | info | warn | error
 }
 
+// DefaultMaxConnectionsPerSource is limits.max_connections_per_source
+// when the file does not set it: Postfix's own
+// smtpd_client_connection_count_limit, above what common clients open to
+// one relay host (Postfix's default_destination_concurrency_limit and
+// Exchange's per-destination limit are 20), so that a LAN's mail server on
+// its defaults is never refused for it.
+const DefaultMaxConnectionsPerSource = 50
+
 // Default returns the configuration relayq runs with when no file is given.
 // It passes Validate.
 func Default() *Config {
@@ -198,7 +206,7 @@ func Default() *Config {
 			MaxMessageSize:          35 * MB,
 			MaxRecipients:           100,
 			MaxConnections:          1000,
-			MaxConnectionsPerSource: 20,
+			MaxConnectionsPerSource: DefaultMaxConnectionsPerSource,
 			MaxHops:                 30,
 			BareLineEndings:         BareLineEndingsNormalize,
 			// Only authenticated sessions are users, and they are the

@@ -82,8 +82,19 @@ func (l *trackingListener) Close() error {
 	return l.err
 }
 
-// admit counts tc in if it is within both connection caps.
+// admit counts tc in if it is within both connection caps. Over the
+// per-source cap, it first stops counting the source's connections whose
+// client has already closed (uncountGone).
 func (s *Server) admit(tc *trackedConn) admission {
+	a := s.admitLocked(tc)
+	if a == overSource && s.uncountGone(tc.ip) > 0 {
+		a = s.admitLocked(tc)
+	}
+	return a
+}
+
+// admitLocked is one try of admit; it takes s.mu itself.
+func (s *Server) admitLocked(tc *trackedConn) admission {
 	p := s.pol.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -101,25 +112,66 @@ func (s *Server) admit(tc *trackedConn) admission {
 	return admitted
 }
 
+// uncountGone stops counting against ip its connections whose client has
+// closed its side (its FIN or RST has arrived) while relay has not yet
+// finished with them: a client that sent QUIT and closed is gone, however
+// long relay's goroutine takes over its teardown (a TLS close, a session
+// still logging out), and a client that keeps exactly
+// max_connections_per_source open, closing one and opening the next at
+// once, must not be refused for it. They still count in the total until
+// released. It returns how many it stopped counting.
+func (s *Server) uncountGone(ip netip.Addr) int {
+	s.mu.Lock()
+	var open []*trackedConn
+	for c := range s.mu.conns {
+		if c.counted && c.ip == ip {
+			open = append(open, c)
+		}
+	}
+	s.mu.Unlock()
+	var gone []*trackedConn
+	for _, c := range open {
+		if peerClosed(c.Conn) {
+			gone = append(gone, c)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range gone {
+		if c.counted {
+			c.counted = false
+			s.uncountLocked(c.ip)
+			n++
+		}
+	}
+	return n
+}
+
 // release counts tc out; it runs once per admitted connection.
 func (s *Server) release(tc *trackedConn) {
 	p := s.pol.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.mu.conns, tc)
-	if !tc.counted {
-		return
-	}
-	if n := s.mu.sources[tc.ip] - 1; n > 0 {
-		s.mu.sources[tc.ip] = n
-	} else {
-		delete(s.mu.sources, tc.ip)
-	}
-	if s.mu.sources[tc.ip] < p.MaxConnectionsPerSource {
-		delete(s.mu.warned, tc.ip)
-	}
 	if len(s.mu.conns) < p.MaxConnections {
 		delete(s.mu.warned, allSources)
+	}
+	if tc.counted {
+		tc.counted = false
+		s.uncountLocked(tc.ip)
+	}
+}
+
+// uncountLocked takes one connection off ip's count.
+func (s *Server) uncountLocked(ip netip.Addr) {
+	if n := s.mu.sources[ip] - 1; n > 0 {
+		s.mu.sources[ip] = n
+	} else {
+		delete(s.mu.sources, ip)
+	}
+	if s.mu.sources[ip] < s.pol.Load().MaxConnectionsPerSource {
+		delete(s.mu.warned, ip)
 	}
 }
 
@@ -193,7 +245,7 @@ type trackedConn struct {
 	net.Conn
 	s       *Server
 	ip      netip.Addr
-	counted bool // in s.mu.sources; set by admit before the conn is shared
+	counted bool // in s.mu.sources; guarded by s.mu
 
 	slide atomic.Int64 // a time.Duration; 0: off
 	once  sync.Once
@@ -414,6 +466,9 @@ var (
 )
 
 func (c *trackedConn) Close() error {
+	if c.s.beforeClose != nil {
+		c.s.beforeClose()
+	}
 	c.once.Do(func() { c.s.release(c) })
 	return c.Conn.Close()
 }

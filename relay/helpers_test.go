@@ -118,11 +118,18 @@ func startListener(t *testing.T, cfg Config, q Queue, lc ListenerConfig) (*Serve
 // startLogged is startListener with a logger of the test's choice.
 func startLogged(t *testing.T, cfg Config, q Queue, lc ListenerConfig, log zerolog.Logger) (*Server, string) {
 	t.Helper()
+	s := New(cfg, q, log)
+	return s, serveTCP(t, s, lc)
+}
+
+// serveTCP serves s on 127.0.0.1 with one listener of config lc and
+// returns its address; s is shut down when the test ends.
+func serveTCP(t *testing.T, s *Server, lc ListenerConfig) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(cfg, q, log)
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(l, lc) }()
 	t.Cleanup(func() {
@@ -140,7 +147,7 @@ func startLogged(t *testing.T, cfg Config, q Queue, lc ListenerConfig, log zerol
 			t.Error("Serve did not return after Shutdown")
 		}
 	})
-	return s, l.Addr().String()
+	return l.Addr().String()
 }
 
 // dialFrom connects to addr from the local address local ("" for any).

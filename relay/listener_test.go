@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/textproto"
 	"strings"
 	"testing"
 	"time"
@@ -305,5 +306,69 @@ func TestQuitReplyFreesTheSourceSlotBeforeClose(t *testing.T) {
 	tc.Close() // releases nothing twice
 	if n := slots(); n != 0 {
 		t.Fatalf("%d slots after Close", n)
+	}
+}
+
+// TestClientThatQuitAndClosedNoLongerCountsAgainstItsSource keeps
+// max_connections_per_source connections open with STARTTLS and AUTH, as
+// a Postfix host using relay as its relayhost does, and replaces them one
+// at a time: send, QUIT, close, connect again at once. relay's side of
+// each closed connection is held in its teardown (beforeClose) until the
+// test ends, so every new connection comes while relay has not finished
+// with the old one: it must be greeted, not refused with 421 4.3.2.
+func TestClientThatQuitAndClosedNoLongerCountsAgainstItsSource(t *testing.T) {
+	const perSource = 3
+	cfg, clientTLS := authConfig(t)
+	cfg.MaxConnectionsPerSource = perSource
+	q := &memQueue{}
+	s := New(cfg, q, zerolog.New(zerolog.NewTestWriter(t)))
+	held := make(chan struct{})
+	tearingDown := make(chan struct{}, 8*perSource)
+	s.beforeClose = func() {
+		select {
+		case tearingDown <- struct{}{}:
+		default:
+		}
+		<-held
+	}
+	addr := serveTCP(t, s, ListenerConfig{})
+	t.Cleanup(func() { close(held) }) // before the Shutdown serveTCP registered
+
+	connect := func() *rawConn {
+		c := dialFrom(t, addr, "127.0.0.2")
+		r := &rawConn{t: t, c: c, tp: textproto.NewConn(c)}
+		t.Cleanup(func() { r.tp.Close() })
+		if code, msg := r.reply(); code != 220 {
+			t.Fatalf("new connection from the source got %d %s, want the 220 greeting", code, msg)
+		}
+		r.cmd("EHLO client.test", 250)
+		r.startTLS(clientTLS)
+		r.cmd("EHLO client.test", 250)
+		r.cmd("AUTH PLAIN "+b64(goodPlain), 235)
+		return r
+	}
+	var open []*rawConn
+	for range perSource {
+		open = append(open, connect())
+	}
+	const rounds = 2 * perSource
+	for range rounds {
+		r := open[0]
+		r.cmd("MAIL FROM:<app@example.org>", 250)
+		r.cmd("RCPT TO:<x@example.com>", 250)
+		r.cmd("DATA", 354)
+		r.send("Subject: one of many\r\n\r\nx\r\n.\r\n")
+		r.expect(250)
+		r.cmd("QUIT", 221)
+		r.tp.Close()
+		select {
+		case <-tearingDown:
+		case <-time.After(testTimeout):
+			t.Fatal("relay did not begin to close the connection after QUIT")
+		}
+		open = append(open[1:], connect())
+	}
+	if n := len(q.messages()); n != rounds {
+		t.Fatalf("%d messages queued, want %d", n, rounds)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+
+	"relayq/config"
 )
 
 // Policy is the part of Config that can change while the server runs (a
@@ -61,7 +63,7 @@ func (p Policy) withDefaults() Policy {
 		p.MaxConnections = DefaultMaxConnections
 	}
 	if p.MaxConnectionsPerSource <= 0 {
-		p.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+		p.MaxConnectionsPerSource = config.DefaultMaxConnectionsPerSource
 	}
 	return p
 }

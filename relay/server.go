@@ -34,11 +34,10 @@ type Queue interface {
 
 // Defaults for the zero values of Config.
 const (
-	DefaultMaxMessageSize          = 35 << 20
-	DefaultMaxRecipients           = 100
-	DefaultMaxHops                 = 30
-	DefaultMaxConnections          = 1000
-	DefaultMaxConnectionsPerSource = 20
+	DefaultMaxMessageSize = 35 << 20
+	DefaultMaxRecipients  = 100
+	DefaultMaxHops        = 30
+	DefaultMaxConnections = 1000
 	// RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command.
 	DefaultTimeout = 5 * time.Minute
 	// DefaultAuthFailuresPerSource failed AUTH attempts within
@@ -210,6 +209,9 @@ type Server struct {
 		warned map[netip.Addr]bool
 	}
 	refusing refusals
+	// beforeClose, if set, runs first in every Close of a connection:
+	// tests hold a connection's teardown with it.
+	beforeClose func()
 }
 
 // allSources is the key in Server.mu.warned for the total cap.
