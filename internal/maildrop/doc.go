@@ -35,7 +35,10 @@
 //     that answer and the removal submits the file again at the next scan:
 //     at least once, rarely twice, as for SMTP clients.
 //   - Nothing is tried forever, nothing is dropped silently. A malformed or
-//     unreadable file is moved to corrupt/ and logged at error. Recipients
+//     unreadable file, or an entry that is not a regular file (a symbolic
+//     link, which could point to a file its writer may not read; a FIFO,
+//     which would block the pickup), is moved to corrupt/ and logged at
+//     error. Recipients
 //     refused for good (5xx, as retry.Classify judges it) get a copy of the
 //     message in refused/ with only them as recipients, logged at error
 //     with the reply. Recipients refused for now are written to a new file

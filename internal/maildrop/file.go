@@ -139,12 +139,23 @@ func (m *File) Close() error { return m.f.Close() }
 // Open opens and checks the maildrop file at path. An error wrapping
 // ErrMalformed means the file is not in the format, or holds fewer or more
 // message bytes than its envelope announces; other errors are I/O errors.
+//
+// Only a regular file is opened: a symbolic link (to a file the writer
+// could not read itself), a FIFO (that would block the pickup) or a device
+// in the directory is malformed.
 func Open(path string) (*File, error) {
+	lst, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !lst.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: not a regular file (%s)", ErrMalformed, lst.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	m, err := parse(f)
+	m, err := parse(f, lst)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -152,10 +163,14 @@ func Open(path string) (*File, error) {
 	return m, nil
 }
 
-func parse(f *os.File) (*File, error) {
+// parse reads the envelope of f, which Lstat described as lst.
+func parse(f *os.File, lst os.FileInfo) (*File, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if !os.SameFile(st, lst) {
+		return nil, fmt.Errorf("%w: replaced while being opened", ErrMalformed)
 	}
 	r := bufio.NewReaderSize(f, maxLine)
 	var (

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -113,6 +114,29 @@ func TestOpenRefusesMalformedFiles(t *testing.T) {
 	m, err := Open(path)
 	if err != nil {
 		t.Fatalf("the well-formed file: %v", err)
+	}
+	m.Close()
+}
+
+func TestOpenRefusesWhatIsNotARegularFile(t *testing.T) {
+	dir := t.TempDir()
+	target := writeTest(t, dir, Envelope{From: "a@x", To: []string{"b@y"}}, testMsg)
+	link, fifo := filepath.Join(dir, "link"), filepath.Join(dir, "fifo")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{link, fifo} {
+		// A FIFO nobody writes to would block an open: this returns at once.
+		if m, err := Open(path); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Open = %v, %v; want ErrMalformed", filepath.Base(path), m, err)
+		}
+	}
+	m, err := Open(target) // the file the link points to is well formed
+	if err != nil {
+		t.Fatal(err)
 	}
 	m.Close()
 }
