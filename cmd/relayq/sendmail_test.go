@@ -28,6 +28,7 @@ import (
 type sendmailRun struct {
 	bin   string // the binary, or a link to it named sendmail
 	stdin string
+	input *os.File            // stdin instead of the string stdin, when set
 	user  string              // $USER
 	cred  *syscall.Credential // nil: the test's own user
 	args  []string
@@ -41,6 +42,9 @@ func (r sendmailRun) run(t *testing.T) (string, string, int) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, r.bin, r.args...)
 	cmd.Stdin = strings.NewReader(r.stdin)
+	if r.input != nil {
+		cmd.Stdin = r.input
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "USER=" + r.user, "HOME=/"}
@@ -169,6 +173,19 @@ func TestSendmailBadUsageExits64WithAUsageLine(t *testing.T) {
 		if code != exUsage || !strings.Contains(stderr, "usage: relayq sendmail") {
 			t.Errorf("%q: exit %d, stderr %q; want 64 and a usage line", args, code, stderr)
 		}
+	}
+}
+
+func TestSendmailExits66WhenStdinCannotBeRead(t *testing.T) {
+	dir, err := os.Open(t.TempDir()) // reading a directory fails: EISDIR
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	_, stderr, code := sendmailRun{bin: relayqBinary(t), user: "app", input: dir,
+		args: []string{"sendmail", "--config", "/dev/null", "a@dest.invalid"}}.run(t)
+	if code != exNoInput || !strings.Contains(stderr, "reading the message") {
+		t.Errorf("exit %d, stderr %q; want 66 saying the message cannot be read", code, stderr)
 	}
 }
 
