@@ -144,7 +144,7 @@ func (l *rateLimiter) take(checks ...rateCheck) *rateCheck {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweepLocked(now)
-	var buckets [3]*rateBucket
+	buckets := make([]*rateBucket, len(checks))
 	for i, c := range checks {
 		if c.perHour <= 0 {
 			continue
@@ -159,7 +159,7 @@ func (l *rateLimiter) take(checks ...rateCheck) *rateCheck {
 		}
 		buckets[i] = b
 	}
-	for i, b := range buckets[:len(checks)] {
+	for i, b := range buckets {
 		if b == nil {
 			continue
 		}
