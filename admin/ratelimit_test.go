@@ -2,6 +2,7 @@ package admin
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,6 +32,10 @@ func TestRateLimitsInMetricsAndStatus(t *testing.T) {
 		if got := metric(t, m, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
+	}
+	if code, page := f.do("GET", "/", nil); code != http.StatusOK ||
+		!strings.Contains(string(page), "Rate limited") || !strings.Contains(string(page), `<td class="mono">app1</td><td>user_messages</td>`) {
+		t.Errorf("status page: %d, no rate-limited row for app1", code)
 	}
 	var st Status
 	f.getJSON("/api/status", &st)
