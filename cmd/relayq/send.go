@@ -331,7 +331,7 @@ func (e *sendRcptErr) Unwrap() error { return e.err }
 // sendOne runs one transaction: MAIL, RCPT for each recipient, DATA.
 func sendOne(c *smtp.Client, o *sendOptions, tr *sendTranscript, i int) error {
 	msg := buildTestMessage(o, time.Now(), i)
-	err := sendTransaction(c, tr, o.from, o.to, bytes.NewReader(msg), int64(len(msg)))
+	_, err := sendTransaction(c, tr, o.from, o.to, bytes.NewReader(msg), int64(len(msg)))
 	var refused sendRcptErrors
 	if errors.As(err, &refused) && len(refused) == len(o.to) {
 		return fmt.Errorf("no recipient accepted: %w", err)
@@ -340,48 +340,50 @@ func sendOne(c *smtp.Client, o *sendOptions, tr *sendTranscript, i int) error {
 }
 
 // sendTransaction sends the message in body (size bytes, CRLF line
-// endings) from `from` to every address of to. It returns nil when every
-// recipient took it; sendRcptErrors when some (or all: then no DATA was
-// sent) were refused at RCPT; any other error when nothing was sent. Reply
-// errors keep the server's *smtp.SMTPError reachable with errors.As.
-func sendTransaction(c *smtp.Client, tr *sendTranscript, from string, to []string, body io.Reader, size int64) error {
+// endings) from `from` to every address of to, and returns the text of the
+// server's reply to it (relayq's names the queue ID). The error is nil when
+// every recipient took it; sendRcptErrors when some (or all: then no DATA
+// was sent) were refused at RCPT; any other error when nothing was sent.
+// Reply errors keep the server's *smtp.SMTPError reachable with errors.As.
+func sendTransaction(c *smtp.Client, tr *sendTranscript, from string, to []string, body io.Reader, size int64) (string, error) {
 	// Declaring SIZE (RFC 1870 §6) lets a server refuse an oversize message
 	// at MAIL, before it is transferred. SMTPUTF8 (RFC 6531) is asked for
 	// only when an address needs it.
 	if err := c.Mail(from, &smtp.MailOptions{Size: size, UTF8: !isASCII(from, to...)}); err != nil {
-		return fmt.Errorf("MAIL FROM:<%s>: %w", from, sendReplyError(err))
+		return "", fmt.Errorf("MAIL FROM:<%s>: %w", from, sendReplyError(err))
 	}
 	var refused sendRcptErrors
 	for _, rcpt := range to {
 		if err := c.Rcpt(rcpt, nil); err != nil {
 			err = sendReplyError(err)
 			if sendConnClosing(err) {
-				return fmt.Errorf("RCPT TO:<%s>: %w", rcpt, err)
+				return "", fmt.Errorf("RCPT TO:<%s>: %w", rcpt, err)
 			}
 			refused = append(refused, &sendRcptErr{rcpt: rcpt, err: err})
 		}
 	}
 	if len(refused) == len(to) {
 		if err := c.Reset(); err != nil {
-			return fmt.Errorf("RSET after %v: %w", refused, sendReplyError(err))
+			return "", fmt.Errorf("RSET after %v: %w", refused, sendReplyError(err))
 		}
-		return refused
+		return "", refused
 	}
 	w, err := c.Data()
 	if err != nil {
-		return fmt.Errorf("DATA: %w", sendReplyError(err))
+		return "", fmt.Errorf("DATA: %w", sendReplyError(err))
 	}
 	tr.beginBody()
 	if _, err := io.Copy(w, body); err != nil {
-		return fmt.Errorf("sending the message: %w", err)
+		return "", fmt.Errorf("sending the message: %w", err)
 	}
-	if _, err := w.CloseWithResponse(); err != nil {
-		return fmt.Errorf("end of DATA: %w", sendReplyError(err))
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", fmt.Errorf("end of DATA: %w", sendReplyError(err))
 	}
 	if len(refused) > 0 {
-		return refused
+		return resp.StatusText, refused
 	}
-	return nil
+	return resp.StatusText, nil
 }
 
 // isASCII reports whether every one of the addresses is ASCII.

@@ -300,7 +300,7 @@ func deliverSendmail(ctx context.Context, o *sendmailOptions, cfg *config.Config
 		if o.verbose {
 			sub.transcript = stderr
 		}
-		subErr = sub.Submit(ctx, env, bytes.NewReader(msg), int64(len(msg)))
+		_, subErr = sub.Submit(ctx, env, bytes.NewReader(msg), int64(len(msg)))
 	}
 	res := maildrop.Sort(env, subErr)
 	if len(res.Later) > 0 {

@@ -30,22 +30,22 @@ var _ maildrop.Submitter = (*smtpSubmitter)(nil)
 // error is a *retry.Reply (a reply, or one retry.FromError made up for a
 // connection failure), or maildrop.RecipientErrors for recipients refused
 // at RCPT.
-func (s *smtpSubmitter) Submit(ctx context.Context, env maildrop.Envelope, body io.Reader, size int64) error {
+func (s *smtpSubmitter) Submit(ctx context.Context, env maildrop.Envelope, body io.Reader, size int64) (string, error) {
 	host, _, _ := net.SplitHostPort(s.server)
 	o := &sendOptions{server: s.server, host: host, ehlo: s.ehlo, timeout: s.timeout}
 	tr := &sendTranscript{out: s.transcript}
 	c, err := sendDial(ctx, o, tr)
 	if err != nil {
-		return retry.FromError(retry.StageConnect, err)
+		return "", retry.FromError(retry.StageConnect, err)
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	if err := c.Hello(s.ehlo); err != nil {
 		// A 421 greeting shows here too: the client reads it at EHLO.
-		return retry.FromError(retry.StageHello, err)
+		return "", retry.FromError(retry.StageHello, err)
 	}
-	err = sendTransaction(c, tr, env.From, env.To, body, size)
+	reply, err := sendTransaction(c, tr, env.From, env.To, body, size)
 	var refused sendRcptErrors
 	switch {
 	case errors.As(err, &refused):
@@ -55,12 +55,12 @@ func (s *smtpSubmitter) Submit(ctx context.Context, env maildrop.Envelope, body 
 		}
 		err = rcpts
 	case err != nil:
-		return retry.FromError(retry.StageMail, err)
+		return "", retry.FromError(retry.StageMail, err)
 	}
 	if qerr := c.Quit(); qerr != nil && !errors.Is(qerr, net.ErrClosed) {
 		tr.note("QUIT failed: %v", qerr)
 	}
-	return err
+	return reply, err
 }
 
 // pickupTimeout bounds each reply of relayq's own listener to the pickup:

@@ -272,7 +272,11 @@ func TestSendmailWhileRelayqIsDownLeavesMailInTheMaildropAndServeDeliversItOnce(
 	second := startChild(t, cfg)
 	msgs := waitSink(t, dst, 3)
 	second.waitLog(20*time.Second, 3, msgIs("delivered"))
-	second.waitLog(5*time.Second, 3, msgIs("maildrop: submitted"))
+	for _, l := range second.waitLog(5*time.Second, 3, msgIs("maildrop: submitted")) {
+		if reply, _ := l["reply"].(string); !strings.Contains(reply, "queued as") {
+			t.Errorf("maildrop: submitted without relayq's reply: %v", l)
+		}
+	}
 	if files := maildropFiles(t, dropDir); len(files) != 0 {
 		t.Errorf("files left in the maildrop after delivery: %v", files)
 	}

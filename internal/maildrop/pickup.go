@@ -20,12 +20,13 @@ import (
 type Submitter interface {
 	// Submit sends the message, size bytes read from body, from env.From
 	// to every address of env.To, and returns once the intake has
-	// answered. nil means the message is queued (committed) for every
+	// answered, with the text of its reply to the message (relayq's names
+	// the queue ID), for the log. nil means the message is queued (committed) for every
 	// recipient; RecipientErrors means some recipients (or all: then
 	// nothing was queued) were refused and the message is queued for the
 	// others; any other error means it was queued for none, and
 	// retry.FromError says whether for now or for good.
-	Submit(ctx context.Context, env Envelope, body io.Reader, size int64) error
+	Submit(ctx context.Context, env Envelope, body io.Reader, size int64) (string, error)
 }
 
 // Refusal is a recipient a message was not queued for, and the reply that
@@ -171,7 +172,8 @@ func (p *Pickup) take(ctx context.Context, name string) bool {
 	defer m.Close()
 	// A submission is not cut short by a stop: its reply decides whether
 	// the file is removed, and the submitter's timeouts bound it.
-	res := Sort(m.Envelope, p.Submit.Submit(context.WithoutCancel(ctx), m.Envelope, m.Body, m.Size))
+	reply, err := p.Submit.Submit(context.WithoutCancel(ctx), m.Envelope, m.Body, m.Size)
+	res := Sort(m.Envelope, err)
 	log := p.Log.With().Str("file", name).Str("from", m.From).Logger()
 	if len(res.Later) == len(m.To) {
 		if !p.deferring {
@@ -196,7 +198,7 @@ func (p *Pickup) take(ctx context.Context, name string) bool {
 		p.markStuck(name)
 		return true
 	}
-	log.Info().Int("rcpts", len(m.To)-len(res.Later)-len(res.Refused)).Msg("maildrop: submitted")
+	log.Info().Int("rcpts", len(m.To)-len(res.Later)-len(res.Refused)).Str("reply", reply).Msg("maildrop: submitted")
 	return true
 }
 

@@ -32,18 +32,18 @@ type submitted struct {
 	body string
 }
 
-func (f *fakeIntake) Submit(_ context.Context, env Envelope, body io.Reader, size int64) error {
+func (f *fakeIntake) Submit(_ context.Context, env Envelope, body io.Reader, size int64) (string, error) {
 	b, err := io.ReadAll(body)
 	if err != nil || int64(len(b)) != size {
-		return fmt.Errorf("read %d bytes of %d: %v", len(b), size, err)
+		return "", fmt.Errorf("read %d bytes of %d: %v", len(b), size, err)
 	}
 	f.mu.Lock()
 	f.mu.got = append(f.mu.got, submitted{env, string(b)})
 	f.mu.Unlock()
 	if f.answer == nil {
-		return nil
+		return "2.0.0 OK queued as 42", nil
 	}
-	return f.answer(env)
+	return "", f.answer(env)
 }
 
 func (f *fakeIntake) submitted() []submitted {
@@ -85,7 +85,7 @@ func reply(code int, enhanced retry.EnhancedCode, text string) *retry.Reply {
 
 func TestScanSubmitsEachFileOnceOldestFirstAndRemovesIt(t *testing.T) {
 	intake := &fakeIntake{}
-	p, _ := newPickup(t, intake)
+	p, log := newPickup(t, intake)
 	for _, body := range []string{"first\r\n", "second\r\n"} {
 		writeTest(t, p.Dir, Envelope{From: "a@x", To: []string{"b@y"}}, body)
 	}
@@ -98,6 +98,9 @@ func TestScanSubmitsEachFileOnceOldestFirstAndRemovesIt(t *testing.T) {
 	}
 	if left := files(t, p.Dir); len(left) != 0 {
 		t.Errorf("files left after they were queued: %v", left)
+	}
+	if n := strings.Count(log.String(), `"reply":"2.0.0 OK queued as 42"`); n != 2 {
+		t.Errorf("%d submissions logged with the intake's reply, want 2:\n%s", n, log)
 	}
 	p.Scan(t.Context())
 	if n := len(intake.submitted()); n != 2 {
