@@ -19,7 +19,8 @@
 //     (min_backoff <= max_backoff, medium thresholds before high ones, an
 //     smtps listener has a certificate, a submission listener can AUTH, no
 //     open admin API off loopback, ...). It does no I/O: certificate and
-//     password files are read by the code that uses them.
+//     password files are read by the code that uses them, [[dkim]] key
+//     files by internal/dkimsign (at start and by `relayq config check`).
 //   - A Config is a plain value: nothing here keeps state or watches files.
 //     Delivery.RouteFor resolves, for one domain, which [[delivery.route]]
 //     applies (first match wins) with [delivery.smarthost] filled in, so

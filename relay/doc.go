@@ -102,7 +102,8 @@
 //
 // Server.SetPolicy changes, while serving and without closing a
 // connection, the allowed networks, the users, the recipient and hop
-// limits, bare line-ending handling and the connection caps (Policy). The
+// limits, bare line-ending handling, the connection caps and the sending
+// limits (Policy; the limiter's buckets take new limits at once). The
 // policy is one immutable value behind an atomic pointer: the listener
 // loads it once per connection it admits, a session once per command,
 // and a transaction keeps the one it loaded at MAIL until it ends, so
