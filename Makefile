@@ -32,8 +32,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzBodyReader$$' -fuzztime=$(FUZZTIME) ./relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzFastData$$' -fuzztime=$(FUZZTIME) ./relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZTIME) ./queue/
-	$(GO) test -run='^$$' -fuzz='^FuzzDotStuffer$$' -fuzztime=$(FUZZTIME) ./smarthost/
-	$(GO) test -run='^$$' -fuzz='^FuzzReadReply$$' -fuzztime=$(FUZZTIME) ./smarthost/
+	$(GO) test -run='^$$' -fuzz='^FuzzDotStuffer$$' -fuzztime=$(FUZZTIME) ./smarthost/smtpclient/
+	$(GO) test -run='^$$' -fuzz='^FuzzReadReply$$' -fuzztime=$(FUZZTIME) ./smarthost/smtpclient/
 
 clean:
 	rm -rf bin

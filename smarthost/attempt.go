@@ -35,11 +35,11 @@ const maxStaleRetries = 4
 //     handshake or says 421 is given to the circuit breaker, and the next
 //     host is tried; hosts in their cool-down are skipped. A host that
 //     offered STARTTLS and failed the handshake is never tried again in
-//     plaintext within the attempt (RFC 3207 §4, DESIGN.md).
+//     plaintext within the attempt (RFC 3207 §4).
 //   - A 421 4.3.2 (or "too many connections") while other connections to
 //     the destination were open lowers its cap (pool.refused) and sends the
 //     recipients back to the front of the destination's line, to go as
-//     soon as a slot frees: no backoff, no attempt counted (seed 001).
+//     soon as a slot frees: no backoff, no attempt counted.
 //     With no other connection open the refusal is not about our
 //     concurrency, and it counts as the host failing. So does finding the
 //     destination's slots all taken (its cap was lowered since the
@@ -170,12 +170,12 @@ func dialReply(err error) (*retry.Reply, retry.Stage) {
 	return retry.FromError(retry.StageConnect, err), retry.StageConnect
 }
 
-// connect returns the lease's idle connection, or dials target.
-func (w *Worker) connect(ctx context.Context, l *lease, target Target) (*Conn, error) {
+// connect returns the lease's idle session, or dials target.
+func (w *Worker) connect(ctx context.Context, l *lease, target Target) (Session, error) {
 	if l.conn != nil {
 		return l.conn, nil
 	}
-	return Dial(ctx, w.Dialer, target, w.Hostname)
+	return w.Courier.Dial(ctx, target)
 }
 
 // transactions sends t.m to the recipients pending on conn, in as many
@@ -187,7 +187,7 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (*Conn, e
 // recipient was decided, those left for another host, and a non-nil reply
 // if the connection broke (then it must not be reused); err is errGone
 // when the message was deleted meanwhile.
-func (w *Worker) transactions(ctx context.Context, t *tally, conn *Conn, pending []int, ok func()) (decided bool, rest []int, broken *retry.Reply, err error) {
+func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pending []int, ok func()) (decided bool, rest []int, broken *retry.Reply, err error) {
 	m := t.m
 	for len(pending) > 0 {
 		env := envelopeFor(m, pending)
@@ -391,7 +391,7 @@ func (t *tally) wait(i int, reply *retry.Reply, host string, until time.Time) {
 }
 
 // commit writes the attempt's verdicts so far, in one synced batch with the
-// reports they call for (DESIGN.md: one message's whole change is one
+// reports they call for (one message's whole change is one
 // batch): the NDR of the bounced recipients, the "relayed" DSN of those
 // delivered to a next hop without DSN, and the delay warning once the
 // message is older than DelayWarning. It logs each recipient's outcome.

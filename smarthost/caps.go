@@ -8,7 +8,7 @@ import (
 	"relayq/retry"
 )
 
-// lowerCap answers a 421 4.3.2 (seed 001) on l's connection: the
+// lowerCap answers a 421 4.3.2 on l's connection: the
 // destination took fewer connections than were open, so its cap becomes
 // that number minus one, at least 1; the change is logged and stored. l's
 // slot is given back. It reports whether other connections were open: then

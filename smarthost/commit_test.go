@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/queue"
 )
 
@@ -84,7 +85,7 @@ func TestEachTransactionIsCommittedBeforeTheNext(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer restarted.Close()
-	second := startSink(t, sink.Options{})
+	second := smtptest.StartSink(t, sink.Options{})
 	defer runWorker(t, restarted, second, nil)()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -127,7 +128,7 @@ func TestVerdictsReachedAtShutdownAreCommitted(t *testing.T) {
 	inData := make(chan struct{}, 1)
 	release := make(chan struct{})
 	defer close(release)
-	dst := startSink(t, sink.Options{
+	dst := smtptest.StartSink(t, sink.Options{
 		OnRcpt: func(to string) error {
 			if strings.HasPrefix(to, "bad@") {
 				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}

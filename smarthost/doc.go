@@ -1,79 +1,17 @@
-// Package smarthost is the outbound side of relayq: the SMTP client that
-// speaks to next hops (an MX or an upstream smart host) and, around it, the
-// delivery workers that join the queue to that client.
+// Package smarthost is the outbound side of relayq: the delivery scheduler
+// that joins the queue to next hops (an MX or an upstream smart host),
+// routing, connection caps, the circuit breaker and the reports (NDRs).
 //
-// # The client (client.go)
+// # The SMTP client (package smtpclient, courier.go)
 //
-// Dial opens one session to one host: TCP through a caller-supplied Dialer
-// (never go-smtp's Dial, whose 30 s timeout is fixed), the greeting, EHLO
-// (HELO when EHLO is refused, RFC 5321 §3.2), TLS per Target.TLS, then AUTH,
-// all through go-smtp's client. Conn.Send runs one mail transaction on it; a
-// Conn carries any number of transactions, one at a time. The transactions,
-// RSET and QUIT are spoken by pipeline.go over the same connection, never
-// through go-smtp's client again (its reader would be out of step).
-//
-// Invariants and contract:
-//
-//   - Every error is, or wraps, a *retry.Reply: the remote's reply, or a
-//     local one (Local=true) for what no server said: 451 4.4.1 when the
-//     dial or a TLS handshake fails, 451 4.4.2 when the connection drops or
-//     times out, 4.3.5 for a bad Target. Classification is retry's job
-//     (retry.Classify with the stage that DialError and RcptResult carry).
-//   - Send returns exactly one RcptResult per recipient, in order, with a
-//     non-nil Reply, whatever happens, so the caller can record every
-//     recipient's state (DESIGN.md invariant 3). A 2xx result is only ever
-//     the reply after the final "." (RFC 5321 §4.1.1.4): a recipient is never
-//     reported delivered on the strength of its RCPT alone.
-//   - A non-nil error from Send means the connection is unusable (421, I/O
-//     error, timeout, ctx done): Close it, never reuse it. 421 is answered by
-//     closing without QUIT (RFC 5321 §3.8).
-//   - The body is streamed from the caller's reader in 64 KiB chunks and
-//     never held whole (invariant 5). If the reader fails mid-body the
-//     connection is dropped before the final ".", so a truncated message is
-//     never delivered (SMTP has no way to abort DATA, RFC 5321 §4.1.1.4).
-//   - What goes out after the 354 has CRLF line endings only (a bare CR or
-//     LF in the body becomes CRLF) and every line starting with "." has it
-//     doubled (RFC 5321 §4.5.2): nothing in a body can end the DATA early
-//     at the next hop. The body is written in large chunks straight to the
-//     connection, its small last chunk in one write with the final
-//     "\r\n.\r\n" (data.go).
-//   - PIPELINING (RFC 2920): when the next hop offers it, MAIL, every RCPT
-//     and DATA go out in one write and the replies are read in order, so a
-//     one-recipient message takes two writes and two reads (the commands,
-//     then the body and "."). Every reply of a group is checked: a refused
-//     MAIL decides all recipients, each RCPT its own recipient (one accepted
-//     after a "too many recipients" stays in the transaction), a refused
-//     DATA the accepted ones; a 354 with no recipient accepted gets just
-//     "." (§3.1). A group holds at most 100 commands or about 16 KiB, so
-//     that neither side can block on full socket buffers. Without
-//     PIPELINING every command waits for its reply.
-//   - Timeouts: every reply has Target.Timeout (default 5 minutes, RFC 5321
-//     §4.5.3.2), and so has every write: each group of commands, each chunk
-//     of the body (§4.5.3.2.5); the reply to the final "." gets twice the
-//     timeout (§4.5.3.2.6, 10 minutes by default). Cancelling ctx closes the
-//     socket, which aborts whatever is blocked.
-//   - Replies are read with bounded memory: a line of more than 16 KiB or a
-//     reply of more than 64 KiB breaks the connection.
-//   - SIZE (RFC 1870): a message larger than the remote's advertised limit is
-//     not sent at all; every recipient gets a local 552 5.3.4 that names both
-//     sizes, so the NDR can tell the sender the remote's limit (seed 000).
-//   - "Too many recipients" at RCPT (x.5.3, RFC 5321 §4.5.3.1.10): no further
-//     RCPT is sent; the recipients refused with it and the later ones not
-//     yet sent carry the reply and go in the caller's next transaction on
-//     the same Conn.
-//   - TLS: opportunistic mode (RFC 7435) does STARTTLS when offered without
-//     verifying the certificate and continues in plaintext only when
-//     STARTTLS is not offered; a refused STARTTLS or a failed handshake
-//     defers the host instead of falling back on the same connection. The
-//     starttls and implicit modes verify against Target.RootCAs (system roots
-//     when nil) and Target.ServerName (the host of Addr when empty). Data
-//     buffered in plaintext after the 220 to STARTTLS is refused (the
-//     CVE-2011-0411 injection, RFC 3207 §5).
-//   - AUTH (RFC 4954) uses PLAIN, or LOGIN when only LOGIN is offered. It is
-//     attempted in whatever protection the TLS mode gave: with "none" or an
-//     opportunistic session without STARTTLS the password goes in clear,
-//     which the operator chose with the mode.
-//   - A Conn is not safe for concurrent use.
+// Speaking SMTP (dial, TLS, AUTH, PIPELINING, the transaction, the reply
+// reader) is package smtpclient, which knows nothing of the queue; its
+// invariants are stated there. This package uses it only through Courier
+// (open a Session with a Target) and Session (Send a transaction, Addr,
+// Close): smtpCourier is the real one, and a test may script another.
+// Every error is, or wraps, a *retry.Reply; Send returns exactly one
+// RcptResult per recipient; a non-nil error from Send means the session is
+// unusable and is closed, never reused.
 //
 // # Routing (route.go)
 //
@@ -86,7 +24,7 @@
 //     (ConfigRouter.IntN), each host's addresses in turn, at most 10
 //     addresses, port delivery.mx_port. Every lookup, the MX hosts'
 //     addresses included, goes through the configured resolver
-//     (delivery.dns_servers, seed 004). No MX record → implicit MX on the
+//     (delivery.dns_servers). No MX record → implicit MX on the
 //     domain's own addresses; a single null MX (RFC 7505) → 556 5.1.10;
 //     no such domain → 550 5.1.2; a temporary DNS failure → 451 4.4.3; MX
 //     hosts none of which has an address → 451 4.4.4.
@@ -131,7 +69,7 @@
 //
 // # Delivery (attempt.go, plan.go, pool.go, breaker.go, caps.go)
 //
-//   - Caps are caps (DESIGN.md invariant 7): a destination never gets a
+//   - Caps are caps: a destination never gets a
 //     new connection while its open ones (in use, idle and being dialled)
 //     reach its current cap, nor any destination while MaxConns are open
 //     (idle connections to other destinations are closed to make room).
@@ -141,7 +79,7 @@
 //     connections were open, the refused one included, lowers the cap to
 //     n-1 (at least 1) and sends the message to the front of the
 //     destination's line, to go as soon as a delivery of it ends: no
-//     backoff, no attempt counted, at most 8 times in a row (seed 001).
+//     backoff, no attempt counted, at most 8 times in a row.
 //     With no other connection open the refusal is not about our
 //     concurrency: the host is failed like any 421. After RaiseAfter
 //     successful transactions in a row with

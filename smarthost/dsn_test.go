@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -79,8 +80,8 @@ func TestSizePrecheckBouncesAtOnceAndSendsNothing(t *testing.T) {
 // values are dropped without breaking the session; a next hop with DSN
 // answers for NOTIFY=SUCCESS itself, so relayq sends no report.
 func TestDSNParametersPassedOnWhenTheNextHopOffersDSN(t *testing.T) {
-	p := startPeer(t, []string{"DSN", "8BITMIME"}, nil)
-	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.addr)}}, nil)
+	p := smtptest.StartPeer(t, []string{"DSN", "8BITMIME"}, nil)
+	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.Addr)}}, nil)
 	good := h.putEnv(&queue.Envelope{From: "sender@src.invalid", Ret: "FULL", EnvID: "env+1=2",
 		Recipients: []queue.Recipient{
 			{Addr: "a@dst.invalid", Notify: "SUCCESS,FAILURE", ORCPT: "rfc822;Orig+tag@Example.org"},
@@ -94,17 +95,11 @@ func TestDSNParametersPassedOnWhenTheNextHopOffersDSN(t *testing.T) {
 			{Addr: "e@dst.invalid", Notify: "SOMETIMES", ORCPT: "rfc822;a@b\r\nX-Injected: yes"},
 		}}, "Subject: y\r\n\r\ny\r\n")
 	h.waitGone(bad)
-	p.wait(2)
+	p.Wait(2)
 
 	var mailLines, rcptLines []string
-	for n := 1; ; n++ {
-		p.mu.Lock()
-		more := n <= len(p.conns)
-		p.mu.Unlock()
-		if !more {
-			break
-		}
-		for _, l := range p.conn(n).lines {
+	for n := 1; n <= p.Conns(); n++ {
+		for _, l := range p.Conn(n).Lines {
 			switch {
 			case strings.HasPrefix(l, "MAIL"):
 				mailLines = append(mailLines, l)
@@ -140,8 +135,8 @@ func TestDSNParametersPassedOnWhenTheNextHopOffersDSN(t *testing.T) {
 // recipients that asked only, with ORCPT and ENVID; the parameters are not
 // sent to that next hop.
 func TestRelayedDSNWhenTheNextHopLacksDSN(t *testing.T) {
-	p := startPeer(t, nil, nil)
-	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.addr)}}, nil)
+	p := smtptest.StartPeer(t, nil, nil)
+	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.Addr)}}, nil)
 	id := h.putEnv(&queue.Envelope{From: "sender@src.invalid", EnvID: "QQ42",
 		Recipients: []queue.Recipient{
 			{Addr: "a@dst.invalid", Notify: "SUCCESS", ORCPT: "rfc822;A@dst.invalid"},
@@ -149,8 +144,8 @@ func TestRelayedDSNWhenTheNextHopLacksDSN(t *testing.T) {
 			{Addr: "c@dst.invalid", Notify: "FAILURE,DELAY"},
 		}}, "Subject: hello\r\n\r\nx\r\n")
 	h.waitGone(id)
-	msgs := p.wait(2)
-	for _, l := range p.conn(1).lines {
+	msgs := p.Wait(2)
+	for _, l := range p.Conn(1).Lines {
 		if strings.Contains(l, "NOTIFY=") || strings.Contains(l, "ENVID=") {
 			t.Errorf("DSN parameters sent to a next hop without DSN: %q", l)
 		}

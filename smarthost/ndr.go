@@ -22,8 +22,8 @@ const (
 
 // ndrMaker builds the delivery status notifications (RFC 3464) the worker
 // sends: NDRs for failed recipients, delay warnings, and "relayed" reports
-// (RFC 3461 §5.2.2). None is ever made for a message from <> (DESIGN.md
-// invariant 4: never bounce a bounce), and each recipient's NOTIFY decides
+// (RFC 3461 §5.2.2). None is ever made for a message from <> (never
+// bounce a bounce), and each recipient's NOTIFY decides
 // whether it is included (RFC 3461 §4.1; no NOTIFY means FAILURE,DELAY).
 type ndrMaker struct {
 	hostname string
@@ -227,5 +227,5 @@ func notifies(notify, kind string) bool {
 
 // DoubleBounces is how many failed recipients of messages from <> (NDRs and
 // other reports that could not be delivered) were logged and dropped, never
-// bounced (DESIGN.md invariant 4), since the worker started.
+// bounced (never a bounce of a bounce), since the worker started.
 func (w *Worker) DoubleBounces() int64 { return w.doubleBounces.Load() }

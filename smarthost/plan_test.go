@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"relayq/internal/smtptest"
 	"relayq/queue"
 )
 
@@ -15,7 +16,7 @@ import (
 // would try nothing would leave it: the hosts' reply, due when the
 // cool-down ends; and no host is dialled for it.
 func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
-	dead := closedAddr(t)
+	dead := smtptest.ClosedAddr(t)
 	dialer := &recordingDialer{}
 	var logs *logBuffer
 	h := startHarness(t, nil, smarthostRouter([]string{dead}), func(w *Worker) {

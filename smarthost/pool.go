@@ -24,7 +24,7 @@ const (
 // pool holds the connections to every destination and enforces the caps:
 // never more than the destination's current cap open to one destination
 // (in use, idle or being dialled), never more than total open in all
-// (DESIGN.md invariant 7). It also keeps what was learned about each
+// (caps are caps). It also keeps what was learned about each
 // destination: the cap a 421 4.3.2 taught, and its slow raise on success.
 type pool struct {
 	maxPerDest  int
@@ -69,7 +69,7 @@ const (
 )
 
 type idleConn struct {
-	c     *Conn
+	c     Session
 	since time.Time
 }
 
@@ -88,11 +88,11 @@ func (p *pool) destLocked(name string) *destination {
 	return d
 }
 
-// lease is the right to use one connection slot of a destination. Conn is
-// an idle connection handed over for reuse, or nil: then the holder dials.
+// lease is the right to use one connection slot of a destination. conn is
+// an idle session handed over for reuse, or nil: then the holder dials.
 type lease struct {
 	dest *destination
-	conn *Conn
+	conn Session
 }
 
 // tryAcquire returns a lease on a slot of name: an idle connection if
@@ -102,7 +102,7 @@ type lease struct {
 // (sched), so nil means the cap was lowered meanwhile, and the message
 // goes back to the destination's line.
 func (p *pool) tryAcquire(name string) *lease {
-	var stale []*Conn
+	var stale []Session
 	p.mu.Lock()
 	l := p.takeLocked(p.destLocked(name), &stale)
 	p.mu.Unlock()
@@ -143,7 +143,7 @@ func (p *pool) capOf(name string) int {
 // takeLocked returns a lease on an idle connection or a free slot of d, or
 // nil. Idle connections past the idle timeout go to stale, to be closed
 // outside the lock.
-func (p *pool) takeLocked(d *destination, stale *[]*Conn) *lease {
+func (p *pool) takeLocked(d *destination, stale *[]Session) *lease {
 	for len(d.idle) > 0 {
 		ic := d.idle[len(d.idle)-1]
 		d.idle = d.idle[:len(d.idle)-1]
@@ -175,7 +175,7 @@ func (p *pool) takeLocked(d *destination, stale *[]*Conn) *lease {
 
 // stealIdleLocked closes the oldest idle connection of a destination other
 // than d, returning it (to be closed outside the lock), or nil if none.
-func (p *pool) stealIdleLocked(d *destination) *Conn {
+func (p *pool) stealIdleLocked(d *destination) Session {
 	var victim *destination
 	for _, o := range p.mu.dests {
 		if o != d && len(o.idle) > 0 && (victim == nil || o.idle[0].since.Before(victim.idle[0].since)) {
@@ -194,7 +194,7 @@ func (p *pool) stealIdleLocked(d *destination) *Conn {
 
 // release gives the slot back: keep c idle for reuse if it is usable and
 // the destination is within its cap, else close it.
-func (p *pool) release(l *lease, c *Conn, reusable bool) {
+func (p *pool) release(l *lease, c Session, reusable bool) {
 	p.mu.Lock()
 	d := l.dest
 	d.used = p.now()
@@ -225,13 +225,13 @@ type capChange struct {
 	max      int // the configured maximum then
 }
 
-// refused answers a 421 4.3.2 (seed 001) on l's connection: the destination
+// refused answers a 421 4.3.2 on l's connection: the destination
 // took fewer connections than were open, so its cap becomes that number
 // minus one (at least 1), counted before l's slot is given back. The slot
 // is given back (l's connection, if any, is the caller's to close), and
 // idle connections beyond the new cap are closed.
 func (p *pool) refused(l *lease, r *retry.Reply) capChange {
-	var stale []*Conn
+	var stale []Session
 	p.mu.Lock()
 	d := l.dest
 	ch := capChange{open: d.open, from: d.cap}
@@ -291,7 +291,7 @@ func (p *pool) succeeded(l *lease) capChange {
 // Worker.SetMaxConnsPerDest). Idle connections beyond a lowered cap are
 // closed; release closes busy ones when they come back.
 func (p *pool) setMax(n int) {
-	var stale []*Conn
+	var stale []Session
 	p.mu.Lock()
 	old := p.maxPerDest
 	p.maxPerDest = n
@@ -382,7 +382,7 @@ func (p *pool) snapshot() []DestinationStatus {
 // reap closes connections idle longer than the idle timeout, and forgets
 // destinations unused for long that have nothing learned to remember.
 func (p *pool) reap() {
-	var stale []*Conn
+	var stale []Session
 	p.mu.Lock()
 	now := p.now()
 	for name, d := range p.mu.dests {
@@ -408,7 +408,7 @@ func (p *pool) reap() {
 
 // closeIdle closes every idle connection (at shutdown).
 func (p *pool) closeIdle() {
-	var all []*Conn
+	var all []Session
 	p.mu.Lock()
 	for _, d := range p.mu.dests {
 		for _, ic := range d.idle {

@@ -8,9 +8,7 @@ import (
 	"io"
 	"mime"
 	"mime/multipart"
-	"net"
 	"net/mail"
-	"net/textproto"
 	"strings"
 	"sync"
 	"testing"
@@ -19,244 +17,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/queue"
 	"relayq/retry"
 )
-
-// turn is what a peer script sees of one command.
-type turn struct {
-	conn  int    // the connection's number, from 1
-	verb  string // GREETING, EHLO, MAIL, RCPT, DATA, "." (after the data), RSET, …
-	line  string // the command line as received
-	from  string // the transaction's MAIL FROM address, "" for <>
-	rcpts int    // RCPTs accepted in the transaction so far
-}
-
-// peer is a scripted next hop speaking raw SMTP, for what a go-smtp hook
-// cannot express (a 421 greeting, a 421 to DATA or EHLO, a connection
-// dropped mid-dialogue) and to see the exact MAIL and RCPT lines. script
-// returns the reply for a turn: "" for the default (accept), "DROP" to
-// close the connection without a word. After a 421 the peer keeps reading
-// until the client hangs up, and records what it still said.
-type peer struct {
-	t      *testing.T
-	addr   string
-	ext    []string // EHLO keywords, e.g. "SIZE 1000", "DSN"
-	script func(turn) string
-
-	mu      sync.Mutex
-	conns   []*peerConn
-	msgs    []sink.Message
-	changed chan struct{}
-}
-
-type peerConn struct {
-	lines     []string // every command line received
-	after421  []string // those received after a 421 (the client must hang up)
-	sent421   bool
-	quitAfter bool // QUIT came after the 421
-	ended     bool // the handler returned: the client hung up (or QUIT, or DROP)
-}
-
-func startPeer(t *testing.T, ext []string, script func(turn) string) *peer {
-	t.Helper()
-	p := &peer{t: t, ext: ext, script: script, changed: make(chan struct{})}
-	p.addr = acceptLoop(t, 20*time.Second, func(c net.Conn) func() {
-		p.mu.Lock()
-		pc := &peerConn{}
-		p.conns = append(p.conns, pc)
-		n := len(p.conns)
-		p.mu.Unlock()
-		return func() {
-			p.serve(textproto.NewConn(c), n, pc)
-			p.mu.Lock()
-			pc.ended = true
-			p.mu.Unlock()
-		}
-	})
-	return p
-}
-
-func (p *peer) reply(tu turn, def string) string {
-	if p.script != nil {
-		if r := p.script(tu); r != "" {
-			return r
-		}
-	}
-	return def
-}
-
-func (p *peer) serve(tp *textproto.Conn, n int, pc *peerConn) {
-	send := func(r string) bool {
-		if r == "DROP" {
-			return false
-		}
-		tp.W.WriteString(strings.ReplaceAll(r, "\n", "\r\n") + "\r\n")
-		tp.W.Flush()
-		if strings.HasPrefix(r, "421") {
-			p.mu.Lock()
-			pc.sent421 = true
-			p.mu.Unlock()
-		}
-		return true
-	}
-	if !send(p.reply(turn{conn: n, verb: "GREETING"}, "220 peer.test ESMTP")) {
-		return
-	}
-	var (
-		from  string
-		rcpts []string
-	)
-	for {
-		line, err := tp.ReadLine()
-		if err != nil {
-			return
-		}
-		verb := strings.ToUpper(strings.Fields(line + " ")[0])
-		p.mu.Lock()
-		pc.lines = append(pc.lines, line)
-		if pc.sent421 {
-			pc.after421 = append(pc.after421, line)
-			pc.quitAfter = pc.quitAfter || verb == "QUIT"
-			p.mu.Unlock()
-			continue // say nothing more: the client must hang up
-		}
-		p.mu.Unlock()
-		tu := turn{conn: n, verb: verb, line: line, from: from, rcpts: len(rcpts)}
-		var def string
-		switch verb {
-		case "EHLO":
-			ls := append([]string{"peer.test"}, p.ext...)
-			for i, l := range ls {
-				sep := "-"
-				if i == len(ls)-1 {
-					sep = " "
-				}
-				def += "250" + sep + l
-				if i < len(ls)-1 {
-					def += "\n"
-				}
-			}
-		case "MAIL":
-			tu.from = addrIn(line)
-			def = "250 2.1.0 ok"
-		case "RCPT":
-			def = "250 2.1.5 ok"
-		case "DATA":
-			def = "354 go on"
-		case "QUIT":
-			send("221 2.0.0 bye")
-			return
-		default:
-			def = "250 2.0.0 ok"
-		}
-		r := p.reply(tu, def)
-		if !send(r) {
-			return
-		}
-		switch {
-		case verb == "MAIL" && strings.HasPrefix(r, "2"):
-			from, rcpts = tu.from, nil
-		case verb == "RCPT" && strings.HasPrefix(r, "2"):
-			rcpts = append(rcpts, addrIn(line))
-		case verb == "RSET":
-			from, rcpts = "", nil
-		case verb == "DATA" && strings.HasPrefix(r, "354"):
-			data, err := tp.ReadDotBytes()
-			if err != nil {
-				return
-			}
-			tu.verb, tu.rcpts = ".", len(rcpts)
-			final := p.reply(tu, "250 2.0.0 queued")
-			if !send(final) {
-				return
-			}
-			if strings.HasPrefix(final, "2") {
-				p.mu.Lock()
-				p.msgs = append(p.msgs, sink.Message{From: from, To: rcpts, Data: data, At: time.Now()})
-				close(p.changed)
-				p.changed = make(chan struct{})
-				p.mu.Unlock()
-			}
-			from, rcpts = "", nil
-		}
-	}
-}
-
-// addrIn returns the address between the first < and > of a command line.
-func addrIn(line string) string {
-	i, j := strings.IndexByte(line, '<'), strings.IndexByte(line, '>')
-	if i < 0 || j < i {
-		return ""
-	}
-	return line[i+1 : j]
-}
-
-// wait returns the accepted messages once there are at least n.
-func (p *peer) wait(n int) []sink.Message {
-	p.t.Helper()
-	return p.waitUntil(func(msgs []sink.Message) bool { return len(msgs) >= n })
-}
-
-// waitUntil returns the accepted messages once done says so of them.
-func (p *peer) waitUntil(done func([]sink.Message) bool) []sink.Message {
-	p.t.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		p.mu.Lock()
-		msgs, changed := append([]sink.Message(nil), p.msgs...), p.changed
-		p.mu.Unlock()
-		if done(msgs) {
-			return msgs
-		}
-		select {
-		case <-changed:
-		case <-timeout:
-			p.t.Fatalf("the peer's %d messages are not what the test waits for", len(msgs))
-		}
-	}
-}
-
-// conn returns a copy of what connection n (from 1) saw.
-func (p *peer) conn(n int) peerConn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n > len(p.conns) {
-		p.t.Fatalf("peer saw %d connections, want at least %d", len(p.conns), n)
-	}
-	return *p.conns[n-1]
-}
-
-// closedWithoutQuit waits until connection n is closed by the client and
-// checks that, after the 421, it sent nothing (no QUIT: RFC 5321 §3.8).
-func (p *peer) closedWithoutQuit(n int) {
-	p.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c := p.conn(n)
-		if !c.sent421 {
-			p.t.Fatalf("connection %d got no 421", n)
-		}
-		if len(c.after421) > 0 {
-			p.t.Fatalf("after the 421 the client said %q, want it to hang up", c.after421)
-		}
-		if p.hungUp(n) {
-			return
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("the client kept connection %d open after a 421", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// hungUp reports whether the peer's handler for connection n has returned:
-// after a 421 it reads until the client closes the connection.
-func (p *peer) hungUp(n int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.conns[n-1].ended
-}
 
 // peerRouter routes every domain to the peer, except those in fail, whose
 // Route returns that error (a fake of the project's own Router).
@@ -369,10 +133,10 @@ func humanPart(t *testing.T, data []byte) string {
 // caps_test.go, the MX and DNS rows in mx_test.go.
 func TestReplyTableEndToEnd(t *testing.T) {
 	const sender = "sender@src.invalid"
-	notNDR := func(tu turn) bool { return tu.from != "" }
-	at := func(verb, reply string) func(turn) string {
-		return func(tu turn) string {
-			if tu.conn == 1 && tu.verb == verb {
+	notNDR := func(tu smtptest.Turn) bool { return tu.From != "" }
+	at := func(verb, reply string) func(smtptest.Turn) string {
+		return func(tu smtptest.Turn) string {
+			if tu.Conn == 1 && tu.Verb == verb {
 				return reply
 			}
 			return ""
@@ -380,10 +144,10 @@ func TestReplyTableEndToEnd(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		script func(turn) string
+		script func(smtptest.Turn) string
 		rcpts  []string
-		target func(p *peer) Target // nil: the peer, plaintext
-		fail   map[string]error     // domains the router fails
+		target func(p *smtptest.Peer) Target // nil: the peer, plaintext
+		fail   map[string]error              // domains the router fails
 		// After the first attempt, for each of rcpts: "" delivered,
 		// "defer <reply prefix>" or "bounce <NDR status>".
 		want    []string
@@ -407,8 +171,8 @@ func TestReplyTableEndToEnd(t *testing.T) {
 			want: []string{"defer 554 5.7.1"}, no421: true},
 
 		{name: "452 4.5.3 splits the recipients into more transactions", no421: true,
-			script: func(tu turn) string {
-				if tu.verb == "RCPT" && tu.rcpts >= 2 {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "RCPT" && tu.Rcpts >= 2 {
 					return "452 4.5.3 Too many recipients"
 				}
 				return ""
@@ -416,56 +180,56 @@ func TestReplyTableEndToEnd(t *testing.T) {
 			rcpts: []string{"r1@dst.invalid", "r2@dst.invalid", "r3@dst.invalid", "r4@dst.invalid", "r5@dst.invalid"},
 			want:  []string{"", "", "", "", ""}},
 		{name: "552 at RCPT is temporary", no421: true,
-			script: func(tu turn) string {
-				if tu.verb == "RCPT" {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "RCPT" {
 					return "552 5.2.2 mailbox full"
 				}
 				return ""
 			},
 			want: []string{"defer 552 5.2.2"}},
 		{name: "552 5.3.4 after the data bounces at once", no421: true, ndrRcpt: 1,
-			script: func(tu turn) string {
-				if tu.verb == "." && notNDR(tu) {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "." && notNDR(tu) {
 					return "552 5.3.4 Message size exceeds fixed maximum message size"
 				}
 				return ""
 			},
 			want: []string{"bounce 5.3.4"}},
 		{name: "552 5.2.3 after the data bounces at once", no421: true, ndrRcpt: 1,
-			script: func(tu turn) string {
-				if tu.verb == "." && notNDR(tu) {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "." && notNDR(tu) {
 					return "552 5.2.3 message exceeds the recipient's limit"
 				}
 				return ""
 			},
 			want: []string{"bounce 5.2.3"}},
 		{name: "552 4.3.1 with a size text after the data bounces as 5.3.4 (seed 000)", no421: true, ndrRcpt: 1,
-			script: func(tu turn) string {
-				if tu.verb == "." && notNDR(tu) {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "." && notNDR(tu) {
 					return "552 4.3.1 Message size exceeds fixed maximum message"
 				}
 				return ""
 			},
 			want: []string{"bounce 5.3.4"}},
 		{name: "451 at RCPT defers with backoff", no421: true,
-			script: func(tu turn) string {
-				if tu.verb == "RCPT" {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "RCPT" {
 					return "451 4.3.0 try again later"
 				}
 				return ""
 			},
 			want: []string{"defer 451 4.3.0"}},
 		{name: "450 after the data defers with backoff", no421: true,
-			script: func(tu turn) string {
-				if tu.verb == "." {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "." {
 					return "450 4.2.0 greylisted, come back later"
 				}
 				return ""
 			},
 			want: []string{"defer 450 4.2.0"}},
 		{name: "550 5.1.1 at RCPT bounces that recipient only", no421: true, ndrRcpt: 1,
-			script: func(tu turn) string {
-				if tu.verb == "RCPT" && strings.Contains(tu.line, "<gone@") {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "RCPT" && strings.Contains(tu.Line, "<gone@") {
 					return "550 5.1.1 <gone@dst.invalid>: Recipient address rejected: User unknown"
 				}
 				return ""
@@ -473,8 +237,8 @@ func TestReplyTableEndToEnd(t *testing.T) {
 			rcpts: []string{"gone@dst.invalid", "here@dst.invalid"},
 			want:  []string{"bounce 5.1.1", ""}},
 		{name: "554 5.7.1 at MAIL bounces every recipient in one NDR", no421: true, ndrRcpt: 2,
-			script: func(tu turn) string {
-				if tu.verb == "MAIL" && !strings.Contains(tu.line, "<>") {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "MAIL" && !strings.Contains(tu.Line, "<>") {
 					return "554 5.7.1 sender blocked"
 				}
 				return ""
@@ -482,26 +246,26 @@ func TestReplyTableEndToEnd(t *testing.T) {
 			rcpts: []string{"a@dst.invalid", "b@dst.invalid"},
 			want:  []string{"bounce 5.7.1", "bounce 5.7.1"}},
 		{name: "554 to DATA bounces", no421: true, ndrRcpt: 1,
-			script: func(tu turn) string {
-				if tu.verb == "DATA" && notNDR(tu) {
+			script: func(tu smtptest.Turn) string {
+				if tu.Verb == "DATA" && notNDR(tu) {
 					return "554 5.6.0 content rejected"
 				}
 				return ""
 			},
 			want: []string{"bounce 5.6.0"}},
 		{name: "a dropped connection defers with 4.4.2", no421: true,
-			script: func(tu turn) string {
-				if tu.conn == 1 && tu.verb == "RCPT" {
+			script: func(tu smtptest.Turn) string {
+				if tu.Conn == 1 && tu.Verb == "RCPT" {
 					return "DROP"
 				}
 				return ""
 			},
 			want: []string{"defer 451 4.4.2"}},
 		{name: "connection refused defers with 4.4.1", no421: true,
-			target: func(*peer) Target { return peerTarget(closedAddr(t)) },
+			target: func(*smtptest.Peer) Target { return peerTarget(smtptest.ClosedAddr(t)) },
 			want:   []string{"defer 451 4.4.1"}},
 		{name: "TLS required but STARTTLS not offered defers with 4.4.1", no421: true,
-			target: func(p *peer) Target { tg := peerTarget(p.addr); tg.TLS = TLSStartTLS; return tg },
+			target: func(p *smtptest.Peer) Target { tg := peerTarget(p.Addr); tg.TLS = TLSStartTLS; return tg },
 			want:   []string{"defer 451 4.4.1"}},
 		{name: "a temporary DNS failure defers with 4.4.3", no421: true,
 			fail: map[string]error{"dst.invalid": &retry.Reply{Code: 451, Enhanced: retry.CodeDNSTemp, Text: "DNS lookup failed: SERVFAIL", Local: true}},
@@ -515,8 +279,8 @@ func TestReplyTableEndToEnd(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := startPeer(t, []string{"8BITMIME"}, tt.script)
-			target := peerTarget(p.addr)
+			p := smtptest.StartPeer(t, []string{"8BITMIME"}, tt.script)
+			target := peerTarget(p.Addr)
 			if tt.target != nil {
 				target = tt.target(p)
 			}
@@ -560,12 +324,12 @@ func TestReplyTableEndToEnd(t *testing.T) {
 				h.waitGone(id)
 			}
 			if !tt.no421 {
-				p.closedWithoutQuit(1)
+				p.ClosedWithoutQuit(1)
 			}
 
 			var msgs []sink.Message
 			var got []string
-			p.waitUntil(func(ms []sink.Message) bool {
+			p.WaitUntil(func(ms []sink.Message) bool {
 				msgs, got = ms, nil
 				ndr := false
 				for _, m := range ms {
@@ -606,33 +370,21 @@ func TestReplyTableEndToEnd(t *testing.T) {
 	}
 }
 
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 func Test421AtTheGreetingTriesTheNextHost(t *testing.T) {
-	first := startPeer(t, nil, func(tu turn) string {
-		if tu.verb == "GREETING" {
+	first := smtptest.StartPeer(t, nil, func(tu smtptest.Turn) string {
+		if tu.Verb == "GREETING" {
 			return "421 4.3.0 first.test going down"
 		}
 		return ""
 	})
-	second := startPeer(t, nil, nil)
-	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(first.addr), peerTarget(second.addr)}}, func(w *Worker) {
+	second := smtptest.StartPeer(t, nil, nil)
+	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(first.Addr), peerTarget(second.Addr)}}, func(w *Worker) {
 		w.Backoff = retry.Backoff{Min: time.Hour, Max: time.Hour}
 	})
 	id := h.put("a@src.invalid", "b@dst.invalid")
-	msgs := second.wait(1) // at once, not after the hour's backoff
+	msgs := second.Wait(1) // at once, not after the hour's backoff
 	h.waitGone(id)
-	first.closedWithoutQuit(1)
+	first.ClosedWithoutQuit(1)
 	if msgs[0].To[0] != "b@dst.invalid" {
 		t.Errorf("second host got %v", msgs[0].To)
 	}
@@ -642,17 +394,17 @@ func Test421AtTheGreetingTriesTheNextHost(t *testing.T) {
 // data is permanent (the basic code decides), reported as 5.3.1, and the
 // worker's log line says why.
 func TestClassMismatchBasicCodeDecidesAndTheLogSaysSo(t *testing.T) {
-	p := startPeer(t, nil, func(tu turn) string {
-		if tu.verb == "." && tu.from != "" {
+	p := smtptest.StartPeer(t, nil, func(tu smtptest.Turn) string {
+		if tu.Verb == "." && tu.From != "" {
 			return "552 4.3.1 Insufficient system resources"
 		}
 		return ""
 	})
 	var logs *logBuffer
-	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.addr)}}, func(w *Worker) { logs = captureLog(t, w) })
+	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.Addr)}}, func(w *Worker) { logs = captureLog(t, w) })
 	id := h.put("a@src.invalid", "b@dst.invalid")
 	h.waitGone(id)
-	_, rep := ndrFor(t, p.wait(1), id)
+	_, rep := ndrFor(t, p.Wait(1), id)
 	if got := rep.recipients[0].Get("Status"); got != "5.3.1" {
 		t.Errorf("NDR Status %q, want 5.3.1 (basic class, enhanced subject and detail)", got)
 	}
@@ -676,8 +428,8 @@ func TestClassMismatchBasicCodeDecidesAndTheLogSaysSo(t *testing.T) {
 func TestExpiryNDRSaysHowLongHowOftenAndTheLastReply(t *testing.T) {
 	var mu sync.Mutex
 	tries := 0
-	p := startPeer(t, nil, func(tu turn) string {
-		if tu.verb == "RCPT" && tu.from != "" {
+	p := smtptest.StartPeer(t, nil, func(tu smtptest.Turn) string {
+		if tu.Verb == "RCPT" && tu.From != "" {
 			mu.Lock()
 			defer mu.Unlock()
 			tries++
@@ -685,13 +437,13 @@ func TestExpiryNDRSaysHowLongHowOftenAndTheLastReply(t *testing.T) {
 		}
 		return ""
 	})
-	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.addr)}}, func(w *Worker) {
+	h := startHarness(t, nil, &peerRouter{targets: []Target{peerTarget(p.Addr)}}, func(w *Worker) {
 		w.Lifetime = 400 * time.Millisecond
 		w.Backoff = retry.Backoff{Min: 30 * time.Millisecond, Max: 30 * time.Millisecond}
 	})
 	id := h.put("sender@src.invalid", "slow@dst.invalid")
 	h.waitGone(id)
-	ndr, rep := ndrFor(t, p.wait(1), id)
+	ndr, rep := ndrFor(t, p.Wait(1), id)
 	r := rep.recipients[0]
 	mu.Lock()
 	n := tries

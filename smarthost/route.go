@@ -33,7 +33,7 @@ var codeMXUnusable = retry.EnhancedCode{4, 4, 4}
 type ConfigRouter struct {
 	delivery atomic.Pointer[config.Delivery]
 	// Resolver looks up MX records and the MX hosts' addresses; nil means
-	// net.DefaultResolver. It is delivery.dns_servers (seed 004).
+	// net.DefaultResolver. It is delivery.dns_servers.
 	Resolver *net.Resolver
 	// Timeout bounds each SMTP command on the routes' connections.
 	Timeout time.Duration
@@ -91,8 +91,8 @@ func (r *ConfigRouter) Route(ctx context.Context, domain string) (*Route, error)
 // included, so the dialer is handed addresses, never names.
 //
 // The destination, for caps and connection reuse, is the MX set: two
-// domains served by the same hosts share one cap, as the per-source limit
-// of seed 001 is the hosts'.
+// domains served by the same hosts share one cap, as a per-source limit
+// is the hosts'.
 func (r *ConfigRouter) mx(ctx context.Context, domain string, port int, mode TLSMode, insecure bool) (*Route, error) {
 	res := r.Resolver
 	if res == nil {

@@ -15,6 +15,7 @@ import (
 
 	"relayq/config"
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/queue"
 )
 
@@ -135,7 +136,7 @@ func TestRouteForSubdomainsWinsOverTheSmarthost(t *testing.T) {
 
 func TestConfigChangeAppliesToMailAlreadyQueued(t *testing.T) {
 	// The smart host first configured takes nothing (no one listens).
-	deadAddr := closedAddr(t)
+	deadAddr := smtptest.ClosedAddr(t)
 	good, err := sink.Start(sink.Options{})
 	if err != nil {
 		t.Fatal(err)

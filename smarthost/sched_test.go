@@ -10,6 +10,7 @@ import (
 
 	"relayq/config"
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -21,7 +22,7 @@ import (
 // other messages wait in its line, not in slots of MaxConns.
 func TestSlowDestinationDoesNotHoldUpTheOthers(t *testing.T) {
 	release, stuck := make(chan struct{}), make(chan struct{}, 1)
-	slow := startSink(t, sink.Options{MaxConns: 1, OnData: func(*sink.Message) error {
+	slow := smtptest.StartSink(t, sink.Options{MaxConns: 1, OnData: func(*sink.Message) error {
 		select {
 		case stuck <- struct{}{}:
 		default:
@@ -33,7 +34,7 @@ func TestSlowDestinationDoesNotHoldUpTheOthers(t *testing.T) {
 		return nil
 	}})
 	defer close(release) // before the sink closes (cleanups run after)
-	healthy := startSink(t, sink.Options{})
+	healthy := smtptest.StartSink(t, sink.Options{})
 	router := smarthostRouter([]string{healthy.Addr()}, config.Route{Domains: []string{"slow.invalid"}, Via: "smarthost", Hosts: []string{slow.Addr()}, TLS: config.TLSNone})
 	h := pausedHarness(t, nil, router, func(w *Worker) {
 		w.MaxConns, w.MaxConnsPerDest = 4, 4

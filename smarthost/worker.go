@@ -73,8 +73,11 @@ func (s *Static) Route(context.Context, string) (*Route, error) { return (*Route
 // reply with retry, and commits the result: the one loop of
 // relay → queue → smarthost worker → retry → queue.
 type Worker struct {
-	Queue    Queue
-	Router   Router
+	Queue  Queue
+	Router Router
+	// Courier opens the sessions with next hops; nil: the SMTP client
+	// (smtpclient), dialling through Dialer and greeting as Hostname.
+	Courier  Courier
 	Dialer   Dialer // nil: a net.Dialer with a 30 s timeout
 	Hostname string // EHLO name, NDR Reporting-MTA
 	// Backoff, Lifetime and DelayWarning are the initial retry timings;
@@ -329,6 +332,9 @@ func (w *Worker) defaults() {
 	if w.Dialer == nil {
 		w.Dialer = &net.Dialer{Timeout: 30 * time.Second}
 	}
+	if w.Courier == nil {
+		w.Courier = smtpCourier{dialer: w.Dialer, hello: w.Hostname}
+	}
 	if w.MaxConns <= 0 {
 		w.MaxConns = 200
 	}
@@ -453,7 +459,7 @@ func (w *Worker) Hosts() []HostStatus {
 
 // attempt makes one delivery attempt of the message of j, taken from the
 // line of from: every pending recipient, grouped by destination, each
-// transaction's outcome committed when it ends (DESIGN.md invariant 2).
+// transaction's outcome committed when it ends, before anything else.
 // The group of from's destination goes first, on the slot the scheduler
 // gave j; another destination's group is delivered at once if that one
 // has a slot free, else the message joins its line and the attempt ends

@@ -1,4 +1,4 @@
-package smarthost
+package smtpclient
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/textproto"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/retry"
 )
 
@@ -24,16 +24,6 @@ const (
 	hello       = "relay.test.localhost"
 	msgBody     = "From: a@example.org\r\nSubject: test\r\n\r\nhello\r\n"
 )
-
-func startSink(t *testing.T, opts sink.Options) *sink.Server {
-	t.Helper()
-	s, err := sink.Start(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
 
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -112,7 +102,7 @@ func smtpErr(code int, e1, e2, e3 int, text string) error {
 }
 
 func TestTwoMessagesOnOneConn(t *testing.T) {
-	s := startSink(t, sink.Options{})
+	s := smtptest.StartSink(t, sink.Options{})
 	c := mustDial(t, target(s.Addr(), TLSNone))
 	for i := range 2 {
 		res, err := send(t, c, env(fmt.Sprintf("r%d@example.net", i), "x@example.net"))
@@ -208,7 +198,7 @@ func TestPerRecipientResults(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := startSink(t, tt.opts)
+			s := smtptest.StartSink(t, tt.opts)
 			c := mustDial(t, target(s.Addr(), TLSNone))
 			res, err := send(t, c, env(tt.rcpts...))
 			checkResults(t, res, tt.wants...)
@@ -251,19 +241,19 @@ func TestTooManyRecipientsLeavesTheRestForTheNextTransaction(t *testing.T) {
 	rcpts := []string{"1@x.example", "2@x.example", "3@x.example", "4@x.example"}
 	tooMany := want{452, "4.5.3", retry.StageRcpt, false}
 	t.Run("lock-step: no RCPT after the 452", func(t *testing.T) {
-		p := startPeer(t, nil, func(tu turn) string {
-			if tu.verb == "RCPT" && tu.rcpts >= 2 {
+		p := smtptest.StartPeer(t, nil, func(tu smtptest.Turn) string {
+			if tu.Verb == "RCPT" && tu.Rcpts >= 2 {
 				return "452 4.5.3 Too many recipients"
 			}
 			return ""
 		})
-		c := mustDial(t, peerTarget(p.addr))
+		c := mustDial(t, peerTarget(p.Addr))
 		res, err := send(t, c, env(rcpts...))
 		if err != nil {
 			t.Fatal(err)
 		}
 		checkResults(t, res, delivered(), delivered(), tooMany, tooMany)
-		if got := strings.Join(p.verbs(1), " "); got != "MAIL RCPT RCPT RCPT DATA" {
+		if got := strings.Join(verbs(p, 1), " "); got != "MAIL RCPT RCPT RCPT DATA" {
 			t.Errorf("the peer read %s, want no RCPT after the 452", got)
 		}
 		res, err = send(t, c, env(rcpts[2:]...))
@@ -271,13 +261,13 @@ func TestTooManyRecipientsLeavesTheRestForTheNextTransaction(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkResults(t, res, delivered(), delivered())
-		if msgs := p.wait(2); strings.Join(msgs[1].To, ",") != "3@x.example,4@x.example" {
+		if msgs := p.Wait(2); strings.Join(msgs[1].To, ",") != "3@x.example,4@x.example" {
 			t.Errorf("the peer got %+v", msgs)
 		}
 	})
 	t.Run("pipelined: every RCPT sent in the group", func(t *testing.T) {
 		var calls atomic.Int32
-		s := startSink(t, sink.Options{OnRcpt: func(string) error {
+		s := smtptest.StartSink(t, sink.Options{OnRcpt: func(string) error {
 			if calls.Add(1) > 2 {
 				return smtpErr(452, 4, 5, 3, "Too many recipients")
 			}
@@ -305,7 +295,7 @@ func TestTooManyRecipientsLeavesTheRestForTheNextTransaction(t *testing.T) {
 }
 
 func TestSizePrecheckSendsNothing(t *testing.T) {
-	s := startSink(t, sink.Options{MaxSize: 1000})
+	s := smtptest.StartSink(t, sink.Options{MaxSize: 1000})
 	c := mustDial(t, target(s.Addr(), TLSNone))
 	if c.MaxSize() != 1000 {
 		t.Fatalf("MaxSize() = %d", c.MaxSize())
@@ -380,7 +370,7 @@ func TestTLSModes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := startSink(t, tt.sink)
+			s := smtptest.StartSink(t, tt.sink)
 			c, err := Dial(testCtx(t), &net.Dialer{}, tt.target(s.Addr()), hello)
 			if tt.wantErr != "" {
 				checkReply(t, err, 451, tt.wantErr, true)
@@ -431,7 +421,7 @@ func TestAuth(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := startSink(t, tt.sink)
+			s := smtptest.StartSink(t, tt.sink)
 			tg := target(s.Addr(), tt.mode)
 			tg.RootCAs, tg.Username, tg.Password = roots, tt.user, tt.pass
 			c, err := Dial(testCtx(t), &net.Dialer{}, tg, hello)
@@ -461,10 +451,10 @@ func TestAuth(t *testing.T) {
 }
 
 func TestDialFailures(t *testing.T) {
-	closed := closedAddr(t)
+	closed := smtptest.ClosedAddr(t)
 
 	silent := rawServer(t, func(*textproto.Conn) {}) // accepts and never greets
-	full := startSink(t, sink.Options{MaxConns: 1})
+	full := smtptest.StartSink(t, sink.Options{MaxConns: 1})
 	mustDial(t, target(full.Addr(), TLSNone)) // takes the only slot
 
 	tests := []struct {
@@ -494,7 +484,7 @@ func TestDialFailures(t *testing.T) {
 
 func TestContextCancellationAbortsAStuckTransaction(t *testing.T) {
 	release := make(chan struct{})
-	s := startSink(t, sink.Options{OnData: func(*sink.Message) error { <-release; return nil }})
+	s := smtptest.StartSink(t, sink.Options{OnData: func(*sink.Message) error { <-release; return nil }})
 	t.Cleanup(func() { close(release) }) // runs before the sink closes
 	c := mustDial(t, target(s.Addr(), TLSNone))
 
@@ -527,7 +517,7 @@ func (r *failingReader) Read(p []byte) (int, error) {
 }
 
 func TestBodyReadErrorDropsTheConnectionBeforeTheDot(t *testing.T) {
-	s := startSink(t, sink.Options{})
+	s := smtptest.StartSink(t, sink.Options{})
 	c := mustDial(t, target(s.Addr(), TLSNone))
 	res, err := c.Send(testCtx(t), env("a@x.example"), &failingReader{n: 100 << 10})
 	checkReply(t, err, 451, "4.3.0", true)
@@ -547,7 +537,7 @@ func TestBodyReadErrorDropsTheConnectionBeforeTheDot(t *testing.T) {
 }
 
 func TestResetKeepsTheConnUsable(t *testing.T) {
-	s := startSink(t, sink.Options{MaxSize: 4096})
+	s := smtptest.StartSink(t, sink.Options{MaxSize: 4096})
 	c := mustDial(t, target(s.Addr(), TLSNone))
 	if err := c.Reset(); err != nil {
 		t.Fatal(err)
@@ -590,51 +580,12 @@ func TestParseTLSMode(t *testing.T) {
 // go-smtp server cannot be made to do; handle gets each connection.
 func rawServer(t *testing.T, handle func(*textproto.Conn)) string {
 	t.Helper()
-	return acceptLoop(t, testTimeout, func(conn net.Conn) func() {
+	return smtptest.AcceptLoop(t, testTimeout, func(conn net.Conn) func() {
 		handle(textproto.NewConn(conn))
 		// Wait for the client to hang up, so handle's last words arrive.
 		io.Copy(io.Discard, conn)
 		return nil
 	})
-}
-
-// acceptLoop listens on a loopback port and accepts connections until the
-// test ends, when it closes the listener and waits for every handler.
-// accepted is called in the accept loop, in turn, with each connection,
-// under a deadline of d; the function it returns, if any, then serves the
-// connection in its own goroutine. The connection is closed when that
-// function (or, without one, accepted) returns. It returns the address.
-func acceptLoop(t *testing.T, d time.Duration, accepted func(net.Conn) func()) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.SetDeadline(time.Now().Add(d))
-			serve := accepted(c)
-			if serve == nil {
-				c.Close()
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				serve()
-			}()
-		}
-	}()
-	return l.Addr().String()
 }
 
 // script answers commands with canned replies until QUIT or EOF.
@@ -722,3 +673,6 @@ func TestScriptedPeers(t *testing.T) {
 		checkResults(t, res, want{451, "4.4.2", retry.StageBody, true})
 	})
 }
+
+// peerTarget is a plaintext target for a smtptest.Peer.
+func peerTarget(addr string) Target { return target(addr, TLSNone) }

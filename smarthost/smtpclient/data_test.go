@@ -1,4 +1,4 @@
-package smarthost
+package smtpclient
 
 import (
 	"bufio"
@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 )
 
 // textprotoWire is the reference for what goes on the wire after the 354:
@@ -151,7 +152,7 @@ func TestBodiesArriveByteIdenticalThroughARealSink(t *testing.T) {
 	}
 	for _, mode := range []TLSMode{TLSNone, TLSStartTLS} {
 		t.Run(string(mode), func(t *testing.T) {
-			s := startSink(t, sink.Options{TLS: srvTLS})
+			s := smtptest.StartSink(t, sink.Options{TLS: srvTLS})
 			tg := target(s.Addr(), mode)
 			tg.RootCAs = roots
 			c := mustDial(t, tg) // every body on the one connection
@@ -202,7 +203,7 @@ func (d *countingDialer) DialContext(ctx context.Context, network, addr string) 
 }
 
 func TestSmallBodyGoesOutInOneWriteWithTheDot(t *testing.T) {
-	s := startSink(t, sink.Options{})
+	s := smtptest.StartSink(t, sink.Options{})
 	var d countingDialer
 	c, err := Dial(testCtx(t), &d, target(s.Addr(), TLSNone), hello)
 	if err != nil {

@@ -1,4 +1,4 @@
-package smarthost
+package smtpclient
 
 import (
 	"bufio"
@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/retry"
 )
 
@@ -46,7 +47,7 @@ type pipeOpts struct {
 func startPipeServer(t *testing.T, o pipeOpts) *pipeServer {
 	t.Helper()
 	s := &pipeServer{opts: o}
-	s.addr = acceptLoop(t, 20*time.Second, func(c net.Conn) func() {
+	s.addr = smtptest.AcceptLoop(t, 20*time.Second, func(c net.Conn) func() {
 		if o.sockBuf > 0 {
 			c.(*net.TCPConn).SetReadBuffer(o.sockBuf)
 			c.(*net.TCPConn).SetWriteBuffer(o.sockBuf)
@@ -89,7 +90,7 @@ func (s *pipeServer) serve(tp *textproto.Conn) {
 		case "RCPT":
 			reply = "250 2.1.5 " + s.opts.rcptText
 			s.mu.Lock()
-			s.rcpts = append(s.rcpts, addrIn(line))
+			s.rcpts = append(s.rcpts, smtptest.AddrIn(line))
 			s.mu.Unlock()
 		case "DATA":
 			reply = "354 go on"
@@ -207,10 +208,10 @@ func TestPipeliningSendsMailRcptsAndDataInOneWrite(t *testing.T) {
 }
 
 // pipePeer is the scripted peer of replies_test.go, offering PIPELINING.
-func pipePeer(t *testing.T, script func(turn) string) (*peer, *Conn) {
+func pipePeer(t *testing.T, script func(smtptest.Turn) string) (*smtptest.Peer, *Conn) {
 	t.Helper()
-	p := startPeer(t, []string{"PIPELINING", "8BITMIME"}, script)
-	c := mustDial(t, peerTarget(p.addr))
+	p := smtptest.StartPeer(t, []string{"PIPELINING", "8BITMIME"}, script)
+	c := mustDial(t, peerTarget(p.Addr))
 	if !c.ext.pipelining {
 		t.Fatal("the peer's PIPELINING was not seen")
 	}
@@ -218,9 +219,9 @@ func pipePeer(t *testing.T, script func(turn) string) (*peer, *Conn) {
 }
 
 // verbs returns the verbs of connection n's lines from the first MAIL on.
-func (p *peer) verbs(n int) []string {
+func verbs(p *smtptest.Peer, n int) []string {
 	var out []string
-	for _, l := range p.conn(n).lines {
+	for _, l := range p.Conn(n).Lines {
 		v := strings.ToUpper(strings.Fields(l + " ")[0])
 		if v == "MAIL" || len(out) > 0 {
 			out = append(out, v)
@@ -235,14 +236,14 @@ func TestPipelinedReplies(t *testing.T) {
 		userUnknown = "550 5.1.1 no such user"
 		tooMany     = "452 4.5.3 too many recipients"
 	)
-	rcptIs := func(tu turn, prefix string) bool {
-		return tu.verb == "RCPT" && strings.HasPrefix(addrIn(tu.line), prefix)
+	rcptIs := func(tu smtptest.Turn, prefix string) bool {
+		return tu.Verb == "RCPT" && strings.HasPrefix(smtptest.AddrIn(tu.Line), prefix)
 	}
 	tests := []struct {
 		name   string
 		from   string // "" = a@example.org
 		rcpts  []string
-		script func(turn) string
+		script func(smtptest.Turn) string
 		wants  []want
 		verbs  []string // the commands of the transaction, as the peer read them
 		gotTo  []string // the recipients of the message the peer took; nil = none taken
@@ -251,13 +252,13 @@ func TestPipelinedReplies(t *testing.T) {
 		{
 			name: "MAIL refused: every recipient gets its reply, the RCPT and DATA replies are read and ignored",
 			from: "denied@example.org", rcpts: []string{"a@x.example", "b@x.example"},
-			script: func(tu turn) string {
+			script: func(tu smtptest.Turn) string {
 				switch {
-				case tu.verb == "MAIL" && strings.Contains(tu.line, "<denied@"):
+				case tu.Verb == "MAIL" && strings.Contains(tu.Line, "<denied@"):
 					return mailRefused
-				case tu.verb == "RCPT" && tu.from == "":
+				case tu.Verb == "RCPT" && tu.From == "":
 					return "503 5.5.1 MAIL first"
-				case tu.verb == "DATA" && tu.rcpts == 0:
+				case tu.Verb == "DATA" && tu.Rcpts == 0:
 					return "503 5.5.1 RCPT first"
 				}
 				return ""
@@ -268,7 +269,7 @@ func TestPipelinedReplies(t *testing.T) {
 		{
 			name:  "one RCPT refused among several: the others delivered",
 			rcpts: []string{"a@x.example", "bad@x.example", "c@x.example"},
-			script: func(tu turn) string {
+			script: func(tu smtptest.Turn) string {
 				if rcptIs(tu, "bad") {
 					return userUnknown
 				}
@@ -281,11 +282,11 @@ func TestPipelinedReplies(t *testing.T) {
 		{
 			name:  "every RCPT refused and DATA 554: no body, RSET",
 			rcpts: []string{"bad1@x.example", "bad2@x.example"},
-			script: func(tu turn) string {
+			script: func(tu smtptest.Turn) string {
 				switch {
 				case rcptIs(tu, "bad"):
 					return userUnknown
-				case tu.verb == "DATA" && tu.rcpts == 0:
+				case tu.Verb == "DATA" && tu.Rcpts == 0:
 					return "554 5.5.1 no valid recipients"
 				}
 				return ""
@@ -296,7 +297,7 @@ func TestPipelinedReplies(t *testing.T) {
 		{
 			name:  "every RCPT refused and DATA 354 anyway: just the dot, recipients keep their RCPT replies",
 			rcpts: []string{"bad1@x.example", "bad2@x.example"},
-			script: func(tu turn) string {
+			script: func(tu smtptest.Turn) string {
 				if rcptIs(tu, "bad") {
 					return userUnknown
 				}
@@ -309,7 +310,7 @@ func TestPipelinedReplies(t *testing.T) {
 		{
 			name:  "452 4.5.3 in the middle: a later recipient accepted anyway is delivered in this transaction",
 			rcpts: []string{"r1@x.example", "r2@x.example", "r3@x.example", "r4@x.example"},
-			script: func(tu turn) string {
+			script: func(tu smtptest.Turn) string {
 				if rcptIs(tu, "r2") || rcptIs(tu, "r4") {
 					return tooMany
 				}
@@ -322,17 +323,17 @@ func TestPipelinedReplies(t *testing.T) {
 		{
 			name:  "multi-line replies keep the dialogue in step",
 			rcpts: []string{"a@x.example", "bad@x.example"},
-			script: func(tu turn) string {
+			script: func(tu smtptest.Turn) string {
 				switch {
-				case tu.verb == "MAIL":
+				case tu.Verb == "MAIL":
 					return "250-2.1.0 sender\n250 2.1.0 ok"
 				case rcptIs(tu, "bad"):
 					return "550-5.1.1 no such user\n550-5.1.1 here\n550 5.1.1 at all"
-				case tu.verb == "RCPT":
+				case tu.Verb == "RCPT":
 					return "250-2.1.5 recipient\n250 2.1.5 ok"
-				case tu.verb == "DATA":
+				case tu.Verb == "DATA":
 					return "354-go\n354 on"
-				case tu.verb == ".":
+				case tu.Verb == ".":
 					return "250-2.0.0 queued\n250 2.0.0 as 42"
 				}
 				return ""
@@ -354,7 +355,7 @@ func TestPipelinedReplies(t *testing.T) {
 				t.Fatalf("Send: %v", err)
 			}
 			checkResults(t, res, tt.wants...)
-			if got := p.verbs(1); !slices.Equal(got, tt.verbs) {
+			if got := verbs(p, 1); !slices.Equal(got, tt.verbs) {
 				t.Errorf("the peer read %v, want %v", got, tt.verbs)
 			}
 			// The Conn is in step for the next transaction.
@@ -363,9 +364,9 @@ func TestPipelinedReplies(t *testing.T) {
 				t.Fatalf("next Send: %v", err)
 			}
 			checkResults(t, res, delivered())
-			msgs := p.wait(1)
+			msgs := p.Wait(1)
 			if tt.gotTo != nil || tt.empty {
-				msgs = p.wait(2)
+				msgs = p.Wait(2)
 				first := msgs[0]
 				if tt.empty && (len(first.To) != 0 || len(first.Data) != 0) {
 					t.Errorf("the peer took %d bytes to %v, want an empty message to nobody", len(first.Data), first.To)
@@ -386,11 +387,11 @@ func TestPipelinedReplies(t *testing.T) {
 // its lines joined, the enhanced code of each taken off (RFC 2034 §4), and
 // the 250 after the dot keeps the remote's whole text.
 func TestPipelinedMultiLineRepliesText(t *testing.T) {
-	_, c := pipePeer(t, func(tu turn) string {
+	_, c := pipePeer(t, func(tu smtptest.Turn) string {
 		switch {
-		case tu.verb == "RCPT" && strings.HasPrefix(addrIn(tu.line), "bad"):
+		case tu.Verb == "RCPT" && strings.HasPrefix(smtptest.AddrIn(tu.Line), "bad"):
 			return "550-5.1.1 no such user\n550-5.1.1 here\n550 5.1.1 at all"
-		case tu.verb == ".":
+		case tu.Verb == ".":
 			return "250-2.0.0 queued\n250 2.0.0 as 42"
 		}
 		return ""
@@ -412,8 +413,8 @@ func TestPipelinedMultiLineRepliesText(t *testing.T) {
 // hangs up without QUIT (RFC 5321 §3.8). The peer still reads what was
 // already sent in the group, and nothing more.
 func Test421AtARcptOfAPipelinedGroupBreaksTheConn(t *testing.T) {
-	p, c := pipePeer(t, func(tu turn) string {
-		if tu.verb == "RCPT" && strings.HasPrefix(addrIn(tu.line), "b@") {
+	p, c := pipePeer(t, func(tu smtptest.Turn) string {
+		if tu.Verb == "RCPT" && strings.HasPrefix(smtptest.AddrIn(tu.Line), "b@") {
 			return "421 4.3.0 closing"
 		}
 		return ""
@@ -427,15 +428,15 @@ func Test421AtARcptOfAPipelinedGroupBreaksTheConn(t *testing.T) {
 	}
 	c.Close()
 	deadline := time.Now().Add(5 * time.Second)
-	for !p.hungUp(1) {
+	for !p.HungUp(1) {
 		if time.Now().After(deadline) {
 			t.Fatal("the client kept the connection open after a 421")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	pc := p.conn(1)
-	if want := []string{"RCPT TO:<c@x.example>", "DATA"}; !slices.Equal(pc.after421, want) || pc.quitAfter {
-		t.Errorf("after the 421 the peer read %q, want only the rest of the group %q", pc.after421, want)
+	pc := p.Conn(1)
+	if want := []string{"RCPT TO:<c@x.example>", "DATA"}; !slices.Equal(pc.After421, want) || pc.QuitAfter {
+		t.Errorf("after the 421 the peer read %q, want only the rest of the group %q", pc.After421, want)
 	}
 }
 
@@ -532,13 +533,13 @@ func BenchmarkSend(b *testing.B) {
 // our own code: RSET (with no EHLO after it; a reply of only its code is
 // a reply, RFC 5321 §4.2), then QUIT, and the connection is closed.
 func TestResetAndCloseSayRSETAndQUIT(t *testing.T) {
-	p := startPeer(t, []string{"PIPELINING"}, func(tu turn) string {
-		if tu.verb == "RSET" {
+	p := smtptest.StartPeer(t, []string{"PIPELINING"}, func(tu smtptest.Turn) string {
+		if tu.Verb == "RSET" {
 			return "250"
 		}
 		return ""
 	})
-	c := mustDial(t, peerTarget(p.addr))
+	c := mustDial(t, peerTarget(p.Addr))
 	if err := c.Reset(); err != nil {
 		t.Fatalf("Reset: %v", err)
 	}
@@ -551,14 +552,14 @@ func TestResetAndCloseSayRSETAndQUIT(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for !p.hungUp(1) {
+	for !p.HungUp(1) {
 		if time.Now().After(deadline) {
 			t.Fatal("the connection is still open after Close")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	var verbs []string
-	for _, l := range p.conn(1).lines {
+	for _, l := range p.Conn(1).Lines {
 		verbs = append(verbs, strings.Fields(l)[0])
 	}
 	if got := strings.Join(verbs, " "); got != "EHLO RSET MAIL RCPT DATA QUIT" {

@@ -1,4 +1,4 @@
-package smarthost
+package smtpclient
 
 import (
 	"bytes"
@@ -28,7 +28,7 @@ import (
 const (
 	// bodyChunk is how much of the body is read at a time: the queue's
 	// chunk size, so one read takes one stored chunk. The body is never
-	// held whole (DESIGN.md invariant 5).
+	// held whole (memory does not grow with message size).
 	bodyChunk = 64 << 10
 	// maxHeld bounds the end of a body that is left in Conn.out (copied)
 	// to go out with whatever the transaction writes next; a longer one is

@@ -1,4 +1,4 @@
-package smarthost
+package smtpclient
 
 import (
 	"bufio"

@@ -1,4 +1,4 @@
-package smarthost
+package smtpclient
 
 import (
 	"bufio"
@@ -173,8 +173,7 @@ func Dial(ctx context.Context, d Dialer, t Target, hello string) (*Conn, error) 
 //
 // It reads the greeting itself, and for STARTTLS also says the first EHLO,
 // because go-smtp exports no StartTLS and its NewClientStartTLS says "EHLO
-// localhost" and fails when STARTTLS is not offered (DESIGN.md go-smtp
-// gotchas). go-smtp's client is then handed a connection that replays the
+// localhost" and fails when STARTTLS is not offered. go-smtp's client is then handed a connection that replays the
 // greeting, and says EHLO itself (again, after STARTTLS: RFC 3207 §4.2 wants
 // the client to forget what it learnt before TLS).
 func (c *Conn) open(ctx context.Context, t Target, host string) (retry.Stage, error) {
@@ -307,7 +306,7 @@ func (c *Conn) startTLS(ctx context.Context, tp *textproto.Conn, t Target, host 
 }
 
 // handshake runs the TLS client handshake on c.raw. Failures are local
-// 451 4.4.1: the host is deferred and the next one tried (DESIGN.md).
+// 451 4.4.1: the host is deferred and the next one tried.
 func (c *Conn) handshake(ctx context.Context, t Target, host string, verify bool) (*tls.Conn, error) {
 	cfg := &tls.Config{
 		// go-smtp does not fill it in for a client made with NewClient.
@@ -608,8 +607,9 @@ func (c *Conn) rcptCheck(rcpt string) *retry.Reply {
 	return nil
 }
 
-// Reset sends RSET, used before reusing a connection that sat idle. An error
-// means: Close and redial.
+// Reset sends RSET (RFC 5321 §4.1.1.5), which ends any transaction the
+// peer still holds open. An error means the connection is unusable: Close
+// it.
 func (c *Conn) Reset() error {
 	if c.broken || c.closed || c.r == nil {
 		return localReply(451, 4, 4, 2, "connection already closed")
