@@ -23,7 +23,7 @@ test:
 race:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
 
-## fuzz: run each of the five fuzz targets for a while (FUZZTIME=30s)
+## fuzz: run each fuzz target for a while (FUZZTIME=30s)
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseReply$$' -fuzztime=$(FUZZTIME) ./retry/
@@ -33,6 +33,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzFastData$$' -fuzztime=$(FUZZTIME) ./relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZTIME) ./queue/
 	$(GO) test -run='^$$' -fuzz='^FuzzDotStuffer$$' -fuzztime=$(FUZZTIME) ./smarthost/smtpclient/
+	$(GO) test -run='^$$' -fuzz='^FuzzOpen$$' -fuzztime=$(FUZZTIME) ./internal/maildrop/
 	$(GO) test -run='^$$' -fuzz='^FuzzReadReply$$' -fuzztime=$(FUZZTIME) ./smarthost/smtpclient/
 
 clean:
