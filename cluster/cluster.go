@@ -20,7 +20,8 @@ import (
 type Limits interface {
 	// Acquire takes a connection lease for dest if the connections held
 	// by all nodes are below min(cap, the learned cap); ErrAtCap if not.
-	// The lease is renewed in the background until Release.
+	// A cap below 1 counts as 1. The lease is renewed in the background
+	// until Release.
 	Acquire(ctx context.Context, dest string, cap int) (*Lease, error)
 	// Release gives the lease back; the connection it stood for is closed
 	// (or about to be). Releasing twice does nothing.
@@ -126,6 +127,7 @@ type Client struct {
 	keys  keys
 	token string // makes this process's lease members unique
 
+	base context.Context // New's context without its cancellation, for the loop
 	stop chan struct{}
 	done chan struct{}
 
@@ -133,6 +135,7 @@ type Client struct {
 		sync.Mutex
 		seq      uint64
 		degraded bool
+		episodes uint64                         // times degraded was entered
 		leases   map[string]map[*Lease]struct{} // by destination
 		local    local
 		caps     map[string]capEntry
@@ -174,6 +177,7 @@ func New(ctx context.Context, o Options) (*Client, error) {
 		rdb:   redis.NewClient(ro),
 		keys:  keys{prefix: "relayq:{" + o.Name + "}:"},
 		token: hex.EncodeToString(tok[:]),
+		base:  context.WithoutCancel(ctx),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
@@ -187,13 +191,12 @@ func New(ctx context.Context, o Options) (*Client, error) {
 
 // Close stops the background loop, releases the leases still held and
 // closes the connections to Redis.
-func (c *Client) Close() error {
+func (c *Client) Close(ctx context.Context) error {
 	c.halt()
 	c.mu.Lock()
 	held := c.heldLocked(false)
 	c.mu.leases = map[string]map[*Lease]struct{}{}
 	c.mu.Unlock()
-	ctx := context.Background()
 	_ = c.do(ctx, func(ctx context.Context) error {
 		p := c.rdb.Pipeline()
 		for dest, members := range held {
@@ -227,6 +230,14 @@ func (c *Client) Degraded() bool {
 	return c.mu.degraded
 }
 
+// Episodes counts the times the client became degraded, for metrics (a
+// counter: episodes shorter than a scrape still show).
+func (c *Client) Episodes() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.episodes
+}
+
 // errDegraded is do's answer when Redis is not even tried.
 var errDegraded = errors.New("cluster: degraded")
 
@@ -258,6 +269,9 @@ func (c *Client) enterDegraded(err error) {
 	c.mu.Lock()
 	was := c.mu.degraded
 	c.mu.degraded = true
+	if !was {
+		c.mu.episodes++
+	}
 	for _, set := range c.mu.leases {
 		for l := range set {
 			l.inRedis = false
@@ -275,7 +289,7 @@ func (c *Client) enterDegraded(err error) {
 // it renews the leases; every heartbeatEvery it writes the heartbeat.
 func (c *Client) loop() {
 	defer close(c.done)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(c.base)
 	defer cancel()
 	tick := time.NewTicker(c.opt.CapRefresh)
 	defer tick.Stop()

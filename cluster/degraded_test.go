@@ -66,6 +66,11 @@ func TestRedisDownFallbackAndRecovery(t *testing.T) {
 	if w := logs.count("warn"); w != len(nodes) {
 		t.Errorf("%d warnings after recovery, want still 3", w)
 	}
+	for _, n := range nodes {
+		if e := n.Episodes(); e != 1 {
+			t.Errorf("%s: %d degraded episodes, want 1", n.opt.Node, e)
+		}
+	}
 }
 
 // A Redis that hangs (stopped, connections open) costs a call at most the
@@ -98,7 +103,7 @@ func TestStartWithRedisDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	if !c.Degraded() {
 		t.Fatal("not degraded with Redis down")
 	}
@@ -137,5 +142,22 @@ func TestCooldownsShared(t *testing.T) {
 	clock.Add(time.Minute)
 	if got := nodes[0].Cooldown(ctx, "mx2.example.com"); !got.IsZero() {
 		t.Errorf("Cooldown at its end = %v, want none", got)
+	}
+}
+
+// The fallback divides the learned cap, not the configured one, when a
+// lower cap was learned before Redis went away.
+func TestFallbackUsesLearnedCap(t *testing.T) {
+	srv := redistest.Start(t)
+	nodes := newNodes(t, srv, 2, Options{ExpectedNodes: 3, CapRefresh: 50 * time.Millisecond})
+	ctx := context.Background()
+	nodes[0].PublishCap(ctx, "d", 6)
+	if got := nodes[1].LearnedCap(ctx, "d"); got != 6 {
+		t.Fatalf("LearnedCap = %d, want 6", got)
+	}
+	srv.Kill()
+	waitFor(t, "degraded", 5*time.Second, nodes[1].Degraded)
+	if got := len(acquireAll(t, nodes[1], "d", 20, 30)); got != 2 {
+		t.Errorf("degraded with a learned cap of 6 over 3 nodes: %d leases, want 2", got)
 	}
 }

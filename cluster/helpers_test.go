@@ -63,7 +63,7 @@ func newNodes(t *testing.T, srv *redistest.Server, n int, o Options, logs ...*sy
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = c.Close() })
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
 		// The first dial may take longer than the 50 ms timeout on a
 		// loaded machine; the client then starts degraded and recovers.
 		waitFor(t, oi.Node+" shares limits with Redis up", 5*time.Second, func() bool { return !c.Degraded() })

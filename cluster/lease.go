@@ -28,6 +28,7 @@ func (c *Client) Acquire(ctx context.Context, dest string, cap int) (*Lease, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	cap = max(cap, 1) // a destination with no connection at all would never drain
 	l := c.newLease(dest)
 	now := c.opt.Now()
 	granted := false
