@@ -48,8 +48,16 @@ type Limits interface {
 
 var _ Limits = (*Client)(nil)
 
-// ErrAtCap is Acquire's answer when the destination has no free connection.
+// ErrAtCap is Acquire's answer when the destination has no free
+// connection. Leases freed on other nodes are not announced: ask again
+// after RetryAtCap, or sooner when this node releases one for the same
+// destination.
 var ErrAtCap = errors.New("cluster: destination at its connection cap")
+
+// RetryAtCap is how long a destination at its cluster-wide cap waits
+// before Acquire is asked again: one round trip per blocked destination
+// and node every 200 ms.
+const RetryAtCap = 200 * time.Millisecond
 
 // Defaults of Options' zero values. They are properties of the protocol
 // between nodes, not tuning knobs, so they are not configuration keys.
