@@ -59,3 +59,7 @@ require (
 	golang.org/x/tools v0.51.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// go-smtp with one fix: a message of exactly MaxMessageBytes octets is
+// accepted (third_party/go-smtp/RELAYQ.md).
+replace github.com/emersion/go-smtp => ./third_party/go-smtp

@@ -75,12 +75,14 @@
 // The hop count is of the Received fields the message arrived with, in its
 // header section; relayq's own is not counted.
 //
-// The size limit counts the octets the client transmits after the 354, minus
-// dot-stuffing, as RFC 1870 §3 defines message size; the Received header
-// relayq adds and the CRs it inserts are not counted. go-smtp v0.25.1
-// refuses a message of exactly MaxMessageSize octets (its DATA reader errs
-// once its budget reaches zero, before it sees the end marker), so in effect
-// the largest accepted message is one octet smaller than the advertised SIZE.
+// The size limit counts the octets the client transmits after the 354,
+// CRLFs included, minus dot-stuffing and the final ".", as RFC 1870 §3
+// defines message size; the Received header relayq adds and the CRs it
+// inserts are not counted. A message of exactly MaxMessageSize octets, the
+// SIZE advertised, is accepted and one more octet is not, whichever reader
+// takes the body: the fast path, or go-smtp's, which relayq builds from a
+// copy patched for this (third_party/go-smtp: v0.25.1 refused exactly the
+// limit, its budget spent before it saw the end-of-data line).
 //
 // # Connections
 //

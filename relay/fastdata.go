@@ -49,7 +49,8 @@ import (
 // bare CR or LF does not start a line. It fails with go-smtp's errors: the
 // input line length limit (smtp.ErrTooLongLine, counted like go-smtp's
 // lineLimitReader) and the message size (smtp.ErrDataTooLarge once more
-// than max bytes were decoded). Reads of the socket go through
+// than max bytes were decoded; exactly max and then the end-of-data line
+// is a whole message). Reads of the socket go through
 // trackedConn's sliding deadline. TestFastDataReadsLikeGoSMTP and
 // FuzzFastData hold relay to this against a real go-smtp server.
 
@@ -156,8 +157,7 @@ func (f *fastData) Read(p []byte) (int, error) {
 	}
 	if f.limited {
 		if f.max <= 0 {
-			f.err = smtp.ErrDataTooLarge
-			return 0, f.err
+			return 0, f.atLimit()
 		}
 		if int64(len(p)) > f.max {
 			p = p[:f.max]
@@ -188,6 +188,35 @@ func (f *fastData) Read(p []byte) (int, error) {
 		return n, nil // the error comes with the next Read
 	}
 	return n, f.err
+}
+
+// atLimit is Read once max bytes have been decoded: a message of exactly
+// max octets is within the limit (RFC 1870 §4), so the end-of-data line
+// may still follow, at the start of a line; anything else is
+// smtp.ErrDataTooLarge. go-smtp's reader, as relayq builds it
+// (third_party/go-smtp), decides the same on the same bytes.
+func (f *fastData) atLimit() error {
+	f.err = smtp.ErrDataTooLarge
+	if f.state == stBeginLine && string(f.peek(3)) == ".\r\n" {
+		f.off += 3
+		f.err = io.EOF
+	}
+	return f.err
+}
+
+// peek returns the next n bytes of the socket without consuming them,
+// fewer if the socket fails first.
+func (f *fastData) peek(n int) []byte {
+	for len(f.raw)-f.off < n {
+		buf := (*f.bufp)[:fastChunk]
+		kept := copy(buf, f.raw[f.off:])
+		m, err := f.c.readRaw(buf[kept:])
+		f.raw, f.off = buf[:kept+m], 0
+		if m == 0 && err != nil {
+			break
+		}
+	}
+	return f.raw[f.off:min(len(f.raw), f.off+n)]
 }
 
 // decode moves bytes from raw to dst and returns how many it wrote. It

@@ -218,55 +218,92 @@ func TestSizeParamAboveLimitGets552_5_3_4AtMail(t *testing.T) {
 	if !strings.HasPrefix(msg, "5.3.4 ") {
 		t.Errorf("reply 552 %s, want 552 5.3.4", msg)
 	}
-	r.cmd("MAIL FROM:<s@example.org> SIZE="+strconv.FormatInt(cfg.MaxMessageSize-1, 10), 250)
+	// RFC 1870 §4: SIZE is the largest message accepted.
+	r.cmd("MAIL FROM:<s@example.org> SIZE="+strconv.FormatInt(cfg.MaxMessageSize, 10), 250)
 }
 
-func TestBodySizeLimitAfterData(t *testing.T) {
+// TestBodySizeLimitCountsOctetsAsRFC1870 sends messages around the limit
+// by each way a body is read: relay's fast path (DATA, the 354, then the
+// body), go-smtp's reader in the clear (the body sent with DATA) and
+// inside TLS (after STARTTLS). RFC 1870 counts a message as the client
+// sends it, CRLFs included, without the dot-stuffing and the final ".":
+// exactly the limit is accepted, one octet more gets 552 5.3.4. Every line
+// of these messages but the first starts with a dot, stuffed on the wire.
+func TestBodySizeLimitCountsOctetsAsRFC1870(t *testing.T) {
 	const limit = 64 << 10
-	tests := []struct {
+	paths := []struct {
+		name          string
+		tls, withData bool
+	}{
+		{"fast path", false, false},
+		{"go-smtp reader, body sent with DATA", false, true},
+		{"go-smtp reader inside TLS", true, false},
+	}
+	sizes := []struct {
 		name string
 		size int // octets of the message the client sends
 		want int
 	}{
-		{"one under the limit is accepted", limit - 1, 250},
-		{"one over the limit is refused", limit + 1, 552},
-		// go-smtp v0.25.1's DATA reader errs when its budget reaches zero,
-		// before it sees the end marker (doc.go); this pins that quirk so
-		// an upgrade that fixes it shows up here.
-		{"exactly the limit is refused by go-smtp", limit, 552},
-		{"far over the limit is refused", 4 * limit, 552},
+		{"one under the limit", limit - 1, 250},
+		{"exactly the limit", limit, 250},
+		{"one over the limit", limit + 1, 552},
+		{"far over the limit", 4 * limit, 552},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			q := &memQueue{}
-			cfg := testConfig()
-			cfg.MaxMessageSize = limit
-			_, addr := startServer(t, cfg, q)
-			r := dialRaw(t, addr, "")
-			r.cmd("MAIL FROM:<s@example.org>", 250)
-			r.cmd("RCPT TO:<x@example.com>", 250)
-			r.cmd("DATA", 354)
-			r.send(message(tt.size) + ".\r\n")
-			code, msg := r.reply()
-			if code != tt.want {
-				t.Fatalf("got %d %s, want %d", code, msg, tt.want)
-			}
-			if code == 552 {
-				if msg != "5.3.4 Message size exceeds fixed maximum message size" {
-					t.Errorf("reply text %q", msg)
+	for _, p := range paths {
+		for _, sz := range sizes {
+			t.Run(p.name+"/"+sz.name, func(t *testing.T) {
+				q := &memQueue{}
+				cfg, clientTLS := authConfig(t)
+				cfg.MaxMessageSize = limit
+				srv, addr := startServer(t, cfg, q)
+				r := dialRaw(t, addr, "")
+				if p.tls {
+					r.startTLS(clientTLS)
+					r.cmd("EHLO client.test", 250)
 				}
-				if n := len(q.messages()); n != 0 {
-					t.Fatalf("%d messages queued after 552", n)
+				msg := strings.ReplaceAll(message(sz.size), "\r\nx", "\r\n.")
+				sendMessage(r, dotStuff(msg), p.withData)
+				code, text := r.reply()
+				if code != sz.want {
+					t.Fatalf("%d-octet message: got %d %s, want %d", sz.size, code, text, sz.want)
 				}
-			}
-			// The rest of the refused body was drained: the session is in step.
-			r.cmd("MAIL FROM:<s@example.org>", 250)
-			r.cmd("RCPT TO:<x@example.com>", 250)
-			r.cmd("DATA", 354)
-			r.send("Subject: small\r\n\r\nok\r\n.\r\n")
-			r.expect(250)
-		})
+				if fast := srv.fastBodies.Load() == 1; fast != (!p.tls && !p.withData) {
+					t.Errorf("read by the fast path: %v", fast)
+				}
+				if code == 250 {
+					if got := afterReceived(t, q.only(t).body); string(got) != msg {
+						t.Fatalf("queued %d octets, not the %d sent", len(got), len(msg))
+					}
+				} else {
+					if text != "5.3.4 Message size exceeds fixed maximum message size" {
+						t.Errorf("reply text %q", text)
+					}
+					if n := len(q.messages()); n != 0 {
+						t.Fatalf("%d messages queued after 552", n)
+					}
+				}
+				// The rest of the body was drained: the session is in step.
+				sendMessage(r, "Subject: small\r\n\r\nok\r\n", p.withData)
+				r.expect(250)
+			})
+		}
 	}
+}
+
+// sendMessage gives the envelope and the wire form of a message, with the
+// DATA command in the same write when withData (before the 354, so that
+// go-smtp reads the body), and leaves the reply to the body unread.
+func sendMessage(r *rawConn, wire string, withData bool) {
+	r.t.Helper()
+	r.cmd("MAIL FROM:<s@example.org>", 250)
+	r.cmd("RCPT TO:<x@example.com>", 250)
+	if withData {
+		r.send("DATA\r\n" + wire + ".\r\n")
+		r.expect(354)
+		return
+	}
+	r.cmd("DATA", 354)
+	r.send(wire + ".\r\n")
 }
 
 // message returns a message of exactly n octets (n >= 20) in CRLF lines.
