@@ -54,9 +54,16 @@ type job struct {
 
 func newSched(maxRun int) *sched {
 	s := &sched{maxRun: maxRun}
-	s.mu.lines = map[string]*line{}
-	s.mu.known = map[queue.ID]bool{}
+	s.reset()
 	return s
+}
+
+// reset empties the lines (a new Run: they are refilled from the queue).
+func (s *sched) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.lines, s.mu.ring, s.mu.rr = map[string]*line{}, nil, 0
+	s.mu.known, s.mu.running = map[queue.ID]bool{}, 0
 }
 
 // knows reports whether id is in a line or in flight: the scan of the

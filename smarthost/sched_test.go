@@ -1,8 +1,10 @@
 package smarthost
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -116,5 +118,56 @@ func TestDestinationBackReleasesTheMailDeferredForIt(t *testing.T) {
 	}
 	if r := m.Recipients[0]; r.Attempts != 1 || time.Until(m.NextAttempt) < 5*time.Minute {
 		t.Fatalf("the full mailbox's message: %d attempts, due in %s; want its backoff kept", r.Attempts, time.Until(m.NextAttempt))
+	}
+}
+
+// TestMessageHeldWhileInALineIsNotSent: an operator holds a message while
+// it waits in its destination's line behind a stuck delivery; when the
+// line moves, the held message stays queued and unsent, the others go.
+func TestMessageHeldWhileInALineIsNotSent(t *testing.T) {
+	release, stuck := make(chan struct{}), make(chan []byte, 1)
+	var once sync.Once
+	h := backlogHarness(t, sink.Options{MaxConns: 1, OnData: func(m *sink.Message) error {
+		once.Do(func() {
+			stuck <- m.Data
+			select {
+			case <-release:
+			case <-time.After(20 * time.Second):
+			}
+		})
+		return nil
+	}}, func(w *Worker) { w.MaxConnsPerDest = 1 })
+	var ids []queue.ID
+	for i := range 4 {
+		ids = append(ids, h.put("a@src.invalid", fmt.Sprintf("r%d@dst.invalid", i)))
+	}
+	h.start()
+	var held queue.ID // one waiting in the line behind the stuck one
+	select {
+	case data := <-stuck:
+		for _, id := range ids {
+			if !strings.Contains(string(data), string(id)) {
+				held = id
+			}
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery began")
+	}
+	if err := h.store.Hold(context.Background(), held); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	h.waitSink(3)
+	for _, id := range ids {
+		if id != held {
+			h.waitGone(id)
+		}
+	}
+	m, err := h.store.Get(held)
+	if err != nil || !m.Held || m.Recipients[0].State != queue.Pending {
+		t.Fatalf("the held message: %+v, %v; want it held and pending", m, err)
+	}
+	if n := h.sink.Count(); n != 3 {
+		t.Fatalf("%d messages arrived, want 3 (not the held one)", n)
 	}
 }

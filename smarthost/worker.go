@@ -170,6 +170,7 @@ type task struct {
 // within its cap and all within MaxConns.
 func (w *Worker) Run(ctx context.Context) error {
 	w.init()
+	w.sched.reset() // what an earlier Run left in the lines is on disk, due
 	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelAttempts()
 
@@ -473,6 +474,9 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 	if err != nil {
 		w.Log.Error().Err(err).Str("id", string(j.id)).Msg("reading a queued message")
 		return false
+	}
+	if m.Held {
+		return false // held by an operator while it waited in a line
 	}
 	now := w.Now()
 	if m.BounceRequested {
