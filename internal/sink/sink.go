@@ -204,6 +204,10 @@ func (s *Server) hooks() Hooks {
 func (s *Server) Close() error {
 	s.closing.Do(func() {
 		s.closeErr = s.srv.Close()
+		// go-smtp closes only the listeners its Serve has registered: a
+		// Close right after Start can come before that, and Serve would
+		// then accept on forever. Closing the listener here ends it.
+		s.ln.Close()
 		<-s.served
 		s.ln.refusing.Wait()
 	})

@@ -309,3 +309,21 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestCloseRightAfterStartReturns: go-smtp's Close does not close a
+// listener its Serve has not registered yet; Close must end Serve anyway.
+func TestCloseRightAfterStartReturns(t *testing.T) {
+	for i := 0; i < 200; i++ {
+		s, err := Start(Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { s.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Close right after Start did not return within 5 s (round %d)", i)
+		}
+	}
+}
