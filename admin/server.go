@@ -81,7 +81,8 @@ type Destination struct {
 	Name string `json:"name"`
 	// Cap is the current connection cap; ConfiguredCap the configured one.
 	// LearnedCap is the cap set by the destination's last "too many
-	// connections" reply (seed 001), 0 if none; CapReason is that reply.
+	// connections" reply (421 4.3.2, a per-source limit at the destination),
+	// 0 if none; CapReason is that reply.
 	Cap           int    `json:"cap"`
 	ConfiguredCap int    `json:"configured_cap"`
 	LearnedCap    int    `json:"learned_cap,omitempty"`

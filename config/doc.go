@@ -1,5 +1,5 @@
-// Package config loads relayq's TOML configuration: DESIGN.md's "Config
-// contract (v1)", documented key by key in relayq.example.toml at the
+// Package config loads relayq's TOML configuration (docs/design.md "The
+// configuration contract"), documented key by key in relayq.example.toml at the
 // repository root.
 //
 // Contract:

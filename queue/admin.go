@@ -225,7 +225,7 @@ func (s *Store) modify(ctx context.Context, id ID, fn func(r *record, now time.T
 
 // Delete removes id, its body and its schedule entry in one synced batch,
 // without an NDR (postsuper -d): every pending recipient ends Deleted
-// (DESIGN.md invariant 3), which is logged one line per recipient. An
+// (docs/design.md "Invariants" 3), which is logged one line per recipient. An
 // attempt in flight finds the message gone when it commits and records
 // nothing (Update returns ErrNotFound).
 func (s *Store) Delete(ctx context.Context, id ID) error {

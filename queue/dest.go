@@ -17,8 +17,8 @@ const maxDestName = 4096
 
 // SetDest stores v as the learned state of the destination name under
 // d/<name>, replacing what was there, and returns once it is synced: a cap
-// learned from a 421 4.3.2 (seed 001) must survive a crash as surely as
-// the mail it protects. The encoding of v is the caller's business.
+// learned from a 421 4.3.2 (a server that allows only so many connections
+// per source) must survive a crash as surely as the mail it protects. The encoding of v is the caller's business.
 func (s *Store) SetDest(ctx context.Context, name string, v []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err

@@ -9,7 +9,7 @@ import (
 type ID string
 
 // RcptState is where one recipient stands. Every recipient ends in exactly
-// one of Delivered, Bounced or Deleted (DESIGN.md invariant 3).
+// one of Delivered, Bounced or Deleted (docs/design.md "Invariants" 3).
 type RcptState uint8
 
 const (

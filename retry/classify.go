@@ -42,7 +42,7 @@ type Action int
 const (
 	Deliver  Action = iota // 2xx: recipient delivered (before StageBody: go on)
 	Defer                  // temporary: retry later with backoff
-	RetryNow               // 421 4.3.2 / "too many connections": lower the destination cap, retry as soon as a slot frees, no attempt counted (seed 001)
+	RetryNow               // 421 4.3.2 / "too many connections": lower the destination cap, retry as soon as a slot frees, no attempt counted
 	Split                  // 452/4.5.3 "too many recipients" at RCPT: not a failure, send the rest in a new transaction
 	Bounce                 // permanent for this recipient: NDR
 )
@@ -76,7 +76,8 @@ type Decision struct {
 	Note      string       // why, for the log, e.g. "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides"
 }
 
-// Phrases that mark a 421 as a per-source connection limit (seed 001), matched
+// Phrases that mark a 421 as a per-source connection limit (as an Exchange
+// server that allows 20 connections per source sends it), matched
 // case-insensitively. Exchange says "The maximum number of concurrent
 // connections has exceeded a limit"; Postfix "too many connections from ...".
 var tooManyConnsPhrases = []string{
@@ -87,7 +88,8 @@ var tooManyConnsPhrases = []string{
 }
 
 // Phrases that mark a 552 after the data as a size refusal whatever its
-// enhanced code (seed 000; Exchange, Postfix and Sendmail wordings).
+// enhanced code (the next hop's size limit; Exchange, Postfix and Sendmail
+// wordings).
 var sizePhrases = []string{
 	"message size exceeds",
 	"size exceeds",

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// TestClassify walks the table of doc.go (DESIGN.md "Reply classification")
+// TestClassify walks the table of doc.go (docs/design.md "Reply classification")
 // row by row.
 func TestClassify(t *testing.T) {
 	tests := []struct {
@@ -28,7 +28,7 @@ func TestClassify(t *testing.T) {
 			Decision{Action: Defer, Status: CodeTempGeneric, CloseConn: true, NextHost: true}, "421"},
 		{"421 4.4.2 at MAIL defers", StageMail, "421 4.4.2 timeout", false,
 			Decision{Action: Defer, Status: CodeConnDropped, CloseConn: true, NextHost: true}, "421"},
-		{"421 4.3.2 lowers the cap and retries now (seed 001)", StageConnect,
+		{"421 4.3.2 lowers the cap and retries now", StageConnect,
 			"421 4.3.2 The maximum number of concurrent connections has exceeded a limit, closing transmission channel", false,
 			Decision{Action: RetryNow, Status: CodeTooManyConns, CloseConn: true, NextHost: true, LowerCap: true}, "too many connections"},
 		{"421 4.3.2 without text retries now", StageHello, "421 4.3.2", false,
@@ -57,7 +57,7 @@ func TestClassify(t *testing.T) {
 			Decision{Action: Defer, Status: CodeTooManyRcpts}, ""},
 
 		// other 4xx
-		{"452 4.3.1 at RCPT defers (seeds 000/004)", StageRcpt, "452 4.3.1 Insufficient system resources", false,
+		{"452 4.3.1 at RCPT defers (back pressure at the next hop)", StageRcpt, "452 4.3.1 Insufficient system resources", false,
 			Decision{Action: Defer, Status: CodeTempResources}, ""},
 		{"451 after the body defers", StageBody, "451 4.3.0 try again", false,
 			Decision{Action: Defer, Status: CodeTempLocal}, ""},
@@ -75,11 +75,11 @@ func TestClassify(t *testing.T) {
 			Decision{Action: Defer, Status: EnhancedCode{4, 2, 2}}, "4.5.3.1.10"},
 
 		// 552 size after the body
-		{"552 5.3.4 after the body bounces (seed 000)", StageBody, "552 5.3.4 Message size exceeds fixed maximum message size", false,
+		{"552 5.3.4 after the body bounces (the next hop's size limit)", StageBody, "552 5.3.4 Message size exceeds fixed maximum message size", false,
 			Decision{Action: Bounce, Status: CodeTooBig}, "size"},
 		{"552 5.2.3 after the body bounces", StageBody, "552 5.2.3 message too big", false,
 			Decision{Action: Bounce, Status: CodeMailboxFull}, "size"},
-		{"552 4.3.1 size text after the body bounces as 5.3.4 (seed 000)", StageBody, "552 4.3.1 Message size exceeds fixed maximum message size", false,
+		{"552 4.3.1 size text after the body bounces as 5.3.4 (the next hop's size limit)", StageBody, "552 4.3.1 Message size exceeds fixed maximum message size", false,
 			Decision{Action: Bounce, Status: CodeTooBig}, "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides; the remote's message size limit"},
 		{"552 size text without enhanced after the body bounces as 5.3.4", StageBody, "552 Message too large", false,
 			Decision{Action: Bounce, Status: CodeTooBig}, "size"},

@@ -2,7 +2,7 @@ package retry
 
 // Subjects 0 (other), 1 (addressing) and 2 (mailbox) of the knowledge base
 // (explain.go). RFC 3463 §3.1-3.3, RFC 3886, RFC 7505; Exchange usage from
-// seed 003.
+// Exchange's table of enhanced status codes.
 var addressCodes = map[[2]int]info{
 	{0, 0}: {
 		name:  "Other or undefined status",

@@ -2,7 +2,8 @@ package retry
 
 // Subjects 5 (protocol), 6 (content) and 7 (security and policy) of the
 // knowledge base (explain.go). RFC 3463 §3.6-3.8, RFC 4468, RFC 4954,
-// RFC 5248, RFC 6531, RFC 6710, RFC 7293, RFC 7372, RFC 7505; seed 003.
+// RFC 5248, RFC 6531, RFC 6710, RFC 7293, RFC 7372, RFC 7505;
+// Exchange's table of enhanced status codes.
 var protocolCodes = map[[2]int]info{
 	{5, 0}: {
 		name:  "Other or undefined protocol status",

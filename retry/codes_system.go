@@ -1,7 +1,8 @@
 package retry
 
 // Subjects 3 (mail system) and 4 (network and routing) of the knowledge
-// base (explain.go). RFC 3463 §3.4-3.5, RFC 6710; seeds 000, 001, 003, 004.
+// base (explain.go). RFC 3463 §3.4-3.5, RFC 6710, and the Exchange
+// transport reports of docs/design.md "The operator stories".
 var systemCodes = map[[2]int]info{
 	{3, 0}: {
 		name:  "Other or undefined mail system status",

@@ -5,7 +5,7 @@
 // beyond reading a reader it is handed, so every decision is a pure function
 // of its inputs and can be tested row by row.
 //
-// # Reply classification (the contract; DESIGN.md "Reply classification")
+// # Reply classification (the contract; docs/design.md "Reply classification")
 //
 // Classify(stage, reply) returns a Decision; its Action is one of Deliver,
 // Defer, RetryNow, Split or Bounce.
@@ -16,7 +16,7 @@
 //	421 (any stage)                               Defer, CloseConn (no QUIT), NextHost; if 4.3.2 or
 //	                                              the text says "too many connections", "maximum
 //	                                              number of concurrent connections" or "connection
-//	                                              limit": RetryNow + LowerCap (seed 001: lower the
+//	                                              limit": RetryNow + LowerCap (as an Exchange server that allows 20 per source says it: lower the
 //	                                              destination's cap, retry as soon as a slot frees,
 //	                                              no attempt counted)
 //	4xx or 5xx at RCPT with x.5.3 or text         Split: not a failure, send the remaining
@@ -26,7 +26,7 @@
 //	other 4xx                                     Defer with backoff
 //	552 at RCPT                                   Defer (RFC 5321 §4.5.3.1.10: it is temporary)
 //	552 5.3.4 / 5.2.3 after the final "."         Bounce with that status (the remote's size limit)
-//	552 after the final "." saying "size exceeds" Bounce 5.3.4, whatever its enhanced code (seed 000:
+//	552 after the final "." saying "size exceeds" Bounce 5.3.4, whatever its enhanced code (Exchange:
 //	or "too big/large"                            "552 4.3.1 Message size exceeds fixed maximum …")
 //	other 5xx                                     Bounce that recipient
 //	local 4.4.1 / 4.4.2 (connect, TLS, dropped)   Defer + NextHost
@@ -74,8 +74,8 @@
 // Summary ("5.1.1 Bad destination mailbox address: the recipient does not
 // exist at the destination"), likely causes and fixes, for every RFC 3463
 // subject/detail pair, the later IANA registrations (X.1.10, X.7.8-X.7.27)
-// and the Exchange codes of seed 003; unknown codes fall back to their class
-// and subject. Hint, used in NDRs, and ExplainText, printed by
+// and Exchange's table of enhanced status codes; unknown codes fall back to
+// their class and subject. Hint, used in NDRs, and ExplainText, printed by
 // `relayq explain`, read the same table (codes_*.go), which is keyed by
 // subject and detail: the class only says "for now" or "for good".
 package retry

@@ -8,8 +8,8 @@ import (
 // The status-code knowledge base: what each RFC 3463 enhanced status code
 // means, what usually causes it and what the sender or an operator can do,
 // written in our own words from RFC 3463, the later IANA registrations and
-// seed 003 (the Exchange code table). It is the one source of the hints in
-// NDRs (Hint) and of `relayq explain` (Explain, ExplainText).
+// Exchange's table of enhanced status codes. It is the one source of the
+// hints in NDRs (Hint) and of `relayq explain` (Explain, ExplainText).
 //
 // The table is keyed by subject and detail only: 4.1.1 and 5.1.1 mean the
 // same thing, the class only says "for now" or "for good".
@@ -179,7 +179,7 @@ var basicCodes = map[int]string{
 }
 
 // treatment says what relayq does with a reply of code r.Code, in one line
-// (DESIGN.md "Reply classification"; the table in doc.go).
+// (docs/design.md "Reply classification"; the table in doc.go).
 func treatment(r *Reply) string {
 	st := r.Status()
 	switch {

@@ -11,7 +11,8 @@ import (
 	"unicode"
 )
 
-// SeedCodes reads testdata/seed003_codes.txt: the codes of seed 003.
+// seedCodes reads testdata/seed003_codes.txt: the codes of Exchange's
+// table of enhanced status codes.
 func seedCodes(t *testing.T) []string {
 	t.Helper()
 	f, err := os.Open(filepath.Join("testdata", "seed003_codes.txt"))

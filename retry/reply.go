@@ -15,7 +15,7 @@ var (
 	CodeOK               = EnhancedCode{2, 0, 0}
 	CodeTempLocal        = EnhancedCode{4, 3, 0} // local storage failure: 451 4.3.0
 	CodeTempResources    = EnhancedCode{4, 3, 1} // back pressure: 452 4.3.1
-	CodeTooManyConns     = EnhancedCode{4, 3, 2} // 421 4.3.2 (seed 001)
+	CodeTooManyConns     = EnhancedCode{4, 3, 2} // 421 4.3.2, a per-source connection limit
 	CodeNoAnswer         = EnhancedCode{4, 4, 1} // host not responding
 	CodeConnDropped      = EnhancedCode{4, 4, 2} // connection dropped
 	CodeDNSTemp          = EnhancedCode{4, 4, 3} // routing server failure
@@ -110,7 +110,7 @@ func (r *Reply) Error() string {
 }
 
 // Temporary reports whether the basic code is a 4xx. The basic code decides
-// when basic and enhanced classes disagree (DESIGN.md).
+// when basic and enhanced classes disagree (docs/design.md).
 func (r *Reply) Temporary() bool { return r.Code >= 400 && r.Code < 500 }
 
 // Permanent reports whether the basic code is a 5xx.

@@ -189,7 +189,7 @@ const (
 // while 8 senders push messages into it, and SIGKILLs and restarts it
 // crashCycles times at random moments; the destination is down for one
 // cycle. After a last restart, every message any sender got a 250 for must
-// reach the sink unchanged (DESIGN.md invariant 1), and duplicates (sent
+// reach the sink unchanged (docs/design.md "Invariants" 1), and duplicates (sent
 // again because a kill came between the remote's 250 and the commit of the
 // delivery, invariant 2) must stay under 0.1 % of the acknowledged.
 func TestSIGKILLUnderLoadLosesNoAcknowledgedMessage(t *testing.T) {

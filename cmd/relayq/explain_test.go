@@ -29,8 +29,9 @@ func runExplain(t *testing.T, args ...string) (string, int) {
 	return out.String(), exitCode(err)
 }
 
-// seed003Codes reads the codes of seed 003, kept in retry's testdata (the
-// retry tests check that list against the seed file itself).
+// seed003Codes reads the codes of Exchange's table of enhanced status
+// codes, kept in retry's testdata (the retry tests check that list against
+// the operator report it came from, when that sits beside the checkout).
 func seed003Codes(t *testing.T) []string {
 	t.Helper()
 	f, err := os.Open(filepath.Join("..", "..", "retry", "testdata", "seed003_codes.txt"))

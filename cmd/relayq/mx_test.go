@@ -17,7 +17,8 @@ import (
 
 // TestServeDeliversByMXThroughTheConfiguredDNSServers: with no smart host,
 // relayq serve looks up MX records and the MX host's address through
-// delivery.dns_servers only (seed 004) and delivers on delivery.mx_port.
+// delivery.dns_servers only (an operator's "use these DNS servers") and
+// delivers on delivery.mx_port.
 // The names are .invalid: the system resolver could not have answered.
 func TestServeDeliversByMXThroughTheConfiguredDNSServers(t *testing.T) {
 	dst := startSink(t, sink.Options{Addr: "127.0.0.2:0"})

@@ -17,7 +17,7 @@
 //   - MaxConns is enforced in a wrapping net.Listener, because go-smtp has no
 //     connect hook: an extra connection gets "421 4.3.2 ..." instead of the
 //     greeting and is closed (RFC 5321 §3.1 allows 421 in place of 220), the
-//     reply of seed 001.
+//     reply of an Exchange server over its per-source connection limit.
 //   - With Users set, MAIL before a successful AUTH gets 530 5.7.0 (RFC 4954
 //     §6); go-smtp itself never requires AUTH.
 //   - MaxSize is advertised with SIZE and enforced by go-smtp (552 5.3.4);

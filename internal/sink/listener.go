@@ -8,8 +8,9 @@ import (
 )
 
 // refuseReply is what a connection beyond MaxConns gets instead of the 220
-// greeting: the reply of seed 001 (RFC 5321 §3.1 lets a server answer the
-// connection with 421 and close it).
+// greeting: the reply of an Exchange server over its per-source connection
+// limit (RFC 5321 §3.1 lets a server answer the connection with 421 and
+// close it).
 const refuseReply = "421 4.3.2 The maximum number of concurrent server connections has exceeded a per-source limit\r\n"
 
 // refuseTimeout bounds how long writing the refusal to a slow client may take.

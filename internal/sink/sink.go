@@ -277,7 +277,7 @@ var (
 )
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
-	// go-smtp never requires AUTH itself (DESIGN.md gotchas).
+	// go-smtp never requires AUTH itself (docs/design.md "What the code relies on").
 	if len(ss.s.opts.Users) > 0 && !ss.authed {
 		return errAuthRequired
 	}
