@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,5 +161,80 @@ func TestFallbackUsesLearnedCap(t *testing.T) {
 	waitFor(t, "degraded", 5*time.Second, nodes[1].Degraded)
 	if got := len(acquireAll(t, nodes[1], "d", 20, 30)); got != 2 {
 		t.Errorf("degraded with a learned cap of 6 over 3 nodes: %d leases, want 2", got)
+	}
+}
+
+// Under load on three nodes, Redis killed and restarted: with every node
+// degraded the total stays within the cap; once all share again the total
+// never rises above the cap (nor above what was open then); and after the
+// last Release, Redis holds no lease (none leaked by the switch back).
+func TestRedisRestartUnderLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	const cap, nNodes = 9, 3
+	nodes := newNodes(t, srv, nNodes, Options{ExpectedNodes: nNodes, CapRefresh: 50 * time.Millisecond, LeaseTTL: 3 * time.Second})
+	ctx := context.Background()
+	var open, peak atomic.Int64
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		for range 4 {
+			wg.Go(func() {
+				for i := 0; i < 100000 && !stop.Load(); i++ {
+					l, err := n.Acquire(ctx, "d", cap)
+					if err != nil {
+						time.Sleep(100 * time.Microsecond)
+						continue
+					}
+					now := open.Add(1)
+					for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+					}
+					time.Sleep(200 * time.Microsecond)
+					open.Add(-1)
+					n.Release(ctx, l)
+				}
+			})
+		}
+	}
+	allDegraded := func() bool {
+		for _, n := range nodes {
+			if !n.Degraded() {
+				return false
+			}
+		}
+		return true
+	}
+	time.Sleep(100 * time.Millisecond) // let the shared phase run
+	srv.Kill()
+	waitFor(t, "all nodes degraded", 5*time.Second, allDegraded)
+	peak.Store(open.Load())
+	time.Sleep(100 * time.Millisecond) // let the degraded phase run
+	if p := peak.Load(); p > cap {
+		t.Errorf("all nodes degraded: %d open at once, cap %d", p, cap)
+	}
+	srv.Restart()
+	waitFor(t, "all nodes shared again", 5*time.Second, func() bool {
+		for _, n := range nodes {
+			if n.Degraded() {
+				return false
+			}
+		}
+		return true
+	})
+	atRecovery := open.Load()
+	peak.Store(atRecovery)
+	time.Sleep(100 * time.Millisecond) // let the shared phase run again
+	stop.Store(true)
+	wg.Wait()
+	if p := peak.Load(); p > max(cap, atRecovery) {
+		t.Errorf("after recovery: %d open at once, cap %d (%d open when all were shared again)", p, cap, atRecovery)
+	}
+	views, err := nodes[0].Destinations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range views {
+		if len(v.Leases) != 0 {
+			t.Errorf("leases left in Redis after every Release: %v", v.Leases)
+		}
 	}
 }

@@ -98,14 +98,24 @@ func (c *Client) Release(ctx context.Context, l *Lease) {
 	if len(set) == 0 {
 		delete(c.mu.leases, l.dest)
 	}
+	inRedis := l.inRedis
 	c.mu.Unlock()
 	if !held {
 		return
 	}
 	// A connection closed at shutdown must still give its lease back.
-	_ = c.do(context.WithoutCancel(ctx), func(ctx context.Context) error {
-		return c.rdb.ZRem(ctx, c.keys.leases(l.dest), l.member).Err()
-	})
+	ctx = context.WithoutCancel(ctx)
+	zrem := func(ctx context.Context) error { return c.rdb.ZRem(ctx, c.keys.leases(l.dest), l.member).Err() }
+	if !inRedis {
+		_ = c.do(ctx, zrem)
+		return
+	}
+	// Registered, so Redis answers: in shared mode, or while recover
+	// finishes (still degraded), when skipping it would leave the lease
+	// counting until its TTL.
+	if err := c.call(ctx, zrem); err != nil {
+		c.enterDegraded(err)
+	}
 }
 
 // Held returns how many leases this node holds per destination, for
