@@ -109,6 +109,14 @@ type Limits struct {
 	MaxRecipientsPerHourPerUser int `toml:"max_recipients_per_hour_per_user"`
 }
 
+// DiskReserve is the free space the queue always leaves on its volume
+// (queue.Options.Reserve): a message that would take free space below it
+// is refused with 452 4.3.1, back pressure on or off, so that Pebble keeps
+// room to flush, compact and record deliveries. It is not configurable; a
+// free-space threshold of back pressure below it could never be reached
+// (validateBackPressure).
+const DiskReserve = 16 * MiB
+
 // BackPressure are the thresholds of graded back pressure ([back_pressure]).
 // "medium" slows intake down, "high" refuses new mail with 452 4.3.1.
 type BackPressure struct {

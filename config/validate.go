@@ -161,6 +161,18 @@ func (c *Config) validateBackPressure(p *problems) {
 		// Less free space is worse: "high" pressure starts below the smaller number.
 		p.add("back_pressure.free_disk_medium", "%s is less than back_pressure.free_disk_high (%s)", b.FreeDiskMedium, b.FreeDiskHigh)
 	}
+	for _, t := range []struct {
+		key string
+		v   Size
+	}{{"back_pressure.free_disk_medium", b.FreeDiskMedium}, {"back_pressure.free_disk_high", b.FreeDiskHigh}} {
+		if b.Enabled && t.v > 0 && t.v < DiskReserve {
+			// The reserve refuses mail first: the level would never be
+			// seen, and clients would get their refusal after sending the
+			// body instead of at MAIL.
+			p.add(t.key, "%s is below the %s the queue keeps free on its volume (it refuses mail below that anyway): set at least %s, or 0 to turn this level off",
+				t.v, DiskReserve, DiskReserve)
+		}
+	}
 	p.positive("back_pressure.queue_messages_medium", b.QueueMessagesMedium)
 	p.positive("back_pressure.queue_messages_high", b.QueueMessagesHigh)
 	if b.QueueMessagesMedium > b.QueueMessagesHigh {

@@ -39,6 +39,8 @@ func TestValidateErrorNamesKeyAndProblem(t *testing.T) {
 		{"duplicate user", "[[relay.user]]\nname = \"a\"\npassword_hash = '" + testHash + "'\n[[relay.user]]\nname = \"a\"\npassword_hash = '" + testHash + "'",
 			`relay.user[1].name: "a" is also the name of relay.user[0]`},
 		{"free disk order", "[back_pressure]\nfree_disk_medium = \"1GB\"\nfree_disk_high = \"2GB\"", "back_pressure.free_disk_medium: 1GB is less than back_pressure.free_disk_high (2GB)"},
+		{"free disk high below the reserve", "[back_pressure]\nfree_disk_high = \"10MB\"", "back_pressure.free_disk_high: 10MB is below the 16MiB the queue keeps free on its volume (it refuses mail below that anyway): set at least 16MiB, or 0 to turn this level off"},
+		{"free disk medium below the reserve", "[back_pressure]\nfree_disk_medium = \"16MB\"\nfree_disk_high = \"0\"", "back_pressure.free_disk_medium: 16MB is below the 16MiB"},
 		{"queue order", "[back_pressure]\nqueue_messages_medium = 10\nqueue_messages_high = 5", "back_pressure.queue_messages_medium: 10 is more than"},
 		{"memory over 100%", "[back_pressure]\nmemory_high = \"150%\"", "back_pressure.memory_high: 150% is not above 0% and at most 100%"},
 		{"memory as a whole number", "[back_pressure]\nmemory_medium = 75", "back_pressure.memory_medium: 7500%"},
@@ -120,6 +122,7 @@ func TestValidateAcceptsConsistentConfigs(t *testing.T) {
 		{"admin on all interfaces with token", "[admin]\naddress = \"0.0.0.0:8025\"\ntoken = \"t\""},
 		{"admin on localhost without token", "[admin]\naddress = \"localhost:8025\""},
 		{"delay warnings off", "[retry]\ndelay_warning = \"0s\""},
+		{"free disk high at the reserve", "[back_pressure]\nfree_disk_medium = \"40MB\"\nfree_disk_high = \"16MiB\""},
 		{"back pressure off and sizes as integers", "[back_pressure]\nenabled = false\nfree_disk_medium = 1000\nfree_disk_high = 0\nmemory_medium = 0.5"},
 		{"dns servers with and without port", "[delivery]\ndns_servers = [\"127.0.0.1:5353\", \"::1\"]\nmx_port = 2526"},
 	}

@@ -68,8 +68,19 @@ func (s *Store) apply(b *writeBatch, opts *pebble.WriteOptions) error {
 			break
 		}
 	}
-	return b.Commit(opts)
+	if err := b.Commit(opts); err != nil {
+		return err
+	}
+	s.written.Add(int64(b.Len()))
+	return nil
 }
+
+// Written returns the bytes of every batch the queue committed since
+// Open: bodies, records, schedule entries, tombstones, as they go to
+// Pebble's log. Back pressure subtracts what was written since its last
+// reading of free space, so that it sees a burst before the next reading
+// (relay.PressureConfig.Written).
+func (s *Store) Written() int64 { return s.written.Load() }
 
 // scanHint is where the schedule scan of Due may start.
 type scanHint struct {

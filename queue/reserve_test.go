@@ -9,7 +9,7 @@ import (
 
 // TestPutRefusesBelowTheReserve: a message that would leave less than the
 // reserve free is refused with ErrNoRoom and leaves nothing behind, so the
-// client gets 451 4.3.0 while Pebble still has room to work.
+// client gets 452 4.3.1 while Pebble still has room to work.
 func TestPutRefusesBelowTheReserve(t *testing.T) {
 	dir := t.TempDir()
 	free, ok := freeBytes(dir)

@@ -37,17 +37,17 @@ type Options struct {
 	// is called once, after one log line at fatal level.
 	Exit func(code int)
 	// Reserve is the free space Put leaves on the data volume: a message
-	// that would take the volume below it is refused (the client gets
-	// 451 4.3.0), so that Pebble keeps room to flush, compact and record
-	// deliveries. A write Pebble cannot make is fatal to it, so this is the
-	// last line of defence when back pressure is off. 0 means 16 MiB; a
-	// negative value turns the check off (FS other than the real disk).
+	// that would take the volume below it is refused with ErrNoRoom, so
+	// that Pebble keeps room to flush, compact and record deliveries. A
+	// write Pebble cannot make is fatal to it, so this is the last line of
+	// defence when back pressure is off. relayq passes
+	// config.DiskReserve; 0 or less: no reserve (and always with an FS
+	// other than the real disk, where statfs would read another volume).
 	Reserve int64
 }
 
 const (
 	defaultChunkSize = 64 << 10
-	defaultReserve   = 16 << 20
 	// spillBytes bounds the batch a Put builds in memory: a body larger than
 	// this is written in several unsynced batches, sealed by the final synced
 	// one (Pebble's WAL is ordered, so syncing the last record syncs all).
@@ -58,7 +58,8 @@ const (
 // Store is the durable queue. Its methods are safe for concurrent use.
 type Store struct {
 	dir       string
-	reserve   int64 // free space Put leaves on the volume; <= 0: unchecked
+	reserve   int64        // free space Put leaves on the volume; <= 0: unchecked
+	written   atomic.Int64 // bytes of every batch committed: Written
 	db        *pebble.DB
 	log       zerolog.Logger
 	now       func() time.Time
@@ -98,11 +99,8 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	po := pebbleOptions(opts)
 	po.Logger = newPebbleLogger(dir, opts)
-	if opts.Reserve == 0 {
-		opts.Reserve = defaultReserve
-	}
 	if opts.FS != nil {
-		opts.Reserve = -1 // not the real disk: statfs would read another volume
+		opts.Reserve = 0 // not the real disk: statfs would read another volume
 	}
 	if opts.Reserve > 0 {
 		if err := os.MkdirAll(dir, 0o700); err != nil {

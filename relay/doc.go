@@ -10,11 +10,16 @@
 //     returns nil only once envelope and body are committed with pebble.Sync
 //     (DESIGN.md invariant 1). Shutdown waits for a transaction in flight to
 //     get its reply before it closes the connection.
-//   - 451 4.3.0 on store failure. A Put that fails for a storage reason (a
-//     full disk included) gives exactly 451 4.3.0, an unwrapped
-//     *smtp.SMTPError: go-smtp type-asserts the error, and anything else
-//     would reach the client as 451 4.0.0 or a permanent 554 5.0.0 and make
-//     the sender bounce mail it should retry.
+//   - 451 4.3.0 on store failure. A Put that fails for a storage reason
+//     gives exactly 451 4.3.0, an unwrapped *smtp.SMTPError: go-smtp
+//     type-asserts the error, and anything else would reach the client as
+//     451 4.0.0 or a permanent 554 5.0.0 and make the sender bounce mail it
+//     should retry. A Put refused for want of room (queue.ErrNoRoom: the
+//     volume is down to the queue's reserve) is the mail system being full
+//     (RFC 3463 X.3.1): 452 4.3.1 naming the queue disk, and back pressure
+//     goes to high at once. A storage error Pebble cannot go on from (a
+//     failed WAL write or sync) gets no reply at all: the process exits
+//     (queue/fatal.go) and the client's connection drops.
 //   - No open relay (invariant 6). RCPT is refused with 550 5.7.1 unless the
 //     session has authenticated, or the client's address is in
 //     Config.AllowedNetworks and the listener is not a submission listener.
@@ -71,6 +76,7 @@
 //	DATA     bare CR or LF with BareReject                    550 5.5.2
 //	DATA     client stalls for ReadTimeout                    451 4.4.2, connection closed
 //	DATA     queue cannot store                               451 4.3.0
+//	DATA     queue's volume down to its reserve               452 4.3.1 Insufficient system resources (queue disk space)
 //
 // The hop count is of the Received fields the message arrived with, in its
 // header section; relayq's own is not counted.
@@ -129,9 +135,14 @@
 // # Back pressure
 //
 // A Monitor (pressure.go) samples every few seconds, and at once on a Pebble
-// write stall or low-disk event: free space on the data_dir volume, queued
-// messages (and bytes, informational), process memory against the memory
-// limit (the cgroup's, else RAM), and Pebble write stalls. Each resource
+// write stall, low-disk event or deleted file (space came back): free
+// space on the data_dir volume, queued messages (and bytes,
+// informational), process memory against the memory limit (the cgroup's,
+// else RAM), and Pebble write stalls. Between samples
+// the free-space reading is kept current: once what the queue wrote since
+// the last statfs (PressureConfig.Written) would take it below its next
+// threshold, Level asks for a sample at once, and a Put refused for want
+// of room sets free_disk to high (Monitor.NoRoom). Each resource
 // has a medium and a high threshold; a level is entered as soon as its
 // threshold is crossed and left only when the reading is 10% on the good
 // side of it (hysteresis). The overall level is the worst resource's:

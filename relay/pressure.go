@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/rs/zerolog"
 )
 
@@ -97,6 +97,13 @@ type PressureConfig struct {
 	Queue QueueGauge
 	// Stalls gives Pebble's write stalls; nil leaves them unmonitored.
 	Stalls *StallWatch
+	// Written gives the bytes the queue has written so far (a counter
+	// that only grows; *queue.Store.Written). Between two readings of free
+	// space, what was written since the last one is taken off it: once
+	// that estimate crosses a free-space threshold, Level has the monitor
+	// sample at once, so that a burst of mail changes the level before
+	// the next regular sample. nil: free space is read every Interval only.
+	Written func() int64
 
 	// Probes, for tests; nil means the real ones: statfs(DataDir), the
 	// process's resident memory (/proc/self/statm, else runtime/metrics),
@@ -118,6 +125,10 @@ type Monitor struct {
 	log      zerolog.Logger
 	memLimit uint64 // 0: unknown, memory unmonitored
 	current  atomic.Pointer[levelCause]
+	// resampleAt is the Written count at which free space may have crossed
+	// its next threshold (math.MaxInt64: none); poke asks Run to sample.
+	resampleAt atomic.Int64
+	poke       chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -161,7 +172,8 @@ func NewMonitor(cfg PressureConfig, log zerolog.Logger) *Monitor {
 	if cfg.MemoryLimit == nil {
 		cfg.MemoryLimit = memoryLimit
 	}
-	m := &Monitor{cfg: cfg, log: log.With().Str("component", "back_pressure").Logger()}
+	m := &Monitor{cfg: cfg, log: log.With().Str("component", "back_pressure").Logger(), poke: make(chan struct{}, 1)}
+	m.resampleAt.Store(math.MaxInt64)
 	if limit, err := cfg.MemoryLimit(); err != nil || limit == 0 {
 		m.log.Warn().Err(err).Msg("memory limit unknown: memory is not monitored")
 	} else {
@@ -235,18 +247,72 @@ func (m *Monitor) SetThresholds(t Thresholds) {
 }
 
 // Level returns the current level and the resource that sets it ("" at
-// normal).
+// normal). When the queue has written enough since the last sample for
+// free space to have crossed its next threshold (PressureConfig.Written),
+// it asks Run to sample now; the level it returns is the current one.
 func (m *Monitor) Level() (PressureLevel, Resource) {
 	if m == nil {
 		return PressureNormal, ""
+	}
+	if w := m.cfg.Written; w != nil && w() >= m.resampleAt.Load() {
+		select {
+		case m.poke <- struct{}{}:
+		default:
+		}
 	}
 	c := m.current.Load()
 	return c.level, c.cause
 }
 
-// Run samples every Interval, and at once when Pebble reports a write
-// stall or low disk space, until ctx ends. It does not sample on entry:
-// call Sample first when the level is needed right away.
+// NoRoom tells the monitor that the queue refused a message for want of
+// disk space (its reserve): free_disk goes to high at once, so that the
+// next MAIL is refused before its body is sent, and leaves it when a
+// sample reads free space clear of the high threshold (hysteresis). With
+// back pressure off it does nothing; a nil monitor ignores it.
+func (m *Monitor) NoRoom() {
+	if m == nil {
+		return
+	}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	var disk *gauge
+	for _, g := range m.mu.gauges {
+		if g.res == ResourceFreeDisk {
+			disk = g
+		}
+	}
+	if m.mu.off || disk == nil || disk.level == PressureHigh {
+		m.mu.Unlock()
+		return
+	}
+	disk.prev, disk.level, disk.since = disk.level, PressureHigh, now
+	level := m.setOverallLocked(now)
+	changed := *disk
+	m.mu.Unlock()
+	m.logChange(&changed, level)
+}
+
+// setOverallLocked makes the worst resource's level the overall one and
+// returns it.
+func (m *Monitor) setOverallLocked(now time.Time) PressureLevel {
+	level, cause := PressureNormal, Resource("")
+	for _, g := range m.mu.gauges {
+		if g.level > level {
+			level, cause = g.level, g.res
+		}
+	}
+	if level != m.mu.level {
+		m.mu.level, m.mu.since = level, now
+	}
+	m.current.Store(&levelCause{level, cause})
+	return level
+}
+
+// Run samples every Interval, at once when Pebble reports a write stall,
+// low disk space or a deleted file, and when Level finds that the queue
+// wrote enough for free space to cross a threshold, until ctx ends. It
+// does not sample on entry: call Sample first when the level is needed
+// right away.
 func (m *Monitor) Run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.Interval)
 	defer t.Stop()
@@ -260,6 +326,7 @@ func (m *Monitor) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-poke:
+		case <-m.poke:
 		}
 		m.Sample()
 	}
@@ -278,6 +345,10 @@ func (m *Monitor) Sample() {
 	now := m.cfg.Now()
 	// The probes do I/O (statfs, /proc): outside the lock.
 	readings := map[Resource]reading{}
+	var written int64
+	if w := m.cfg.Written; w != nil {
+		written = w() // before statfs: what is written meanwhile counts again
+	}
 	free, err := m.cfg.DiskFree()
 	readings[ResourceFreeDisk] = reading{float64(free), err}
 	if q := m.cfg.Queue; q != nil {
@@ -317,16 +388,10 @@ func (m *Monitor) Sample() {
 			changed = append(changed, g)
 		}
 	}
-	level, cause := PressureNormal, Resource("")
-	for _, g := range m.mu.gauges {
-		if g.level > level {
-			level, cause = g.level, g.res
-		}
+	level := m.setOverallLocked(now)
+	if m.cfg.Written != nil {
+		m.resampleAt.Store(m.resampleAtLocked(written))
 	}
-	if level != m.mu.level {
-		m.mu.level, m.mu.since = level, now
-	}
-	m.current.Store(&levelCause{level, cause})
 	for _, g := range changed {
 		g := *g
 		events = append(events, func() { m.logChange(&g, level) })
@@ -351,6 +416,31 @@ func (m *Monitor) Sample() {
 	for _, e := range events {
 		e()
 	}
+}
+
+// minResample is the least the queue writes between two samples that
+// Level asks for: near a threshold, not a statfs for every message.
+const minResample = 1 << 20
+
+// resampleAtLocked is the Written count at which the free space read at
+// written is used up down to its next threshold (math.MaxInt64 when it
+// is already below every threshold, or could not be read).
+func (m *Monitor) resampleAtLocked(written int64) int64 {
+	for _, g := range m.mu.gauges {
+		if g.res != ResourceFreeDisk || g.err != nil {
+			continue
+		}
+		var next float64 // the largest threshold still below the reading
+		for _, t := range []float64{g.medium, g.high} {
+			if t > 0 && t <= g.value && t > next {
+				next = t
+			}
+		}
+		if next > 0 {
+			return written + max(int64(g.value-next), minResample)
+		}
+	}
+	return math.MaxInt64
 }
 
 // logChange is the one warn line per level change of a resource: the
@@ -540,85 +630,6 @@ func formatBytes(v float64) string {
 	}
 	s := strings.TrimRight(strconv.FormatFloat(v, 'f', 2, 64), "0")
 	return strings.TrimSuffix(s, ".") + units[i]
-}
-
-// StallWatch turns Pebble's write-stall events into a back-pressure
-// reading: pass EventListener() in queue.Options and the watch in
-// PressureConfig.Stalls.
-type StallWatch struct {
-	now  func() time.Time
-	poke chan struct{} // a stall began or disk space is low: sample now
-
-	mu struct {
-		sync.Mutex
-		since   time.Time     // start of the stall in progress; zero: none
-		longest time.Duration // longest stall ended since the last take
-		count   int64
-	}
-}
-
-// NewStallWatch returns a watch on the real clock.
-func NewStallWatch() *StallWatch {
-	return &StallWatch{now: time.Now, poke: make(chan struct{}, 1)}
-}
-
-// EventListener returns the Pebble listener that feeds the watch: write
-// stalls are timed, and a stall or a low-disk-space event makes the
-// monitor sample at once.
-func (w *StallWatch) EventListener() *pebble.EventListener {
-	return &pebble.EventListener{
-		WriteStallBegin: func(pebble.WriteStallBeginInfo) { w.begin() },
-		WriteStallEnd:   w.end,
-		LowDiskSpace:    func(pebble.LowDiskSpaceInfo) { w.pokeMonitor() },
-	}
-}
-
-// Stalls returns how many write stalls began since the watch was made.
-func (w *StallWatch) Stalls() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.mu.count
-}
-
-func (w *StallWatch) begin() {
-	w.mu.Lock()
-	if w.mu.since.IsZero() {
-		w.mu.since = w.now()
-		w.mu.count++
-	}
-	w.mu.Unlock()
-	w.pokeMonitor()
-}
-
-func (w *StallWatch) end() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.mu.since.IsZero() {
-		w.mu.longest = max(w.mu.longest, w.now().Sub(w.mu.since))
-		w.mu.since = time.Time{}
-	}
-}
-
-func (w *StallWatch) pokeMonitor() {
-	select {
-	case w.poke <- struct{}{}:
-	default:
-	}
-}
-
-// take returns the longest stall since the last take, counting one still
-// in progress up to now (so a sample always sees a stall that began since
-// the previous one, however short), and starts a new period.
-func (w *StallWatch) take(now time.Time) time.Duration {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	d := w.mu.longest
-	if !w.mu.since.IsZero() {
-		// At least a nanosecond: a stall that just began is a stall.
-		d = max(d, now.Sub(w.mu.since), time.Nanosecond)
-	}
-	w.mu.longest = 0
-	return d
 }
 
 // errNoProbe is returned by the probes on systems they do not support.

@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/rs/zerolog"
+
+	"relayq/queue"
 )
 
 func TestGaugeHysteresis(t *testing.T) {
@@ -73,9 +77,16 @@ type probes struct {
 // samples on its own.
 func testMonitor(t *testing.T, p *probes, log zerolog.Logger) *Monitor {
 	t.Helper()
+	return testMonitorWith(t, p, log, nil)
+}
+
+// testMonitorWith is testMonitor with its configuration changed by set
+// first (nil: as is).
+func testMonitorWith(t *testing.T, p *probes, log zerolog.Logger, set func(*PressureConfig)) *Monitor {
+	t.Helper()
 	p.free.Store(100e9)
 	p.used.Store(100 << 20)
-	return NewMonitor(PressureConfig{
+	cfg := PressureConfig{
 		Interval:       time.Hour,
 		FreeDiskMedium: 4e9, FreeDiskHigh: 500e6,
 		QueueMessagesMedium: 100, QueueMessagesHigh: 200,
@@ -89,7 +100,11 @@ func testMonitor(t *testing.T, p *probes, log zerolog.Logger) *Monitor {
 		},
 		MemoryUsed:  func() (uint64, error) { return p.used.Load(), nil },
 		MemoryLimit: func() (uint64, error) { return 1 << 30, nil },
-	}, log)
+	}
+	if set != nil {
+		set(&cfg)
+	}
+	return NewMonitor(cfg, log)
 }
 
 // logLines parses the JSON lines of a log.
@@ -422,4 +437,80 @@ func TestFormatReadings(t *testing.T) {
 
 func pebbleStallInfo() pebble.WriteStallBeginInfo {
 	return pebble.WriteStallBeginInfo{Reason: "memtable count limit reached"}
+}
+
+// A burst the queue writes between two samples changes the level before
+// the next one: once what was written since the last reading of free
+// space would take it below a threshold, the monitor samples at once.
+func TestWrittenBytesMakeTheMonitorSampleBeforeItsInterval(t *testing.T) {
+	p := &probes{}
+	var written atomic.Int64
+	m := testMonitorWith(t, p, zerolog.Nop(), func(c *PressureConfig) { c.Written = written.Load })
+	p.free.Store(600e6) // medium (below 4GB), 100 MB above high (500MB)
+	m.Sample()
+	write := func(n int64) { // the disk takes what the queue writes
+		written.Add(n)
+		p.free.Add(^uint64(n - 1))
+	}
+	write(60e6)
+	if l, _ := m.Level(); l != PressureMedium || len(m.poke) != 0 {
+		t.Fatalf("after 60 MB of the 100 MB left above the high threshold: level %v, sample asked for: %v", l, len(m.poke) != 0)
+	}
+	write(50e6) // 490 MB free: below high
+	if l, _ := m.Level(); l != PressureMedium || len(m.poke) != 1 {
+		t.Fatalf("after 110 MB: level %v, sample asked for: %v; want medium until the sample, which is asked for", l, len(m.poke) != 0)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Run(ctx) // Interval is an hour: only Level's request samples
+	waitFor(t, "the level to go high", func() bool {
+		l, res := m.Level()
+		return l == PressureHigh && res == ResourceFreeDisk
+	})
+}
+
+// A Put refused for want of room (the queue's reserve) is the mail system
+// being full: 452 4.3.1 naming the queue disk, not 451 4.3.0, and back
+// pressure goes to high at once, so that the next MAIL is refused before
+// its body is sent. The next sample decides from the reading again.
+func TestPutRefusedForWantOfRoomAnswers452AndRaisesPressure(t *testing.T) {
+	p := &probes{}
+	m := testMonitor(t, p, zerolog.Nop())
+	cfg := testConfig()
+	cfg.Pressure = m
+	q := &memQueue{beforeCommit: func(context.Context) error {
+		return fmt.Errorf("%w: 1000 bytes free, 16777216 kept in reserve", queue.ErrNoRoom)
+	}}
+	_, addr := startServer(t, cfg, q)
+	r := sendRefusedForWantOfRoom(t, addr)
+	if l, res := m.Level(); l != PressureHigh || res != ResourceFreeDisk {
+		t.Errorf("after a Put refused for want of room the level is %v (%s), want high (free_disk)", l, res)
+	}
+	r.cmd("MAIL FROM:<s@example.org>", 452)
+
+	m.Sample() // 100 GB free: the reading says otherwise
+	q.beforeCommit = nil
+	r.cmd("MAIL FROM:<s@example.org>", 250)
+}
+
+// Without back pressure the refusal is the same 452 4.3.1.
+func TestPutRefusedForWantOfRoomAnswers452WithoutBackPressure(t *testing.T) {
+	q := &memQueue{beforeCommit: func(context.Context) error { return queue.ErrNoRoom }}
+	_, addr := startServer(t, testConfig(), q)
+	sendRefusedForWantOfRoom(t, addr)
+}
+
+// sendRefusedForWantOfRoom sends a message to addr, whose queue refuses
+// it for want of room, and checks the reply to its body.
+func sendRefusedForWantOfRoom(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	r := dialRaw(t, addr, "127.0.0.1")
+	r.cmd("MAIL FROM:<s@example.org>", 250)
+	r.cmd("RCPT TO:<r@example.net>", 250)
+	r.cmd("DATA", 354)
+	r.send("Subject: x\r\n\r\nbody\r\n.\r\n")
+	if msg := r.expect(452); msg != "4.3.1 Insufficient system resources (queue disk space)" {
+		t.Errorf("a Put refused for want of room: 452 %s", msg)
+	}
+	return r
 }

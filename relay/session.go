@@ -271,6 +271,13 @@ func (s *session) Data(r io.Reader) error {
 	if err == nil && !body.Done() {
 		err = errors.New("put returned before the end of the body")
 	}
+	if errors.Is(err, queue.ErrNoRoom) {
+		// The queue's volume is down to its reserve: the mail system is
+		// full (RFC 3463 X.3.1). Back pressure goes to high at once, so
+		// the next MAIL is refused before its body is sent.
+		s.srv.cfg.Pressure.NoRoom()
+		return s.reject(ev().Err(err), replyPressure(ResourceFreeDisk))
+	}
 	if err != nil {
 		return s.reject(ev().Err(err), replyStoreFailed)
 	}

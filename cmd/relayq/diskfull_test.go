@@ -76,18 +76,22 @@ const (
 	diskBodySize     = 64 << 10
 )
 
-// diskMessage is a 64 KiB message whose Message-ID carries tok, with a
-// body of random text drawn from tok: it does not compress, so the queue
-// takes as much room on disk as the mail (message's repeated lines
-// compress to almost nothing in Pebble's tables).
-func diskMessage(tok string) []byte {
+// diskMessage is a message of about size bytes (64 KiB when size is 0)
+// whose Message-ID carries tok, with a body of random text drawn from tok:
+// it does not compress, so the queue takes as much room on disk as the
+// mail (message's repeated lines compress to almost nothing in Pebble's
+// tables).
+func diskMessage(tok string, size int) []byte {
+	if size == 0 {
+		size = diskBodySize
+	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: test %s\r\nMessage-ID: <%s@test.invalid>\r\n\r\n", diskFrom, diskTo, tok, tok)
 	h := fnv.New64a()
 	h.Write([]byte(tok))
 	rng := rand.New(rand.NewPCG(h.Sum64(), 0))
 	raw := make([]byte, 57) // one 76-character base64 line
-	for b.Len() < diskBodySize {
+	for b.Len() < size {
 		for i := range raw {
 			raw[i] = byte(rng.Uint32())
 		}
@@ -100,6 +104,7 @@ func diskMessage(tok string) []byte {
 // smtpSender is one SMTP connection that sends messages one after another.
 type smtpSender struct {
 	addr string
+	size int // of each message; 0: 64 KiB
 	c    *smtp.Client
 }
 
@@ -107,24 +112,53 @@ type smtpSender struct {
 // an *smtp.SMTPError for a reply, another error for a connection that
 // failed (then the next send reconnects).
 func (s *smtpSender) send(tok string) error {
+	_, err := s.sendStaged(tok)
+	return err
+}
+
+// sendStaged is send that also says at which stage the message was
+// refused: "connect", "MAIL", "RCPT", "DATA" (the reply to the command)
+// or "end of data" (the reply after the body was sent).
+func (s *smtpSender) sendStaged(tok string) (stage string, err error) {
 	if s.c == nil {
 		conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
 		if err != nil {
-			return err
+			return "connect", err
 		}
 		s.c = smtp.NewClient(conn)
 		s.c.CommandTimeout, s.c.SubmissionTimeout = 15*time.Second, 15*time.Second
 		if err := s.c.Hello("client.test.invalid"); err != nil {
 			s.close()
-			return err
+			return "connect", err
 		}
 	}
-	err := s.c.SendMail(diskFrom, []string{diskTo}, bytes.NewReader(diskMessage(tok)))
-	var se *smtp.SMTPError
-	if err != nil && !errors.As(err, &se) {
-		s.close()
+	defer func() {
+		var se *smtp.SMTPError
+		switch {
+		case err == nil:
+		case errors.As(err, &se):
+			if s.c.Reset() != nil { // no transaction left open
+				s.close()
+			}
+		default:
+			s.close()
+		}
+	}()
+	if err := s.c.Mail(diskFrom, nil); err != nil {
+		return "MAIL", err
 	}
-	return err
+	if err := s.c.Rcpt(diskTo, nil); err != nil {
+		return "RCPT", err
+	}
+	w, err := s.c.Data()
+	if err != nil {
+		return "DATA", err
+	}
+	if _, err := w.Write(diskMessage(tok, s.size)); err != nil {
+		w.Close()
+		return "end of data", err
+	}
+	return "end of data", w.Close()
 }
 
 func (s *smtpSender) close() {
@@ -153,8 +187,9 @@ func exited(c *child, within time.Duration) bool {
 }
 
 // checkArrivedIntact waits until dst holds every token of acked, and
-// checks that each arrived unchanged below relayq's Received header.
-func checkArrivedIntact(t *testing.T, dst *sink.Server, acked []string) {
+// checks that each arrived unchanged below relayq's Received header; size
+// is the messages' (diskMessage).
+func checkArrivedIntact(t *testing.T, dst *sink.Server, acked []string, size int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -174,7 +209,7 @@ func checkArrivedIntact(t *testing.T, dst *sink.Server, acked []string) {
 		switch {
 		case !ok:
 			t.Errorf("LOST: acknowledged message %s never arrived", tok)
-		case !bytes.HasSuffix(data, diskMessage(tok)):
+		case !bytes.HasSuffix(data, diskMessage(tok, size)):
 			t.Errorf("CORRUPT: message %s arrived changed (%d bytes)", tok, len(data))
 		}
 	}
@@ -231,16 +266,16 @@ func fatalLines(c *child) []string {
 	return out
 }
 
-// TestDiskFullAnswers451AndKeepsRunning fills the queue's disk with back
-// pressure off: the message that does not fit gets 451 4.3.0 (never 250,
-// never 5xx) and relayq keeps running; once space comes back and the
+// TestDiskFullAnswers452AndKeepsRunning fills the queue's disk with back
+// pressure off: the message that does not fit gets 452 4.3.1 naming the
+// queue disk (never 250, never 5xx) and relayq keeps running; once space comes back and the
 // destination is up, every message that got a 250 is delivered unchanged,
 // and intake resumes by itself, without a restart.
-func TestDiskFullAnswers451AndKeepsRunning(t *testing.T) {
+func TestDiskFullAnswers452AndKeepsRunning(t *testing.T) {
 	f := fillDisk(t)
 	var se *smtp.SMTPError
-	if !errors.As(f.stop, &se) || se.Code != 451 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 0}) {
-		t.Fatalf("a message that did not fit got %v, want 451 4.3.0", f.stop)
+	if !errors.As(f.stop, &se) || se.Code != 452 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 1}) || !strings.Contains(se.Message, "queue disk space") {
+		t.Fatalf("a message that did not fit got %v, want 452 4.3.1 (queue disk space)", f.stop)
 	}
 	if exited(f.c, time.Second) {
 		t.Fatalf("relayq died of the full disk (%v): %q", f.c.cmd.ProcessState, fatalLines(f.c))
@@ -264,7 +299,7 @@ func TestDiskFullAnswers451AndKeepsRunning(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	checkArrivedIntact(t, dst, append(f.acked, "after"))
+	checkArrivedIntact(t, dst, append(f.acked, "after"), 0)
 }
 
 // TestRestartOnAFullDiskRefusesClearlyAndLosesNothing: relayq stopped (a
@@ -300,7 +335,7 @@ func TestRestartOnAFullDiskRefusesClearlyAndLosesNothing(t *testing.T) {
 	defer dst.Close()
 	f.c = startChild(t, f.cfg)
 	f.c.waitLog(20*time.Second, 1, msgIs("listening"))
-	checkArrivedIntact(t, dst, f.acked)
+	checkArrivedIntact(t, dst, f.acked, 0)
 }
 
 // fillWithBallast writes path until the volume has no space left.
@@ -352,7 +387,7 @@ free_disk_high = "32MB"
 	c := startChild(t, cfg)
 	c.waitLog(20*time.Second, 1, msgIs("listening"))
 	if !backPressureMonitored(t, c) {
-		t.Skip("needs back pressure (issue 3): the admin API says back pressure is not monitored")
+		t.Fatal("back_pressure.enabled = true, but the admin API says back pressure is not monitored")
 	}
 
 	// Ballast: leave about 36 MB free, above the high threshold.
@@ -414,7 +449,7 @@ free_disk_high = "32MB"
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	checkArrivedIntact(t, dst, append(acked, "after"))
+	checkArrivedIntact(t, dst, append(acked, "after"), 0)
 }
 
 // backPressureMonitored asks c's admin API whether back pressure is on.

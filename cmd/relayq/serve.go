@@ -162,7 +162,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		return nil, err
 	}
 	stalls := relay.NewStallWatch() // Pebble's write stalls are a back-pressure input
-	if in.store, err = queue.Open(cfg.DataDir, queue.Options{Log: log, EventListener: stalls.EventListener()}); err != nil {
+	if in.store, err = queue.Open(cfg.DataDir, queueOptions(cfg, stalls, log)); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -260,6 +260,12 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	return in, nil
 }
 
+// queueOptions are the queue's options for cfg: it keeps
+// config.DiskReserve free on its volume.
+func queueOptions(cfg *config.Config, stalls *relay.StallWatch, log zerolog.Logger) queue.Options {
+	return queue.Options{Log: log, EventListener: stalls.EventListener(), Reserve: int64(config.DiskReserve)}
+}
+
 // relayConfig builds the inbound side's configuration from cfg: the TLS
 // certificate (cert, nil without [tls]), the AUTH users, the limits and
 // back pressure, which reads the queue's size, its volume's free space and
@@ -292,6 +298,7 @@ func relayConfig(cfg *config.Config, cert *certs.File, store *queue.Store, stall
 			DataDir:             cfg.DataDir,
 			Queue:               store,
 			Stalls:              stalls,
+			Written:             store.Written,
 		}, log)
 	}
 	return rc
