@@ -5,9 +5,13 @@
 // are shared. Without [cluster] in the configuration this package is not
 // used at all.
 //
-// The delivery scheduler talks to it through Limits: Acquire before
-// opening a connection, Release when it is closed, Allow before each
-// message, PublishCap on a 421 4.3.2, SetCooldown/Cooldown around dials.
+// Open builds a Client from [cluster] (nil without it). The delivery
+// scheduler talks to it through Limits: Acquire before opening a
+// connection (on ErrAtCap the destination waits RetryAtCap), Release when
+// the connection is closed (an idle connection keeps its lease), Allow
+// before each message, PublishCap when a 421 4.3.2 lowers the cap or a run
+// of successes raises it, SetCooldown/Cooldown around dials. Degraded,
+// Episodes, Nodes, Destinations and Held feed status, /readyz and metrics.
 //
 // # Keys
 //
@@ -52,8 +56,10 @@
 //     connection of this node, and no node gets a new lease until the
 //     total is below the cap: the excess of an episode (at most
 //     cap/expected_nodes per node that was degraded while others were not)
-//     only drains. Leases released while degraded stay in Redis until their
-//     TTL, which errs towards fewer connections.
+//     only drains. A lease registered again is removed from Redis by its
+//     Release even before shared mode resumes; one released while Redis was
+//     unreachable stays there until its TTL, which errs towards fewer
+//     connections.
 //   - Learned caps: acquireScript reads the cap key itself, so a published
 //     cap bounds every node's next lease at once; LearnedCap answers from a
 //     cache read back every CapRefresh (500 ms) for the destinations asked
