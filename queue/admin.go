@@ -61,6 +61,10 @@ type Filter struct {
 	State QueueState
 	// OlderThan selects messages received more than this long ago.
 	OlderThan time.Duration
+	// MessageID selects the messages whose Message-ID header field is
+	// this one, exactly (case-sensitive), with or without its angle
+	// brackets.
+	MessageID string
 }
 
 // IsZero reports whether f selects every message.
@@ -77,6 +81,9 @@ func (f Filter) Match(m *Message, now time.Time) bool {
 	if f.Sender != "" && !matchSender(f.Sender, m.From) {
 		return false
 	}
+	if f.MessageID != "" && !sameMessageID(f.MessageID, m.MessageID) {
+		return false
+	}
 	if f.Domain != "" {
 		want := strings.TrimSuffix(strings.ToLower(f.Domain), ".")
 		for _, i := range m.Pending() {
@@ -87,6 +94,19 @@ func (f Filter) Match(m *Message, now time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// sameMessageID compares two Message-IDs, either of them with or without
+// its angle brackets.
+func sameMessageID(a, b string) bool {
+	bare := func(s string) string {
+		s = strings.TrimSpace(s)
+		if len(s) >= 2 && s[0] == '<' && s[len(s)-1] == '>' {
+			return s[1 : len(s)-1]
+		}
+		return s
+	}
+	return b != "" && bare(a) == bare(b)
 }
 
 func matchSender(pattern, from string) bool {

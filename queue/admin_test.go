@@ -318,3 +318,34 @@ func TestParseQueueState(t *testing.T) {
 		t.Error(`ParseQueueState("stuck") succeeded`)
 	}
 }
+
+func TestListFiltersByMessageIDWithOrWithoutBrackets(t *testing.T) {
+	s := newAdminFixture(t).s
+	put := func(mid, subject string) ID {
+		id := s.NewID()
+		env := envelope("a@x.invalid", "b@y.invalid")
+		env.MessageID, env.Subject = mid, subject
+		if err := s.Put(context.Background(), id, env, strings.NewReader("body\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	want := put("<Abc.1@app.example>", "Report")
+	put("<abc.1@app.example>", "other case")
+	put("<Abc.1@app.example.org>", "longer")
+	put("", "none")
+	for _, q := range []string{"<Abc.1@app.example>", "Abc.1@app.example", " <Abc.1@app.example> "} {
+		got, err := s.List(Filter{MessageID: q}, "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].ID != want || got[0].Subject != "Report" || got[0].MessageID != "<Abc.1@app.example>" {
+			t.Fatalf("Filter{MessageID: %q} selects %+v, want only %s", q, got, want)
+		}
+	}
+	for _, q := range []string{"Abc.1", "<>", "<Abc.1@app.example"} {
+		if got, err := s.List(Filter{MessageID: q}, "", 10); err != nil || len(got) != 0 {
+			t.Fatalf("Filter{MessageID: %q} selects %v, %v", q, ids(got), err)
+		}
+	}
+}

@@ -33,16 +33,20 @@
 //
 // # Record encoding
 //
-// Version 2, the one written, is varints and length-prefixed strings, laid
+// Version 3, the one written, is varints and length-prefixed strings, laid
 // out in record.go: Chunks and Size first (counting the queue at Open reads
 // only those), then flags, times as Unix nanoseconds with their zone offset
-// (a zero time is flagged absent), the strings, and the recipients. A time
-// comes back as from JSON: the same instant, no monotonic reading, in UTC,
-// Local or a fixed zone as its offset says. Version 1, the JSON of the
-// struct tags in message.go, is still read, so a queue written by an older
-// relayq opens and delivers; a record is rewritten as version 2 by its next
-// change. Decoding checks every length against the bytes left and refuses
-// trailing bytes; it never panics (FuzzDecodeRecord).
+// (a zero time is flagged absent), the strings, the recipients, and last
+// the message's Message-ID and Subject. Version 2 is the same without
+// those two strings; version 1 is the JSON of the struct tags in
+// message.go. Both are still read (with no Message-ID or Subject), so a
+// queue written by an older relayq opens and delivers; a record is
+// rewritten as version 3 by its next change. An older relayq cannot read
+// version 3: going back to one needs an empty queue. A time comes back as
+// from JSON: the same instant, no monotonic reading, in UTC, Local or a
+// fixed zone as its offset says. Decoding checks every length against the
+// bytes left and refuses trailing bytes; it never panics
+// (FuzzDecodeRecord).
 //
 // # Reading bodies
 //

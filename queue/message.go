@@ -98,6 +98,14 @@ type Envelope struct {
 	// worker is to bounce every pending recipient at its next attempt, with
 	// an NDR, instead of trying to deliver.
 	BounceRequested bool `json:"br,omitempty"`
+	// MessageID is the message's Message-ID header field as its client
+	// sent it ("<id@host>"), "" when it had none. Subject is its Subject,
+	// decoded (RFC 2047) for display, without control characters and cut
+	// to 200 bytes. Both are read from the header section at intake, for
+	// operators and logs; delivery never uses them. Records written
+	// before version 3 have neither.
+	MessageID string `json:"mid,omitempty"`
+	Subject   string `json:"sj,omitempty"`
 }
 
 // Pending returns the indexes of the recipients still to be delivered.

@@ -14,13 +14,17 @@ const (
 	// recordVersionJSON is the JSON encoding of record written before
 	// version 2. It is still read (a queue written by an older relayq
 	// opens and delivers), never written: a record read as version 1 is
-	// rewritten as version 2 by its next change.
+	// rewritten as version 3 by its next change.
 	recordVersionJSON = 1
+	// recordVersion2 is the binary encoding below without its last two
+	// strings (MessageID and Subject), as relayq wrote it before they
+	// were kept. It is still read, as having neither; never written.
+	recordVersion2 = 2
 	// recordVersion is what every write uses: the binary encoding below.
-	recordVersion = 2
+	recordVersion = 3
 )
 
-// The version 2 record is, after the version byte (uvarint and varint as
+// The version 3 record is, after the version byte (uvarint and varint as
 // in encoding/binary; a string is a uvarint length and the bytes; a time
 // is a varint of Unix nanoseconds and a varint of its zone offset in
 // seconds east of UTC, present only if its flag is set):
@@ -36,6 +40,7 @@ const (
 //	  varint   Attempts
 //	  time     Done (if set)
 //	  string   Addr, Notify, ORCPT, LastReply, LastHost, Status
+//	string   MessageID, Subject (not in version 2)
 //
 // Chunks and Size come first so that recordChunks and recordSize read
 // them without decoding the rest. The zone offset is kept so that a time
@@ -67,7 +72,7 @@ const (
 
 var errTruncated = errors.New("queue: decode: record truncated or malformed")
 
-// appendRecord appends the version 2 encoding of r to dst. It fails only
+// appendRecord appends the version 3 encoding of r to dst. It fails only
 // for a time outside the range of int64 Unix nanoseconds (years 1678 to
 // 2262) or with an absurd zone offset.
 func appendRecord(dst []byte, r *record) ([]byte, error) {
@@ -123,6 +128,8 @@ func appendRecord(dst []byte, r *record) ([]byte, error) {
 		dst = appendString(dst, rc.LastHost)
 		dst = appendString(dst, rc.Status)
 	}
+	dst = appendString(dst, e.MessageID)
+	dst = appendString(dst, e.Subject)
 	return dst, nil
 }
 
@@ -149,7 +156,7 @@ func appendTime(dst []byte, t time.Time) ([]byte, error) {
 	return binary.AppendVarint(dst, int64(off)), nil
 }
 
-// decodeRecord decodes an m/ value of either version.
+// decodeRecord decodes an m/ value of any version.
 func decodeRecord(v []byte) (*record, error) {
 	r := new(record)
 	if err := decodeRecordTo(v, r); err != nil {
@@ -158,7 +165,7 @@ func decodeRecord(v []byte) (*record, error) {
 	return r, nil
 }
 
-// decodeRecordTo decodes an m/ value of either version into r, which it
+// decodeRecordTo decodes an m/ value of any version into r, which it
 // overwrites. It never panics, and rejects truncated input, trailing bytes
 // and lengths or counts larger than the input can hold.
 func decodeRecordTo(v []byte, r *record) error {
@@ -167,8 +174,8 @@ func decodeRecordTo(v []byte, r *record) error {
 		return fmt.Errorf("queue: decode: empty record")
 	}
 	switch v[0] {
-	case recordVersion:
-		return decodeBinary(v[1:], r)
+	case recordVersion, recordVersion2:
+		return decodeBinary(v[1:], v[0], r)
 	case recordVersionJSON:
 		// Into a record of its own: json.Unmarshal's argument escapes,
 		// and r should stay on its caller's stack.
@@ -187,8 +194,8 @@ func decodeRecordTo(v []byte, r *record) error {
 	return fmt.Errorf("queue: unknown record version %d", v[0])
 }
 
-// decoder reads a version 2 record. Its methods return zero values once
-// err is set, so decodeBinary checks err only at the end.
+// decoder reads a binary (version 2 or 3) record. Its methods return zero
+// values once err is set, so decodeBinary checks err only at the end.
 type decoder struct {
 	b   []byte
 	s   string // b as a string: every string field is a substring of it, one allocation for all
@@ -277,7 +284,8 @@ func localOffset(t time.Time) int {
 	return off
 }
 
-func decodeBinary(b []byte, r *record) error {
+// decodeBinary decodes the binary record b of the given version.
+func decodeBinary(b []byte, version byte, r *record) error {
 	d := decoder{b: b}
 	chunks := d.uvarint()
 	if chunks > math.MaxUint32 {
@@ -329,6 +337,10 @@ func decodeBinary(b []byte, r *record) error {
 			break
 		}
 	}
+	if version >= recordVersion {
+		e.MessageID = d.string()
+		e.Subject = d.string()
+	}
 	if d.err == nil && d.off != len(b) {
 		d.err = fmt.Errorf("queue: decode: %d bytes after the record", len(b)-d.off)
 	}
@@ -339,9 +351,15 @@ func decodeBinary(b []byte, r *record) error {
 	return nil
 }
 
+// binaryRecord reports whether v is a record of a binary version, whose
+// Chunks and Size come first.
+func binaryRecord(v []byte) bool {
+	return len(v) > 0 && (v[0] == recordVersion || v[0] == recordVersion2)
+}
+
 // recordSize reads only the body size of a stored record.
 func recordSize(v []byte) (int64, error) {
-	if len(v) > 0 && v[0] == recordVersion {
+	if binaryRecord(v) {
 		d := decoder{b: v[1:]}
 		d.uvarint()
 		size := d.varint()
@@ -361,7 +379,7 @@ func recordSize(v []byte) (int64, error) {
 
 // recordChunks reads only the body chunk count of a stored record.
 func recordChunks(v []byte) (uint32, error) {
-	if len(v) > 0 && v[0] == recordVersion {
+	if binaryRecord(v) {
 		d := decoder{b: v[1:]}
 		n := d.uvarint()
 		if d.err == nil && n > math.MaxUint32 {

@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -41,6 +42,8 @@ func fullRecord() *record {
 			DelayWarned:     true,
 			Held:            true,
 			BounceRequested: true,
+			MessageID:       "<20260301.1@app.example.org>",
+			Subject:         "Rechnung für März",
 		},
 		Chunks: 1<<32 - 1,
 	}
@@ -253,6 +256,54 @@ func TestDecodeRecordReadsVersion1JSON(t *testing.T) {
 	}
 }
 
+// v2Hex is a record as the version 2 code wrote it, byte for byte, before
+// Message-ID and Subject were kept.
+const v2Hex = "0201a413608080a0bbd29df1fa310080e0c5d18daff1fa31000d61406578616d706c652e6f72670000105b3132372e302e302e315d2068656c6f010000020d62406578616d706c652e6e657400000f34353120342e372e31206c617465720005342e372e31"
+
+func TestDecodeRecordReadsVersion2(t *testing.T) {
+	v, err := hex.DecodeString(v2Hex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &record{
+		Envelope: Envelope{
+			From:        "a@example.org",
+			Recipients:  []Recipient{{Addr: "b@example.net", Attempts: 1, LastReply: "451 4.7.1 later", Status: "4.7.1"}},
+			Received:    time.Unix(1_800_000_000, 0).UTC(),
+			NextAttempt: time.Unix(1_800_000_300, 0).UTC(),
+			Size:        1234,
+			Client:      "[127.0.0.1] helo",
+		},
+		Chunks: 1,
+	}
+	got, err := decodeRecord(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got  %+v\nwant %+v", got, want)
+	}
+	if size, err := recordSize(v); err != nil || size != 1234 {
+		t.Fatalf("recordSize = %d, %v", size, err)
+	}
+	if chunks, err := recordChunks(v); err != nil || chunks != 1 {
+		t.Fatalf("recordChunks = %d, %v", chunks, err)
+	}
+	// Version 2 ends after the recipients: the two strings of version 3
+	// are trailing bytes there, and version 3 cut before them is short.
+	v3, _ := roundTrip(t, want)
+	if !bytes.Equal(v3[1:len(v3)-2], v[1:]) || v3[0] != recordVersion {
+		t.Fatalf("version 3 is not version 2 with two strings appended:\n%x\n%x", v3, v)
+	}
+	if _, err := decodeRecord(append(bytes.Clone(v), 0, 0)); err == nil {
+		t.Fatal("a version 2 record with version 3's strings decoded")
+	}
+	v3[0] = recordVersion
+	if _, err := decodeRecord(v3[:len(v3)-2]); err == nil {
+		t.Fatal("a version 3 record without its last strings decoded")
+	}
+}
+
 // TestVersion1QueueOpensAndDelivers writes a queue as the version 1 code
 // did, reopens it and takes its messages through the whole API.
 func TestVersion1QueueOpensAndDelivers(t *testing.T) {
@@ -361,6 +412,12 @@ func TestVersion1QueueOpensAndDelivers(t *testing.T) {
 // corpus is in testdata/fuzz/FuzzDecodeRecord.
 func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte(v1Literal))
+	if v2, err := hex.DecodeString(v2Hex); err == nil {
+		f.Add(v2)
+	}
+	if v3, err := appendRecord(nil, fullRecord()); err == nil {
+		f.Add(v3)
+	}
 	f.Fuzz(func(t *testing.T, v []byte) {
 		r1, err := decodeRecord(v)
 		size, serr := recordSize(v)
