@@ -190,13 +190,20 @@ type Log struct {
 	Level  string `toml:"level"`  // trace | debug | info | warn | error
 }
 
-// DefaultMaxConnectionsPerSource is limits.max_connections_per_source
-// when the file does not set it: Postfix's own
-// smtpd_client_connection_count_limit, above what common clients open to
-// one relay host (Postfix's default_destination_concurrency_limit and
-// Exchange's per-destination limit are 20), so that a LAN's mail server on
-// its defaults is never refused for it.
-const DefaultMaxConnectionsPerSource = 50
+// The defaults of [limits]; relay applies them to the zero fields of its
+// Config and Policy too, so each is declared here only.
+const (
+	DefaultMaxMessageSize = 35 * MB
+	DefaultMaxRecipients  = 100
+	DefaultMaxConnections = 1000
+	// DefaultMaxConnectionsPerSource is Postfix's own
+	// smtpd_client_connection_count_limit, above what common clients open
+	// to one relay host (Postfix's default_destination_concurrency_limit
+	// and Exchange's per-destination limit are 20), so that a LAN's mail
+	// server on its defaults is never refused for it.
+	DefaultMaxConnectionsPerSource = 50
+	DefaultMaxHops                 = 30
+)
 
 // Default returns the configuration relayq runs with when no file is given.
 // It passes Validate.
@@ -211,11 +218,11 @@ func Default() *Config {
 		Listeners: defaultListeners(),
 		Relay:     Relay{AllowedNetworks: defaultNetworks()},
 		Limits: Limits{
-			MaxMessageSize:          35 * MB,
-			MaxRecipients:           100,
-			MaxConnections:          1000,
+			MaxMessageSize:          DefaultMaxMessageSize,
+			MaxRecipients:           DefaultMaxRecipients,
+			MaxConnections:          DefaultMaxConnections,
 			MaxConnectionsPerSource: DefaultMaxConnectionsPerSource,
-			MaxHops:                 30,
+			MaxHops:                 DefaultMaxHops,
 			BareLineEndings:         BareLineEndingsNormalize,
 			// Only authenticated sessions are users, and they are the
 			// only clients that can send from outside allowed_networks:

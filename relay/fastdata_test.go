@@ -146,8 +146,8 @@ func expect(t *testing.T, tp *textproto.Conn, code int) string {
 // (DATA, wait for 354, then the body: the fast path) and with the body
 // written together with DATA (go-smtp reads it itself), and compares what
 // was queued and the replies. (A line over the limit cannot be compared
-// so: go-smtp checks line lengths per socket read, and refuses the DATA
-// command itself when the body came in the same read.)
+// so: go-smtp checks line lengths per socket read and fails the whole read
+// that holds an over-long line, which may hold the end of the body too.)
 func TestFastPathStoresWhatGoSMTPWould(t *testing.T) {
 	bodies := []string{
 		"Subject: a\r\n\r\nplain\r\n",

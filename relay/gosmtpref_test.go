@@ -13,6 +13,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
+
+	"relayq/config"
 )
 
 // refBackend is the reference for relay's reading of a DATA body: a plain
@@ -37,7 +39,7 @@ func (refSession) Reset()                               {}
 func (refSession) Logout() error                        { return nil }
 
 func (s refSession) Data(r io.Reader) error {
-	body := newBodyReader(r, s.b.max, DefaultMaxHops, BareNormalize)
+	body := newBodyReader(r, s.b.max, config.DefaultMaxHops, BareNormalize)
 	defer body.release()
 	got, _ := io.ReadAll(body)
 	if reply := body.Reply(); reply != nil {

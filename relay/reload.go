@@ -54,13 +54,13 @@ func (c Config) policy() Policy {
 
 func (p Policy) withDefaults() Policy {
 	if p.MaxRecipients <= 0 {
-		p.MaxRecipients = DefaultMaxRecipients
+		p.MaxRecipients = config.DefaultMaxRecipients
 	}
 	if p.MaxHops <= 0 {
-		p.MaxHops = DefaultMaxHops
+		p.MaxHops = config.DefaultMaxHops
 	}
 	if p.MaxConnections <= 0 {
-		p.MaxConnections = DefaultMaxConnections
+		p.MaxConnections = config.DefaultMaxConnections
 	}
 	if p.MaxConnectionsPerSource <= 0 {
 		p.MaxConnectionsPerSource = config.DefaultMaxConnectionsPerSource

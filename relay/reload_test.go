@@ -7,6 +7,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
+
+	"relayq/config"
 )
 
 // deliverOne sends one message with the given recipients on r and expects
@@ -63,7 +65,7 @@ func TestSetPolicyAppliesToNextTransactionWhileOpenConnectionIsServed(t *testing
 	r.cmd("NOOP", 250)
 	deliverOne(dialRaw(t, addr, "127.0.0.2"), "a@example.com")
 
-	if got := s.Policy(); got.MaxRecipients != 1 || len(got.AllowedNetworks) != 1 || got.MaxHops != DefaultMaxHops {
+	if got := s.Policy(); got.MaxRecipients != 1 || len(got.AllowedNetworks) != 1 || got.MaxHops != config.DefaultMaxHops {
 		t.Errorf("Policy() = %+v", got)
 	}
 	if n := len(q.messages()); n != 2 {

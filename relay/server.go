@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"relayq/config"
 	"relayq/queue"
 )
 
@@ -32,12 +33,9 @@ type Queue interface {
 	Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error
 }
 
-// Defaults for the zero values of Config.
+// Defaults for the zero values of Config, besides the limits of config
+// (config.DefaultMaxMessageSize and the others).
 const (
-	DefaultMaxMessageSize = 35 << 20
-	DefaultMaxRecipients  = 100
-	DefaultMaxHops        = 30
-	DefaultMaxConnections = 1000
 	// RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command.
 	DefaultTimeout = 5 * time.Minute
 	// DefaultAuthFailuresPerSource failed AUTH attempts within
@@ -123,7 +121,7 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	if c.MaxMessageSize <= 0 {
-		c.MaxMessageSize = DefaultMaxMessageSize
+		c.MaxMessageSize = int64(config.DefaultMaxMessageSize)
 	}
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = DefaultTimeout
