@@ -93,7 +93,11 @@
 // # Connections
 //
 // Server.Serve wraps each accepted connection itself (conn.go): the caps are
-// counted there, since go-smtp has no hook before its greeting; the read
+// counted there, since go-smtp has no hook before its greeting, and a
+// connection counts against its source only until its client has quit (the
+// 221, seen in the clear) or closed its side (its FIN, seen in the socket's
+// TCP state by the next connection from that source over the cap), not
+// until relay has finished tearing it down; the read
 // deadline slides during DATA; a multi-line reply, which go-smtp writes line
 // by line, goes out in one write; control characters go-smtp would echo
 // from client input are replaced; Shutdown can close idle connections; and
