@@ -81,11 +81,11 @@ func (c *Client) refreshCaps(ctx context.Context) {
 	c.mu.local.prune(c.opt.Now())
 	c.mu.Unlock()
 	if len(ks) == 0 {
-		_ = c.do(ctx, func(ctx context.Context) error { return c.rdb.Ping(ctx).Err() })
+		_ = c.doBG(ctx, func(ctx context.Context) error { return c.rdb.Ping(ctx).Err() })
 		return
 	}
 	var vals []any
-	if c.do(ctx, func(ctx context.Context) (err error) {
+	if c.doBG(ctx, func(ctx context.Context) (err error) {
 		vals, err = c.rdb.MGet(ctx, ks...).Result()
 		return err
 	}) != nil {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -64,11 +65,12 @@ const RetryAtCap = 200 * time.Millisecond
 const (
 	// DefaultTimeout bounds every Redis call: delivery must not wait on a
 	// slow Redis longer than this before it falls back.
-	DefaultTimeout = 50 * time.Millisecond
-	defaultTTL     = 30 * time.Second
-	defaultCapTTL  = 24 * time.Hour
-	defaultRefresh = 500 * time.Millisecond
-	heartbeatEvery = 5 * time.Second
+	DefaultTimeout           = 50 * time.Millisecond
+	defaultBackgroundTimeout = time.Second
+	defaultTTL               = 30 * time.Second
+	defaultCapTTL            = 24 * time.Hour
+	defaultRefresh           = 500 * time.Millisecond
+	heartbeatEvery           = 5 * time.Second
 	// NodeWindow is how recent a node's heartbeat must be for Nodes.
 	NodeWindow = 30 * time.Second
 	// capWatch is how long a destination's learned cap is kept refreshed
@@ -80,15 +82,23 @@ const (
 type Options struct {
 	URL      string // redis://host:port/db or rediss://…
 	Password string // overrides the URL's password when set
-	Name     string // key namespace: relayq:{Name}:…; "" = "default"
-	Node     string // this node's name
+	// RootCAs verify a rediss:// server's certificate; nil = the
+	// system's roots.
+	RootCAs *x509.CertPool
+	Name    string // key namespace: relayq:{Name}:…; "" = "default"
+	Node    string // this node's name
 	// ExpectedNodes divides caps and rates in the local fallback (at
 	// least 1).
 	ExpectedNodes int
-	// Timeout bounds each Redis call; 0 = DefaultTimeout (50 ms), which
-	// relayq uses. Tests that check invariants under load, not latency,
-	// raise it.
+	// Timeout bounds each Redis call made on behalf of a delivery
+	// (Limits' methods); 0 = DefaultTimeout (50 ms), which relayq uses.
+	// Tests that check invariants under load, not latency, raise it.
 	Timeout time.Duration
+	// BackgroundTimeout bounds the calls of the background loop (probes,
+	// renewals, heartbeats, learned caps) and of status, and the dialling
+	// of connections, which the loop does ahead of deliveries (a TLS
+	// handshake may take more than Timeout). 0 = 1 s.
+	BackgroundTimeout time.Duration
 	// LeaseTTL is how long a lease outlives its last renewal (a dead
 	// node's connections are forgotten after it); renewed every third of
 	// it. 0 = 30 s.
@@ -112,6 +122,9 @@ func (o *Options) fill() {
 	o.ExpectedNodes = max(o.ExpectedNodes, 1)
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.BackgroundTimeout <= 0 {
+		o.BackgroundTimeout = defaultBackgroundTimeout
 	}
 	if o.LeaseTTL <= 0 {
 		o.LeaseTTL = defaultTTL
@@ -172,11 +185,19 @@ func New(ctx context.Context, o Options) (*Client, error) {
 	if o.Password != "" {
 		ro.Password = o.Password
 	}
-	// Every call is bounded by Timeout and never retried: a slow Redis
-	// must cost a delivery at most one Timeout before the fallback.
-	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.PoolTimeout = o.Timeout, o.Timeout, o.Timeout, o.Timeout
+	if ro.TLSConfig != nil && o.RootCAs != nil {
+		ro.TLSConfig.RootCAs = o.RootCAs
+	}
+	// Every call is bounded by its context (Timeout on the delivery path)
+	// and never retried: a slow Redis costs a delivery at most one Timeout
+	// before the fallback. The socket timeouts are only the outer bound;
+	// one idle connection is kept dialled, in the background, so that a
+	// delivery does not pay for a dial.
+	bg := o.BackgroundTimeout
+	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.PoolTimeout = bg, bg, bg, bg
 	ro.ContextTimeoutEnabled = true
 	ro.MaxRetries, ro.DialerRetries = -1, 1
+	ro.MinIdleConns = 1
 	ro.DisableIdentity = true
 	var tok [6]byte
 	_, _ = rand.Read(tok[:])
@@ -192,7 +213,7 @@ func New(ctx context.Context, o Options) (*Client, error) {
 	c.mu.leases = map[string]map[*Lease]struct{}{}
 	c.mu.local = newLocal()
 	c.mu.caps = map[string]capEntry{}
-	_ = c.do(ctx, c.heartbeat) // a failure makes the client start degraded
+	_ = c.doBG(ctx, c.heartbeat) // a failure makes the client start degraded
 	go c.loop()
 	return c, nil
 }
@@ -205,7 +226,7 @@ func (c *Client) Close(ctx context.Context) error {
 	held := c.heldLocked(false)
 	c.mu.leases = map[string]map[*Lease]struct{}{}
 	c.mu.Unlock()
-	_ = c.do(ctx, func(ctx context.Context) error {
+	_ = c.doBG(ctx, func(ctx context.Context) error {
 		p := c.rdb.Pipeline()
 		for dest, members := range held {
 			p.ZRem(ctx, c.keys.leases(dest), members...)
@@ -249,23 +270,33 @@ func (c *Client) Episodes() uint64 {
 // errDegraded is do's answer when Redis is not even tried.
 var errDegraded = errors.New("cluster: degraded")
 
-// do runs f against Redis with the per-call timeout, unless the client is
-// degraded. An error of f that is not the caller's context's makes the
-// client degraded. The caller falls back to local limits on any error.
+// do runs f against Redis within Timeout, unless the client is degraded.
+// An error of f that is not the caller's context's makes the client
+// degraded. The caller falls back to local limits on any error.
 func (c *Client) do(ctx context.Context, f func(ctx context.Context) error) error {
+	return c.doWithin(ctx, c.opt.Timeout, f)
+}
+
+// doBG is do for the background loop and status, within
+// BackgroundTimeout.
+func (c *Client) doBG(ctx context.Context, f func(ctx context.Context) error) error {
+	return c.doWithin(ctx, c.opt.BackgroundTimeout, f)
+}
+
+func (c *Client) doWithin(ctx context.Context, d time.Duration, f func(ctx context.Context) error) error {
 	if c.Degraded() {
 		return errDegraded
 	}
-	err := c.call(ctx, f)
+	err := c.callWithin(ctx, d, f)
 	if err != nil && ctx.Err() == nil {
 		c.enterDegraded(err)
 	}
 	return err
 }
 
-// call runs f with the per-call timeout, degraded or not.
-func (c *Client) call(ctx context.Context, f func(ctx context.Context) error) error {
-	cctx, cancel := context.WithTimeout(ctx, c.opt.Timeout)
+// callWithin runs f within d, degraded or not.
+func (c *Client) callWithin(ctx context.Context, d time.Duration, f func(ctx context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	return f(cctx)
 }
@@ -318,7 +349,7 @@ func (c *Client) loop() {
 			lastRenew = time.Now()
 		}
 		if time.Since(lastBeat) >= heartbeatEvery {
-			_ = c.do(ctx, c.heartbeat)
+			_ = c.doBG(ctx, c.heartbeat)
 			lastBeat = time.Now()
 		}
 	}

@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
+	"os"
 
 	"github.com/rs/zerolog"
 
@@ -20,9 +22,21 @@ func Open(ctx context.Context, cfg config.Cluster, log zerolog.Logger) (*Client,
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	var roots *x509.CertPool
+	if cfg.TLSCAFile != "" {
+		pem, err := os.ReadFile(cfg.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: tls_ca_file: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("cluster: tls_ca_file %s holds no PEM certificate", cfg.TLSCAFile)
+		}
+	}
 	return New(ctx, Options{
 		URL:           cfg.Redis,
 		Password:      pw,
+		RootCAs:       roots,
 		Name:          cfg.Name,
 		Node:          cfg.NodeName(),
 		ExpectedNodes: cfg.ExpectedNodes,

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/config"
+	"relayq/internal/certs"
 	"relayq/internal/redistest"
 )
 
@@ -55,5 +56,57 @@ func TestOpenUsesPasswordFile(t *testing.T) {
 			waitFor(t, "shared with the right password", 5*time.Second, func() bool { return !c.Degraded() })
 		}
 		_ = c.Close(ctx)
+	}
+}
+
+// rediss:// with a password from password_env: the server's certificate
+// is verified against tls_ca_file; with the system's roots instead it is
+// not trusted and the node stays degraded.
+func TestOpenRedissVerifiesWithCAFile(t *testing.T) {
+	dir := t.TempDir()
+	pair, err := certs.SelfSigned([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	for f, b := range map[string][]byte{certFile: pair.CertPEM, keyFile: pair.KeyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := redistest.StartTLS(t, redistest.TLS{CertFile: certFile, KeyFile: keyFile})
+	t.Setenv("RELAYQ_TEST_REDIS_PASSWORD", "tls-s3cret")
+	ctx := context.Background()
+	cfg := config.Default().Cluster
+	cfg.Redis, cfg.TLSCAFile, cfg.Node = srv.URL(), certFile, "n1"
+	admin, err := Open(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "shared over TLS", 5*time.Second, func() bool { return !admin.Degraded() })
+	if err := admin.rdb.ConfigSet(ctx, "requirepass", "tls-s3cret").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_ = admin.Close(ctx)
+
+	cfg.PasswordEnv = "RELAYQ_TEST_REDIS_PASSWORD"
+	c, err := Open(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "shared over TLS with the password", 5*time.Second, func() bool { return !c.Degraded() })
+	if _, err := c.Acquire(ctx, "d", 1); err != nil {
+		t.Errorf("Acquire over TLS: %v", err)
+	}
+	_ = c.Close(ctx)
+
+	cfg.TLSCAFile = ""
+	untrusted, err := Open(ctx, cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer untrusted.Close(ctx)
+	if !untrusted.Degraded() {
+		t.Error("a self-signed server certificate was trusted without tls_ca_file")
 	}
 }

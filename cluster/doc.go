@@ -38,11 +38,15 @@
 //     background loop renews every held lease every LeaseTTL/3. A node
 //     that dies or loses Redis stops counting within LeaseTTL, and the
 //     others then take its share.
-//   - Every Redis call is bounded by Timeout (50 ms) and never retried. A
-//     failed call (other than by the caller's own context) makes the client
-//     degraded: one warning per episode, Degraded() true, and no further
-//     calls to Redis on the delivery path. Nothing fails because Redis is
-//     gone: Acquire, Allow and Cooldown answer from the local fallback.
+//   - Every Redis call made for a delivery (the methods of Limits) is
+//     bounded by Timeout (50 ms) and never retried; the background loop's
+//     (probes, renewals, heartbeats, learned caps), status's and the
+//     dialling of connections, which no delivery waits for, by
+//     BackgroundTimeout (1 s). A failed call (other than by the caller's
+//     own context) makes the client degraded: one warning per episode,
+//     Degraded() true, and no further calls to Redis on the delivery path.
+//     Nothing fails because Redis is gone: Acquire, Allow and Cooldown
+//     answer from the local fallback.
 //   - Degraded, the node counts every lease it holds (taken before or
 //     during the episode) against max(1, min(cap, last learned cap) /
 //     expected_nodes), paces messages at rate/expected_nodes, and keeps its

@@ -113,7 +113,7 @@ func (c *Client) Release(ctx context.Context, l *Lease) {
 	// Registered, so Redis answers: in shared mode, or while recover
 	// finishes (still degraded), when skipping it would leave the lease
 	// counting until its TTL.
-	if err := c.call(ctx, zrem); err != nil {
+	if err := c.callWithin(ctx, c.opt.Timeout, zrem); err != nil {
 		c.enterDegraded(err)
 	}
 }
@@ -154,7 +154,7 @@ func (c *Client) register(ctx context.Context, held map[string][]any) error {
 		return nil
 	}
 	exp := float64(ms(c.opt.Now().Add(c.opt.LeaseTTL)))
-	err := c.call(ctx, func(ctx context.Context) error {
+	err := c.callWithin(ctx, c.opt.BackgroundTimeout, func(ctx context.Context) error {
 		p := c.rdb.Pipeline()
 		for dest, members := range held {
 			zs := make([]redis.Z, len(members))
@@ -185,7 +185,7 @@ func (c *Client) register(ctx context.Context, held map[string][]any) error {
 	if len(gone) == 0 {
 		return nil
 	}
-	return c.call(ctx, func(ctx context.Context) error {
+	return c.callWithin(ctx, c.opt.BackgroundTimeout, func(ctx context.Context) error {
 		p := c.rdb.Pipeline()
 		for dest, members := range gone {
 			p.ZRem(ctx, c.keys.leases(dest), members...)
@@ -220,7 +220,7 @@ func (c *Client) renew(ctx context.Context) {
 // section that found no lease left to register, so that no lease taken
 // meanwhile is missing from the count.
 func (c *Client) recover(ctx context.Context) {
-	if c.call(ctx, func(ctx context.Context) error { return c.rdb.Ping(ctx).Err() }) != nil {
+	if c.callWithin(ctx, c.opt.BackgroundTimeout, func(ctx context.Context) error { return c.rdb.Ping(ctx).Err() }) != nil {
 		return
 	}
 	for range 3 { // leases keep being taken locally while this runs
@@ -230,7 +230,7 @@ func (c *Client) recover(ctx context.Context) {
 			c.mu.degraded = false
 			c.mu.Unlock()
 			c.opt.Log.Info().Str("node", c.opt.Node).Msg("cluster: Redis answers again; destination limits are shared again")
-			_ = c.do(ctx, c.heartbeat)
+			_ = c.doBG(ctx, c.heartbeat)
 			return
 		}
 		c.mu.Unlock()

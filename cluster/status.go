@@ -10,10 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// statusTimeout bounds the status calls, which an operator waits for, not
-// a delivery; each command still has the per-call timeout.
-const statusTimeout = time.Second
-
 // heartbeat records this node as seen now, and forgets nodes not seen
 // within NodeWindow. One sorted set (node → last seen, ms) with a TTL
 // lists the nodes in one call.
@@ -35,11 +31,9 @@ type Node struct {
 
 // Nodes lists the nodes seen within NodeWindow, by name.
 func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
-	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
-	defer cancel()
 	since := strconv.FormatInt(ms(c.opt.Now().Add(-NodeWindow)), 10)
 	var zs []redis.Z
-	err := c.do(ctx, func(ctx context.Context) (err error) {
+	err := c.doBG(ctx, func(ctx context.Context) (err error) {
 		zs, err = c.rdb.ZRangeByScoreWithScores(ctx, c.keys.nodes(), &redis.ZRangeBy{Min: since, Max: "+inf"}).Result()
 		return err
 	})
@@ -67,15 +61,13 @@ const maxScan = 100
 // Destinations lists the destinations with live leases or a learned cap,
 // by name. It fails while degraded: Held then gives this node's view.
 func (c *Client) Destinations(ctx context.Context) ([]DestView, error) {
-	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
-	defer cancel()
 	dests, err := c.scanDests(ctx)
 	if err != nil {
 		return nil, err
 	}
 	now := strconv.FormatInt(ms(c.opt.Now()), 10)
 	views := make([]DestView, len(dests))
-	err = c.do(ctx, func(ctx context.Context) error {
+	err = c.doBG(ctx, func(ctx context.Context) error {
 		p := c.rdb.Pipeline()
 		leases := make([]*redis.StringSliceCmd, len(dests))
 		caps := make([]*redis.StringCmd, len(dests))
@@ -110,7 +102,7 @@ func (c *Client) scanDests(ctx context.Context) ([]string, error) {
 	var cursor uint64
 	for range maxScan {
 		var page []string
-		err := c.do(ctx, func(ctx context.Context) (err error) {
+		err := c.doBG(ctx, func(ctx context.Context) (err error) {
 			page, cursor, err = c.rdb.Scan(ctx, cursor, prefix+"*", 1000).Result()
 			return err
 		})

@@ -17,6 +17,9 @@ type Cluster struct {
 	Redis        string `toml:"redis"`
 	PasswordFile string `toml:"password_file"`
 	PasswordEnv  string `toml:"password_env"`
+	// TLSCAFile holds the PEM certificates that may sign a rediss://
+	// server's certificate (a private CA); "" = the system's roots.
+	TLSCAFile string `toml:"tls_ca_file"`
 	// Name namespaces the keys (relayq:{name}:…), so that two clusters can
 	// share one Redis.
 	Name string `toml:"name"`
@@ -64,6 +67,9 @@ func (c *Config) validateCluster(p *problems) {
 		case u.Host == "":
 			p.add("cluster.redis", "%q has no host", cl.Redis)
 		}
+	}
+	if cl.TLSCAFile != "" && !strings.HasPrefix(cl.Redis, "rediss://") {
+		p.add("cluster.tls_ca_file", "needs a rediss:// URL in cluster.redis")
 	}
 	if cl.PasswordFile != "" && cl.PasswordEnv != "" {
 		p.add("cluster.password_file", "set password_file or password_env, not both")

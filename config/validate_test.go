@@ -144,6 +144,7 @@ func TestValidateCluster(t *testing.T) {
 		{"[cluster]\nname = \"x}\"", "cluster.name:"},
 		{"[cluster]\nname = \"\"", "cluster.name: must not be empty"},
 		{"[cluster]\nexpected_nodes = 0", "cluster.expected_nodes: must be > 0"},
+		{"[cluster]\nredis = \"redis://r:6379\"\ntls_ca_file = \"ca.pem\"", "cluster.tls_ca_file: needs a rediss:// URL"},
 	}
 	for _, tt := range tests {
 		_, err := Parse([]byte(tt.file))

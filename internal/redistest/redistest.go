@@ -10,6 +10,7 @@ package redistest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os/exec"
@@ -30,6 +31,7 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	tls  *TLS // nil: plain TCP
 
 	mu struct {
 		sync.Mutex
@@ -38,15 +40,25 @@ type Server struct {
 	}
 }
 
+// TLS is the server certificate of a server that speaks only TLS
+// (rediss://); clients are not asked for certificates.
+type TLS struct{ CertFile, KeyFile string }
+
 // Start starts redis-server on a free port of 127.0.0.1 and waits until it
 // answers PING. It is stopped when the test ends.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return start(t, nil) }
+
+// StartTLS is Start for a server that speaks TLS only, with the given
+// certificate and key.
+func StartTLS(t testing.TB, cert TLS) *Server { return start(t, &cert) }
+
+func start(t testing.TB, cert *TLS) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("SKIPPED: no redis-server binary on PATH; these tests need one (apt-get install redis-server; .ci/run installs it)")
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), tls: cert}
 	var lastErr error
 	for range 5 {
 		// The port was free when picked; another process may take it
@@ -66,8 +78,13 @@ func Start(t testing.TB) *Server {
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
 
-// URL is the server's redis:// URL, database 0.
-func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+// URL is the server's redis:// (rediss:// with TLS) URL, database 0.
+func (s *Server) URL() string {
+	if s.tls != nil {
+		return "rediss://" + s.Addr() + "/0"
+	}
+	return "redis://" + s.Addr() + "/0"
+}
 
 // Kill ends the server with SIGKILL and waits for it to exit. Killing a
 // server that is not running does nothing.
@@ -119,10 +136,14 @@ func (s *Server) signal(sig syscall.Signal) {
 // start runs redis-server on s.port and waits for PONG; on failure the
 // process is gone.
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--daemonize", "no", "--logfile", "")
+		"--daemonize", "no", "--logfile", ""}
+	if s.tls != nil {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", s.tls.CertFile, "--tls-key-file", s.tls.KeyFile, "--tls-auth-clients", "no")
+	}
+	cmd := exec.Command(s.bin, args...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -137,7 +158,7 @@ func (s *Server) start() error {
 			return fmt.Errorf("redis-server exited: %s", lastLines(out.String()))
 		default:
 		}
-		if ping(s.Addr()) == nil {
+		if s.ping() == nil {
 			s.mu.Lock()
 			s.mu.cmd, s.mu.done = cmd, done
 			s.mu.Unlock()
@@ -153,8 +174,17 @@ func (s *Server) start() error {
 }
 
 // ping sends one PING in the inline protocol and expects +PONG.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+func (s *Server) ping() error {
+	var c net.Conn
+	var err error
+	d := &net.Dialer{Timeout: time.Second}
+	if s.tls != nil {
+		// Whether the server's certificate is trusted is the client's
+		// test, not this one's.
+		c, err = tls.DialWithDialer(d, "tcp", s.Addr(), &tls.Config{InsecureSkipVerify: true})
+	} else {
+		c, err = d.Dial("tcp", s.Addr())
+	}
 	if err != nil {
 		return err
 	}
