@@ -77,6 +77,21 @@
 //     client waiting on it, and this saves an fdatasync per few messages.
 //   - Concurrent Syncs share one fsync (Pebble's group commit).
 //
+// # Disk space
+//
+//   - Put leaves Options.Reserve free on the volume (relayq: 16 MiB):
+//     a message that would take free space below it is refused with
+//     ErrNoRoom, so that Pebble always has room to flush, compact and
+//     record deliveries; a write Pebble cannot make is fatal to it.
+//   - Deleting mail frees no disk space until Pebble flushes the memtable
+//     holding the tombstones and compacts the tables holding the bodies,
+//     which writes make it do. While free space is below
+//     Options.ReclaimBelow the queue does both for the ranges of the
+//     messages it deleted (reclaim.go), so a queue that back pressure
+//     keeps from taking mail gets its space back as it delivers.
+//   - Written counts the bytes of every batch committed, for back
+//     pressure's estimate of free space between two statfs readings.
+//
 // # Invariants
 //
 //   - A message Put acknowledged survives any crash and is due again after

@@ -44,6 +44,11 @@ type Options struct {
 	// config.DiskReserve; 0 or less: no reserve (and always with an FS
 	// other than the real disk, where statfs would read another volume).
 	Reserve int64
+	// ReclaimBelow is the free space under which the disk space of
+	// deleted mail is reclaimed at once (reclaim.go); relayq passes its
+	// back-pressure free-space threshold. 0 means 4 × Reserve; without a
+	// reserve, nothing is reclaimed.
+	ReclaimBelow int64
 }
 
 const (
@@ -59,6 +64,7 @@ const (
 type Store struct {
 	dir       string
 	reserve   int64        // free space Put leaves on the volume; <= 0: unchecked
+	reclaim   reclaimer    // the space of deleted mail (reclaim.go)
 	written   atomic.Int64 // bytes of every batch committed: Written
 	db        *pebble.DB
 	log       zerolog.Logger
@@ -102,6 +108,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.FS != nil {
 		opts.Reserve = 0 // not the real disk: statfs would read another volume
 	}
+	if opts.Reserve <= 0 {
+		opts.ReclaimBelow = 0
+	} else if opts.ReclaimBelow <= 0 {
+		opts.ReclaimBelow = defaultReclaimBelow * opts.Reserve
+	}
 	if opts.Reserve > 0 {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("queue: %w", err)
@@ -135,6 +146,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	s.startReclaim(opts.ReclaimBelow)
 	return s, nil
 }
 
@@ -143,6 +155,7 @@ func Open(dir string, opts Options) (*Store, error) {
 func (s *Store) Close() error {
 	s.closing.Store(true)
 	<-s.counted
+	s.stopReclaim()
 	return s.db.Close()
 }
 
@@ -622,6 +635,7 @@ func (s *Store) addSmall(b *writeBatch, nm *NewMessage) error {
 // point deletions, which are cheaper to read past than range tombstones.
 func (s *Store) deleteLocked(b *writeBatch, id ID, r *record) error {
 	s.recent.drop(id)
+	s.reclaim.deleted(id, r.Size)
 	if err := s.unindexWait(b, id, r); err != nil {
 		return err
 	}

@@ -31,12 +31,20 @@ import (
 // the test is skipped.
 func smallDisk(t *testing.T, size string) string {
 	t.Helper()
+	return mountSmall(t, "a small tmpfs", "-t", "tmpfs", "-o", "size="+size, "tmpfs")
+}
+
+// mountSmall runs mount with args and a fresh directory, which it returns,
+// and unmounts it when the test ends; what names the volume in the
+// message of a skipped test.
+func mountSmall(t *testing.T, what string, args ...string) string {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("the disk-full tests mount a small tmpfs, which needs root: skipped")
+		t.Skipf("the disk-full tests mount %s, which needs root: skipped", what)
 	}
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("the disk-full tests mount a small tmpfs, which is not permitted here (%v: %s): skipped", err, bytes.TrimSpace(out))
+	if out, err := exec.Command("mount", append(args, dir)...).CombinedOutput(); err != nil {
+		t.Skipf("the disk-full tests mount %s, which is not permitted here (%v: %s): skipped", what, err, bytes.TrimSpace(out))
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
@@ -378,14 +386,7 @@ func logContains(c *child, text string) bool {
 // times that, in its preallocated logs and its tables, for a while.)
 func TestBackPressureAnswers452BeforeTheDiskIsFull(t *testing.T) {
 	mnt := smallDisk(t, "64m")
-	listen, dest := freeAddr(t), freeAddr(t)
-	cfg := diskConfig(t, mnt, listen, dest, `[back_pressure]
-enabled = true
-free_disk_medium = "40MB"
-free_disk_high = "32MB"
-`)
-	c := startChild(t, cfg)
-	c.waitLog(20*time.Second, 1, msgIs("listening"))
+	c, listen, dest := startBackPressured(t, mnt, "32MB")
 	if !backPressureMonitored(t, c) {
 		t.Fatal("back_pressure.enabled = true, but the admin API says back pressure is not monitored")
 	}
@@ -450,6 +451,22 @@ free_disk_high = "32MB"
 		time.Sleep(100 * time.Millisecond)
 	}
 	checkArrivedIntact(t, dst, append(acked, "after"), 0)
+}
+
+// startBackPressured starts relayq with its queue on mnt and back pressure
+// on (free_disk_medium 40MB, free_disk_high as given), delivering to dest,
+// which is down; it returns once relayq listens on listen.
+func startBackPressured(t *testing.T, mnt, high string) (c *child, listen, dest string) {
+	t.Helper()
+	listen, dest = freeAddr(t), freeAddr(t)
+	cfg := diskConfig(t, mnt, listen, dest, fmt.Sprintf(`[back_pressure]
+enabled = true
+free_disk_medium = "40MB"
+free_disk_high = %q
+`, high))
+	c = startChild(t, cfg)
+	c.waitLog(20*time.Second, 1, msgIs("listening"))
+	return c, listen, dest
 }
 
 // backPressureMonitored asks c's admin API whether back pressure is on.

@@ -261,9 +261,15 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 }
 
 // queueOptions are the queue's options for cfg: it keeps
-// config.DiskReserve free on its volume.
+// config.DiskReserve free on its volume, and reclaims the space of
+// delivered mail at once while free space is below back pressure's
+// free_disk thresholds (below 4 times the reserve with back pressure off).
 func queueOptions(cfg *config.Config, stalls *relay.StallWatch, log zerolog.Logger) queue.Options {
-	return queue.Options{Log: log, EventListener: stalls.EventListener(), Reserve: int64(config.DiskReserve)}
+	o := queue.Options{Log: log, EventListener: stalls.EventListener(), Reserve: int64(config.DiskReserve)}
+	if bp := cfg.BackPressure; bp.Enabled {
+		o.ReclaimBelow = int64(max(bp.FreeDiskMedium, bp.FreeDiskHigh))
+	}
+	return o
 }
 
 // relayConfig builds the inbound side's configuration from cfg: the TLS

@@ -1,0 +1,175 @@
+package queue
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Reclaiming the space of deleted mail.
+//
+// Deleting a message writes tombstones; the space its body takes on disk
+// comes back only once Pebble has flushed the memtable holding them (so
+// that the WAL that logged the body can go) and compacted the tables that
+// hold the body. Pebble does both when writes make it: a flush when a
+// memtable fills, a compaction when a level grows. A queue whose volume is
+// nearly full has back pressure refusing intake; delivery alone writes
+// little (a record rewrite or a few tombstones per message), and so the
+// space of the delivered mail never comes back, the volume stays nearly
+// full and intake stays refused: a deadlock that only a restart (which
+// flushes) or new writes would break.
+//
+// So the queue reclaims by itself. When mail is deleted while free space
+// on the volume is below Options.ReclaimBelow, it compacts the key ranges
+// of the deleted messages (Pebble flushes the memtables that overlap them
+// first), and Pebble removes the tables and logs that became obsolete.
+// The deleted IDs are gathered for reclaimDelay before a reclaim, so a
+// drain of many messages is reclaimed in a few compactions, and the next
+// reclaim waits at least reclaimSpacing times the duration of the last:
+// a compaction rewrites what is still queued in the range too, and on a
+// large queue that must not take more than a fraction of the disk's time.
+// A timer reclaims every reclaimCheck what was deleted while free space
+// was still above the threshold, once free space falls below it.
+
+const (
+	// reclaimDelay gathers the deletions of a drain before a reclaim.
+	reclaimDelay = time.Second
+	// reclaimSpacing: the wait after a reclaim, in multiples of its
+	// duration (at most 1/reclaimSpacing of the time compacting).
+	reclaimSpacing = 5
+	// reclaimCheck is how often free space is checked when deletions are
+	// pending and none came since.
+	reclaimCheck = 30 * time.Second
+)
+
+// reclaimer is the Store's reclaiming goroutine and what it needs.
+type reclaimer struct {
+	below int64 // free space under which deletions are reclaimed; <= 0: never
+	poke  chan struct{}
+	stop  context.CancelFunc
+	done  chan struct{}
+
+	mu struct {
+		sync.Mutex
+		lo, hi ID    // the smallest and largest ID deleted since the last reclaim; "" if none
+		bytes  int64 // the body bytes deleted since the last reclaim
+	}
+}
+
+// startReclaim starts the reclaiming goroutine; Close stops it.
+func (s *Store) startReclaim(below int64) {
+	r := &s.reclaim
+	r.below = below
+	r.poke = make(chan struct{}, 1)
+	r.done = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stop = cancel
+	if below <= 0 {
+		close(r.done)
+		return
+	}
+	go s.reclaimLoop(ctx)
+}
+
+// stopReclaim stops the goroutine and waits for it (a compaction in
+// progress is cancelled).
+func (s *Store) stopReclaim() {
+	s.reclaim.stop()
+	<-s.reclaim.done
+}
+
+// deleted notes that the message id, whose body took size bytes, is being
+// deleted.
+func (r *reclaimer) deleted(id ID, size int64) {
+	if r.below <= 0 {
+		return
+	}
+	r.mu.Lock()
+	if r.mu.lo == "" || id < r.mu.lo {
+		r.mu.lo = id
+	}
+	if id > r.mu.hi {
+		r.mu.hi = id
+	}
+	r.mu.bytes += size
+	r.mu.Unlock()
+	select {
+	case r.poke <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the deleted range gathered so far and starts a new one.
+func (r *reclaimer) take() (lo, hi ID, bytes int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lo, hi, bytes = r.mu.lo, r.mu.hi, r.mu.bytes
+	r.mu.lo, r.mu.hi, r.mu.bytes = "", "", 0
+	return lo, hi, bytes
+}
+
+// pending reports whether deletions wait for a reclaim.
+func (r *reclaimer) pending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.lo != ""
+}
+
+func (s *Store) reclaimLoop(ctx context.Context) {
+	r := &s.reclaim
+	defer close(r.done)
+	check := time.NewTicker(reclaimCheck)
+	defer check.Stop()
+	var next time.Time // no reclaim before
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.poke:
+		case <-check.C:
+		}
+		if !r.pending() {
+			continue
+		}
+		wait := max(reclaimDelay, time.Until(next))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if free, ok := freeBytes(s.dir); !ok || free >= r.below {
+			continue // the deletions stay pending for the timer
+		}
+		began := time.Now()
+		s.reclaimDeleted(ctx)
+		next = time.Now().Add(reclaimSpacing * time.Since(began))
+	}
+}
+
+// reclaimDeleted compacts the body and record ranges of the messages
+// deleted since the last reclaim.
+func (s *Store) reclaimDeleted(ctx context.Context) {
+	lo, hi, bytes := s.reclaim.take()
+	if lo == "" {
+		return
+	}
+	freeBefore, _ := freeBytes(s.dir)
+	began := time.Now()
+	bodyLo, _ := bodyBounds(lo)
+	_, bodyHi := bodyBounds(hi)
+	err := s.db.Compact(ctx, bodyLo, bodyHi, false)
+	if err == nil {
+		err = s.db.Compact(ctx, metaKey(lo), append(metaKey(hi), 0), false)
+	}
+	freeAfter, _ := freeBytes(s.dir)
+	ev := s.log.Info()
+	if err != nil {
+		ev = s.log.Warn().Err(err)
+	}
+	ev.Int64("deleted_bytes", bytes).Int64("free_before", freeBefore).Int64("free_after", freeAfter).
+		Dur("took", time.Since(began)).Msg("queue: reclaimed the disk space of delivered mail")
+}
+
+// defaultReclaimBelow is Options.ReclaimBelow when it is 0, in multiples
+// of the reserve.
+const defaultReclaimBelow = 4
