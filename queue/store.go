@@ -193,6 +193,9 @@ func (s *Store) Bytes() int64 { return s.bytes.Load() }
 // their own policy errors from storage errors.
 //
 // Put sets env.Received (to now), env.Size, and env.NextAttempt if zero.
+// It reads env only once body returned io.EOF, so a caller may set fields
+// that reading the body reveals (relay sets MessageID and Subject from the
+// header section).
 func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) error {
 	if !id.Valid() {
 		return fmt.Errorf("queue: invalid id %q", id)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"relayq/queue"
 	"relayq/retry"
 )
 
@@ -28,7 +29,11 @@ const bodyChunk = 32 << 10
 //     exceed max (RFC 1870: CRs it inserts are not the client's octets);
 //   - counts "Received:" fields in the header section, which ends at the
 //     first empty line (RFC 5322 §2.1), and fails with replyLoop once there
-//     are more than maxHops (RFC 5321 §6.3).
+//     are more than maxHops (RFC 5321 §6.3);
+//   - finds the Message-ID and Subject fields in the header section
+//     (headerscan.go) and, at the clean end of the body, sets them in env
+//     if that is set (queue.Store.Put reads the envelope only after the
+//     end of the body).
 //
 // A last line without a line break gets one. Errors are sticky: after one,
 // every Read returns it, so the queue cannot commit a partial body.
@@ -40,6 +45,8 @@ type bodyReader struct {
 
 	n    int64 // octets read from src
 	hops int
+	hdr  headerScan
+	env  *queue.Envelope // gets MessageID and Subject at the end; may be nil
 
 	cr       bool // the last byte was a CR, its CRLF already written
 	body     bool // past the header section
@@ -141,6 +148,7 @@ func (r *bodyReader) fill() {
 			r.fail(reply)
 			return
 		}
+		r.hdr.scan(r.out)
 	}
 	switch {
 	case err == io.EOF && r.cr && r.reject:
@@ -151,6 +159,9 @@ func (r *bodyReader) fill() {
 		}
 		r.err = io.EOF
 		r.ended = time.Now()
+		if r.env != nil {
+			r.env.MessageID, r.env.Subject = r.hdr.MessageID(), r.hdr.Subject()
+		}
 	case err != nil:
 		r.cause = err
 		r.fail(srcError(err))

@@ -38,7 +38,10 @@
 //     an end-of-data marker at the next hop (SMTP smuggling, RFC 5321 §2.3.8
 //     and §4.1.1.4). The same pass enforces the size limit (552 5.3.4,
 //     RFC 1870) and the Received hop limit (554 5.4.6, RFC 5321 §6.3); any
-//     of them makes the reader fail, so Put stores nothing.
+//     of them makes the reader fail, so Put stores nothing. It also reads
+//     the Message-ID and Subject fields from the first 64 KiB of the header
+//     section (headerscan.go, holding only those two values) into the
+//     envelope, for operators; they never change what is queued.
 //   - Signed once, before the queue (sign.go). With Config.Signer (DKIM),
 //     that reader's output goes through the signer, which reads a message
 //     it signs to its end (keeping it in a spool of bounded memory) before

@@ -29,7 +29,9 @@ type Queue interface {
 	// after both are committed to disk with fsync (pebble.Sync). body is
 	// streamed (never read whole into memory by Put) and not read after Put
 	// returns (its buffers are reused). An error means nothing was stored.
-	// Put sets env.Size and env.Received itself.
+	// Put sets env.Size and env.Received itself, and reads env only after
+	// body returned io.EOF: Data sets env.MessageID and env.Subject while
+	// the body is read.
 	Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error
 }
 

@@ -240,6 +240,7 @@ func (s *session) Data(r io.Reader) error {
 		src = fast // read by runs, not byte by byte (fastdata.go)
 	}
 	body := newBodyReader(src, cfg.MaxMessageSize, pol.MaxHops, pol.BareLineEndings)
+	body.env = &env // Message-ID and Subject, for operators (headerscan.go)
 	defer body.release()
 	msg, release, err := s.signed(id, body) // DKIM (sign.go); body itself when not signing
 	defer release()
@@ -285,7 +286,8 @@ func (s *session) Data(r io.Reader) error {
 		cfg.Accepted(time.Since(body.ended))
 	}
 	s.log.Info().Str("id", string(id)).Str("from", env.From).Strs("rcpt", rcpts).
-		Int64("size", env.Size).Str("user", user).Msg("received")
+		Int64("size", env.Size).Str("user", user).
+		Str("message_id", env.MessageID).Str("subject", env.Subject).Msg("received")
 	return &smtp.SMTPError{
 		Code:         250,
 		EnhancedCode: smtp.EnhancedCode(retry.CodeOK),

@@ -85,6 +85,7 @@ func TestAcceptedMessageReachesQueueWithReceivedAndEnvelope(t *testing.T) {
 		Client:   "[127.0.0.1] client.test",
 		Size:     got.env.Size,
 		Received: got.env.Received,
+		Subject:  "hi",
 	}
 	if fmt.Sprintf("%+v", got.env) != fmt.Sprintf("%+v", wantEnv) {
 		t.Errorf("envelope\n got %+v\nwant %+v", got.env, wantEnv)
