@@ -197,6 +197,12 @@ func (s *Store) Bytes() int64 { return s.bytes.Load() }
 // that reading the body reveals (relay sets MessageID and Subject from the
 // header section).
 func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) error {
+	return s.put(ctx, id, env, body, "")
+}
+
+// put is Put, indexing the message as waiting for dest when dest is set
+// (PutWaiting).
+func (s *Store) put(ctx context.Context, id ID, env *Envelope, body io.Reader, dest string) error {
 	if !id.Valid() {
 		return fmt.Errorf("queue: invalid id %q", id)
 	}
@@ -276,6 +282,11 @@ func (s *Store) Put(ctx context.Context, id ID, env *Envelope, body io.Reader) e
 	}
 	if err := s.setEncoded(b, id, rec, enc); err != nil {
 		return s.abandon(id, spilled, err)
+	}
+	if dest != "" && !rec.Held {
+		if err := indexWait(b, id, rec.NextAttempt, dest); err != nil {
+			return s.abandon(id, spilled, err)
+		}
 	}
 	if spilled {
 		if err := b.Delete(partialKey(id), nil); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -70,30 +71,12 @@ func (s *Store) waitsFor(id ID, due time.Time) (string, error) {
 	return string(v), nil
 }
 
-// WaitFor indexes id as waiting for dest (see ReleaseDest), as Update does
-// for m.WaitsFor: for a message deferred before it was first tried (at
-// intake, while every host of its destination cools down). The write is
-// not synced of its own: losing it in a crash only leaves the message to
-// its backoff. ErrNotFound if id is not queued; a held message is left
-// alone.
-func (s *Store) WaitFor(ctx context.Context, id ID, dest string) error {
-	r, unlock, err := s.locked(ctx, id)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if r.Held {
-		return nil
-	}
-	b := s.newBatch()
-	defer b.Close()
-	if err := s.unindexWait(b, id, r); err != nil {
-		return err
-	}
-	if err := indexWait(b, id, r.NextAttempt, dest); err != nil {
-		return err
-	}
-	return s.commit(b, unsynced)
+// PutWaiting is Put for a message deferred before it was first tried
+// (at intake, while every host of its destination cools down): in the same
+// batch it indexes the message as waiting for dest (see ReleaseDest), so
+// that it is due as soon as dest takes mail again. dest "" is Put.
+func (s *Store) PutWaiting(ctx context.Context, id ID, env *Envelope, body io.Reader, dest string) error {
+	return s.put(ctx, id, env, body, dest)
 }
 
 // ReleaseDest makes up to limit messages indexed as waiting for dest due

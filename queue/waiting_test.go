@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +25,7 @@ func waitEntries(t *testing.T, s *Store) int {
 }
 
 // TestReleaseDestMakesTheMailWaitingForADestinationDue: messages deferred
-// because a destination failed (Update with WaitsFor, or WaitFor) are made
+// because a destination failed (Update with WaitsFor, or PutWaiting) are made
 // due by ReleaseDest, in batches; one deferred since for a reason of its
 // own, or deleted, is not, and leaves no index entry behind.
 func TestReleaseDestMakesTheMailWaitingForADestinationDue(t *testing.T) {
@@ -40,12 +41,14 @@ func TestReleaseDestMakesTheMailWaitingForADestinationDue(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m1, m2, m3, m4 := putOne(t, s), putOne(t, s), putOne(t, s), putOne(t, s)
+	m1, m2, m4 := putOne(t, s), putOne(t, s), putOne(t, s)
 	deferFor(m1, "smarthost:h:25")
 	deferFor(m2, "smarthost:h:25")
-	deferFor(m2, "") // then deferred by a 452 4.2.2 of its own
-	deferFor(m3, "")
-	if err := s.WaitFor(ctx, m3.ID, "smarthost:h:25"); err != nil {
+	deferFor(m2, "")              // then deferred by a 452 4.2.2 of its own
+	m3 := &Message{ID: s.NewID()} // put off at intake
+	env := envelope("a@x.invalid", "b@y.invalid")
+	env.NextAttempt = later
+	if err := s.PutWaiting(ctx, m3.ID, env, strings.NewReader("hi"), "smarthost:h:25"); err != nil {
 		t.Fatal(err)
 	}
 	deferFor(m4, "smarthost:h:25")

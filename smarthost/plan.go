@@ -1,7 +1,6 @@
 package smarthost
 
 import (
-	"context"
 	"sync"
 	"time"
 
@@ -26,15 +25,16 @@ import (
 // until its old hosts' cool-downs end (MaxCoolDown), new mail for it is
 // put off as it would have been before the change.
 //
-// Plan returns the function to call once the message is queued under id,
-// which logs and counts the deferrals as the attempt would and indexes the
-// message as waiting for the destination (queue WaitFor), so that it is
-// due as soon as the destination takes mail again; nil when it left env
-// alone (the message is due at once, as usual).
-func (w *Worker) Plan(env *queue.Envelope) func(ctx context.Context, id queue.ID) {
+// Plan returns the destination the message waits for, under which the
+// caller queues it (queue PutWaiting) so that it is due as soon as that
+// destination takes mail again, and the function to call once it is
+// queued under id, which logs and counts the deferrals as the attempt
+// would; "" and nil when it left env alone (the message is due at once,
+// as usual).
+func (w *Worker) Plan(env *queue.Envelope) (dest string, queued func(id queue.ID)) {
 	w.init()
 	if len(env.Recipients) == 0 || w.cooled.empty() {
-		return nil
+		return "", nil
 	}
 	type wait struct {
 		reply *retry.Reply
@@ -42,11 +42,10 @@ func (w *Worker) Plan(env *queue.Envelope) func(ctx context.Context, id queue.ID
 		until time.Time
 	}
 	waits := make([]wait, len(env.Recipients))
-	var dest string // the first recipient's
 	for i := range env.Recipients {
 		d, hosts := w.cooled.hosts(domainOf(env.Recipients[i].Addr))
 		if len(hosts) == 0 {
-			return nil
+			return "", nil
 		}
 		if i == 0 {
 			dest = d
@@ -54,7 +53,7 @@ func (w *Worker) Plan(env *queue.Envelope) func(ctx context.Context, id queue.ID
 		for _, h := range hosts { // as deliverGroup: every host skipped, the last one's reply
 			until, r := w.breaker.coolingUntil(h)
 			if r == nil {
-				return nil // this host may be tried: the message is due now
+				return "", nil // this host may be tried: the message is due now
 			}
 			if waits[i].until.IsZero() || until.Before(waits[i].until) {
 				waits[i].until = until
@@ -68,12 +67,9 @@ func (w *Worker) Plan(env *queue.Envelope) func(ctx context.Context, id queue.ID
 		t.wait(i, v.reply, v.host, v.until)
 	}
 	env.NextAttempt = w.nextAttempt(t)
-	return func(ctx context.Context, id queue.ID) {
+	return dest, func(id queue.ID) {
 		t.m = &queue.Message{ID: id, Envelope: *env} // with what Put set (Received)
 		w.logOutcomes(t)
-		if err := w.Queue.WaitFor(ctx, id, dest); err != nil {
-			w.Log.Error().Err(err).Str("id", string(id)).Str("dest", dest).Msg("indexing a message as waiting for its destination")
-		}
 	}
 }
 

@@ -30,7 +30,7 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 		}
 		return e
 	}
-	if f := h.worker.Plan(env("b@dst.invalid")); f != nil {
+	if _, f := h.worker.Plan(env("b@dst.invalid")); f != nil {
 		t.Fatal("Plan put off a message before any host had failed")
 	}
 
@@ -60,9 +60,9 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 	}
 
 	e := env("d@dst.invalid", "e@DST.invalid")
-	planned := h.worker.Plan(e)
-	if planned == nil {
-		t.Fatal("Plan left a message for a destination whose every host cools down due at once")
+	dest, planned := h.worker.Plan(e)
+	if planned == nil || dest != "smarthost:"+dead {
+		t.Fatalf("Plan left a message for a destination whose every host cools down due at once (dest %q)", dest)
 	}
 	for _, r := range e.Recipients {
 		if !strings.HasPrefix(r.LastReply, "451 4.4.1") || r.LastHost != dead || r.Status != "4.4.1" || r.Attempts != 0 {
@@ -73,10 +73,10 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 		t.Errorf("planned to be due in %s, want when the hour-long cool-down ends", wait)
 	}
 	id := h.store.NewID()
-	if err := h.store.Put(context.Background(), id, e, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
+	if err := h.store.PutWaiting(context.Background(), id, e, strings.NewReader("Subject: x\r\n\r\nbody\r\n"), dest); err != nil {
 		t.Fatal(err)
 	}
-	planned(context.Background(), id)
+	planned(id)
 	m, err := h.store.Get(id)
 	if err != nil {
 		t.Fatal(err)
@@ -99,11 +99,11 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 
 	// A recipient elsewhere, or the cool-downs ended by a flush: due at once.
 	mixed := env("f@dst.invalid", "g@elsewhere.invalid")
-	if h.worker.Plan(mixed) != nil || !mixed.NextAttempt.IsZero() || mixed.Recipients[0].LastReply != "" {
+	if _, f := h.worker.Plan(mixed); f != nil || !mixed.NextAttempt.IsZero() || mixed.Recipients[0].LastReply != "" {
 		t.Errorf("Plan put off a message with a recipient elsewhere: %+v", mixed)
 	}
 	h.worker.ForgetHostFailures()
-	if f := h.worker.Plan(env("h@dst.invalid")); f != nil {
+	if _, f := h.worker.Plan(env("h@dst.invalid")); f != nil {
 		t.Error("Plan put off a message after the cool-downs were ended")
 	}
 	if d := dialer.dials(); d != dials {

@@ -35,10 +35,8 @@ type Queue interface {
 	Wake() <-chan struct{}
 	// NewID returns a fresh ID for an NDR.
 	NewID() queue.ID
-	// WaitFor indexes a queued message as waiting for a destination that
-	// failed; ReleaseDest makes up to limit messages indexed for it due
-	// now, reporting how many and whether more may be indexed.
-	WaitFor(ctx context.Context, id queue.ID, dest string) error
+	// ReleaseDest makes up to limit messages indexed as waiting for dest
+	// due now, reporting how many and whether more may be indexed.
 	ReleaseDest(ctx context.Context, dest string, limit int) (int, bool, error)
 }
 
@@ -552,6 +550,8 @@ type Outcome struct {
 	Host   string // the host that gave Reply, "" for local verdicts
 	Reply  string
 	Took   time.Duration // from the start of the attempt to the commit
+	// MessageID and Subject are the message's header fields as queued.
+	MessageID, Subject string
 }
 
 func (w *Worker) observe(o Outcome) {

@@ -31,12 +31,12 @@ type plannedQueue struct {
 }
 
 func (q plannedQueue) Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error {
-	planned := q.worker.Plan(env)
-	if err := q.Store.Put(ctx, id, env, body); err != nil {
+	dest, planned := q.worker.Plan(env)
+	if err := q.Store.PutWaiting(ctx, id, env, body, dest); err != nil {
 		return err
 	}
 	if planned != nil {
-		planned(ctx, id)
+		planned(id)
 	}
 	return nil
 }
