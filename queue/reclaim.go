@@ -28,8 +28,9 @@ import (
 // reclaim waits at least reclaimSpacing times the duration of the last:
 // a compaction rewrites what is still queued in the range too, and on a
 // large queue that must not take more than a fraction of the disk's time.
-// A timer reclaims every reclaimCheck what was deleted while free space
-// was still above the threshold, once free space falls below it.
+// Deletions made while free space is above the threshold are forgotten:
+// space is not short, and the writes that go on make Pebble compact them
+// away in time (keeping them would only widen the next reclaim's range).
 
 const (
 	// reclaimDelay gathers the deletions of a drain before a reclaim.
@@ -37,9 +38,6 @@ const (
 	// reclaimSpacing: the wait after a reclaim, in multiples of its
 	// duration (at most 1/reclaimSpacing of the time compacting).
 	reclaimSpacing = 5
-	// reclaimCheck is how often free space is checked when deletions are
-	// pending and none came since.
-	reclaimCheck = 30 * time.Second
 )
 
 // reclaimer is the Store's reclaiming goroutine and what it needs.
@@ -108,28 +106,15 @@ func (r *reclaimer) take() (lo, hi ID, bytes int64) {
 	return lo, hi, bytes
 }
 
-// pending reports whether deletions wait for a reclaim.
-func (r *reclaimer) pending() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.mu.lo != ""
-}
-
 func (s *Store) reclaimLoop(ctx context.Context) {
 	r := &s.reclaim
 	defer close(r.done)
-	check := time.NewTicker(reclaimCheck)
-	defer check.Stop()
 	var next time.Time // no reclaim before
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.poke:
-		case <-check.C:
-		}
-		if !r.pending() {
-			continue
 		}
 		wait := max(reclaimDelay, time.Until(next))
 		select {
@@ -138,7 +123,8 @@ func (s *Store) reclaimLoop(ctx context.Context) {
 		case <-time.After(wait):
 		}
 		if free, ok := freeBytes(s.dir); !ok || free >= r.below {
-			continue // the deletions stay pending for the timer
+			r.take() // space is not short: forget them
+			continue
 		}
 		began := time.Now()
 		s.reclaimDeleted(ctx)
@@ -162,7 +148,7 @@ func (s *Store) reclaimDeleted(ctx context.Context) {
 		err = s.db.Compact(ctx, metaKey(lo), append(metaKey(hi), 0), false)
 	}
 	freeAfter, _ := freeBytes(s.dir)
-	ev := s.log.Info()
+	ev := s.log.Debug()
 	if err != nil {
 		ev = s.log.Warn().Err(err)
 	}
