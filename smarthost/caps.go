@@ -3,6 +3,7 @@ package smarthost
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"relayq/queue"
 	"relayq/retry"
@@ -84,21 +85,40 @@ func (w *Worker) persist(ctx context.Context, dest string) {
 // releaseBatch is how many messages one call of ReleaseDest makes due.
 const releaseBatch = 1000
 
-// release makes the mail deferred because dest failed due at once (dest
-// has just taken a message): it then goes through dest's line like any
-// other, within its cap. Mail deferred for reasons of its own keeps its
-// backoff (it is not indexed).
+// releasePace is how often a release looks whether the destination's line
+// has room for the next batch.
+const releasePace = 100 * time.Millisecond
+
+// release makes the mail deferred because dest failed due again (dest has
+// just taken a message), a batch at a time as dest's line drains: it goes
+// through the line within dest's cap like any other mail, and a large
+// release never floods the scheduler or holds up other destinations. Mail
+// deferred for reasons of its own keeps its backoff (it is not indexed).
 func (w *Worker) release(ctx context.Context, dest string) {
 	total := 0
+	tick := time.NewTicker(releasePace)
+	defer tick.Stop()
 	for {
 		n, more, err := w.Queue.ReleaseDest(ctx, dest, releaseBatch)
 		total += n
 		if err != nil {
-			w.Log.Error().Err(err).Str("dest", dest).Msg("making the mail deferred for a destination due again")
+			if ctx.Err() == nil {
+				w.Log.Error().Err(err).Str("dest", dest).Msg("making the mail deferred for a destination due again")
+			}
 			return
 		}
 		if !more {
 			break
+		}
+		// Let the scan take this batch in, then wait for the line (and
+		// the routing line, which it passes through) to drain below half a
+		// batch.
+		for ok := false; !ok; ok = w.sched.waitingFor(dest)+w.sched.waitingFor("") < releaseBatch/2 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
 		}
 	}
 	if total > 0 {

@@ -207,6 +207,16 @@ func (s *sched) forgetLocked(l *line) {
 	}
 }
 
+// waitingFor returns how many messages wait in dest's line.
+func (s *sched) waitingFor(dest string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.mu.lines[dest]; l != nil {
+		return len(l.jobs)
+	}
+	return 0
+}
+
 // waiting returns how many messages wait in each destination's line.
 func (s *sched) waiting() map[string]int {
 	s.mu.Lock()
