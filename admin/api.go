@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -46,6 +47,10 @@ type Message struct {
 	BounceRequested bool      `json:"bounce_requested,omitempty"`
 	Client          string    `json:"client,omitempty"`
 	EnvID           string    `json:"envid,omitempty"`
+	// MessageID and Subject are the message's header fields, as queued
+	// (the Subject decoded and cut to 200 bytes); "" when it had none.
+	MessageID string `json:"message_id,omitempty"`
+	Subject   string `json:"subject,omitempty"`
 	// LastReply is the last reply of the first pending recipient that has
 	// one: why the message is still queued. Explain and Hint explain it.
 	LastReply string `json:"last_reply,omitempty"`
@@ -143,6 +148,8 @@ func NewMessage(m *queue.Message, now time.Time) Message {
 		BounceRequested: m.BounceRequested,
 		Client:          m.Client,
 		EnvID:           m.EnvID,
+		MessageID:       m.MessageID,
+		Subject:         m.Subject,
 		Recipients:      make([]Recipient, len(m.Recipients)),
 	}
 	for i, r := range m.Recipients {
@@ -160,9 +167,14 @@ func NewMessage(m *queue.Message, now time.Time) Message {
 }
 
 // ParseFilter reads a filter from the query parameters domain, sender,
-// state and older_than (a Go duration, or whole days as "3d").
+// state, older_than (a Go duration, or whole days as "3d") and message_id
+// (exact, with or without angle brackets).
 func ParseFilter(q url.Values) (queue.Filter, error) {
-	f := queue.Filter{Domain: strings.TrimSpace(q.Get("domain")), Sender: strings.TrimSpace(q.Get("sender"))}
+	f := queue.Filter{
+		Domain:    strings.TrimSpace(q.Get("domain")),
+		Sender:    strings.TrimSpace(q.Get("sender")),
+		MessageID: strings.TrimSpace(q.Get("message_id")),
+	}
 	var err error
 	if f.State, err = queue.ParseQueueState(q.Get("state")); err != nil {
 		return f, err
@@ -202,6 +214,7 @@ func FilterQuery(f queue.Filter) url.Values {
 	set("domain", f.Domain)
 	set("sender", f.Sender)
 	set("state", string(f.State))
+	set("message_id", f.MessageID)
 	if f.OlderThan > 0 {
 		q.Set("older_than", f.OlderThan.String())
 	}
@@ -257,6 +270,33 @@ func (s *Server) apiShow(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, NewMessage(m, s.opts.Now()))
 }
 
+// apiBody streams a message as stored, its header fields and body, for an
+// operator to read (relayq queue show --body). It is read chunk by chunk
+// from the queue: memory does not grow with the message.
+func (s *Server) apiBody(w http.ResponseWriter, r *http.Request) {
+	id := queue.ID(r.PathValue("id"))
+	body, err := s.opts.Queue.Body(id)
+	if errors.Is(err, queue.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no message %q in the queue", id)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	defer body.Close()
+	// message/rfc822 would make a browser offer a download or render it:
+	// an operator wants to read the bytes as they are.
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if _, err := io.Copy(w, body); err != nil {
+		// The status line is out: all that can be done is to cut the
+		// answer short, which the client sees as an unexpected EOF.
+		s.opts.Log.Error().Err(err).Str("id", string(id)).Msg("streaming a queued message")
+		panic(http.ErrAbortHandler)
+	}
+}
+
 // action returns the queue operation named name.
 func (s *Server) action(name string) func(context.Context, queue.ID) error {
 	q := s.opts.Queue
@@ -303,8 +343,8 @@ func (s *Server) apiAction(w http.ResponseWriter, r *http.Request) {
 
 // apiBulk runs an action on every message selected by the request: the
 // IDs given as id= (repeatable), or the filter of domain=, sender=,
-// state=, older_than=; a request with neither needs all=true. Parameters
-// may come in the query string or a form body.
+// state=, older_than=, message_id=; a request with neither needs
+// all=true. Parameters may come in the query string or a form body.
 func (s *Server) apiBulk(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("action")
 	op := s.action(name)
@@ -324,7 +364,7 @@ func (s *Server) apiBulk(w http.ResponseWriter, r *http.Request) {
 	ids := r.Form["id"]
 	all, _ := strconv.ParseBool(r.Form.Get("all"))
 	if len(ids) == 0 && f.IsZero() && !all {
-		writeError(w, http.StatusBadRequest, "%s of every message needs all=true; or give id=, domain=, sender=, state= or older_than=", name)
+		writeError(w, http.StatusBadRequest, "%s of every message needs all=true; or give id=, domain=, sender=, state=, older_than= or message_id=", name)
 		return
 	}
 	res := &bulkResult{ActionResult: ActionResult{Action: name}}

@@ -1,9 +1,11 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -237,5 +239,46 @@ func TestReloadAnswers(t *testing.T) {
 				t.Fatalf("reload = %d %s, want %d", code, body, tc.want)
 			}
 		})
+	}
+}
+
+func TestMessageIDFilterSubjectAndBody(t *testing.T) {
+	f := newFixture(t, nil)
+	f.put("app@shop.invalid", 0, "a@dest.invalid") // no Message-ID
+	const body = "Message-ID: <r.7@shop.invalid>\r\nSubject: Receipt\r\n\r\nline 1\r\n.dot\r\n"
+	env := &queue.Envelope{From: "app@shop.invalid", Recipients: []queue.Recipient{{Addr: "b@dest.invalid"}},
+		MessageID: "<r.7@shop.invalid>", Subject: "Receipt"}
+	id := f.store.NewID()
+	if err := f.store.Put(context.Background(), id, env, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	f.put("app@shop.invalid", 0, "c@dest.invalid")
+
+	for _, q := range []string{"<r.7@shop.invalid>", "r.7@shop.invalid"} {
+		var list ListResponse
+		f.getJSON("/api/queue?message_id="+url.QueryEscape(q), &list)
+		if len(list.Messages) != 1 || list.Messages[0].ID != string(id) ||
+			list.Messages[0].MessageID != "<r.7@shop.invalid>" || list.Messages[0].Subject != "Receipt" {
+			t.Fatalf("message_id=%s: %+v", q, list.Messages)
+		}
+	}
+	var none ListResponse
+	f.getJSON("/api/queue?message_id=r.7", &none)
+	if len(none.Messages) != 0 {
+		t.Fatalf("message_id=r.7 selects %+v", none.Messages)
+	}
+	// A bulk action takes the filter too.
+	code, raw := f.do("POST", "/api/queue/hold?message_id=r.7@shop.invalid", nil)
+	var res ActionResult
+	if err := json.Unmarshal(raw, &res); code != http.StatusOK || err != nil || res.Matched != 1 || res.Done != 1 {
+		t.Fatalf("hold by message_id = %d %s", code, raw)
+	}
+
+	code, got := f.do("GET", "/api/queue/"+string(id)+"/body", nil)
+	if code != http.StatusOK || string(got) != body {
+		t.Fatalf("body = %d %q, want %q", code, got, body)
+	}
+	if code, _ := f.do("GET", "/api/queue/0123456789abcdef01234567/body", nil); code != http.StatusNotFound {
+		t.Fatalf("body of an unknown message = %d", code)
 	}
 }

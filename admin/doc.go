@@ -15,12 +15,13 @@
 //	GET  /readyz                    200, or 503 while back pressure is high
 //	GET  /metrics                   Prometheus text format, own registry
 //	GET  /api/status                back pressure, queue totals, destinations, recent events
-//	GET  /api/queue                 ?domain= &sender= &state= &older_than= &after= &limit=
+//	GET  /api/queue                 ?domain= &sender= &state= &older_than= &message_id= &after= &limit=
 //	GET  /api/queue/{id}            one message
+//	GET  /api/queue/{id}/body       the message as stored, header fields and body (text/plain)
 //	POST /api/queue/{id}/{action}   action: flush | hold | release | bounce | delete
 //	POST /api/queue/{action}        the action on the messages named by id= (repeated),
 //	                                or on every message the filter (domain= sender=
-//	                                state= older_than=) selects; all=true when there
+//	                                state= older_than= message_id=) selects; all=true when there
 //	                                is neither; query string or form body
 //	POST /api/reload                re-read the configuration
 //
@@ -37,7 +38,7 @@
 //     filter needs all=true.
 //   - Listing never loads the whole queue: pages of at most MaxPage
 //     messages, streamed from the store; actions on a filter walk it page
-//     by page.
+//     by page. A message's body is streamed from the store chunk by chunk.
 //   - Every operator action is logged, one line per message, with the
 //     remote address.
 package admin

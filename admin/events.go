@@ -24,6 +24,9 @@ type Event struct {
 	Rcpt  string    `json:"rcpt"`
 	Dest  string    `json:"dest,omitempty"` // the host that gave Reply
 	Reply string    `json:"reply"`
+	// MessageID and Subject are the message's header fields as queued.
+	MessageID string `json:"message_id,omitempty"`
+	Subject   string `json:"subject,omitempty"`
 	// Explain and Hint are filled from Reply when left empty.
 	Explain string `json:"explain,omitempty"`
 	Hint    string `json:"hint,omitempty"`

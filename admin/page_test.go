@@ -14,7 +14,8 @@ func TestStatusPageShowsCountPressureDestinationsAndEvents(t *testing.T) {
 		f.put("app@shop.invalid", 0, "a@dest.invalid")
 	}
 	f.dests.list = []Destination{{Name: "smarthost:10.0.0.5:25", Cap: 4, ConfiguredCap: 20, CapReason: "421 4.3.2 too many connections", Open: 4, State: "ok", LastReply: "250 2.0.0 ok"}}
-	f.srv.Event(Event{Time: f.clock(), Kind: EventDeferred, ID: "0123456789abcdef01234567", Rcpt: "a@dest.invalid", Dest: "10.0.0.5:25", Reply: "451 4.4.1 connection refused"})
+	f.srv.Event(Event{Time: f.clock(), Kind: EventDeferred, ID: "0123456789abcdef01234567", Rcpt: "a@dest.invalid", Dest: "10.0.0.5:25", Reply: "451 4.4.1 connection refused",
+		MessageID: "<n.1@shop.invalid>", Subject: "Nightly <report>"})
 	f.srv.Event(Event{Time: f.clock(), Kind: EventBounced, ID: "0123456789abcdef01234568", Rcpt: "<script>@dest.invalid", Reply: "550 5.1.1 no such user"})
 
 	code, body := f.do("GET", "/", nil)
@@ -30,6 +31,7 @@ func TestStatusPageShowsCountPressureDestinationsAndEvents(t *testing.T) {
 		"smarthost:10.0.0.5:25", "4 / 4", "learned, configured 20",
 		"451 4.4.1 connection refused", "4.4.1 ", // the explain summary
 		"550 5.1.1 no such user", "&lt;script&gt;@dest.invalid",
+		"&lt;n.1@shop.invalid&gt;", "Nightly &lt;report&gt;",
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)

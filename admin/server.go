@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -27,6 +28,9 @@ type Queue interface {
 	List(f queue.Filter, after queue.ID, limit int) ([]queue.Message, error)
 	// Get returns one message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
+	// Body streams one message as stored (headers and body), or returns
+	// queue.ErrNotFound; the caller closes it.
+	Body(id queue.ID) (io.ReadCloser, error)
 	// Hold, Release, Flush, Bounce and Delete are the operator actions;
 	// each is one synced commit and returns queue.ErrNotFound for an
 	// unknown ID (Flush: queue.ErrHeld for a held message).
@@ -178,6 +182,7 @@ func New(opts Options) *Server {
 	mux.HandleFunc("GET /api/status", s.apiStatus)
 	mux.HandleFunc("GET /api/queue", s.apiList)
 	mux.HandleFunc("GET /api/queue/{id}", s.apiShow)
+	mux.HandleFunc("GET /api/queue/{id}/body", s.apiBody)
 	mux.HandleFunc("POST /api/queue/{id}/{action}", s.apiAction)
 	mux.HandleFunc("POST /api/queue/{action}", s.apiBulk)
 	mux.HandleFunc("POST /api/reload", s.apiReload)

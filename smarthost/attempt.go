@@ -561,7 +561,8 @@ func (w *Worker) logOutcomes(t *tally) {
 			ev, msg = w.Log.Error(), "bounced"
 		}
 		ev = ev.Str("id", string(m.ID)).Str("from", m.From).Str("rcpt", r.Addr).
-			Str("dest", r.LastHost).Int("attempt", r.Attempts).Dur("delay", delay)
+			Str("dest", r.LastHost).Int("attempt", r.Attempts).Dur("delay", delay).
+			Str("message_id", m.MessageID).Str("subject", m.Subject)
 		ev = ev.Int("code", v.code).Str("enhanced", v.status.String())
 		if r.State != queue.Delivered {
 			ev = ev.Str("explain", retry.Summary(v.status))
@@ -570,7 +571,8 @@ func (w *Worker) logOutcomes(t *tally) {
 			ev = ev.Time("next_attempt", m.NextAttempt)
 		}
 		ev.Str("reply", r.LastReply).Msg(msg)
-		w.observe(Outcome{ID: m.ID, Rcpt: r.Addr, Result: msg, Host: r.LastHost, Reply: r.LastReply, Took: w.Now().Sub(t.now)})
+		w.observe(Outcome{ID: m.ID, Rcpt: r.Addr, Result: msg, Host: r.LastHost, Reply: r.LastReply, Took: w.Now().Sub(t.now),
+			MessageID: m.MessageID, Subject: m.Subject})
 	}
 }
 
@@ -611,8 +613,10 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 	for _, i := range t.bounced {
 		w.Log.Error().Str("id", string(m.ID)).Str("from", m.From).Str("rcpt", m.Recipients[i].Addr).
 			Str("enhanced", retry.CodeExpired.String()).Int("attempt", m.Recipients[i].Attempts).
-			Dur("delay", t.now.Sub(m.Received)).Str("reply", m.Recipients[i].LastReply).Msg("expired")
-		w.observe(Outcome{ID: m.ID, Rcpt: m.Recipients[i].Addr, Result: "expired", Reply: m.Recipients[i].LastReply})
+			Dur("delay", t.now.Sub(m.Received)).Str("reply", m.Recipients[i].LastReply).
+			Str("message_id", m.MessageID).Str("subject", m.Subject).Msg("expired")
+		w.observe(Outcome{ID: m.ID, Rcpt: m.Recipients[i].Addr, Result: "expired", Reply: m.Recipients[i].LastReply,
+			MessageID: m.MessageID, Subject: m.Subject})
 	}
 	kinds := make([]retry.DSNAction, len(news))
 	for i := range kinds {

@@ -78,11 +78,7 @@ func message(token, from, to string, bodySize int) []byte {
 // test unless every one is answered 250.
 func submit(t testing.TB, addr, from, to string, tokens []string, bodySize int) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := smtp.NewClient(conn)
+	c := dialSMTP(t, addr)
 	defer c.Close()
 	if err := c.Hello("client.test.invalid"); err != nil {
 		t.Fatal(err)
@@ -93,6 +89,16 @@ func submit(t testing.TB, addr, from, to string, tokens []string, bodySize int) 
 		}
 	}
 	c.Quit()
+}
+
+// dialSMTP connects an SMTP client to addr; the caller closes it.
+func dialSMTP(t testing.TB, addr string) *smtp.Client {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return smtp.NewClient(conn)
 }
 
 // messageIDs counts the sink's messages by Message-ID.

@@ -36,6 +36,7 @@ func filterFlags() []cli.Flag {
 		&cli.StringFlag{Name: "sender", Usage: "messages from `ADDRESS` (@domain for a whole domain, <> for bounces)"},
 		&cli.StringFlag{Name: "state", Usage: "active | deferred | held"},
 		&cli.StringFlag{Name: "older-than", Usage: "messages received more than `AGE` ago (90m, 2h, 3d)"},
+		&cli.StringFlag{Name: "message-id", Usage: "the message whose Message-ID header is `ID` (with or without <>)"},
 	}
 }
 
@@ -56,10 +57,11 @@ func queueCommand() *cli.Command {
 			},
 			{
 				Name:      "show",
-				Usage:     "show one message: envelope, each recipient's state and why it is still queued",
+				Usage:     "show one message: envelope, each recipient's state and why it is still queued; with --body, the message as queued",
 				ArgsUsage: "ID",
-				Flags:     append(adminFlags(), jsonFlag()),
-				Action:    queueShow,
+				Flags: append(adminFlags(), jsonFlag(),
+					&cli.BoolFlag{Name: "body", Usage: "print the message as queued, header fields and body, byte for byte"}),
+				Action: queueShow,
 			},
 			actionCommand("flush", "make messages due now, ignoring their backoff; with no ID or filter, every message (postqueue -f / -i)"),
 			actionCommand("hold", "keep messages from delivery until released (postsuper -h)"),
@@ -129,35 +131,49 @@ func adminBase(addr string) (string, error) {
 	return "http://" + config.LoopbackFor(addr), nil
 }
 
-// call sends a request and decodes a 2xx JSON answer into out; an error
-// answer becomes an error carrying the API's message.
-func (a *adminClient) call(ctx context.Context, method, path string, query url.Values, out any) error {
+// do sends a request and returns a 2xx answer, whose body the caller
+// closes; an error answer becomes an error carrying the API's message.
+func (a *adminClient) do(ctx context.Context, method, path string, query url.Values) (*http.Response, error) {
 	u := a.base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if a.token != "" {
 		req.Header.Set("Authorization", "Bearer "+a.token)
 	}
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the admin API at %s (is relayq serve running? see --admin, --config): %w", a.base, err)
+		return nil, fmt.Errorf("cannot reach the admin API at %s (is relayq serve running? see --admin, --config): %w", a.base, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("admin API: %w", err)
+	}
+	var e admin.Error
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return nil, &apiError{code: resp.StatusCode, msg: e.Error}
+	}
+	return nil, &apiError{code: resp.StatusCode, msg: strings.TrimSpace(string(body))}
+}
+
+// call sends a request and decodes a 2xx JSON answer into out.
+func (a *adminClient) call(ctx context.Context, method, path string, query url.Values, out any) error {
+	resp, err := a.do(ctx, method, path, query)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("admin API: %w", err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e admin.Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return &apiError{code: resp.StatusCode, msg: e.Error}
-		}
-		return &apiError{code: resp.StatusCode, msg: strings.TrimSpace(string(body))}
 	}
 	if out == nil {
 		return nil
@@ -178,7 +194,7 @@ func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.
 // filterFrom reads the filter flags.
 func filterFrom(c *cli.Context) (queue.Filter, error) {
 	q := url.Values{}
-	for flag, key := range map[string]string{"domain": "domain", "sender": "sender", "state": "state", "older-than": "older_than"} {
+	for flag, key := range map[string]string{"domain": "domain", "sender": "sender", "state": "state", "older-than": "older_than", "message-id": "message_id"} {
 		if v := c.String(flag); v != "" {
 			q.Set(key, v)
 		}
@@ -267,6 +283,9 @@ func printListEntry(w io.Writer, m admin.Message, now time.Time) {
 	}
 	fmt.Fprintf(w, "%-24s  %8s  %-19s  %-8s  %-12s  %s\n", m.ID, admin.FormatBytes(m.Size),
 		m.Created.Local().Format("2006-01-02 15:04:05"), m.State, next, sender(m.From))
+	if m.MessageID != "" || m.Subject != "" {
+		fmt.Fprintf(w, "    Message-ID: %s  Subject: %s\n", orNone(m.MessageID), orNone(m.Subject))
+	}
 	for _, r := range m.Recipients {
 		line := "    " + r.Address + "  " + r.State
 		if r.Attempts > 0 {
@@ -277,6 +296,13 @@ func printListEntry(w io.Writer, m admin.Message, now time.Time) {
 		}
 		fmt.Fprintln(w, line)
 	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
 }
 
 func sender(from string) string {
@@ -301,14 +327,32 @@ func queueShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	path := "/api/queue/" + url.PathEscape(c.Args().First())
+	if c.Bool("body") {
+		return printBody(c, client, path+"/body")
+	}
 	var m admin.Message
-	if err := client.call(c.Context, "GET", "/api/queue/"+url.PathEscape(c.Args().First()), nil, &m); err != nil {
+	if err := client.call(c.Context, "GET", path, nil, &m); err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, m)
 	}
 	printMessage(c.App.Writer, m, time.Now())
+	return nil
+}
+
+// printBody copies the queued message, streamed from the admin API, to
+// the output as it is.
+func printBody(c *cli.Context, client *adminClient, path string) error {
+	resp, err := client.do(c.Context, "GET", path, nil)
+	if err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(c.App.Writer, resp.Body); err != nil {
+		return cli.Exit(fmt.Sprintf("reading the message from the admin API: %v", err), 1)
+	}
 	return nil
 }
 
@@ -332,6 +376,8 @@ func printMessage(w io.Writer, m admin.Message, now time.Time) {
 	field("Received", when(m.Created))
 	field("Client", m.Client)
 	field("Envelope ID", m.EnvID)
+	field("Message-ID", m.MessageID)
+	field("Subject", m.Subject)
 	state := m.State
 	if m.BounceRequested {
 		state += ", bounce requested"
@@ -392,7 +438,7 @@ func queueAction(c *cli.Context, action string) error {
 	case len(ids) > 0 && (all || !f.IsZero()):
 		return cli.Exit(fmt.Sprintf("queue %s: give message IDs or a filter (or --all), not both", action), 2)
 	case len(ids) == 0 && !all && f.IsZero():
-		return cli.Exit(fmt.Sprintf("queue %s: give message IDs, a filter (--domain, --sender, --state, --older-than) or --all", action), 2)
+		return cli.Exit(fmt.Sprintf("queue %s: give message IDs, a filter (--domain, --sender, --state, --older-than, --message-id) or --all", action), 2)
 	}
 	client, err := newAdminClient(c)
 	if err != nil {

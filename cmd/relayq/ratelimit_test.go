@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -20,11 +18,7 @@ import (
 // error of the transaction.
 func sendOnce(t *testing.T, addr string) error {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := smtp.NewClient(conn)
+	c := dialSMTP(t, addr)
 	defer c.Close()
 	return c.SendMail("app@shop.invalid", []string{"u@dest.invalid"}, bytes.NewReader(message("rl", "app@shop.invalid", "u@dest.invalid", 10)))
 }

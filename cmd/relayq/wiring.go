@@ -27,6 +27,7 @@ func (in *instance) observe(o smarthost.Outcome) {
 	}
 	in.events.Add(admin.Event{
 		Time: time.Now(), Kind: o.Result, ID: string(o.ID), Rcpt: o.Rcpt, Dest: o.Host, Reply: o.Reply,
+		MessageID: o.MessageID, Subject: o.Subject,
 	})
 }
 
