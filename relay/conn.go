@@ -84,7 +84,8 @@ func (l *trackingListener) Close() error {
 
 // admit counts tc in if it is within both connection caps. Over the
 // per-source cap, it first stops counting the source's connections whose
-// client has already closed (uncountGone).
+// client has already closed (uncountGone), as far as leaveSourceLocked
+// allows.
 func (s *Server) admit(tc *trackedConn) admission {
 	a := s.admitLocked(tc)
 	if a == overSource && s.uncountGone(tc.ip) > 0 {
@@ -119,7 +120,9 @@ func (s *Server) admitLocked(tc *trackedConn) admission {
 // still logging out), and a client that keeps exactly
 // max_connections_per_source open, closing one and opening the next at
 // once, must not be refused for it. They still count in the total until
-// released. It returns how many it stopped counting.
+// released. It runs only for a source at its cap, and costs one
+// getsockopt per connection of that source. It returns how many it
+// stopped counting.
 func (s *Server) uncountGone(ip netip.Addr) int {
 	s.mu.Lock()
 	var open []*trackedConn
@@ -139,13 +142,28 @@ func (s *Server) uncountGone(ip netip.Addr) int {
 	defer s.mu.Unlock()
 	n := 0
 	for _, c := range gone {
-		if c.counted {
-			c.counted = false
-			s.uncountLocked(c.ip)
+		if s.leaveSourceLocked(c) {
 			n++
 		}
 	}
 	return n
+}
+
+// leaveSourceLocked stops counting c against its source, its client having
+// quit or closed its side, unless max_connections_per_source of the
+// source's connections are already in that state: a client that closes
+// its side and leaves relay busy (pipelined commands whose replies it does
+// not read block relay's writes until WriteTimeout) would otherwise have
+// as many connections as the total cap allows. So a source holds at most
+// twice its cap. c still counts in the total until release.
+func (s *Server) leaveSourceLocked(c *trackedConn) bool {
+	if !c.counted || s.mu.leaving[c.ip] >= s.pol.Load().MaxConnectionsPerSource {
+		return false
+	}
+	c.counted, c.leaving = false, true
+	s.mu.leaving[c.ip]++
+	s.uncountLocked(c.ip)
+	return true
 }
 
 // release counts tc out; it runs once per admitted connection.
@@ -160,6 +178,14 @@ func (s *Server) release(tc *trackedConn) {
 	if tc.counted {
 		tc.counted = false
 		s.uncountLocked(tc.ip)
+	}
+	if tc.leaving {
+		tc.leaving = false
+		if n := s.mu.leaving[tc.ip] - 1; n > 0 {
+			s.mu.leaving[tc.ip] = n
+		} else {
+			delete(s.mu.leaving, tc.ip)
+		}
 	}
 }
 
@@ -246,6 +272,7 @@ type trackedConn struct {
 	s       *Server
 	ip      netip.Addr
 	counted bool // in s.mu.sources; guarded by s.mu
+	leaving bool // in s.mu.leaving; guarded by s.mu
 
 	slide atomic.Int64 // a time.Duration; 0: off
 	once  sync.Once
@@ -361,8 +388,11 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		// The reply to QUIT: the client is leaving. Free its slot before
 		// it can read this and connect again, or a client that keeps
 		// exactly max_connections_per_source open would be refused now
-		// and then, its new connection racing our close of the old.
-		c.once.Do(func() { c.s.release(c) })
+		// and then, its new connection racing our close of the old. It
+		// counts in the total until closed: this write may block.
+		c.s.mu.Lock()
+		c.s.leaveSourceLocked(c)
+		c.s.mu.Unlock()
 	}
 	if !greeting && bytes.HasPrefix(p, reply220) && !c.tls {
 		// A 220 after the greeting answers STARTTLS: what follows is TLS.

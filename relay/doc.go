@@ -100,7 +100,11 @@
 // connection counts against its source only until its client has quit (the
 // 221, seen in the clear) or closed its side (its FIN, seen in the socket's
 // TCP state by the next connection from that source over the cap), not
-// until relay has finished tearing it down; the read
+// until relay has finished tearing it down, and against the total until
+// relay has closed it. At most MaxConnectionsPerSource of a source's
+// connections are let off so at once, so a source never holds more than
+// twice its cap (a client that closes its side right after pipelining a
+// transaction, or stops reading, keeps relay busy after its FIN); the read
 // deadline slides during DATA; a multi-line reply, which go-smtp writes line
 // by line, goes out in one write; control characters go-smtp would echo
 // from client input are replaced; Shutdown can close idle connections; and

@@ -201,8 +201,10 @@ type Server struct {
 		listeners []*trackingListener
 		servers   []*smtp.Server // one per Serve call
 		conns     map[*trackedConn]struct{}
-		// sources counts the open connections per client address.
-		sources map[netip.Addr]int
+		// sources counts the open connections per client address;
+		// leaving, those no longer in sources because their client has
+		// quit or closed its side, until relay has closed them.
+		sources, leaving map[netip.Addr]int
 		// warned holds the sources (and allSources, for the total) whose
 		// refusal has been logged since they were last below their cap,
 		// so a flood gives one warn line, not one per connection.
@@ -227,6 +229,7 @@ func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.conns = make(map[*trackedConn]struct{})
 	s.mu.sources = make(map[netip.Addr]int)
+	s.mu.leaving = make(map[netip.Addr]int)
 	s.mu.warned = make(map[netip.Addr]bool)
 	s.SetPolicy(cfg.policy())
 	s.fails = newFailureLimiter(cfg.AuthFailuresPerSource, cfg.AuthFailureWindow, cfg.Now)

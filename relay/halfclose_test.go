@@ -1,0 +1,106 @@
+//go:build linux
+
+package relay
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// TestHalfClosedConnectionsDoNotLiftTheSourceCap: a client that pipelines
+// a whole transaction and shuts down its write side leaves relay busy with
+// it (here a queue that takes its time to commit, as a loaded disk does)
+// while the socket already shows the client's FIN. Such connections stop
+// counting against their source only up to max_connections_per_source of
+// them, so one address holds at most twice its cap, not every connection
+// the total cap allows.
+func TestHalfClosedConnectionsDoNotLiftTheSourceCap(t *testing.T) {
+	const perSource = 2
+	cfg := testConfig()
+	cfg.MaxConnectionsPerSource = perSource
+	cfg.AllowedNetworks = append(cfg.AllowedNetworks, netip.MustParsePrefix("127.0.0.3/32"))
+	entered, held := make(chan struct{}, 8*perSource), make(chan struct{})
+	q := &memQueue{beforeCommit: func(ctx context.Context) error {
+		entered <- struct{}{}
+		select {
+		case <-held:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}}
+	s := New(cfg, q, zerolog.Nop())
+	addr := serveTCP(t, s, ListenerConfig{})
+	t.Cleanup(func() { close(held) }) // before the Shutdown serveTCP registered
+	const txn = "EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n" +
+		"DATA\r\nSubject: x\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	admitted := 0
+	for range 4*perSource + 2 {
+		c := dialFrom(t, addr, "127.0.0.3")
+		t.Cleanup(func() { c.Close() })
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatalf("greeting: %v", err)
+		}
+		if strings.HasPrefix(line, "421 4.3.2") {
+			break
+		}
+		if !strings.HasPrefix(line, "220 ") {
+			t.Fatalf("got %q, want a 220 greeting or 421 4.3.2", line)
+		}
+		admitted++
+		if _, err := io.WriteString(c, txn); err != nil {
+			t.Fatal(err)
+		}
+		tc := c.(*net.TCPConn)
+		if err := tc.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-entered:
+		case <-time.After(testTimeout):
+			t.Fatal("the message never reached the queue")
+		}
+		waitFinAcked(t, tc)
+	}
+	if admitted != 2*perSource {
+		t.Fatalf("%d connections from one address that closed their side admitted while relay was busy with them, want %d (twice max_connections_per_source)",
+			admitted, 2*perSource)
+	}
+}
+
+// waitFinAcked waits until c's FIN has been acknowledged (FIN_WAIT2): the
+// server's socket shows it, whatever its process has read.
+func waitFinAcked(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testTimeout)
+	for {
+		var state uint8
+		_ = raw.Control(func(fd uintptr) {
+			if info, err := unix.GetsockoptTCPInfo(int(fd), syscall.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+				state = info.State
+			}
+		})
+		if state == unix.BPF_TCP_FIN_WAIT2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("FIN not acknowledged (state %d)", state)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
