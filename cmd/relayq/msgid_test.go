@@ -169,4 +169,13 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 	if code != 0 || out != string(queued) {
 		t.Fatalf("show --body: exit %d\n%q\nwant the bytes queued\n%q", code, out, queued)
 	}
+
+	// The actions take the filter too.
+	out, _, code = runOps(t, in, "queue", "hold", "--message-id", nightlyID)
+	if m, err := in.store.Get(id); code != 0 || out != "held 1 message\n" || err != nil || !m.Held {
+		t.Fatalf("queue hold --message-id: exit %d %q", code, out)
+	}
+	if m, err := in.store.Get(bare); err != nil || m.Held {
+		t.Fatalf("the message without headers was held too: %v", err)
+	}
 }
