@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,7 +43,7 @@ const (
 
 // reclaimer is the Store's reclaiming goroutine and what it needs.
 type reclaimer struct {
-	below int64 // free space under which deletions are reclaimed; <= 0: never
+	below atomic.Int64 // free space under which deletions are reclaimed; <= 0: never
 	poke  chan struct{}
 	stop  context.CancelFunc
 	done  chan struct{}
@@ -54,19 +55,34 @@ type reclaimer struct {
 	}
 }
 
-// startReclaim starts the reclaiming goroutine; Close stops it.
+// startReclaim starts the reclaiming goroutine, reclaiming below free
+// bytes (SetReclaimBelow); Close stops it. A queue without a reserve
+// reclaims nothing.
 func (s *Store) startReclaim(below int64) {
 	r := &s.reclaim
-	r.below = below
 	r.poke = make(chan struct{}, 1)
 	r.done = make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stop = cancel
-	if below <= 0 {
+	if s.reserve <= 0 {
 		close(r.done)
 		return
 	}
+	s.SetReclaimBelow(below)
 	go s.reclaimLoop(ctx)
+}
+
+// SetReclaimBelow changes Options.ReclaimBelow (a configuration reload):
+// the free space under which the space of deleted mail is reclaimed at
+// once; 0 means 4 × the reserve. A queue without a reserve ignores it.
+func (s *Store) SetReclaimBelow(below int64) {
+	if s.reserve <= 0 {
+		return
+	}
+	if below <= 0 {
+		below = defaultReclaimBelow * s.reserve
+	}
+	s.reclaim.below.Store(below)
 }
 
 // stopReclaim stops the goroutine and waits for it (a compaction in
@@ -79,7 +95,7 @@ func (s *Store) stopReclaim() {
 // deleted notes that the message id, whose body took size bytes, is being
 // deleted.
 func (r *reclaimer) deleted(id ID, size int64) {
-	if r.below <= 0 {
+	if r.below.Load() <= 0 {
 		return
 	}
 	r.mu.Lock()
@@ -122,7 +138,7 @@ func (s *Store) reclaimLoop(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
-		if free, ok := freeBytes(s.dir); !ok || free >= r.below {
+		if free, ok := freeBytes(s.dir); !ok || free >= r.below.Load() {
 			r.take() // space is not short: forget them
 			continue
 		}

@@ -70,3 +70,20 @@ func deliverFirst(t *testing.T, s *Store, id ID) {
 		t.Fatal(err)
 	}
 }
+
+// ReclaimBelow defaults to 4 × the reserve, and a reload changes it.
+func TestSetReclaimBelowDefaultsToFourReserves(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{Reserve: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, tc := range []struct{ set, want int64 }{{-1, 4 << 20}, {5e9, 5e9}, {0, 4 << 20}} {
+		if tc.set >= 0 {
+			s.SetReclaimBelow(tc.set)
+		}
+		if got := s.reclaim.below.Load(); got != tc.want {
+			t.Errorf("after SetReclaimBelow(%d): %d, want %d", tc.set, got, tc.want)
+		}
+	}
+}

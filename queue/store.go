@@ -46,8 +46,8 @@ type Options struct {
 	Reserve int64
 	// ReclaimBelow is the free space under which the disk space of
 	// deleted mail is reclaimed at once (reclaim.go); relayq passes its
-	// back-pressure free-space threshold. 0 means 4 × Reserve; without a
-	// reserve, nothing is reclaimed.
+	// back-pressure free-space threshold, and SetReclaimBelow changes it.
+	// 0 means 4 × Reserve; without a reserve, nothing is reclaimed.
 	ReclaimBelow int64
 }
 
@@ -107,11 +107,6 @@ func Open(dir string, opts Options) (*Store, error) {
 	po.Logger = newPebbleLogger(dir, opts)
 	if opts.FS != nil {
 		opts.Reserve = 0 // not the real disk: statfs would read another volume
-	}
-	if opts.Reserve <= 0 {
-		opts.ReclaimBelow = 0
-	} else if opts.ReclaimBelow <= 0 {
-		opts.ReclaimBelow = defaultReclaimBelow * opts.Reserve
 	}
 	if opts.Reserve > 0 {
 		if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -177,15 +177,16 @@ func restartOnly(old, new *config.Config) []string {
 // reloadLive registers the setters that apply a reloaded configuration to
 // the running relay server and delivery worker, without closing a
 // connection: the relay policy (allowed networks, users, limits other than
-// the message size, connection caps), the back-pressure thresholds, the
-// retry timings and the per-destination connection cap. Routes have their
-// own setter (start).
+// the message size, connection caps), the back-pressure thresholds (and
+// the queue's reclaim threshold with them), the retry timings and the
+// per-destination connection cap. Routes have their own setter (start).
 func (in *instance) reloadLive(worker *smarthost.Worker) {
 	in.onReload(func(c *config.Config) {
 		in.srv.SetPolicy(relayPolicy(c))
 		// Without a monitor (back pressure off at start) this does nothing
 		// and restartOnly says so.
 		in.srv.Pressure().SetThresholds(thresholdsOf(c.BackPressure))
+		in.store.SetReclaimBelow(reclaimBelow(c.BackPressure))
 		worker.SetRetry(backoffOf(c.Retry), c.Retry.MaxQueueLifetime.Std(), c.Retry.DelayWarning.Std())
 		worker.SetMaxConnsPerDest(c.Delivery.MaxConnectionsPerDestination)
 	})

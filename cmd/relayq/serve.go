@@ -262,14 +262,20 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 
 // queueOptions are the queue's options for cfg: it keeps
 // config.DiskReserve free on its volume, and reclaims the space of
-// delivered mail at once while free space is below back pressure's
-// free_disk thresholds (below 4 times the reserve with back pressure off).
+// delivered mail at once while free space is below reclaimBelow.
 func queueOptions(cfg *config.Config, stalls *relay.StallWatch, log zerolog.Logger) queue.Options {
-	o := queue.Options{Log: log, EventListener: stalls.EventListener(), Reserve: int64(config.DiskReserve)}
-	if bp := cfg.BackPressure; bp.Enabled {
-		o.ReclaimBelow = int64(max(bp.FreeDiskMedium, bp.FreeDiskHigh))
+	return queue.Options{Log: log, EventListener: stalls.EventListener(),
+		Reserve: int64(config.DiskReserve), ReclaimBelow: reclaimBelow(cfg.BackPressure)}
+}
+
+// reclaimBelow is the free space under which the queue reclaims the space
+// of delivered mail: back pressure's larger free_disk threshold, or with
+// back pressure off 0 (the queue's own default, 4 times the reserve).
+func reclaimBelow(bp config.BackPressure) int64 {
+	if !bp.Enabled {
+		return 0
 	}
-	return o
+	return int64(max(bp.FreeDiskMedium, bp.FreeDiskHigh))
 }
 
 // relayConfig builds the inbound side's configuration from cfg: the TLS
