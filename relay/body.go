@@ -302,8 +302,9 @@ func (r *bodyReader) feedName(c byte) bool {
 }
 
 // srcError maps a failure reading the client's data to the reply for it.
-// Anything but go-smtp's two policy errors means the client stalled past
-// the read deadline or went away.
+// Anything but go-smtp's two policy errors and the end of a BDAT transfer
+// by the client means the client stalled past the read deadline or went
+// away.
 func srcError(err error) *retry.Reply {
 	switch err {
 	case smtp.ErrDataTooLarge:
@@ -311,6 +312,8 @@ func srcError(err error) *retry.Reply {
 		return replyTooBig
 	case smtp.ErrTooLongLine:
 		return replyLineTooLong
+	case smtp.ErrDataReset:
+		return replyDataReset
 	default:
 		return replyStalled
 	}

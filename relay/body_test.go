@@ -177,6 +177,7 @@ func TestBodyReaderMapsSourceErrors(t *testing.T) {
 		{"read deadline", os.ErrDeadlineExceeded, replyStalled},
 		{"net timeout", timeoutErr{}, replyStalled},
 		{"client went away", io.ErrUnexpectedEOF, replyStalled},
+		{"RSET during BDAT", smtp.ErrDataReset, replyDataReset},
 	}
 	for _, tt := range tests {
 		src := io.MultiReader(strings.NewReader("Subject: x\r\n"), iotest.ErrReader(tt.src))

@@ -278,6 +278,35 @@ func TestBDATBodyIsNormalisedAndChecked(t *testing.T) {
 	}
 }
 
+// TestRSETDuringBDATLeavesTheSessionUsable: RSET ends a BDAT transfer
+// (RFC 3030 §3: the chunks sent are discarded); the session goes on, and
+// the next transaction is accepted and queued alone. go-smtp ends the
+// Data it runs for BDAT with ErrDataReset, which once read as a client
+// gone away and made every later MAIL 451 4.4.2.
+func TestRSETDuringBDATLeavesTheSessionUsable(t *testing.T) {
+	q := &memQueue{}
+	_, addr := startServer(t, testConfig(), q)
+	r := dialRaw(t, addr, "")
+	r.cmd("MAIL FROM:<s@example.org>", 250)
+	r.cmd("RCPT TO:<x@example.com>", 250)
+	r.send("BDAT 9\r\nSubject: ")
+	r.expect(250)
+	r.cmd("RSET", 250)
+	// The aborted Data ends in its own goroutine: some rounds give it time.
+	for range 5 {
+		r.cmd("MAIL FROM:<s@example.org>", 250)
+		r.cmd("RSET", 250)
+	}
+	r.cmd("MAIL FROM:<s@example.org>", 250)
+	r.cmd("RCPT TO:<x@example.com>", 250)
+	const msg = "Subject: second\r\n\r\nbody\r\n"
+	r.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(msg), msg))
+	r.expect(250)
+	if got := afterReceived(t, q.only(t).body); string(got) != msg {
+		t.Errorf("stored %q, want %q", got, msg)
+	}
+}
+
 func TestBareLineEndingsRejectedWith550_5_5_2(t *testing.T) {
 	payloads := map[string]string{
 		"LF dot LF":   "hello\n.\nMAIL FROM:<e@x>\r\n",

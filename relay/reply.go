@@ -29,6 +29,10 @@ var (
 	// The client stalled or went away in the middle of the body.
 	replyStalled = &retry.Reply{Code: 451, Enhanced: retry.CodeConnDropped,
 		Text: "Timeout or connection error while reading message data"}
+	// The client ended a BDAT transfer with RSET or EHLO (RFC 3030 §3):
+	// nothing is queued, go-smtp drops this reply and the session goes on.
+	replyDataReset = &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal,
+		Text: "Message transfer aborted by the client"}
 	// RFC 5321 §4.5.3.1.6 limits a text line; go-smtp allows twice that.
 	replyLineTooLong = &retry.Reply{Code: 554, Enhanced: retry.CodeSyntaxError,
 		Text: "Line too long"}
