@@ -104,3 +104,39 @@ func waitFinAcked(t *testing.T, c *net.TCPConn) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestPeerClosedSeesTheFIN: the TCP state probe reports a connection
+// whose client has shut down its side, and only that, over IPv4 and IPv6
+// loopback alike, whatever relay has left unread on it.
+func TestPeerClosedSeesTheFIN(t *testing.T) {
+	for _, network := range []string{"127.0.0.1:0", "[::1]:0"} {
+		l, err := net.Listen("tcp", network)
+		if err != nil {
+			t.Fatalf("%s: %v", network, err)
+		}
+		defer l.Close()
+		client, err := net.DialTimeout("tcp", l.Addr().String(), testTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer server.Close()
+		if _, err := io.WriteString(client, "QUIT\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if peerClosed(server) {
+			t.Fatalf("%s: open connection reported closed", network)
+		}
+		if err := client.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		waitFinAcked(t, client.(*net.TCPConn))
+		if !peerClosed(server) {
+			t.Fatalf("%s: connection whose client sent its FIN not reported closed", network)
+		}
+	}
+}

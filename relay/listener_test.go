@@ -61,6 +61,39 @@ func TestSTARTTLSThenESMTPSInReceived(t *testing.T) {
 	}
 }
 
+// TestCommandsPipelinedAfterSTARTTLSAreDiscarded: what a client (or a
+// man in the middle) sends in the clear after STARTTLS, in the same write,
+// is never read as commands or a body inside TLS (RFC 3207 §4.2, §6). Here
+// it holds a whole transaction, its body past a DATA line, which relay's
+// wrapper holds back from go-smtp; inside TLS the session starts afresh
+// and only the message sent there is queued.
+func TestCommandsPipelinedAfterSTARTTLSAreDiscarded(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	q := &memQueue{}
+	cfg := testConfig()
+	cfg.TLS = serverTLS
+	_, addr := startServer(t, cfg, q)
+	r := dialRaw(t, addr, "")
+	r.send("STARTTLS\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n" +
+		"Subject: injected\r\n\r\nx\r\n.\r\n")
+	r.expect(220)
+	tc := tls.Client(r.c, clientTLS)
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake after pipelined plaintext: %v", err)
+	}
+	r.c, r.tp = tc, textproto.NewConn(tc)
+	r.ehlo()
+	r.cmd("MAIL FROM:<s@example.org>", 250) // 503 if the injected MAIL had counted
+	r.cmd("RCPT TO:<y@example.com>", 250)
+	r.cmd("DATA", 354)
+	r.send("Subject: inside\r\n\r\nx\r\n.\r\n")
+	r.expect(250)
+	m := q.only(t)
+	if m.env.From != "s@example.org" || len(m.env.Recipients) != 1 || !bytes.Contains(m.body, []byte("Subject: inside")) {
+		t.Fatalf("queued from %q to %v: %q", m.env.From, m.env.Recipients, m.body)
+	}
+}
+
 func TestSMTPSListenerSpeaksTLSFromTheFirstByte(t *testing.T) {
 	serverTLS, clientTLS := testTLS(t)
 	q := &memQueue{}
