@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"io"
 	"mime"
 	"strings"
@@ -40,7 +41,7 @@ const (
 type headerScan struct {
 	seen  int  // bytes looked at
 	done  bool // the header section ended, or headerScanMax was reached
-	state int  // stLineStart…stValue
+	state int  // stLineStart…stValue: what the next byte of the line is
 	// name and pos: the field name the current line may start with, and
 	// how much of it has matched.
 	name string
@@ -66,7 +67,9 @@ const (
 	fieldSubject   = "subject"
 )
 
-// scan looks at the next bytes of the message.
+// scan looks at the next bytes of the message. The bytes of a line that
+// is skipped or kept go by runs up to the next LF (bytes.IndexByte); only
+// the first bytes of a line, its field name, go one at a time.
 func (h *headerScan) scan(b []byte) {
 	if h.done {
 		return
@@ -76,41 +79,58 @@ func (h *headerScan) scan(b []byte) {
 		defer h.finish()
 	}
 	h.seen += len(b)
-	for _, c := range b {
-		switch c {
-		case '\r':
-			continue
-		case '\n':
-			if h.lineLen == 0 {
-				h.finish()
-				return
+	for i := 0; i < len(b) && !h.done; {
+		c := b[i]
+		switch {
+		case c == '\n':
+			h.endLine()
+			i++
+		case c == '\r':
+			i++
+		case h.state == stLineStart && (c == ' ' || c == '\t'):
+			// A continuation: of the value kept, if one is; the run
+			// below takes the WSP too (RFC 5322 §2.2.3 unfolding keeps
+			// it).
+			h.state = stSkip
+			if h.cur != nil {
+				h.state = stValue
 			}
-			h.lineLen, h.state = 0, stLineStart
-			continue
-		}
-		h.lineLen++
-		switch h.state {
-		case stLineStart:
-			h.startLine(c)
-		case stName:
+		case h.state == stSkip || h.state == stValue:
+			end := bytes.IndexByte(b[i:], '\n')
+			if end < 0 {
+				end = len(b)
+			} else {
+				end += i
+			}
+			if h.state == stValue {
+				h.keep(b[i:end])
+			}
+			h.lineLen += end - i
+			i = end
+		case h.state == stLineStart:
+			h.lineLen++
+			h.startField(c)
+			i++
+		default: // stName
+			h.lineLen++
 			h.matchName(c)
-		case stValue:
-			h.keep(c)
+			i++
 		}
 	}
 }
 
-// startLine takes the first byte c of a line: a continuation of the field
-// before it (c is WSP), or the start of a field name.
-func (h *headerScan) startLine(c byte) {
-	if c == ' ' || c == '\t' {
-		h.state = stSkip
-		if h.cur != nil {
-			h.state = stValue
-			h.keep(c)
-		}
+// endLine ends a line: the header section, if the line was empty.
+func (h *headerScan) endLine() {
+	if h.lineLen == 0 {
+		h.finish()
 		return
 	}
+	h.lineLen, h.state = 0, stLineStart
+}
+
+// startField takes the first byte c of a line that starts a field: the
+// value kept so far is complete, and the field name is matched.
+func (h *headerScan) startField(c byte) {
 	h.cur, h.state = nil, stSkip
 	switch c | 0x20 {
 	case fieldMessageID[0]:
@@ -147,14 +167,25 @@ func (h *headerScan) matchName(c byte) {
 	}
 }
 
-// keep appends c to the value being kept, up to its limit; a Message-ID
-// over its limit is dropped whole.
-func (h *headerScan) keep(c byte) {
-	switch {
-	case h.cur == &h.messageID && len(h.messageID) > maxMessageIDRaw:
-	case h.cur == &h.subject && len(h.subject) >= maxSubjectRaw:
-	default:
-		*h.cur = append(*h.cur, c)
+// keep appends run, without its CRs, to the value being kept, up to its
+// limit; a Message-ID over its limit is dropped whole (MessageID).
+func (h *headerScan) keep(run []byte) {
+	limit := maxSubjectRaw
+	if h.cur == &h.messageID {
+		limit = maxMessageIDRaw + 1 // one more: over the limit
+	}
+	for len(run) > 0 && len(*h.cur) < limit {
+		part := run[:min(len(run), limit-len(*h.cur))]
+		run = run[len(part):]
+		for len(part) > 0 {
+			k := bytes.IndexByte(part, '\r')
+			if k < 0 {
+				*h.cur = append(*h.cur, part...)
+				break
+			}
+			*h.cur = append(*h.cur, part[:k]...)
+			part = part[k+1:]
+		}
 	}
 }
 
@@ -180,8 +211,10 @@ func (h *headerScan) MessageID() string {
 // MaxSubject bytes at a character boundary.
 func (h *headerScan) Subject() string {
 	s := string(h.subject)
-	if dec, err := subjectDecoder.DecodeHeader(s); err == nil {
-		s = dec
+	if strings.Contains(s, "=?") {
+		if dec, err := subjectDecoder.DecodeHeader(s); err == nil {
+			s = dec
+		}
 	}
 	return displayText(s, MaxSubject)
 }
@@ -199,6 +232,9 @@ var subjectDecoder = &mime.WordDecoder{CharsetReader: func(charset string, input
 // characters that could reorder what follows, tabs as spaces, trimmed, at
 // most max bytes.
 func displayText(s string, max int) string {
+	if printableASCII(s) {
+		return cut(strings.TrimSpace(s), max)
+	}
 	s = strings.Map(func(r rune) rune {
 		switch {
 		case r == '\t':
@@ -208,13 +244,29 @@ func displayText(s string, max int) string {
 		}
 		return r
 	}, strings.ToValidUTF8(s, "\uFFFD"))
-	s = strings.TrimSpace(s)
+	return cut(strings.TrimSpace(s), max)
+}
+
+// printableASCII reports whether s is only printable ASCII and spaces,
+// which displayText leaves as they are (the common case).
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// cut cuts the trimmed UTF-8 s to at most max bytes at a character
+// boundary.
+func cut(s string, max int) string {
 	if len(s) <= max {
 		return s
 	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	n := max
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return strings.TrimSpace(s[:cut])
+	return strings.TrimSpace(s[:n])
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"unicode"
@@ -145,5 +146,26 @@ func TestDataKeepsMessageIDAndSubject(t *testing.T) {
 				t.Fatalf("received lines %v", received)
 			}
 		})
+	}
+}
+
+// BenchmarkHeaderScan measures the scan of a typical header section (26
+// fields, 1.6 KB, a folded encoded Subject) followed by a body it stops
+// before: the cost intake pays per message for Message-ID and Subject.
+func BenchmarkHeaderScan(b *testing.B) {
+	var hdr strings.Builder
+	for i := range 24 {
+		fmt.Fprintf(&hdr, "X-Field-%02d: %s\r\n", i, strings.Repeat("v", 50))
+	}
+	hdr.WriteString("Subject: =?UTF-8?Q?Rechnung_f=C3=BCr?=\r\n =?UTF-8?Q?_M=C3=A4rz?=\r\nMessage-ID: <20260302101749.4f2a@shop.example>\r\n\r\n")
+	msg := []byte(hdr.String() + strings.Repeat("body line\r\n", 3000))
+	b.SetBytes(int64(hdr.Len()))
+	b.ReportAllocs()
+	for b.Loop() {
+		var h headerScan
+		h.scan(msg)
+		if h.MessageID() == "" || h.Subject() != "Rechnung für März" {
+			b.Fatalf("got %q, %q", h.MessageID(), h.Subject())
+		}
 	}
 }
