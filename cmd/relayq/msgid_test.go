@@ -152,6 +152,9 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 	if !kinds[admin.EventDeferred] || !kinds[admin.EventBounced] {
 		t.Fatalf("recent events %+v", st.Recent)
 	}
+	if out, _, code := runOps(t, in, "status"); code != 0 || !strings.Contains(out, "      Message-ID: "+nightlyID+"  Subject: "+nightlySubject+"\n") {
+		t.Fatalf("relayq status: exit %d\n%s", code, out)
+	}
 
 	body, err := in.store.Body(id)
 	if err != nil {

@@ -104,6 +104,9 @@ func printStatus(out io.Writer, st admin.Status) {
 	w.Flush()
 	for _, e := range st.Recent {
 		fmt.Fprintf(out, "  %s  %-8s  %s  %s  %s\n", e.Time.Local().Format(time.TimeOnly), e.Kind, e.ID, e.Rcpt, e.Reply)
+		if e.MessageID != "" || e.Subject != "" {
+			fmt.Fprintf(out, "      Message-ID: %s  Subject: %s\n", orNone(e.MessageID), orNone(e.Subject))
+		}
 		if e.Explain != "" {
 			fmt.Fprintf(out, "      %s\n", e.Explain)
 		}
