@@ -24,18 +24,22 @@ import (
 // on the volume is below Options.ReclaimBelow, it compacts the key ranges
 // of the deleted messages (Pebble flushes the memtables that overlap them
 // first), and Pebble removes the tables and logs that became obsolete.
-// The deleted IDs are gathered for reclaimDelay before a reclaim, so a
-// drain of many messages is reclaimed in a few compactions, and the next
-// reclaim waits at least reclaimSpacing times the duration of the last:
-// a compaction rewrites what is still queued in the range too, and on a
-// large queue that must not take more than a fraction of the disk's time.
+// The deleted IDs are gathered until reclaimQuiet passes without a
+// deletion (at most reclaimMaxWait), so that a drain is reclaimed once,
+// at its end, and not message by message while the delivery goes on; and
+// the next reclaim waits at least reclaimSpacing times the duration of
+// the last: a compaction rewrites what is still queued in the range too,
+// and on a large queue that must not take more than a fraction of the
+// disk's time.
 // Deletions made while free space is above the threshold are forgotten:
 // space is not short, and the writes that go on make Pebble compact them
 // away in time (keeping them would only widen the next reclaim's range).
 
 const (
-	// reclaimDelay gathers the deletions of a drain before a reclaim.
-	reclaimDelay = time.Second
+	// reclaimQuiet without a deletion ends a drain: reclaim then.
+	reclaimQuiet = time.Second
+	// reclaimMaxWait bounds the gathering during a long drain.
+	reclaimMaxWait = 10 * time.Second
 	// reclaimSpacing: the wait after a reclaim, in multiples of its
 	// duration (at most 1/reclaimSpacing of the time compacting).
 	reclaimSpacing = 5
@@ -132,11 +136,13 @@ func (s *Store) reclaimLoop(ctx context.Context) {
 			return
 		case <-r.poke:
 		}
-		wait := max(reclaimDelay, time.Until(next))
+		if !r.gather(ctx) {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-time.After(time.Until(next)):
 		}
 		if free, ok := freeBytes(s.dir); !ok || free >= r.below.Load() {
 			r.take() // space is not short: forget them
@@ -145,6 +151,27 @@ func (s *Store) reclaimLoop(ctx context.Context) {
 		began := time.Now()
 		s.reclaimDeleted(ctx)
 		next = time.Now().Add(reclaimSpacing * time.Since(began))
+	}
+}
+
+// gather waits for the deletions of a drain: until reclaimQuiet passes
+// without one, or reclaimMaxWait in all. It returns false if ctx ended.
+func (r *reclaimer) gather(ctx context.Context) bool {
+	limit := time.NewTimer(reclaimMaxWait)
+	defer limit.Stop()
+	quiet := time.NewTimer(reclaimQuiet)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-limit.C:
+			return true
+		case <-quiet.C:
+			return true
+		case <-r.poke:
+			quiet.Reset(reclaimQuiet) // Go 1.23 timers: no stale value to drain
+		}
 	}
 }
 
