@@ -99,7 +99,8 @@
 // counted there, since go-smtp has no hook before its greeting, and a
 // connection counts against its source only until its client has quit (the
 // 221, seen in the clear) or closed its side (its FIN, seen in the socket's
-// TCP state by the next connection from that source over the cap), not
+// TCP state by the next connection from that source over the cap; after a
+// look that finds none closed, the next is at least probeInterval later), not
 // until relay has finished tearing it down, and against the total until
 // relay has closed it. At most MaxConnectionsPerSource of a source's
 // connections are let off so at once, so a source never holds more than

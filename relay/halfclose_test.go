@@ -140,3 +140,95 @@ func TestPeerClosedSeesTheFIN(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceAtItsCapIsProbedAtMostOncePerInterval: a source that keeps its
+// cap open and keeps connecting costs relay's accept loop one getsockopt
+// per connection of the source per probe round; after a round that found
+// none closed, the next comes only after probeInterval, however fast the
+// source connects.
+func TestSourceAtItsCapIsProbedAtMostOncePerInterval(t *testing.T) {
+	const perSource = 3
+	cfg := testConfig()
+	cfg.MaxConnectionsPerSource = perSource
+	s := New(cfg, &memQueue{}, zerolog.Nop())
+	defer s.Shutdown(context.Background())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	src := netip.MustParseAddr("127.0.0.6")
+	for range perSource {
+		c, err := net.DialTimeout("tcp", l.Addr().String(), testTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sc, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		if s.admit(&trackedConn{Conn: sc, s: s, ip: src}) != admitted {
+			t.Fatal("not admitted within the cap")
+		}
+	}
+	const attempts = 200
+	start := time.Now()
+	for range attempts {
+		if a := s.admit(&trackedConn{s: s, ip: src}); a != overSource {
+			t.Fatalf("admission %d over the cap, want overSource", a)
+		}
+	}
+	elapsed := time.Since(start)
+	limit := 1 + int64(elapsed/probeInterval) + 1
+	if n := s.probeRounds.Load(); n > limit {
+		t.Fatalf("%d probe rounds for %d attempts in %v, want at most %d (one per %v)", n, attempts, elapsed, limit, probeInterval)
+	}
+}
+
+// BenchmarkAdmitOverSourceCap is a connection from a source holding its
+// cap of 50 open (none closed), with 950 other connections open: what
+// each connection of a source that keeps connecting costs the accept loop.
+func BenchmarkAdmitOverSourceCap(b *testing.B) {
+	cfg := testConfig()
+	cfg.MaxConnectionsPerSource = 50
+	cfg.MaxConnections = 1000
+	s := New(cfg, &memQueue{}, zerolog.Nop())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	src := netip.MustParseAddr("127.0.0.5")
+	for range 50 {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		sc, err := l.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sc.Close()
+		if s.admit(&trackedConn{Conn: sc, s: s, ip: src}) != admitted {
+			b.Fatal("not admitted")
+		}
+	}
+	for i := range 900 {
+		p, q := net.Pipe()
+		defer p.Close()
+		defer q.Close()
+		ip := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+		if s.admit(&trackedConn{Conn: p, s: s, ip: ip}) != admitted {
+			b.Fatal("not admitted")
+		}
+	}
+	over := &trackedConn{s: s, ip: src}
+	for b.Loop() {
+		if s.admit(over) != overSource {
+			b.Fatal("admitted")
+		}
+	}
+}

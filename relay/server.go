@@ -194,6 +194,8 @@ type Server struct {
 	// fastBodies counts the DATA bodies read by the fast path
 	// (fastdata.go).
 	fastBodies atomic.Int64
+	// probeRounds counts the rounds of uncountGone (conn.go).
+	probeRounds atomic.Int64
 
 	mu struct {
 		sync.Mutex
@@ -205,6 +207,9 @@ type Server struct {
 		// leaving, those no longer in sources because their client has
 		// quit or closed its side, until relay has closed them.
 		sources, leaving map[netip.Addr]int
+		// probed holds when a probe round for a source at its cap last
+		// found none of its connections closed (conn.go, probeInterval).
+		probed map[netip.Addr]time.Time
 		// warned holds the sources (and allSources, for the total) whose
 		// refusal has been logged since they were last below their cap,
 		// so a flood gives one warn line, not one per connection.
@@ -230,6 +235,7 @@ func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	s.mu.conns = make(map[*trackedConn]struct{})
 	s.mu.sources = make(map[netip.Addr]int)
 	s.mu.leaving = make(map[netip.Addr]int)
+	s.mu.probed = make(map[netip.Addr]time.Time)
 	s.mu.warned = make(map[netip.Addr]bool)
 	s.SetPolicy(cfg.policy())
 	s.fails = newFailureLimiter(cfg.AuthFailuresPerSource, cfg.AuthFailureWindow, cfg.Now)
