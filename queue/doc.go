@@ -76,6 +76,10 @@
 //     after 1 ms without one (syncshare.go): a delivery's outcome has no
 //     client waiting on it, and this saves an fdatasync per few messages.
 //   - Concurrent Syncs share one fsync (Pebble's group commit).
+//   - PutWaiting writes the w/ index entry in Put's own synced batch.
+//     ReleaseDest rewrites each released message in a batch of its own,
+//     not synced: a release lost in a crash only leaves the messages to
+//     their backoff.
 //
 // # Disk space
 //
