@@ -49,7 +49,7 @@ type headerScan struct {
 	// cur is the value being kept: the current line's field, or the one
 	// a continuation line goes on; nil when none is.
 	cur     *[]byte
-	lineLen int // bytes of the current line so far, CRs excepted
+	lineLen int // bytes of the current line so far; 0: none but CRs
 
 	messageID, subject []byte
 	gotMID, gotSubj    bool // the first occurrence was taken
