@@ -225,57 +225,25 @@ func (w *Worker) Run(ctx context.Context) error {
 	// attempt only brings the next scan within doneRecheck: its message
 	// was rescheduled (Wake) or is gone, unless its commit failed, and a
 	// scan per attempt cost a few % of the CPU per message under load.
-	var (
-		next      time.Time // when the first message the last scan left is due; zero: none
-		more      = true    // the last scan stopped for want of room: more may be due now
-		scan      = true
-		recheckAt time.Time // an attempt ended: scan by then at the latest; zero: none
-		cursor    queue.Cursor
-		fullAt    time.Time // when the schedule was last scanned from its start (real clock)
-		behind    bool      // an attempt ended since: a full scan is due by fullAt+fullScanEvery
-	)
+	st := scanState{more: true}
+	scan := true
 	for ctx.Err() == nil {
 		if scan {
-			if time.Since(fullAt) >= fullScanEvery { // the real clock: a cadence, not a due time
-				cursor, fullAt, behind = queue.Cursor{}, time.Now(), false
-			}
-			limit := min(w.sched.room(), scanBatch)
-			var (
-				ids []queue.ID
-				err error
-			)
-			if limit > 0 {
-				ids, next, cursor, err = w.Queue.DueAfter(w.Now(), cursor, limit, w.sched.knows)
-				w.sched.add(ids)
-			}
-			more, scan, recheckAt = len(ids) == limit, false, time.Time{}
-			if err != nil {
-				w.Log.Error().Err(err).Msg("reading the schedule")
-				next, more = w.Now().Add(time.Second), false
-			}
+			w.scan(&st)
+			scan = false
 		}
 		w.dispatch(tasks, func(tk task) { wg.Add(1); go runner(tk) })
-		wait := time.Hour
-		if !more && !next.IsZero() {
-			wait = max(next.Sub(w.Now()), 0)
-		}
-		if !recheckAt.IsZero() {
-			wait = min(wait, max(recheckAt.Sub(w.Now()), 0))
-		}
-		if behind {
-			wait = min(wait, max(fullScanEvery-time.Since(fullAt), 0))
-		}
-		timer.Reset(wait)
+		timer.Reset(st.wait(w.Now()))
 		select {
 		case <-ctx.Done():
 		case <-w.Queue.Wake():
 			scan = true
 		case <-done:
-			behind = true
-			if more {
+			st.behind = true
+			if st.more {
 				scan = true
-			} else if recheckAt.IsZero() {
-				recheckAt = w.Now().Add(doneRecheck)
+			} else if st.recheckAt.IsZero() {
+				st.recheckAt = w.Now().Add(doneRecheck)
 			}
 		case <-timer.C:
 			scan = true
@@ -298,6 +266,55 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.releases.Wait()
 	w.pool.closeIdle()
 	return nil
+}
+
+// scanState is where Run's scans of the schedule stand.
+type scanState struct {
+	next      time.Time // when the first message the last scan left is due; zero: none
+	more      bool      // the last scan stopped for want of room: more may be due now
+	recheckAt time.Time // an attempt ended: scan by then at the latest; zero: none
+	cursor    queue.Cursor
+	fullAt    time.Time // when the schedule was last scanned from its start (real clock)
+	behind    bool      // an attempt ended since: a full scan is due by fullAt+fullScanEvery
+}
+
+// scan takes due mail from the queue into the scheduler's lines, as much
+// as there is room for: from where the last scan stopped, or from the
+// start of the schedule once fullScanEvery has passed.
+func (w *Worker) scan(st *scanState) {
+	if time.Since(st.fullAt) >= fullScanEvery { // the real clock: a cadence, not a due time
+		st.cursor, st.fullAt, st.behind = queue.Cursor{}, time.Now(), false
+	}
+	limit := min(w.sched.room(), scanBatch)
+	var (
+		ids []queue.ID
+		err error
+	)
+	if limit > 0 {
+		ids, st.next, st.cursor, err = w.Queue.DueAfter(w.Now(), st.cursor, limit, w.sched.knows)
+		w.sched.add(ids)
+	}
+	st.more, st.recheckAt = len(ids) == limit, time.Time{}
+	if err != nil {
+		w.Log.Error().Err(err).Msg("reading the schedule")
+		st.next, st.more = w.Now().Add(time.Second), false
+	}
+}
+
+// wait is how long Run may wait at now for something to wake it before it
+// scans again.
+func (st *scanState) wait(now time.Time) time.Duration {
+	wait := time.Hour
+	if !st.more && !st.next.IsZero() {
+		wait = max(st.next.Sub(now), 0)
+	}
+	if !st.recheckAt.IsZero() {
+		wait = min(wait, max(st.recheckAt.Sub(now), 0))
+	}
+	if st.behind {
+		wait = min(wait, max(fullScanEvery-time.Since(st.fullAt), 0))
+	}
+	return wait
 }
 
 // dispatch starts every delivery the scheduler allows now: into an idle
