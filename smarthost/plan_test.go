@@ -9,6 +9,7 @@ import (
 
 	"relayq/internal/smtptest"
 	"relayq/queue"
+	"relayq/retry"
 )
 
 // While every host of a destination cools down after failing, a new
@@ -21,6 +22,10 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 	var logs *logBuffer
 	h := startHarness(t, nil, smarthostRouter([]string{dead}), func(w *Worker) {
 		w.Dialer, w.CoolDown = dialer, time.Hour
+		// A backoff as long as the cool-down: with the harness's 20 ms the
+		// first message would be due again, for a moment, before its next
+		// attempt put it off for the cool-down (the check of Due below).
+		w.Backoff = retry.Backoff{Min: time.Hour, Max: 2 * time.Hour}
 		logs = captureLog(t, w)
 	})
 	env := func(rcpts ...string) *queue.Envelope {
