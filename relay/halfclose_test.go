@@ -152,27 +152,8 @@ func TestSourceAtItsCapIsProbedAtMostOncePerInterval(t *testing.T) {
 	cfg.MaxConnectionsPerSource = perSource
 	s := New(cfg, &memQueue{}, zerolog.Nop())
 	defer s.Shutdown(context.Background())
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
 	src := netip.MustParseAddr("127.0.0.6")
-	for range perSource {
-		c, err := net.DialTimeout("tcp", l.Addr().String(), testTimeout)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		sc, err := l.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sc.Close()
-		if s.admit(&trackedConn{Conn: sc, s: s, ip: src}) != admitted {
-			t.Fatal("not admitted within the cap")
-		}
-	}
+	admitLoopback(t, s, src, perSource)
 	const attempts = 200
 	start := time.Now()
 	for range attempts {
@@ -195,27 +176,8 @@ func BenchmarkAdmitOverSourceCap(b *testing.B) {
 	cfg.MaxConnectionsPerSource = 50
 	cfg.MaxConnections = 1000
 	s := New(cfg, &memQueue{}, zerolog.Nop())
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
 	src := netip.MustParseAddr("127.0.0.5")
-	for range 50 {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		sc, err := l.Accept()
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer sc.Close()
-		if s.admit(&trackedConn{Conn: sc, s: s, ip: src}) != admitted {
-			b.Fatal("not admitted")
-		}
-	}
+	admitLoopback(b, s, src, 50)
 	for i := range 900 {
 		p, q := net.Pipe()
 		defer p.Close()
@@ -229,6 +191,32 @@ func BenchmarkAdmitOverSourceCap(b *testing.B) {
 	for b.Loop() {
 		if s.admit(over) != overSource {
 			b.Fatal("admitted")
+		}
+	}
+}
+
+// admitLoopback admits n server sides of loopback TCP connections to s as
+// connections from src; they are closed when the test ends.
+func admitLoopback(tb testing.TB, s *Server, src netip.Addr, n int) {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	for range n {
+		c, err := net.DialTimeout("tcp", l.Addr().String(), testTimeout)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { c.Close() })
+		sc, err := l.Accept()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { sc.Close() })
+		if s.admit(&trackedConn{Conn: sc, s: s, ip: src}) != admitted {
+			tb.Fatal("not admitted within the cap")
 		}
 	}
 }

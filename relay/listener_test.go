@@ -68,10 +68,8 @@ func TestSTARTTLSThenESMTPSInReceived(t *testing.T) {
 // wrapper holds back from go-smtp; inside TLS the session starts afresh
 // and only the message sent there is queued.
 func TestCommandsPipelinedAfterSTARTTLSAreDiscarded(t *testing.T) {
-	serverTLS, clientTLS := testTLS(t)
+	cfg, clientTLS := authConfig(t)
 	q := &memQueue{}
-	cfg := testConfig()
-	cfg.TLS = serverTLS
 	_, addr := startServer(t, cfg, q)
 	r := dialRaw(t, addr, "")
 	r.send("STARTTLS\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n" +
