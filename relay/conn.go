@@ -36,7 +36,7 @@ const (
 // trackedConn: so Shutdown can close the idle ones (go-smtp's Shutdown
 // would wait for them), a session can slide its read deadline during DATA,
 // and replies are coalesced. go-smtp has no hook before its greeting, so
-// the caps (421 4.3.2) live here (DESIGN.md, go-smtp gotchas).
+// the caps (421 4.3.2) live here (docs/design.md "What the code relies on").
 type trackingListener struct {
 	net.Listener
 	s    *Server
@@ -243,8 +243,9 @@ func (s *Server) refuse(c net.Conn, lc ListenerConfig, a admission) {
 	s.mu.warned[key] = true
 	s.mu.Unlock()
 	if first {
-		// Once per episode: the operator of seed 001 needs to see which
-		// source hit which cap, not one line per refused connection.
+		// Once per episode: an operator whose gateway hits a per-source
+		// limit needs to see which source hit which cap, not one line per
+		// refused connection.
 		s.log.Warn().Str("ip", ip.String()).Int("limit", limit).Int("code", reply.Code).
 			Str("enhanced", reply.Status().String()).Bool("per_source", a == overSource).
 			Msg("connection refused: over the connection limit (further refusals until it drops below are not logged)")
@@ -286,7 +287,7 @@ func replyLine(r *retry.Reply) string {
 // (the EHLO list) in its own Write; trackedConn holds back the lines that
 // continue a reply ("250-…") and sends them with the final one ("250 …") in
 // one write, which saves syscalls and fixes clients that read one segment
-// per reply (DESIGN.md, go-smtp gotchas). Below TLS it sees only records
+// per reply (docs/design.md "What the code relies on"). Below TLS it sees only records
 // (they never start with a digit) and passes them through.
 type trackedConn struct {
 	net.Conn

@@ -3,12 +3,12 @@
 // intake protection around them: listener modes and TLS, AUTH, connection
 // caps, the relay policy, message limits and back pressure.
 //
-// Invariants (DESIGN.md; each is proven by a test in this package):
+// Invariants (docs/design.md; each is proven by a test in this package):
 //
 //   - 250 only after an fsync'd commit. The reply to DATA is
 //     "250 2.0.0 OK queued as <id>" only after Queue.Put returned nil, and Put
 //     returns nil only once envelope and body are committed with pebble.Sync
-//     (DESIGN.md invariant 1). Shutdown waits for a transaction in flight to
+//     (docs/design.md "Invariants" 1). Shutdown waits for a transaction in flight to
 //     get its reply before it closes the connection.
 //   - 451 4.3.0 on store failure. A Put that fails for a storage reason
 //     gives exactly 451 4.3.0, an unwrapped *smtp.SMTPError: go-smtp

@@ -14,8 +14,8 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// PressureLevel is the back-pressure level, Exchange's three (seeds 000,
-// 004): what intake does at each is in doc.go.
+// PressureLevel is the back-pressure level, Exchange's three (docs/design.md
+// "Back pressure"): what intake does at each is in doc.go.
 type PressureLevel int32
 
 const (
@@ -444,7 +444,8 @@ func (m *Monitor) resampleAtLocked(written int64) int64 {
 }
 
 // logChange is the one warn line per level change of a resource: the
-// clue the operator of seed 004 never got.
+// clue the operator of an Exchange hub that stopped taking mail at 3.95 GB
+// free never got.
 func (m *Monitor) logChange(g *gauge, overall PressureLevel) {
 	t := g.threshold(g.level)
 	if g.level < g.prev {

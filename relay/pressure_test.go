@@ -129,7 +129,7 @@ func TestMonitorLogsEachLevelChangeOnceWithReadingAndThreshold(t *testing.T) {
 	p := &probes{}
 	m := testMonitor(t, p, zerolog.New(&logs))
 	m.Sample()
-	p.free.Store(3_950_000_000) // seed 000: 3.95 GB free, 4 GB wanted
+	p.free.Store(3_950_000_000) // the Exchange hub: 3.95 GB free, 4 GB wanted
 	for range 3 {
 		m.Sample()
 	}

@@ -53,7 +53,7 @@ var (
 	replyBareLineEnding = &retry.Reply{Code: 550, Enhanced: retry.CodeSyntaxError,
 		Text: "Bare CR or LF in message data, use CRLF line endings"}
 
-	// Connection caps, in place of the greeting (RFC 5321 §3.1; seed 001).
+	// Connection caps, in place of the greeting (RFC 5321 §3.1; a per-source limit).
 	replyTooManyConns = &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns,
 		Text: "Too many connections, try again later"}
 	replyTooManyConnsFrom = &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns,
@@ -90,9 +90,9 @@ var (
 	codeEncryptionNeeded = retry.EnhancedCode{5, 7, 10} // RFC 5248: 523 5.7.10, as go-smtp
 )
 
-// replyPressure is the back-pressure refusal at MAIL: Exchange's words
-// (seeds 000, 004), naming the resource so that whoever reads the reply in
-// a telnet session has the clue the seed operator lacked. 452 is temporary:
+// replyPressure is the back-pressure refusal at MAIL: Exchange's words,
+// naming the resource so that whoever reads the reply in a telnet session
+// has the clue the operator of an Exchange hub that refused mail lacked. 452 is temporary:
 // the client keeps the message and retries (RFC 5321 §4.2.2).
 func replyPressure(r Resource) *retry.Reply {
 	return &retry.Reply{Code: 452, Enhanced: retry.CodeTempResources,
@@ -103,7 +103,7 @@ func replyPressure(r Resource) *retry.Reply {
 // type-asserts *smtp.SMTPError rather than using errors.As, so the result
 // must be returned as is, never wrapped: a wrapped one reaches the client as
 // "451 4.0.0" and a plain error from Data as a permanent "554 5.0.0"
-// (DESIGN.md, go-smtp gotchas).
+// (docs/design.md "What the code relies on").
 func smtpError(r *retry.Reply) *smtp.SMTPError {
 	return &smtp.SMTPError{
 		Code:         r.Code,

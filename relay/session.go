@@ -75,7 +75,7 @@ func (s *Server) newSession(c *smtp.Conn, lc ListenerConfig) (smtp.Session, erro
 	return sess, nil
 }
 
-// mayRelayLocked is the relay policy (DESIGN.md invariant 6): a client
+// mayRelayLocked is the relay policy (docs/design.md "Invariants" 6): a client
 // that has authenticated may relay, and so may one in an allowed network
 // of p except on a submission listener, where everyone must AUTH; nobody
 // else.
@@ -335,7 +335,7 @@ func (s *session) reject(ev *zerolog.Event, r *retry.Reply) error {
 
 // pressureLocked returns the back-pressure refusal for a MAIL now, or nil.
 // At medium only allowed networks and authenticated clients get through;
-// at high nobody does (Exchange's levels, seeds 000 and 004).
+// at high nobody does (Exchange's levels, docs/design.md "Back pressure").
 func (s *session) pressureLocked(p *policy) *retry.Reply {
 	level, res := s.srv.cfg.Pressure.Level()
 	switch {

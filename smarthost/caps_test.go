@@ -39,7 +39,8 @@ func destStatus(t *testing.T, w *Worker, name string) DestinationStatus {
 	return DestinationStatus{}
 }
 
-// The seed 001 case: the destination takes at most 4 connections and
+// The per-source limit case (a gateway opening 60 connections to an
+// Exchange server that allows 20): the destination takes at most 4 connections and
 // answers 421 4.3.2 beyond. With a 10 minute backoff, only prompt retries
 // without backoff can deliver 200 messages within 30 s.
 func TestDefer421_4_3_2LearnsTheCapAndDeliversPromptly(t *testing.T) {

@@ -125,7 +125,7 @@ func humanPart(t *testing.T, data []byte) string {
 	return strings.Join(strings.Fields(string(b)), " ")
 }
 
-// TestReplyTableEndToEnd walks the reply table of DESIGN.md row by row
+// TestReplyTableEndToEnd walks the reply table of docs/design.md row by row
 // against a scripted next hop: each row's reply at its stage, what the
 // queue records after the first attempt, and the NDR if one is due. The
 // backoff is an hour (no jitter) so that a deferral stays put to be looked
@@ -203,7 +203,7 @@ func TestReplyTableEndToEnd(t *testing.T) {
 				return ""
 			},
 			want: []string{"bounce 5.2.3"}},
-		{name: "552 4.3.1 with a size text after the data bounces as 5.3.4 (seed 000)", no421: true, ndrRcpt: 1,
+		{name: "552 4.3.1 with a size text after the data bounces as 5.3.4", no421: true, ndrRcpt: 1,
 			script: func(tu smtptest.Turn) string {
 				if tu.Verb == "." && notNDR(tu) {
 					return "552 4.3.1 Message size exceeds fixed maximum message"

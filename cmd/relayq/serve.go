@@ -349,7 +349,8 @@ func (in *instance) stop() error {
 }
 
 // resolverFor returns a resolver that asks delivery.dns_servers in turn, or
-// nil (the system resolver) when none are configured (seed 004). Go's
+// nil (the system resolver) when none are configured (an operator's "use
+// these DNS servers"). Go's
 // resolver dials once per try of a query, so each try goes to the next
 // server: one that does not answer is passed over when the query is tried
 // again (resolv.conf's attempts, 2 by default).
