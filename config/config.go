@@ -44,7 +44,7 @@ const (
 )
 
 // Config is the whole relayq configuration. Field tags are the TOML key
-// names of DESIGN.md's "Config contract (v1)".
+// names of docs/design.md "The configuration contract".
 type Config struct {
 	Hostname     string       `toml:"hostname"`
 	DataDir      string       `toml:"data_dir"`
@@ -58,8 +58,8 @@ type Config struct {
 	Admin        Admin        `toml:"admin"`
 	Log          Log          `toml:"log"`
 	DKIM         []DKIM       `toml:"dkim"` // dkim.go
-	Cluster      Cluster      `toml:"cluster"`
 	Sendmail     Sendmail     `toml:"sendmail"`
+	Cluster      Cluster      `toml:"cluster"`
 }
 
 // Listener is one inbound SMTP socket ([[listener]]).
