@@ -90,17 +90,25 @@ type scanHint struct {
 	fromMu sync.Mutex
 }
 
-// begin takes the notes and opens an iterator that sees every noted entry;
-// it returns where to start: the earlier of the last scan's first live key
-// and the earliest entry written since.
-func (h *scanHint) begin(db *pebble.DB) (*pebble.Iterator, []byte, error) {
+// take takes the notes (the earliest due written since, MaxInt64 if none)
+// and opens an iterator over the schedule that sees every noted entry: both
+// under h.mu, which writers hold (read-locked) across their note and commit.
+func (h *scanHint) take(db *pebble.DB) (*pebble.Iterator, int64, error) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	minDue := h.minDue.Swap(math.MaxInt64)
 	it, err := db.NewIter(&pebble.IterOptions{
 		LowerBound: []byte(prefixSchedule),
 		UpperBound: prefixEnd(prefixSchedule),
 	})
-	h.mu.Unlock()
+	return it, minDue, err
+}
+
+// begin takes the notes and opens an iterator that sees every noted entry;
+// it returns where to start: the earlier of the last scan's first live key
+// and the earliest entry written since.
+func (h *scanHint) begin(db *pebble.DB) (*pebble.Iterator, []byte, error) {
+	it, minDue, err := h.take(db)
 	if err != nil {
 		return nil, nil, err
 	}

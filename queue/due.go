@@ -85,13 +85,7 @@ func dueScan(it *pebble.Iterator, start []byte, now time.Time, limit int, skip f
 // count for the next scan from the start (begin): the first live key it
 // remembers moves back to them.
 func (h *scanHint) beginAfter(db *pebble.DB, after []byte) (*pebble.Iterator, []byte, error) {
-	h.mu.Lock()
-	minDue := h.minDue.Swap(math.MaxInt64)
-	it, err := db.NewIter(&pebble.IterOptions{
-		LowerBound: []byte(prefixSchedule),
-		UpperBound: prefixEnd(prefixSchedule),
-	})
-	h.mu.Unlock()
+	it, minDue, err := h.take(db)
 	if err != nil {
 		return nil, nil, err
 	}
