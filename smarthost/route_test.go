@@ -209,7 +209,8 @@ func TestSmarthostFailoverAndCoolDown(t *testing.T) {
 			n := dialer.dials()
 			two := h.put("a@src.invalid", "two@dst.invalid")
 			waitCount(t, second, 2, 10*time.Second)
-			h.waitGone(two) // its connection is back in the pool
+			h.waitGone(two)
+			h.waitIdle() // its connection is back in the pool, idle since before the clock moves
 			if d := dialer.dialedSince(n); slices.Contains(d, first) {
 				t.Fatalf("dialled %v during the first host's cool-down", d)
 			}

@@ -174,6 +174,27 @@ func (h *harness) waitGone(id queue.ID) {
 	}
 }
 
+// waitIdle waits until every open connection of the worker is idle, and
+// one is: a delivery's commit comes before its connection goes back to the
+// pool.
+func (h *harness) waitIdle() {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		idle, busy := 0, 0
+		for _, d := range h.worker.Destinations() {
+			idle, busy = idle+d.Idle, busy+d.Open-d.Idle
+		}
+		if idle > 0 && busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("no idle connection within 10 s: %+v", h.worker.Destinations())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestTemporaryFailureIsRetriedThenDelivered(t *testing.T) {
 	var tries atomic.Int32
 	h := newHarness(t, sink.Options{OnRcpt: func(string) error {
