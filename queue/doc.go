@@ -37,8 +37,9 @@
 // out in record.go: Chunks and Size first (counting the queue at Open reads
 // only those), then flags, times as Unix nanoseconds with their zone offset
 // (a zero time is flagged absent), the strings, the recipients, and last
-// the message's Message-ID and Subject. Version 2 is the same without
-// those two strings; version 1 is the JSON of the struct tags in
+// the message's Message-ID and Subject and the attempt count it was
+// released at (Envelope.Released). Version 2 is the same without those
+// three; version 1 is the JSON of the struct tags in
 // message.go. Both are still read (with no Message-ID or Subject), so a
 // queue written by an older relayq opens and delivers; a record is
 // rewritten as version 3 by its next change. An older relayq cannot read

@@ -106,6 +106,11 @@ type Envelope struct {
 	// before version 3 have neither.
 	MessageID string `json:"mid,omitempty"`
 	Subject   string `json:"sj,omitempty"`
+	// Released is how many attempts its most-tried pending recipient had
+	// when its destination's return made it due again (ReleaseDest). The
+	// backoff counts only the attempts after that, so it starts again from
+	// its minimum; Attempts, which NDRs report, go on counting.
+	Released int `json:"rl,omitempty"`
 }
 
 // Pending returns the indexes of the recipients still to be delivered.

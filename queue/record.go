@@ -17,8 +17,8 @@ const (
 	// rewritten as version 3 by its next change.
 	recordVersionJSON = 1
 	// recordVersion2 is the binary encoding below without its last two
-	// strings (MessageID and Subject), as relayq wrote it before they
-	// were kept. It is still read, as having neither; never written.
+	// strings and varint (MessageID, Subject, Released), as relayq wrote
+	// it before they were kept. It is still read, as having neither; never written.
 	recordVersion2 = 2
 	// recordVersion is what every write uses: the binary encoding below.
 	recordVersion = 3
@@ -41,6 +41,7 @@ const (
 //	  time     Done (if set)
 //	  string   Addr, Notify, ORCPT, LastReply, LastHost, Status
 //	string   MessageID, Subject (not in version 2)
+//	varint   Released (not in version 2)
 //
 // Chunks and Size come first so that recordChunks and recordSize read
 // them without decoding the rest. The zone offset is kept so that a time
@@ -130,6 +131,7 @@ func appendRecord(dst []byte, r *record) ([]byte, error) {
 	}
 	dst = appendString(dst, e.MessageID)
 	dst = appendString(dst, e.Subject)
+	dst = binary.AppendVarint(dst, int64(e.Released))
 	return dst, nil
 }
 
@@ -340,6 +342,11 @@ func decodeBinary(b []byte, version byte, r *record) error {
 	if version >= recordVersion {
 		e.MessageID = d.string()
 		e.Subject = d.string()
+		released := d.varint()
+		if int64(int(released)) != released {
+			d.fail()
+		}
+		e.Released = int(released)
 	}
 	if d.err == nil && d.off != len(b) {
 		d.err = fmt.Errorf("queue: decode: %d bytes after the record", len(b)-d.off)

@@ -44,6 +44,7 @@ func fullRecord() *record {
 			BounceRequested: true,
 			MessageID:       "<20260301.1@app.example.org>",
 			Subject:         "Rechnung für März",
+			Released:        -3,
 		},
 		Chunks: 1<<32 - 1,
 	}
@@ -289,18 +290,19 @@ func TestDecodeRecordReadsVersion2(t *testing.T) {
 	if chunks, err := recordChunks(v); err != nil || chunks != 1 {
 		t.Fatalf("recordChunks = %d, %v", chunks, err)
 	}
-	// Version 2 ends after the recipients: the two strings of version 3
-	// are trailing bytes there, and version 3 cut before them is short.
+	// Version 2 ends after the recipients: the two strings and the
+	// varint of version 3 are trailing bytes there, and version 3 cut
+	// before them is short.
 	v3, _ := roundTrip(t, want)
-	if !bytes.Equal(v3[1:len(v3)-2], v[1:]) || v3[0] != recordVersion {
-		t.Fatalf("version 3 is not version 2 with two strings appended:\n%x\n%x", v3, v)
+	if !bytes.Equal(v3[1:len(v3)-3], v[1:]) || v3[0] != recordVersion {
+		t.Fatalf("version 3 is not version 2 with two strings and a varint appended:\n%x\n%x", v3, v)
 	}
-	if _, err := decodeRecord(append(bytes.Clone(v), 0, 0)); err == nil {
-		t.Fatal("a version 2 record with version 3's strings decoded")
+	if _, err := decodeRecord(append(bytes.Clone(v), 0, 0, 0)); err == nil {
+		t.Fatal("a version 2 record with version 3's fields decoded")
 	}
 	v3[0] = recordVersion
-	if _, err := decodeRecord(v3[:len(v3)-2]); err == nil {
-		t.Fatal("a version 3 record without its last strings decoded")
+	if _, err := decodeRecord(v3[:len(v3)-3]); err == nil {
+		t.Fatal("a version 3 record without its last fields decoded")
 	}
 }
 

@@ -150,6 +150,9 @@ func (s *Store) release(ctx context.Context, id ID, dest string) (bool, error) {
 	}
 	nr := *r
 	nr.NextAttempt = s.now()
+	for _, i := range nr.Pending() { // its backoff starts again (Released)
+		nr.Released = max(nr.Released, nr.Recipients[i].Attempts)
+	}
 	if err := s.rewriteLocked(b, id, r, &nr); err != nil { // removes the index entry
 		return false, err
 	}

@@ -71,7 +71,12 @@ func TestReleaseDestMakesTheMailWaitingForADestinationDue(t *testing.T) {
 	if n := waitEntries(t, s); n != 0 {
 		t.Fatalf("%d index entries left after the release", n)
 	}
-	if got, _ := s.Get(m2.ID); !got.NextAttempt.Equal(later) {
-		t.Fatalf("m2, deferred for a reason of its own, due at %s, want %s", got.NextAttempt, later)
+	if got, _ := s.Get(m2.ID); !got.NextAttempt.Equal(later) || got.Released != 0 {
+		t.Fatalf("m2, deferred for a reason of its own, due at %s (released at %d attempts), want %s and never released", got.NextAttempt, got.Released, later)
+	}
+	// The released message's backoff starts again from where it was
+	// released: its attempts so far, which it keeps.
+	if got, _ := s.Get(m1.ID); got.Released != 1 || got.Recipients[0].Attempts != 1 {
+		t.Fatalf("m1 released at %d attempts with %d attempts; want 1 and 1", got.Released, got.Recipients[0].Attempts)
 	}
 }

@@ -533,6 +533,9 @@ func (w *Worker) nextAttempt(t *tally) time.Time {
 	for _, i := range t.m.Pending() {
 		attempts = max(attempts, t.m.Recipients[i].Attempts)
 	}
+	// Mail released by its destination's return counts its backoff again
+	// from there (queue.Envelope.Released).
+	attempts = max(1, attempts-t.m.Released)
 	next := t.now.Add(w.retryTiming().backoff.Delay(attempts))
 	// A destination cooling down is tried no earlier than its cool-down
 	// ends, and no earlier than the backoff either: while it is down,

@@ -171,3 +171,32 @@ func TestMessageHeldWhileInALineIsNotSent(t *testing.T) {
 		t.Fatalf("%d messages arrived, want 3 (not the held one)", n)
 	}
 }
+
+// TestReleasedMailBacksOffFromTheMinimumAgain: a message released by its
+// destination's return that is deferred again waits the backoff of its
+// first attempt since the release, not that of its whole attempt count,
+// which it keeps for its NDR.
+func TestReleasedMailBacksOffFromTheMinimumAgain(t *testing.T) {
+	w := &Worker{Backoff: retry.Backoff{Min: time.Minute, Max: 8 * time.Hour}}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	msg := func(attempts, released int) *queue.Message {
+		return &queue.Message{Envelope: queue.Envelope{
+			Recipients: []queue.Recipient{{Addr: "a@dst.invalid", Attempts: attempts}},
+			Released:   released,
+		}}
+	}
+	for _, tc := range []struct {
+		attempts, released int
+		want               time.Duration
+	}{
+		{6, 0, 32 * time.Minute}, // never released: doubles from the minimum
+		{6, 5, time.Minute},      // the first attempt since its release
+		{7, 5, 2 * time.Minute},
+		{1, 0, time.Minute},
+	} {
+		got := w.nextAttempt(&tally{m: msg(tc.attempts, tc.released), now: now, deferred: true}).Sub(now)
+		if got != tc.want {
+			t.Errorf("%d attempts, released at %d: next attempt in %s, want %s", tc.attempts, tc.released, got, tc.want)
+		}
+	}
+}
