@@ -150,3 +150,32 @@ func TestComposeMessageWithoutAHeaderSection(t *testing.T) {
 		t.Errorf("the body is not where it should be, or the mbox line stayed:\n%s", msg)
 	}
 }
+
+// A list mixing bare local parts (which net/mail does not parse) with
+// display names, comments and groups gives every address it holds: sendmail
+// -t must not drop "Jane Doe <jane@x>" because "root" sits next to it.
+func TestParseAddressArgKeepsEveryRecipientOfAMixedList(t *testing.T) {
+	for in, want := range map[string][]string{
+		`root, Jane Doe <jane@x.org>`:             {"root", "jane@x.org"},
+		`"Doe, John" <j@x.org>, root`:             {"j@x.org", "root"},
+		`root (Cron Daemon), a@x.org (Doe, John)`: {"root", "a@x.org"},
+		`Team: a@x.org, "B, b" <b@y.org>;, root`:  {"a@x.org", "b@y.org", "root"},
+		`undisclosed-recipients:;, root`:          {"root"},
+		`undisclosed-recipients:;`:                nil,
+		`root, <admin@[IPv6:2001:db8::1]>`:        {"root", "admin@[IPv6:2001:db8::1]"},
+		`postmaster, John Smith`:                  {"postmaster", "John Smith"},
+	} {
+		if got := parseAddressArg(in); !slices.Equal(got, want) {
+			t.Errorf("parseAddressArg(%q) = %q, want %q", in, got, want)
+		}
+	}
+	// -t with a folded To mixing both kinds.
+	in := "To: root,\r\n Jane Doe <jane@x.org>\r\nSubject: s\r\n\r\nBcc: body@x.org\r\n"
+	msg, rcpts := composeMessage([]byte(in), composeOptions{from: "app@host", host: "host", extract: true, now: time.Now()})
+	if want := []string{"root", "jane@x.org"}; !slices.Equal(rcpts, want) {
+		t.Errorf("-t recipients %q, want %q", rcpts, want)
+	}
+	if !strings.HasSuffix(string(msg), "\r\n\r\nBcc: body@x.org\r\n") {
+		t.Errorf("a body line starting with Bcc: was changed:\n%s", msg)
+	}
+}

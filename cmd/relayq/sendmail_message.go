@@ -147,9 +147,13 @@ func unfold(f headerField) string {
 
 // parseAddressArg returns the addresses of a recipient argument or of a
 // To, Cc or Bcc value: an RFC 5322 address list ("A <a@x>, b@y", groups
-// included), or, where that does not parse, the comma-separated words
-// that could be addresses: bare local parts such as "root" are what cron
-// and scripts write.
+// included). Where the list as a whole does not parse — bare local parts
+// such as "root", as cron and scripts write them, next to full addresses
+// — it is cut into its elements (at commas outside quotes, comments and
+// angle brackets; a group's "name:" and ";" dropped), and each element
+// gives its address, the part in angle brackets, or the element itself:
+// no recipient is dropped silently, and one that is no address is then
+// refused by the server, which sendmail reports.
 func parseAddressArg(s string) []string {
 	var out []string
 	if list, err := mail.ParseAddressList(s); err == nil {
@@ -158,11 +162,79 @@ func parseAddressArg(s string) []string {
 		}
 		return out
 	}
-	for _, w := range strings.Split(s, ",") {
-		w = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(w), "<"), ">")
-		if w != "" && !strings.ContainsAny(w, " \t:;<>\"()") {
-			out = append(out, w)
+	for _, e := range splitAddressList(s) {
+		if a, err := mail.ParseAddress(e); err == nil {
+			out = append(out, a.Address)
+			continue
+		}
+		if i := strings.LastIndexByte(e, '<'); i >= 0 && strings.HasSuffix(e, ">") {
+			e = e[i+1 : len(e)-1]
+		}
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
 		}
 	}
+	return out
+}
+
+// splitAddressList cuts an address list into its elements, without their
+// comments, at the commas outside quoted strings, angle brackets and
+// domain literals; a group's display name ("undisclosed-recipients:") and
+// its end (";") are dropped.
+func splitAddressList(s string) []string {
+	var (
+		out              []string
+		cur              strings.Builder
+		quoted, escaped  bool
+		comment          int
+		angle, bracketed bool
+	)
+	flush := func() {
+		if w := strings.TrimSpace(cur.String()); w != "" {
+			out = append(out, w)
+		}
+		cur.Reset()
+	}
+	for _, r := range s {
+		switch {
+		case escaped:
+			escaped = false
+		case r == '\\' && (quoted || comment > 0):
+			escaped = true
+		case quoted:
+			quoted = r != '"'
+		case comment > 0 && r == '(':
+			comment++
+		case comment > 0:
+			if r == ')' {
+				comment--
+			}
+			continue
+		case r == '(' && !bracketed:
+			comment++
+			continue
+		case r == '"':
+			quoted = true
+		case bracketed:
+			bracketed = r != ']'
+		case r == '[':
+			bracketed = true
+		case r == '<':
+			angle = true
+		case r == '>':
+			angle = false
+		case angle:
+		case r == ',' || r == ';':
+			flush()
+			continue
+		case r == ':':
+			cur.Reset() // a group's display name
+			continue
+		}
+		if comment == 0 {
+			cur.WriteRune(r)
+		}
+	}
+	flush()
 	return out
 }
