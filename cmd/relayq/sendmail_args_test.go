@@ -179,3 +179,20 @@ func TestParseAddressArgKeepsEveryRecipientOfAMixedList(t *testing.T) {
 		t.Errorf("a body line starting with Bcc: was changed:\n%s", msg)
 	}
 }
+
+// "Bcc :" (a blank before the colon, RFC 5322's obsolete syntax) is a
+// field: it is removed and, with -t, its address taken, instead of ending
+// the header section and showing the hidden recipient in the body.
+func TestComposeMessageRemovesABccWithABlankBeforeTheColon(t *testing.T) {
+	in := "To: a@x.org\r\nBcc : hidden@z.org\r\nSubject: s\r\n\r\nbody\r\n"
+	msg, rcpts := composeMessage([]byte(in), composeOptions{from: "app@host", host: "host", extract: true, now: time.Now()})
+	if strings.Contains(string(msg), "hidden@z.org") {
+		t.Errorf("the Bcc address is in the message:\n%s", msg)
+	}
+	if want := []string{"a@x.org", "hidden@z.org"}; !slices.Equal(rcpts, want) {
+		t.Errorf("-t recipients %q, want %q", rcpts, want)
+	}
+	if !strings.Contains(string(msg), "\r\nSubject: s\r\n") || !strings.HasSuffix(string(msg), "\r\n\r\nbody\r\n") {
+		t.Errorf("the other fields or the body moved:\n%s", msg)
+	}
+}

@@ -115,7 +115,7 @@ func splitHeader(msg []byte) ([]headerField, []byte) {
 			f.raw = append(append(f.raw, line...), "\r\n"...)
 		case isFieldLine(line):
 			name, _, _ := bytes.Cut(line, []byte(":"))
-			fields = append(fields, headerField{name: string(name), raw: append(append([]byte(nil), line...), "\r\n"...)})
+			fields = append(fields, headerField{name: string(bytes.TrimRight(name, " \t")), raw: append(append([]byte(nil), line...), "\r\n"...)})
 		default:
 			return fields, rest
 		}
@@ -125,13 +125,19 @@ func splitHeader(msg []byte) ([]headerField, []byte) {
 }
 
 // isFieldLine reports whether line starts a header field: a name of
-// printable ASCII but ':' (RFC 5322 §2.2), then ':'.
+// printable ASCII but ':' (RFC 5322 §2.2), then ':', with the blanks
+// before the colon that the obsolete syntax allows (RFC 5322 §4.5): such a
+// "Bcc :" is a field that must go, not the start of the body.
 func isFieldLine(line []byte) bool {
 	i := bytes.IndexByte(line, ':')
 	if i <= 0 {
 		return false
 	}
-	for _, c := range line[:i] {
+	name := bytes.TrimRight(line[:i], " \t")
+	if len(name) == 0 {
+		return false
+	}
+	for _, c := range name {
 		if c < 33 || c > 126 {
 			return false
 		}
