@@ -37,8 +37,9 @@
 //   - Nothing is tried forever, nothing is dropped silently. A malformed or
 //     unreadable file, or an entry that is not a regular file (a symbolic
 //     link, which could point to a file its writer may not read; a FIFO,
-//     which would block the pickup), is moved to corrupt/ and logged at
-//     error. Recipients
+//     which would block the pickup; a file is opened non-blocking, so a
+//     FIFO swapped in after the check does not block it either), is moved
+//     to corrupt/ and logged at error. Recipients
 //     refused for good (5xx, as retry.Classify judges it) get a copy of the
 //     message in refused/ with only them as recipients, logged at error
 //     with the reply. Recipients refused for now are written to a new file

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -151,7 +152,10 @@ func Open(path string) (*File, error) {
 	if !lst.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: not a regular file (%s)", ErrMalformed, lst.Mode().Type())
 	}
-	f, err := os.Open(path)
+	// O_NONBLOCK: the writer may have put a FIFO in the file's place since
+	// the Lstat, and opening one blocks until someone writes to it. parse
+	// then finds that it is not the file Lstat saw.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

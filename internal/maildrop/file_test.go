@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 const testMsg = "Subject: hi\r\n\r\nbody\r\n"
@@ -179,4 +180,54 @@ func TestWrittenFileNamesSortInArrivalOrder(t *testing.T) {
 			t.Fatalf("listing order %v, want the order written %v", entries, paths)
 		}
 	}
+}
+
+// A writer of the maildrop group may replace its own file by a FIFO
+// between Open's Lstat and its open(2): the open must not block (it would
+// stall the pickup for every user) but fail, or see the regular file.
+// The replacement is raced for a bounded number of rounds.
+func TestOpenDoesNotBlockOnAFileSwappedForAFIFO(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "swapped")
+	stop := make(chan struct{})
+	swapped := make(chan struct{})
+	go func() {
+		defer close(swapped)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			reg, fifo := filepath.Join(dir, "reg"), filepath.Join(dir, "fifo")
+			if err := os.WriteFile(reg, []byte("x"), 0o644); err != nil {
+				return
+			}
+			if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+				return
+			}
+			os.Rename(reg, path)
+			os.Rename(fifo, path)
+		}
+	}()
+	opened := make(chan struct{})
+	go func() {
+		defer close(opened)
+		for range 20000 {
+			if m, err := Open(path); err == nil {
+				m.Close()
+			}
+		}
+	}()
+	select {
+	case <-opened:
+	case <-time.After(10 * time.Second):
+		// Unblock the stuck open(2) by opening the FIFO for writing.
+		if f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+		t.Error("Open blocked on a FIFO swapped in after its Lstat")
+	}
+	close(stop)
+	<-swapped
 }
