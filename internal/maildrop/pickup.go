@@ -198,7 +198,14 @@ func (p *Pickup) take(ctx context.Context, name string) bool {
 		p.markStuck(name)
 		return true
 	}
-	log.Info().Int("rcpts", len(m.To)-len(res.Later)-len(res.Refused)).Str("reply", reply).Msg("maildrop: submitted")
+	queued := len(m.To) - len(res.Later) - len(res.Refused)
+	if queued == 0 {
+		// Every recipient was refused (those for good logged above): an
+		// operator grepping for "submitted" must not count it.
+		log.Info().Int("later", len(res.Later)).Int("refused", len(res.Refused)).Msg("maildrop: queued for no recipient")
+		return true
+	}
+	log.Info().Int("rcpts", queued).Str("reply", reply).Msg("maildrop: submitted")
 	return true
 }
 

@@ -271,3 +271,19 @@ func TestSortFollowsRetryClassification(t *testing.T) {
 		}
 	}
 }
+
+// A message refused for every recipient is not logged as submitted.
+func TestScanDoesNotLogAMessageRefusedForAllAsSubmitted(t *testing.T) {
+	intake := &fakeIntake{answer: func(env Envelope) error {
+		return reply(552, retry.CodeTooBig, "Max message size exceeded")
+	}}
+	p, log := newPickup(t, intake)
+	writeTest(t, p.Dir, Envelope{From: "a@x", To: []string{"b@y", "c@y"}}, "msg\r\n")
+	p.Scan(t.Context())
+	if n := len(files(t, filepath.Join(p.Dir, RefusedDir))); n != 1 {
+		t.Fatalf("refused/ holds %d files, want 1", n)
+	}
+	if strings.Contains(log.String(), "maildrop: submitted") || !strings.Contains(log.String(), "maildrop: queued for no recipient") {
+		t.Errorf("the log:\n%s", log)
+	}
+}
