@@ -144,7 +144,7 @@ func (s *Store) reclaimLoop(ctx context.Context) {
 			return
 		case <-time.After(time.Until(next)):
 		}
-		if free, ok := freeBytes(s.dir); !ok || free >= r.below.Load() {
+		if free, ok := FreeBytes(s.dir); !ok || free >= r.below.Load() {
 			r.take() // space is not short: forget them
 			continue
 		}
@@ -182,7 +182,7 @@ func (s *Store) reclaimDeleted(ctx context.Context) {
 	if lo == "" {
 		return
 	}
-	freeBefore, _ := freeBytes(s.dir)
+	freeBefore, _ := FreeBytes(s.dir)
 	began := time.Now()
 	bodyLo, _ := bodyBounds(lo)
 	_, bodyHi := bodyBounds(hi)
@@ -190,7 +190,7 @@ func (s *Store) reclaimDeleted(ctx context.Context) {
 	if err == nil {
 		err = s.db.Compact(ctx, metaKey(lo), append(metaKey(hi), 0), false)
 	}
-	freeAfter, _ := freeBytes(s.dir)
+	freeAfter, _ := FreeBytes(s.dir)
 	ev := s.log.Debug()
 	if err != nil {
 		ev = s.log.Warn().Err(err)

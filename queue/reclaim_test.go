@@ -16,7 +16,7 @@ import (
 // tables and logs of the delivered mail would stay until the next writes.
 func TestDeliveredMailIsReclaimedWhileTheVolumeIsLow(t *testing.T) {
 	dir := t.TempDir()
-	if _, ok := freeBytes(dir); !ok {
+	if _, ok := FreeBytes(dir); !ok {
 		t.Skip("statfs is not available here")
 	}
 	s, err := Open(dir, Options{Reserve: 1, ReclaimBelow: 1 << 62})

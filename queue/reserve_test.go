@@ -12,7 +12,7 @@ import (
 // client gets 452 4.3.1 while Pebble still has room to work.
 func TestPutRefusesBelowTheReserve(t *testing.T) {
 	dir := t.TempDir()
-	free, ok := freeBytes(dir)
+	free, ok := FreeBytes(dir)
 	if !ok {
 		t.Skip("statfs is not available here")
 	}
@@ -40,7 +40,7 @@ func TestPutRefusesBelowTheReserve(t *testing.T) {
 // Pebble retries for ever on a full volume; Open says so instead.
 func TestOpenRefusesAFullVolume(t *testing.T) {
 	dir := t.TempDir()
-	free, ok := freeBytes(dir)
+	free, ok := FreeBytes(dir)
 	if !ok {
 		t.Skip("statfs is not available here")
 	}

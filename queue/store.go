@@ -114,7 +114,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		// Opening replays the log and flushes it; on a volume with no room
 		// for that Pebble retries for ever. Better say so and stop.
-		if free, ok := freeBytes(dir); ok && free < opts.Reserve/4 {
+		if free, ok := FreeBytes(dir); ok && free < opts.Reserve/4 {
 			return nil, fmt.Errorf("queue: the volume of %s has %d bytes free; opening the queue needs at least %d: free some space", dir, free, opts.Reserve/4)
 		}
 	}
@@ -315,7 +315,7 @@ func (s *Store) checkRoom(n int64) error {
 	if s.reserve <= 0 {
 		return nil
 	}
-	free, ok := freeBytes(s.dir)
+	free, ok := FreeBytes(s.dir)
 	if !ok || free-n >= s.reserve {
 		return nil
 	}
