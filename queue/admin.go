@@ -87,7 +87,7 @@ func (f Filter) Match(m *Message, now time.Time) bool {
 	if f.Domain != "" {
 		want := strings.TrimSuffix(strings.ToLower(f.Domain), ".")
 		for _, i := range m.Pending() {
-			if domainOf(m.Recipients[i].Addr) == want {
+			if Domain(m.Recipients[i].Addr) == want {
 				return true
 			}
 		}
@@ -114,12 +114,16 @@ func matchSender(pattern, from string) bool {
 	case pattern == "<>":
 		return from == ""
 	case strings.HasPrefix(pattern, "@"):
-		return from != "" && strings.EqualFold("@"+domainOf(from), pattern)
+		return from != "" && strings.EqualFold("@"+Domain(from), pattern)
 	}
 	return strings.EqualFold(strings.Trim(pattern, "<>"), from)
 }
 
-func domainOf(addr string) string {
+// Domain is the domain of a mailbox address, lower-cased and without a
+// trailing root dot ("b@Example.ORG." → "example.org"); "" for an address
+// without one (the null sender). Filters and delivery group recipients by
+// it.
+func Domain(addr string) string {
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
 		return strings.TrimSuffix(strings.ToLower(addr[i+1:]), ".")
 	}

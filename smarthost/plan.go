@@ -43,7 +43,7 @@ func (w *Worker) Plan(env *queue.Envelope) (dest string, queued func(id queue.ID
 	}
 	waits := make([]wait, len(env.Recipients))
 	for i := range env.Recipients {
-		d, hosts := w.cooled.hosts(domainOf(env.Recipients[i].Addr))
+		d, hosts := w.cooled.hosts(queue.Domain(env.Recipients[i].Addr))
 		if len(hosts) == 0 {
 			return "", nil
 		}
@@ -81,7 +81,7 @@ func (w *Worker) noteCooled(m *queue.Message, idx []int, dest string, targets []
 		c.hosts[k] = t.Addr
 	}
 	for _, i := range idx {
-		w.cooled.note(domainOf(m.Recipients[i].Addr), c)
+		w.cooled.note(queue.Domain(m.Recipients[i].Addr), c)
 	}
 }
 

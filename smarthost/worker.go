@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -606,7 +605,7 @@ func (w *Worker) route(ctx context.Context, m *queue.Message) ([]*group, []outco
 		unrouted []outcome
 	)
 	for _, i := range m.Pending() {
-		domain := domainOf(m.Recipients[i].Addr)
+		domain := queue.Domain(m.Recipients[i].Addr)
 		r, seen := byDomain[domain]
 		if !seen && errs[domain] == nil {
 			var err error
@@ -630,11 +629,4 @@ func (w *Worker) route(ctx context.Context, m *queue.Message) ([]*group, []outco
 		g.idx = append(g.idx, i)
 	}
 	return groups, unrouted
-}
-
-func domainOf(addr string) string {
-	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
-		return strings.ToLower(addr[i+1:])
-	}
-	return ""
 }
