@@ -193,9 +193,9 @@ func readHeader(br *bufio.Reader) (header []byte, complete bool, err error) {
 		case err != nil:
 			return nil, false, fmt.Errorf("dkim: reading the header: %w", err)
 		}
-		line := string(header[lineStart:])
+		line := header[lineStart:]
 		lineStart = len(header)
-		if line == "\r\n" || line == "\n" {
+		if string(line) == "\r\n" || string(line) == "\n" { // compared without a copy
 			return header, true, nil
 		}
 	}
