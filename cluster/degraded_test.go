@@ -180,7 +180,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 	const cap, nNodes = 9, 3
 	nodes := newNodes(t, srv, nNodes, Options{ExpectedNodes: nNodes, CapRefresh: 50 * time.Millisecond, LeaseTTL: 3 * time.Second})
 	ctx := context.Background()
-	var open, peak atomic.Int64
+	var open, peak, granted atomic.Int64
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	for _, n := range nodes {
@@ -192,6 +192,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 						time.Sleep(100 * time.Microsecond)
 						continue
 					}
+					granted.Add(1)
 					now := open.Add(1)
 					for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
 					}
@@ -202,34 +203,35 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 			})
 		}
 	}
-	allDegraded := func() bool {
-		for _, n := range nodes {
-			if !n.Degraded() {
-				return false
+	allDegradedIs := func(want bool) func() bool {
+		return func() bool {
+			for _, n := range nodes {
+				if n.Degraded() != want {
+					return false
+				}
 			}
+			return true
 		}
-		return true
 	}
-	time.Sleep(100 * time.Millisecond) // let the shared phase run
+	// letRun waits until the phase has granted some leases: a phase that
+	// granted none would pass its check without testing it.
+	letRun := func(phase string) {
+		from := granted.Load()
+		waitFor(t, "leases granted in the "+phase+" phase", 5*time.Second, func() bool { return granted.Load() >= from+100 })
+	}
+	letRun("shared")
 	srv.Kill()
-	waitFor(t, "all nodes degraded", 5*time.Second, allDegraded)
+	waitFor(t, "all nodes degraded", 5*time.Second, allDegradedIs(true))
 	peak.Store(open.Load())
-	time.Sleep(100 * time.Millisecond) // let the degraded phase run
+	letRun("degraded")
 	if p := peak.Load(); p > cap {
 		t.Errorf("all nodes degraded: %d open at once, cap %d", p, cap)
 	}
 	srv.Restart()
-	waitFor(t, "all nodes shared again", 5*time.Second, func() bool {
-		for _, n := range nodes {
-			if n.Degraded() {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, "all nodes shared again", 5*time.Second, allDegradedIs(false))
 	atRecovery := open.Load()
 	peak.Store(atRecovery)
-	time.Sleep(100 * time.Millisecond) // let the shared phase run again
+	letRun("shared again")
 	stop.Store(true)
 	wg.Wait()
 	if p := peak.Load(); p > max(cap, atRecovery) {
