@@ -51,10 +51,7 @@ func benchClient(b *testing.B) *Client {
 	if err != nil {
 		b.Fatal(err)
 	}
-	waitStart := time.Now().Add(5 * time.Second)
-	for c.Degraded() && time.Now().Before(waitStart) {
-		time.Sleep(10 * time.Millisecond) // a slow first dial recovers
-	}
+	waitFor(b, "shared with Redis up", 5*time.Second, func() bool { return !c.Degraded() }) // a slow first dial recovers
 	start := c.Episodes()
 	b.Cleanup(func() {
 		if c.Degraded() || c.Episodes() != start {
