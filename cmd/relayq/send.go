@@ -388,11 +388,14 @@ func sendTransaction(c *smtp.Client, tr *sendTranscript, from string, to []strin
 
 // isASCII reports whether every one of the addresses is ASCII.
 func isASCII(addr string, more ...string) bool {
-	for _, a := range append(more, addr) {
-		for i := range len(a) {
-			if a[i] >= 0x80 {
-				return false
-			}
+	for _, a := range more { // not append(more, addr): that writes into the caller's spare capacity
+		if !isASCII(a) {
+			return false
+		}
+	}
+	for i := range len(addr) {
+		if addr[i] >= 0x80 {
+			return false
 		}
 	}
 	return true
