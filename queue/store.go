@@ -66,6 +66,7 @@ type Store struct {
 	reserve   int64        // free space Put leaves on the volume; <= 0: unchecked
 	reclaim   reclaimer    // the space of deleted mail (reclaim.go)
 	written   atomic.Int64 // bytes of every batch committed: Written
+	mayWait   atomic.Bool  // an index entry of waiting mail (waiting.go) may exist
 	db        *pebble.DB
 	log       zerolog.Logger
 	now       func() time.Time
@@ -137,6 +138,12 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.share.init()
 	s.bufs.New = func() any { b := make([]byte, s.chunkSize); return &b }
+	waiting, err := s.anyWaiting()
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
+	}
+	s.mayWait.Store(waiting)
 	if err := s.recover(); err != nil {
 		db.Close()
 		return nil, err
@@ -279,7 +286,7 @@ func (s *Store) put(ctx context.Context, id ID, env *Envelope, body io.Reader, d
 		return s.abandon(id, spilled, err)
 	}
 	if dest != "" && !rec.Held {
-		if err := indexWait(b, id, rec.NextAttempt, dest); err != nil {
+		if err := s.indexWait(b, id, rec.NextAttempt, dest); err != nil {
 			return s.abandon(id, spilled, err)
 		}
 	}
@@ -589,7 +596,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 			return err
 		}
 		if m.WaitsFor != "" && !operator && !r.Held {
-			if err := indexWait(b, m.ID, r.NextAttempt, m.WaitsFor); err != nil {
+			if err := s.indexWait(b, m.ID, r.NextAttempt, m.WaitsFor); err != nil {
 				return err
 			}
 		}

@@ -33,10 +33,11 @@ func waitBounds(dest string) (lower, upper []byte) {
 // indexWait adds to b the index of id, whose schedule entry is at due, as
 // waiting for dest. Names too long for a key are not indexed: the message
 // then waits for its next attempt, as before.
-func indexWait(b *writeBatch, id ID, due time.Time, dest string) error {
+func (s *Store) indexWait(b *writeBatch, id ID, due time.Time, dest string) error {
 	if checkDestName(dest) != nil {
 		return nil
 	}
+	s.mayWait.Store(true) // before the entry is committed, for unindexWait
 	if err := b.Set(scheduleKey(due, id), []byte(dest), nil); err != nil {
 		return err
 	}
@@ -47,14 +48,26 @@ func indexWait(b *writeBatch, id ID, due time.Time, dest string) error {
 // record is r, if its schedule entry has one. Every change that moves or
 // deletes a schedule entry calls it first.
 func (s *Store) unindexWait(b *writeBatch, id ID, r *record) error {
-	if r.Held {
-		return nil // no schedule entry
+	if r.Held || !s.mayWait.Load() {
+		return nil // no schedule entry, or no index entry in the queue
 	}
 	dest, err := s.waitsFor(id, r.NextAttempt)
 	if err != nil || dest == "" {
 		return err
 	}
 	return b.Delete(waitKey(dest, id), nil)
+}
+
+// anyWaiting reports whether the queue holds an index entry (Open: until
+// one is written, unindexWait reads no schedule entry, and a delivery's
+// commit costs no extra read).
+func (s *Store) anyWaiting() (bool, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixWait), UpperBound: prefixEnd(prefixWait)})
+	if err != nil {
+		return false, err
+	}
+	found := it.First()
+	return found, errors.Join(it.Error(), it.Close())
 }
 
 // waitsFor returns the destination the schedule entry of id at due is
