@@ -81,15 +81,13 @@ func (f *File) reloadLocked() error {
 	return nil
 }
 
-// changedLocked tells whether either file differs from when the pair
-// served was loaded (or cannot be read now).
-func (f *File) changedLocked() bool {
-	for i, p := range []string{f.certPath, f.keyPath} {
-		if s, err := stampOf(p); err != nil || s != f.mu.seen[i] {
-			return true
-		}
-	}
-	return false
+// stamps returns the files' stamps now; one that cannot be read has the
+// zero stamp, which differs from any of a loaded pair.
+func (f *File) stamps() [2]stamp {
+	var now [2]stamp
+	now[0], _ = stampOf(f.certPath)
+	now[1], _ = stampOf(f.keyPath)
+	return now
 }
 
 // GetCertificate is the tls.Config hook: the pair in force.
@@ -119,10 +117,7 @@ func (f *File) Watch(ctx context.Context, every time.Duration, log zerolog.Logge
 		case <-t.C:
 		}
 		f.mu.Lock()
-		if f.changedLocked() {
-			now := [2]stamp{}
-			now[0], _ = stampOf(f.certPath)
-			now[1], _ = stampOf(f.keyPath)
+		if now := f.stamps(); now != f.mu.seen {
 			if err := f.reloadLocked(); err != nil {
 				if now != failed {
 					log.Error().Err(err).Msg("tls: the changed certificate does not load; the previous one stays in use")
