@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"relayq/config"
+	"relayq/queue"
 )
 
 // Defaults of Options.
@@ -214,11 +215,7 @@ func fromDomain(header []byte) string {
 	if err != nil || len(addrs) == 0 {
 		return ""
 	}
-	at := strings.LastIndexByte(addrs[0].Address, '@')
-	if at < 0 {
-		return ""
-	}
-	return strings.ToLower(strings.TrimSuffix(addrs[0].Address[at+1:], "."))
+	return queue.Domain(addrs[0].Address)
 }
 
 // signedMessage is Sign's result for a signed message.
