@@ -174,7 +174,10 @@ func TestWrittenFileNamesSortInArrivalOrder(t *testing.T) {
 	for i := range 3 {
 		paths = append(paths, writeTest(t, dir, Envelope{From: "a@x", To: []string{"b@y"}}, strings.Repeat("x", i+1)))
 	}
-	entries, _ := os.ReadDir(dir)
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != len(paths) {
+		t.Fatalf("listing: %d entries (%v), want %d", len(entries), err, len(paths))
+	}
 	for i, e := range entries {
 		if filepath.Join(dir, e.Name()) != paths[i] {
 			t.Fatalf("listing order %v, want the order written %v", entries, paths)
