@@ -24,7 +24,7 @@ const (
 // pool holds the connections to every destination and enforces the caps:
 // never more than the destination's current cap open to one destination
 // (in use, idle or being dialled), never more than total open in all
-// (caps are caps). It also keeps what was learned about each
+// (docs/design.md "Invariants" 7). It also keeps what was learned about each
 // destination: the cap a 421 4.3.2 taught, and its slow raise on success.
 type pool struct {
 	maxPerDest  int
