@@ -34,7 +34,7 @@ var (
 	attempt = time.Date(2026, 3, 1, 12, 0, 5, 0, time.UTC)
 )
 
-func sampleHeaders(t *testing.T) []byte {
+func sampleHeaders(t testing.TB) []byte {
 	t.Helper()
 	h, err := OriginalHeaders(strings.NewReader(original), 64<<10)
 	if err != nil {
@@ -43,7 +43,7 @@ func sampleHeaders(t *testing.T) []byte {
 	return h
 }
 
-func sampleNDR(t *testing.T) *DSN {
+func sampleNDR(t testing.TB) *DSN {
 	return &DSN{
 		ReportingMTA: "relay.example.net",
 		From:         "MAILER-DAEMON@relay.example.net",
@@ -72,7 +72,7 @@ func sampleNDR(t *testing.T) *DSN {
 	}
 }
 
-func sampleDelayed(t *testing.T) *DSN {
+func sampleDelayed(t testing.TB) *DSN {
 	return &DSN{
 		ReportingMTA: "relay.example.net",
 		From:         "MAILER-DAEMON@relay.example.net",
@@ -96,7 +96,7 @@ func sampleDelayed(t *testing.T) *DSN {
 // sampleExpired is the NDR of a message that outlived the queue lifetime:
 // Status 4.4.7, Action failed, how often and how long it was tried, and the
 // last reply.
-func sampleExpired(t *testing.T) *DSN {
+func sampleExpired(t testing.TB) *DSN {
 	d := sampleDelayed(t)
 	d.MessageID = "ndr-expired@relay.example.net"
 	d.Date = arrival.Add(120*time.Hour + time.Second)
@@ -124,7 +124,7 @@ func sampleRelayed(t *testing.T) *DSN {
 }
 
 // sampleReturnFull returns the whole original (RET=FULL within the cap).
-func sampleReturnFull(t *testing.T) *DSN {
+func sampleReturnFull(t testing.TB) *DSN {
 	d := sampleNDR(t)
 	d.MessageID = "ndr-full@relay.example.net"
 	d.Recipients = d.Recipients[:1]
