@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relayq/config"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -351,10 +352,10 @@ func (w *Worker) defaults() {
 		w.Courier = smtpCourier{dialer: w.Dialer, hello: w.Hostname}
 	}
 	if w.MaxConns <= 0 {
-		w.MaxConns = 200
+		w.MaxConns = config.DefaultDeliveryMaxConnections
 	}
 	if w.MaxConnsPerDest <= 0 {
-		w.MaxConnsPerDest = 20
+		w.MaxConnsPerDest = config.DefaultMaxConnectionsPerDestination
 	}
 	if w.IdleTimeout <= 0 {
 		w.IdleTimeout = 5 * time.Second
@@ -363,7 +364,7 @@ func (w *Worker) defaults() {
 		w.Grace = 30 * time.Second
 	}
 	if w.Lifetime <= 0 {
-		w.Lifetime = 120 * time.Hour
+		w.Lifetime = config.DefaultMaxQueueLifetime
 	}
 	if w.Backoff.Min <= 0 {
 		w.Backoff = retry.DefaultBackoff()
@@ -433,13 +434,14 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 		b = retry.DefaultBackoff()
 	}
 	if lifetime <= 0 {
-		lifetime = 120 * time.Hour
+		lifetime = config.DefaultMaxQueueLifetime
 	}
 	w.timing.Store(&retryTiming{backoff: b, lifetime: lifetime, delayWarning: delayWarning})
 }
 
 // SetMaxConnsPerDest changes the configured maximum of connections per
-// destination while Run goes on (a configuration reload; n <= 0 means 20).
+// destination while Run goes on (a configuration reload; n <= 0 means
+// config.DefaultMaxConnectionsPerDestination).
 // A destination at the old maximum moves to the new one; a cap learned
 // from a 421 4.3.2 that is lower stays (within the new maximum) and rises
 // from there as usual. Connections beyond a lowered cap are not cut: idle
@@ -447,7 +449,7 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 func (w *Worker) SetMaxConnsPerDest(n int) {
 	w.init()
 	if n <= 0 {
-		n = 20
+		n = config.DefaultMaxConnectionsPerDestination
 	}
 	w.pool.setMax(n)
 }
