@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"relayq/internal/explain"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -132,7 +133,7 @@ func Explain(reply string) (summary, hint string) {
 		return "", ""
 	}
 	code := r.Status()
-	return retry.Summary(code), retry.Hint(code)
+	return explain.Summary(code), explain.Hint(code)
 }
 
 // NewMessage converts a stored message to its API form at now.

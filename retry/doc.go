@@ -1,9 +1,8 @@
 // Package retry decides what happens after a delivery attempt: it classifies
-// SMTP replies (remote or made up locally), computes the backoff schedule,
-// tells when a message has expired, and composes RFC 3464 delivery status
-// notifications. It imports no other package of relayq and does no I/O
-// beyond reading a reader it is handed, so every decision is a pure function
-// of its inputs and can be tested row by row.
+// SMTP replies (remote or made up locally), computes the backoff schedule
+// and tells when a message has expired. It imports no other package of
+// relayq and does no I/O, so every decision is a pure function of its
+// inputs and can be tested row by row.
 //
 // # Reply classification (the contract; docs/design.md "Reply classification")
 //
@@ -52,30 +51,10 @@
 // never leaves [Min, Max]. Expired compares a message's age with the
 // configured lifetime (max_queue_lifetime).
 //
-// # DSNs
+// # DSNs and the status-code knowledge base
 //
-// DSN.Bytes composes a multipart/report (RFC 6522) with a
-// message/delivery-status part (RFC 3464): failed (an NDR; expiry is Status
-// 4.4.7, Action failed), delayed (with Will-Retry-Until) and relayed
-// (RFC 3461 §5.2.2) reports. The human-readable part gives, per failing
-// recipient, the Summary line of its status, the reply (sanitised, at most
-// 1 KiB), how often and how long delivery was tried and the Hint. The third
-// part is the original's header section, or the whole original
-// (message/rfc822) when Full is set for RET=FULL. Every value that came
-// from outside (addresses, ENVID, ORCPT, remote replies, the original's
-// Subject after RFC 2047 decoding) is stripped of CR, LF and other control
-// characters before it is written, so no input can add a header line, and
-// no line exceeds the 998 octets of RFC 5322 §2.1.1. The report's own
-// header fields never carry text from the original message.
-//
-// # The status-code knowledge base
-//
-// Explain(code) says what an enhanced status code means: a one-line
-// Summary ("5.1.1 Bad destination mailbox address: the recipient does not
-// exist at the destination"), likely causes and fixes, for every RFC 3463
-// subject/detail pair, the later IANA registrations (X.1.10, X.7.8-X.7.27)
-// and Exchange's table of enhanced status codes; unknown codes fall back to
-// their class and subject. Hint, used in NDRs, and ExplainText, printed by
-// `relayq explain`, read the same table (codes_*.go), which is keyed by
-// subject and detail: the class only says "for now" or "for good".
+// Composing delivery status notifications is internal/dsn's; what each
+// enhanced code means (the Status and "What to do" lines of an NDR,
+// `relayq explain`) is internal/explain's, which reads Classify to say what
+// relayq does with a reply. retry imports neither.
 package retry

@@ -201,7 +201,7 @@ func TestFromErrorTextIsShortAndOneLine(t *testing.T) {
 		t.Errorf("local text of %d bytes, or with CR/LF: %q", len(r.Text), r.Text)
 	}
 	r = FromError(StageBody, &smtp.SMTPError{Code: 554, Message: strings.Repeat("long reply ", 500)})
-	if len(r.Text) > maxDiagnostic {
-		t.Errorf("remote text of %d bytes, want at most %d", len(r.Text), maxDiagnostic)
+	if len(r.Text) > MaxReplyText {
+		t.Errorf("remote text of %d bytes, want at most %d", len(r.Text), MaxReplyText)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	"relayq/internal/dsn"
+	"relayq/internal/explain"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -416,18 +418,18 @@ func (w *Worker) commit(ctx context.Context, t *tally) error {
 	}
 	var (
 		news  []queue.NewMessage
-		kinds []retry.DSNAction // of each of news, for the log
+		kinds []dsn.Action // of each of news, for the log
 	)
-	add := func(kind retry.DSNAction, n []queue.NewMessage) {
+	add := func(kind dsn.Action, n []queue.NewMessage) {
 		news = append(news, n...)
 		for range n {
 			kinds = append(kinds, kind)
 		}
 	}
-	add(retry.ActionFailed, w.ndrs(m, t.bounced, ""))
-	add(retry.ActionRelayed, w.relayedDSN(m, t.relayed))
+	add(dsn.ActionFailed, w.ndrs(m, t.bounced, ""))
+	add(dsn.ActionRelayed, w.relayedDSN(m, t.relayed))
 	warned := m.DelayWarned
-	add(retry.ActionDelayed, w.delayWarning(m, t.now))
+	add(dsn.ActionDelayed, w.delayWarning(m, t.now))
 	err := w.Queue.Update(ctx, m, news...)
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
@@ -568,7 +570,7 @@ func (w *Worker) logOutcomes(t *tally) {
 			Str("message_id", m.MessageID).Str("subject", m.Subject)
 		ev = ev.Int("code", v.code).Str("enhanced", v.status.String())
 		if r.State != queue.Delivered {
-			ev = ev.Str("explain", retry.Summary(v.status))
+			ev = ev.Str("explain", explain.Summary(v.status))
 		}
 		if !r.State.Final() {
 			ev = ev.Time("next_attempt", m.NextAttempt)
@@ -581,7 +583,7 @@ func (w *Worker) logOutcomes(t *tally) {
 
 // logReports logs each report queued about m with its kind (kinds[i] is
 // that of news[i]).
-func (w *Worker) logReports(m *queue.Message, news []queue.NewMessage, kinds []retry.DSNAction) {
+func (w *Worker) logReports(m *queue.Message, news []queue.NewMessage, kinds []dsn.Action) {
 	for i, n := range news {
 		w.Log.Info().Str("id", string(n.ID)).Str("orig_id", string(m.ID)).Str("rcpt", n.Envelope.Recipients[0].Addr).
 			Str("action", string(kinds[i])).Msg("dsn queued")
@@ -621,9 +623,9 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 		w.observe(Outcome{ID: m.ID, Rcpt: m.Recipients[i].Addr, Result: "expired", Reply: m.Recipients[i].LastReply,
 			MessageID: m.MessageID, Subject: m.Subject})
 	}
-	kinds := make([]retry.DSNAction, len(news))
+	kinds := make([]dsn.Action, len(news))
 	for i := range kinds {
-		kinds[i] = retry.ActionFailed
+		kinds[i] = dsn.ActionFailed
 	}
 	w.logReports(m, news, kinds)
 }

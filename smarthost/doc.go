@@ -131,8 +131,8 @@
 //     RET=FULL up to ReturnFullMax (1 MiB by default; above it the headers,
 //     and the NDR says so). Each failing recipient's status is the one the
 //     worker settled on (queue.Recipient.Status), with the remote's reply,
-//     how often and how long delivery was tried, retry.Summary and
-//     retry.Hint. Expiry bounces pending recipients with 4.4.7, Action
+//     how often and how long delivery was tried, explain.Summary and
+//     explain.Hint. Expiry bounces pending recipients with 4.4.7, Action
 //     failed, and the last reply.
 //   - Delay warning: once per message (Envelope.DelayWarned, set in the
 //     same batch), at the first commit after DelayWarning (0: never), to

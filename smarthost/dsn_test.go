@@ -11,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"relayq/internal/explain"
 	"relayq/internal/sink"
 	"relayq/internal/smtptest"
 	"relayq/queue"
@@ -68,7 +69,7 @@ func TestSizePrecheckBouncesAtOnceAndSendsNothing(t *testing.T) {
 	}
 	human := humanPart(t, ndr.Data)
 	for _, want := range []string{"message size " + size + " exceeds the next hop's limit of 8000 bytes",
-		"Size: " + size + " bytes", retry.Summary(retry.CodeTooBig), retry.Hint(retry.CodeTooBig)} {
+		"Size: " + size + " bytes", explain.Summary(retry.CodeTooBig), explain.Hint(retry.CodeTooBig)} {
 		if !strings.Contains(human, want) {
 			t.Errorf("human part lacks %q:\n%s", want, human)
 		}
@@ -301,7 +302,7 @@ func TestDelayWarningSentOnce(t *testing.T) {
 		t.Errorf("Original-Recipient = %q", got)
 	}
 	human := humanPart(t, dsn.Data)
-	for _, want := range []string{"delivery delayed, still trying", retry.Summary(retry.CodeTempResources), "Retry until:"} {
+	for _, want := range []string{"delivery delayed, still trying", explain.Summary(retry.CodeTempResources), "Retry until:"} {
 		if !strings.Contains(human, want) {
 			t.Errorf("human part lacks %q:\n%s", want, human)
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"relayq/internal/dsn"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -39,7 +40,7 @@ type ndrMaker struct {
 // why is "expired" for a lifetime bounce (Status 4.4.7, Action failed). The
 // original is returned whole for RET=FULL when it fits returnMax.
 func (n ndrMaker) failed(m *queue.Message, idx []int, why string) (*queue.NewMessage, error) {
-	var rcpts []retry.DSNRecipient
+	var rcpts []dsn.Recipient
 	for _, i := range n.asking(m, idx, "FAILURE") {
 		r := &m.Recipients[i]
 		status := recordedStatus(r)
@@ -49,7 +50,7 @@ func (n ndrMaker) failed(m *queue.Message, idx []int, why string) (*queue.NewMes
 		if why == "expired" {
 			status = retry.CodeExpired
 		}
-		rcpts = append(rcpts, n.recipient(m, r, retry.ActionFailed, status))
+		rcpts = append(rcpts, n.recipient(m, r, dsn.ActionFailed, status))
 	}
 	return n.build(m, rcpts, strings.EqualFold(m.Ret, "FULL"))
 }
@@ -58,7 +59,7 @@ func (n ndrMaker) failed(m *queue.Message, idx []int, why string) (*queue.NewMes
 // whose NOTIFY allows DELAY, or nil; until is Will-Retry-Until (RFC 3464
 // §2.3.8), the end of the message's queue lifetime.
 func (n ndrMaker) delayed(m *queue.Message, idx []int, until time.Time) (*queue.NewMessage, error) {
-	var rcpts []retry.DSNRecipient
+	var rcpts []dsn.Recipient
 	for _, i := range n.asking(m, idx, "DELAY") {
 		r := &m.Recipients[i]
 		status := retry.CodeTempGeneric
@@ -67,7 +68,7 @@ func (n ndrMaker) delayed(m *queue.Message, idx []int, until time.Time) (*queue.
 			// 5xx greeting defers: it is about the host, not the message).
 			status = retry.EnhancedCode{4, st[1], st[2]}
 		}
-		d := n.recipient(m, r, retry.ActionDelayed, status)
+		d := n.recipient(m, r, dsn.ActionDelayed, status)
 		d.WillRetryUntil = until
 		rcpts = append(rcpts, d)
 	}
@@ -79,9 +80,9 @@ func (n ndrMaker) delayed(m *queue.Message, idx []int, until time.Time) (*queue.
 // next hop lacked DSN: one that has it reports success itself (RFC 3461
 // §5.2.2).
 func (n ndrMaker) relayed(m *queue.Message, idx []int) (*queue.NewMessage, error) {
-	var rcpts []retry.DSNRecipient
+	var rcpts []dsn.Recipient
 	for _, i := range n.asking(m, idx, "SUCCESS") {
-		rcpts = append(rcpts, n.recipient(m, &m.Recipients[i], retry.ActionRelayed, retry.CodeOK))
+		rcpts = append(rcpts, n.recipient(m, &m.Recipients[i], dsn.ActionRelayed, retry.CodeOK))
 	}
 	return n.build(m, rcpts, false)
 }
@@ -101,8 +102,8 @@ func (n ndrMaker) asking(m *queue.Message, idx []int, kind string) []int {
 	return out
 }
 
-func (n ndrMaker) recipient(m *queue.Message, r *queue.Recipient, a retry.DSNAction, st retry.EnhancedCode) retry.DSNRecipient {
-	return retry.DSNRecipient{
+func (n ndrMaker) recipient(m *queue.Message, r *queue.Recipient, a dsn.Action, st retry.EnhancedCode) dsn.Recipient {
+	return dsn.Recipient{
 		Final:       r.Addr,
 		Original:    r.ORCPT,
 		Action:      a,
@@ -116,12 +117,12 @@ func (n ndrMaker) recipient(m *queue.Message, r *queue.Recipient, a retry.DSNAct
 
 // build composes the report on rcpts to m's sender; nil when rcpts is
 // empty. With full, the original is attached whole if it fits returnMax.
-func (n ndrMaker) build(m *queue.Message, rcpts []retry.DSNRecipient, full bool) (*queue.NewMessage, error) {
+func (n ndrMaker) build(m *queue.Message, rcpts []dsn.Recipient, full bool) (*queue.NewMessage, error) {
 	if len(rcpts) == 0 || m.From == "" {
 		return nil, nil
 	}
 	id := n.newID()
-	dsn := &retry.DSN{
+	rep := &dsn.Report{
 		ReportingMTA: n.hostname,
 		From:         "MAILER-DAEMON@" + n.hostname,
 		To:           m.From,
@@ -138,15 +139,15 @@ func (n ndrMaker) build(m *queue.Message, rcpts []retry.DSNRecipient, full bool)
 		limit = DefaultReturnFullMax
 	}
 	if full && limit > 0 && m.Size <= limit {
-		dsn.Full = n.whole(m.ID, limit)
+		rep.Full = n.whole(m.ID, limit)
 	}
-	if len(dsn.Full) == 0 {
-		dsn.Headers = n.headers(m.ID)
+	if len(rep.Full) == 0 {
+		rep.Headers = n.headers(m.ID)
 		if full && limit > 0 {
-			dsn.ReturnLimit = limit
+			rep.ReturnLimit = limit
 		}
 	}
-	b, err := dsn.Bytes()
+	b, err := rep.Bytes()
 	if err != nil {
 		return nil, fmt.Errorf("composing a DSN about %s: %w", m.ID, err)
 	}
@@ -168,7 +169,7 @@ func (n ndrMaker) headers(id queue.ID) []byte {
 		return nil
 	}
 	defer rc.Close()
-	h, _ := retry.OriginalHeaders(rc, maxNDRHeaders)
+	h, _ := dsn.OriginalHeaders(rc, maxNDRHeaders)
 	return h
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relayq/internal/explain"
 	"relayq/internal/sink"
 	"relayq/internal/smtptest"
 	"relayq/queue"
@@ -457,10 +458,10 @@ func TestExpiryNDRSaysHowLongHowOftenAndTheLastReply(t *testing.T) {
 	}
 	human := humanPart(t, ndr.Data)
 	for _, want := range []string{
-		"Status: " + retry.Summary(retry.CodeExpired),
+		"Status: " + explain.Summary(retry.CodeExpired),
 		fmt.Sprintf("Tried: %d times", n),
 		"Reply: " + last,
-		"What to do: " + retry.Hint(retry.CodeExpired),
+		"What to do: " + explain.Hint(retry.CodeExpired),
 	} {
 		if !strings.Contains(human, want) {
 			t.Errorf("human part lacks %q:\n%s", want, human)

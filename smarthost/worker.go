@@ -12,7 +12,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relayq/config"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -352,10 +351,10 @@ func (w *Worker) defaults() {
 		w.Courier = smtpCourier{dialer: w.Dialer, hello: w.Hostname}
 	}
 	if w.MaxConns <= 0 {
-		w.MaxConns = config.DefaultDeliveryMaxConnections
+		w.MaxConns = 200
 	}
 	if w.MaxConnsPerDest <= 0 {
-		w.MaxConnsPerDest = config.DefaultMaxConnectionsPerDestination
+		w.MaxConnsPerDest = 20
 	}
 	if w.IdleTimeout <= 0 {
 		w.IdleTimeout = 5 * time.Second
@@ -364,7 +363,7 @@ func (w *Worker) defaults() {
 		w.Grace = 30 * time.Second
 	}
 	if w.Lifetime <= 0 {
-		w.Lifetime = config.DefaultMaxQueueLifetime
+		w.Lifetime = 120 * time.Hour
 	}
 	if w.Backoff.Min <= 0 {
 		w.Backoff = retry.DefaultBackoff()
@@ -434,14 +433,13 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 		b = retry.DefaultBackoff()
 	}
 	if lifetime <= 0 {
-		lifetime = config.DefaultMaxQueueLifetime
+		lifetime = 120 * time.Hour
 	}
 	w.timing.Store(&retryTiming{backoff: b, lifetime: lifetime, delayWarning: delayWarning})
 }
 
 // SetMaxConnsPerDest changes the configured maximum of connections per
-// destination while Run goes on (a configuration reload; n <= 0 means
-// config.DefaultMaxConnectionsPerDestination).
+// destination while Run goes on (a configuration reload; n <= 0 means 20).
 // A destination at the old maximum moves to the new one; a cap learned
 // from a 421 4.3.2 that is lower stays (within the new maximum) and rises
 // from there as usual. Connections beyond a lowered cap are not cut: idle
@@ -449,7 +447,7 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 func (w *Worker) SetMaxConnsPerDest(n int) {
 	w.init()
 	if n <= 0 {
-		n = config.DefaultMaxConnectionsPerDestination
+		n = 20
 	}
 	w.pool.setMax(n)
 }

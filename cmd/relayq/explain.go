@@ -6,11 +6,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"relayq/retry"
+	"relayq/internal/explain"
 )
 
 // explainCommand is `relayq explain CODE`: what an SMTP status code means,
-// its likely causes and what to do, from retry's knowledge base.
+// its likely causes and what to do, from the status-code knowledge base (internal/explain).
 func explainCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "explain",
@@ -23,7 +23,7 @@ func explainCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return cli.Exit(`explain: give a status code, e.g. relayq explain 4.4.7, or a reply line, e.g. relayq explain "452 4.3.1 Insufficient system resources"`, 2)
 			}
-			text, err := retry.ExplainText(strings.Join(c.Args().Slice(), " "))
+			text, err := explain.Text(strings.Join(c.Args().Slice(), " "))
 			if err != nil {
 				return cli.Exit("explain: "+err.Error(), 2)
 			}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"relayq/internal/explain"
 	"relayq/retry"
 )
 
@@ -29,12 +30,12 @@ func runExplain(t *testing.T, args ...string) (string, int) {
 	return out.String(), exitCode(err)
 }
 
-// seed003Codes reads the codes of Exchange's table of enhanced status
-// codes, kept in retry's testdata (the retry tests check that list against
+// exchangeCodes reads the codes of Exchange's table of enhanced status
+// codes, kept in internal/explain's testdata (its tests check that list against
 // the operator report it came from, when that sits beside the checkout).
-func seed003Codes(t *testing.T) []string {
+func exchangeCodes(t *testing.T) []string {
 	t.Helper()
-	f, err := os.Open(filepath.Join("..", "..", "retry", "testdata", "seed003_codes.txt"))
+	f, err := os.Open(filepath.Join("..", "..", "internal", "explain", "testdata", "exchange_codes.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,15 +53,15 @@ func seed003Codes(t *testing.T) []string {
 	return codes
 }
 
-func TestExplainPrintsASummaryForEverySeedCode(t *testing.T) {
-	for _, code := range seed003Codes(t) {
+func TestExplainPrintsASummaryForEveryExchangeCode(t *testing.T) {
+	for _, code := range exchangeCodes(t) {
 		out, exit := runExplain(t, code)
 		first, rest, _ := strings.Cut(out, "\n")
 		c, err := retry.ParseEnhanced(code)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if exit != 0 || first != retry.Summary(c) || !strings.HasPrefix(first, code+" ") || strings.Contains(first, "Unregistered") {
+		if exit != 0 || first != explain.Summary(c) || !strings.HasPrefix(first, code+" ") || strings.Contains(first, "Unregistered") {
 			t.Errorf("explain %s: exit %d, first line %q", code, exit, first)
 		}
 		if !strings.Contains(rest, "Likely causes:\n  - ") || !strings.Contains(rest, "What you can do:\n  - ") {

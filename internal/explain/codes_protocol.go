@@ -1,4 +1,4 @@
-package retry
+package explain
 
 // Subjects 5 (protocol), 6 (content) and 7 (security and policy) of the
 // knowledge base (explain.go). RFC 3463 §3.6-3.8, RFC 4468, RFC 4954,

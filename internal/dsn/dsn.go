@@ -1,4 +1,4 @@
-package retry
+package dsn
 
 import (
 	"bufio"
@@ -10,22 +10,24 @@ import (
 	"mime"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
+
+	"relayq/internal/explain"
+	"relayq/retry"
 )
 
-// DSNAction is the Action field of a per-recipient block (RFC 3464 §2.3.3).
-type DSNAction string
+// Action is the Action field of a per-recipient block (RFC 3464 §2.3.3).
+type Action string
 
 const (
-	ActionFailed    DSNAction = "failed"
-	ActionDelayed   DSNAction = "delayed"
-	ActionDelivered DSNAction = "delivered"
-	ActionRelayed   DSNAction = "relayed"
+	ActionFailed    Action = "failed"
+	ActionDelayed   Action = "delayed"
+	ActionDelivered Action = "delivered"
+	ActionRelayed   Action = "relayed"
 )
 
 // describe says what happened, for the human-readable part.
-func (a DSNAction) describe() string {
+func (a Action) describe() string {
 	switch a {
 	case ActionFailed:
 		return "delivery failed"
@@ -37,12 +39,12 @@ func (a DSNAction) describe() string {
 	return "delivered"
 }
 
-// DSNRecipient is what the report says about one recipient.
-type DSNRecipient struct {
-	Final          string    // final recipient address (we write "rfc822;" + addr)
-	Original       string    // ORCPT as received ("rfc822;user@x"), xtext-decoded, or ""
-	Action         DSNAction // failed, delayed, delivered or relayed
-	Status         EnhancedCode
+// Recipient is what the report says about one recipient.
+type Recipient struct {
+	Final          string // final recipient address (we write "rfc822;" + addr)
+	Original       string // ORCPT as received ("rfc822;user@x"), xtext-decoded, or ""
+	Action         Action // failed, delayed, delivered or relayed
+	Status         retry.EnhancedCode
 	RemoteMTA      string    // host that gave the reply, "" for local verdicts
 	Diagnostic     string    // the reply line, remote or local; sanitised (no CR/LF/control chars, at most 1 KiB)
 	LastAttempt    time.Time // zero: no Last-Attempt-Date
@@ -52,9 +54,9 @@ type DSNRecipient struct {
 	Attempts int
 }
 
-// DSN is a delivery status notification (RFC 3464) about one message: an NDR
+// Report is a delivery status notification (RFC 3464) about one message: an NDR
 // when a recipient failed, a delay warning, or a success report.
-type DSN struct {
+type Report struct {
 	ReportingMTA string    // our hostname
 	From         string    // header From, e.g. "MAILER-DAEMON@relay.example.net"
 	To           string    // the original envelope sender (the report goes to it, envelope sender <>)
@@ -64,7 +66,7 @@ type DSN struct {
 	EnvID        string    // ENVID of the original, xtext-decoded, "" if none (Original-Envelope-Id)
 	Arrival      time.Time // Arrival-Date; zero leaves it out
 	Size         int64     // size of the original in bytes, 0 if unknown (shown in the human-readable part)
-	Recipients   []DSNRecipient
+	Recipients   []Recipient
 	Headers      []byte // the original message's header section (already bounded by the caller)
 	// Full is the whole original message, returned as a message/rfc822
 	// part instead of Headers when the sender asked RET=FULL (RFC 3461
@@ -78,9 +80,9 @@ type DSN struct {
 }
 
 const (
-	maxDiagnostic = 1024 // bytes of a diagnostic kept (DSNRecipient.Diagnostic)
-	foldAt        = 78   // RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
-	maxLine       = 998  // RFC 5322 §2.1.1: lines MUST be at most 998 characters
+	maxDiagnostic = retry.MaxReplyText // bytes of a diagnostic kept (Recipient.Diagnostic)
+	foldAt        = 78                 // RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
+	maxLine       = 998                // RFC 5322 §2.1.1: lines MUST be at most 998 characters
 )
 
 // Bytes composes the whole report message, headers and body with CRLF line
@@ -92,7 +94,7 @@ const (
 // no line is longer than 998 octets. It fails when a required field is
 // missing, when To is empty (a report to the null sender would bounce a
 // bounce) or when the given Boundary is unusable.
-func (d *DSN) Bytes() ([]byte, error) {
+func (d *Report) Bytes() ([]byte, error) {
 	if err := d.check(); err != nil {
 		return nil, err
 	}
@@ -113,10 +115,10 @@ func (d *DSN) Bytes() ([]byte, error) {
 	h("To", "<"+address(d.To)+">")
 	h("Subject", d.subject())
 	h("Date", d.Date.Format(time.RFC1123Z))
-	h("Message-ID", "<"+strings.Trim(sanitize(d.MessageID), "<>")+">")
+	h("Message-ID", "<"+strings.Trim(retry.Sanitize(d.MessageID), "<>")+">")
 	// RFC 3834 §5: an automatic response, so that auto-responders keep quiet.
 	h("Auto-Submitted", "auto-replied")
-	if q := sanitize(d.QueueID); q != "" {
+	if q := retry.Sanitize(d.QueueID); q != "" {
 		h("X-Relayq-Queue-ID", q)
 	}
 	h("MIME-Version", "1.0")
@@ -149,15 +151,15 @@ func (d *DSN) Bytes() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-func (d *DSN) check() error {
+func (d *Report) check() error {
 	switch {
-	case sanitize(d.ReportingMTA) == "":
+	case retry.Sanitize(d.ReportingMTA) == "":
 		return errors.New("dsn: no ReportingMTA")
 	case address(d.From) == "":
 		return errors.New("dsn: no From")
 	case address(d.To) == "":
 		return errors.New("dsn: no To: never send a report to the null sender")
-	case strings.Trim(sanitize(d.MessageID), "<>") == "":
+	case strings.Trim(retry.Sanitize(d.MessageID), "<>") == "":
 		return errors.New("dsn: no MessageID")
 	case d.Date.IsZero():
 		return errors.New("dsn: no Date")
@@ -179,7 +181,7 @@ func (d *DSN) check() error {
 
 // kind is the Action that names the report: failed beats delayed beats
 // success, so that a report that bounces anything says so in its Subject.
-func (d *DSN) kind() DSNAction {
+func (d *Report) kind() Action {
 	k := ActionRelayed
 	for _, r := range d.Recipients {
 		switch r.Action {
@@ -196,7 +198,7 @@ func (d *DSN) kind() DSNAction {
 	return k
 }
 
-func (d *DSN) subject() string {
+func (d *Report) subject() string {
 	switch d.kind() {
 	case ActionFailed:
 		return "Undelivered Mail Returned to Sender"
@@ -208,20 +210,20 @@ func (d *DSN) subject() string {
 
 // status returns the recipient's status, or the generic one of its action
 // when the caller left it zero.
-func (r *DSNRecipient) status() EnhancedCode {
+func (r *Recipient) status() retry.EnhancedCode {
 	if !r.Status.IsZero() {
 		return r.Status
 	}
 	switch r.Action {
 	case ActionFailed:
-		return CodePermGeneric
+		return retry.CodePermGeneric
 	case ActionDelayed:
-		return CodeTempGeneric
+		return retry.CodeTempGeneric
 	}
-	return CodeOK
+	return retry.CodeOK
 }
 
-func (d *DSN) humanPart() string {
+func (d *Report) humanPart() string {
 	var b strings.Builder
 	para := func(s string) {
 		for _, l := range wrap(s, foldAt-2) {
@@ -242,9 +244,9 @@ func (d *DSN) humanPart() string {
 		}
 	}
 
-	para("This is the mail system at " + sanitize(d.ReportingMTA) + ".")
+	para("This is the mail system at " + retry.Sanitize(d.ReportingMTA) + ".")
 	b.WriteString("\r\n")
-	intro := map[DSNAction]string{
+	intro := map[Action]string{
 		ActionFailed: "Your message could not be delivered to one or more recipients. " +
 			"This is a permanent error; it will not be retried.",
 		ActionDelayed: "Your message has not been delivered yet to one or more recipients. " +
@@ -269,7 +271,7 @@ func (d *DSN) humanPart() string {
 		orig = d.Full
 	}
 	field("Subject", originalSubject(orig))
-	field("Queue ID", sanitize(d.QueueID))
+	field("Queue ID", retry.Sanitize(d.QueueID))
 	if !d.Arrival.IsZero() {
 		field("Received", d.Arrival.Format(time.RFC1123Z))
 	}
@@ -283,11 +285,11 @@ func (d *DSN) humanPart() string {
 		failing := r.Action == ActionFailed || r.Action == ActionDelayed
 		if failing {
 			// The line `relayq explain` prints first.
-			field("Status", Summary(st))
+			field("Status", explain.Summary(st))
 		} else {
 			field("Status", st.String())
 		}
-		field("Remote host", sanitize(r.RemoteMTA))
+		field("Remote host", retry.Sanitize(r.RemoteMTA))
 		field("Reply", diagnostic(r.Diagnostic))
 		if failing {
 			field("Tried", tried(r.Attempts, d.Arrival, r.LastAttempt))
@@ -296,7 +298,7 @@ func (d *DSN) humanPart() string {
 			field("Retry until", r.WillRetryUntil.Format(time.RFC1123Z))
 		}
 		if failing {
-			field("What to do", Hint(st))
+			field("What to do", explain.Hint(st))
 		}
 	}
 	return b.String()
@@ -387,19 +389,19 @@ func finishSubject(raw string, found bool) string {
 	if s, err := dec.DecodeHeader(raw); err == nil {
 		raw = s
 	}
-	s := sanitize(raw)
+	s := retry.Sanitize(raw)
 	if len(s) > maxSubject {
-		s = truncate(s, maxSubject-3) + "..."
+		s = retry.Truncate(s, maxSubject-3) + "..."
 	}
 	return s
 }
 
-func (d *DSN) statusPart() string {
+func (d *Report) statusPart() string {
 	var b strings.Builder
 	h := func(name, value string) { b.WriteString(foldHeader(name, value)) }
 	// RFC 3464 §2.2: per-message fields.
-	h("Reporting-MTA", "dns; "+asciiOnly(sanitize(d.ReportingMTA)))
-	if e := sanitize(d.EnvID); e != "" {
+	h("Reporting-MTA", "dns; "+asciiOnly(retry.Sanitize(d.ReportingMTA)))
+	if e := retry.Sanitize(d.EnvID); e != "" {
 		h("Original-Envelope-Id", asciiOnly(e))
 	}
 	if !d.Arrival.IsZero() {
@@ -408,7 +410,7 @@ func (d *DSN) statusPart() string {
 	// RFC 3464 §2.3: one block per recipient, each after a blank line.
 	for _, r := range d.Recipients {
 		b.WriteString("\r\n")
-		if o := sanitize(r.Original); o != "" {
+		if o := retry.Sanitize(r.Original); o != "" {
 			if !strings.Contains(o, ";") {
 				o = "rfc822;" + o
 			}
@@ -417,7 +419,7 @@ func (d *DSN) statusPart() string {
 		h("Final-Recipient", typedAddress(address(r.Final)))
 		h("Action", string(r.Action))
 		h("Status", r.status().String())
-		if m := sanitize(r.RemoteMTA); m != "" {
+		if m := retry.Sanitize(r.RemoteMTA); m != "" {
 			h("Remote-MTA", "dns; "+asciiOnly(m))
 		}
 		if diag := diagnostic(r.Diagnostic); diag != "" {
@@ -435,7 +437,7 @@ func (d *DSN) statusPart() string {
 
 // boundary returns d.Boundary or one derived from MessageID, checked against
 // every part: a delimiter line inside a part would cut the report short.
-func (d *DSN) boundary(parts ...string) (string, error) {
+func (d *Report) boundary(parts ...string) (string, error) {
 	clashes := func(bd string) bool {
 		for _, s := range parts {
 			if strings.HasPrefix(s, "--"+bd) || strings.Contains(s, "\n--"+bd) {
@@ -592,48 +594,15 @@ func wrap(text string, width int) []string {
 	return lines
 }
 
+func diagnostic(s string) string { return retry.Truncate(retry.Sanitize(s), maxDiagnostic) }
+
 // runeCut returns the largest index <= n (and > 0) that does not split a
 // UTF-8 sequence.
-func runeCut(s string, n int) int {
-	if n >= len(s) {
-		return len(s)
-	}
-	for i := n; i > 0; i-- {
-		if utf8.RuneStart(s[i]) {
-			return i
-		}
-	}
-	return n
-}
-
-// sanitize makes text from outside safe for a header or a line of text:
-// invalid UTF-8 becomes U+FFFD, every control character (CR and LF above all)
-// a space, and runs of space one space (so that folding never leaves a line
-// of only white space, RFC 5322 §3.2.2); surrounding space is trimmed.
-func sanitize(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
-	return strings.Join(strings.Fields(s), " ")
-}
-
-// truncate cuts s to at most n bytes on a rune boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:runeCut(s, n)]
-}
-
-func diagnostic(s string) string { return truncate(sanitize(s), maxDiagnostic) }
+func runeCut(s string, n int) int { return len(retry.Truncate(s, n)) }
 
 // address sanitises an address and drops surrounding angle brackets.
 func address(s string) string {
-	return strings.TrimSpace(strings.Trim(sanitize(s), "<>"))
+	return strings.TrimSpace(strings.Trim(retry.Sanitize(s), "<>"))
 }
 
 // typedAddress is an RFC 3464 §2.3.2 Final-Recipient value: "rfc822;" for

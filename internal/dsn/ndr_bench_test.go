@@ -1,4 +1,4 @@
-package retry
+package dsn
 
 import "testing"
 
@@ -11,7 +11,7 @@ import "testing"
 func BenchmarkNDR(b *testing.B) {
 	for _, c := range []struct {
 		name string
-		dsn  *DSN
+		dsn  *Report
 	}{
 		{"failed-2rcpt-headers", sampleNDR(b)},
 		{"failed-return-full", sampleReturnFull(b)},

@@ -1,18 +1,11 @@
-package retry
+package explain
 
 import (
 	"fmt"
 	"strings"
-)
 
-// The status-code knowledge base: what each RFC 3463 enhanced status code
-// means, what usually causes it and what the sender or an operator can do,
-// written in our own words from RFC 3463, the later IANA registrations and
-// Exchange's table of enhanced status codes. It is the one source of the
-// hints in NDRs (Hint) and of `relayq explain` (Explain, ExplainText).
-//
-// The table is keyed by subject and detail only: 4.1.1 and 5.1.1 mean the
-// same thing, the class only says "for now" or "for good".
+	"relayq/retry"
+)
 
 // info is what the table knows of one subject.detail pair.
 type info struct {
@@ -57,7 +50,7 @@ func mergeCodes(parts ...map[[2]int]info) map[[2]int]info {
 	for _, p := range parts {
 		for k, v := range p {
 			if _, dup := all[k]; dup {
-				panic(fmt.Sprintf("retry: status code X.%d.%d defined twice", k[0], k[1]))
+				panic(fmt.Sprintf("explain: status code X.%d.%d defined twice", k[0], k[1]))
 			}
 			all[k] = v
 		}
@@ -73,7 +66,7 @@ var classNames = map[int]string{
 
 // Explanation is what the knowledge base says about one enhanced code.
 type Explanation struct {
-	Code EnhancedCode
+	Code retry.EnhancedCode
 	// Summary is one line: the code, its name and what it means, e.g.
 	// "5.1.1 Bad destination mailbox address: the recipient does not exist
 	// at the destination". NDRs carry it; `relayq explain` prints it first.
@@ -88,9 +81,9 @@ type Explanation struct {
 	Known bool
 }
 
-// Explain looks code up. It never fails: an unknown detail falls back to
+// Lookup looks code up. It never fails: an unknown detail falls back to
 // its subject, an unknown subject to its class.
-func Explain(code EnhancedCode) Explanation {
+func Lookup(code retry.EnhancedCode) Explanation {
 	e := Explanation{Code: code, Class: classNames[code.Class()]}
 	sub, subOK := subjects[code[1]]
 	if subOK {
@@ -116,21 +109,21 @@ func Explain(code EnhancedCode) Explanation {
 	return e
 }
 
-// Summary is Explain(code).Summary, "" for the zero code.
-func Summary(code EnhancedCode) string {
+// Summary is Lookup(code).Summary, "" for the zero code.
+func Summary(code retry.EnhancedCode) string {
 	if code.IsZero() {
 		return ""
 	}
-	return Explain(code).Summary
+	return Lookup(code).Summary
 }
 
 // Hint returns a one-sentence "what you can do" for an NDR, "" when there is
 // nothing useful to say (the zero code, success).
-func Hint(code EnhancedCode) string {
+func Hint(code retry.EnhancedCode) string {
 	if code.IsZero() || code.Class() == 2 {
 		return ""
 	}
-	return Explain(code).Hint
+	return Lookup(code).Hint
 }
 
 // Codes lists every subject.detail pair the table knows, in order.
@@ -180,12 +173,12 @@ var basicCodes = map[int]string{
 
 // treatment says what relayq does with a reply of code r.Code, in one line
 // (docs/design.md "Reply classification"; the table in doc.go).
-func treatment(r *Reply) string {
+func treatment(r *retry.Reply) string {
 	st := r.Status()
 	switch {
 	case r.Code >= 200 && r.Code < 300:
 		return "the recipient counts as delivered once this is the reply to the final \".\""
-	case r.Code == 421 && (st == CodeTooManyConns || containsAny(r.Text, tooManyConnsPhrases...)):
+	case retry.Classify(retry.StageConnect, r).LowerCap: // a 421 saying "too many connections"
 		return "closes the connection; with other connections to the destination open, lowers its connection cap and sends again as soon as a slot frees (no attempt counted, no backoff), else tries the next host or retries later"
 	case r.Code == 421:
 		return "closes the connection without QUIT and tries the destination's next host, else retries later with backoff"
@@ -201,28 +194,28 @@ func treatment(r *Reply) string {
 	return "out of step: closes the connection and retries later"
 }
 
-// ExplainText is the text of `relayq explain ARG`: ARG is an enhanced code
+// Text is the text of `relayq explain ARG`: ARG is an enhanced code
 // ("4.3.2"), a basic and an enhanced code ("421 4.3.2") or a whole reply
 // line ("452 4.3.1 Insufficient system resources"). The first line is the
 // Summary; then the class, the reply and what relayq does with it (when a
 // basic code was given), the likely causes and what to do. A reply without
 // an enhanced code is explained by the generic code of its class.
-func ExplainText(arg string) (string, error) {
+func Text(arg string) (string, error) {
 	arg = strings.TrimSpace(arg)
-	r, err := ParseReply(arg)
+	r, err := retry.ParseReply(arg)
 	if err != nil {
 		return "", fmt.Errorf("%q: want an enhanced status code (4.4.7), a reply code and one (421 4.3.2) or a reply line", arg)
 	}
-	_, bareErr := ParseEnhanced(firstField(arg))
+	_, bareErr := retry.ParseEnhanced(strings.Fields(arg)[0]) // arg parsed, so not blank
 	bare := bareErr == nil
 	code, why := r.Status(), ""
 	if bare {
 		code = r.Enhanced
-	} else if d := Classify(StageBody, r); d.Action == Bounce && d.Status != code {
+	} else if d := retry.Classify(retry.StageBody, r); d.Action == retry.Bounce && d.Status != code {
 		// "552 4.3.1 Message size exceeds …": what the worker reports.
 		code, why = d.Status, fmt.Sprintf("the text says the message is too big, so relayq reports %s", d.Status)
 	}
-	e := Explain(code)
+	e := Lookup(code)
 
 	var b strings.Builder
 	b.WriteString(e.Summary + "\n")
@@ -234,7 +227,7 @@ func ExplainText(arg string) (string, error) {
 	line("Class", fmt.Sprintf("%d.x.x, %s", code.Class(), e.Class))
 	line("Subject", fmt.Sprintf("x.%d.x, %s", code[1], e.Subject))
 	if !bare {
-		line("Reply", sanitize(r.Error()))
+		line("Reply", retry.Sanitize(r.Error()))
 		if name := basicCodes[r.Code]; name != "" {
 			line("Code", fmt.Sprintf("%d: %s", r.Code, name))
 		}

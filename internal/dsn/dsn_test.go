@@ -1,4 +1,4 @@
-package retry
+package dsn
 
 import (
 	"bufio"
@@ -15,6 +15,9 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"relayq/internal/explain"
+	"relayq/retry"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -43,8 +46,8 @@ func sampleHeaders(t testing.TB) []byte {
 	return h
 }
 
-func sampleNDR(t testing.TB) *DSN {
-	return &DSN{
+func sampleNDR(t testing.TB) *Report {
+	return &Report{
 		ReportingMTA: "relay.example.net",
 		From:         "MAILER-DAEMON@relay.example.net",
 		To:           "alice@example.com",
@@ -54,16 +57,16 @@ func sampleNDR(t testing.TB) *DSN {
 		EnvID:        "QQ314159",
 		Arrival:      arrival,
 		Size:         int64(len(original)),
-		Recipients: []DSNRecipient{
+		Recipients: []Recipient{
 			{
 				Final: "bob@example.org", Original: "rfc822;Bob@Example.org",
-				Action: ActionFailed, Status: CodeBadMailbox,
+				Action: ActionFailed, Status: retry.CodeBadMailbox,
 				RemoteMTA: "mx1.example.org", Diagnostic: "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown",
 				LastAttempt: attempt, Attempts: 1,
 			},
 			{
 				Final:  "carol@nx.invalid",
-				Action: ActionFailed, Status: CodeBadDomain,
+				Action: ActionFailed, Status: retry.CodeBadDomain,
 				Diagnostic:  "550 5.1.2 domain not found: nx.invalid",
 				LastAttempt: attempt, Attempts: 1,
 			},
@@ -72,8 +75,8 @@ func sampleNDR(t testing.TB) *DSN {
 	}
 }
 
-func sampleDelayed(t testing.TB) *DSN {
-	return &DSN{
+func sampleDelayed(t testing.TB) *Report {
+	return &Report{
 		ReportingMTA: "relay.example.net",
 		From:         "MAILER-DAEMON@relay.example.net",
 		To:           "alice@example.com",
@@ -81,9 +84,9 @@ func sampleDelayed(t testing.TB) *DSN {
 		Date:         arrival.Add(4 * time.Hour),
 		QueueID:      "0123456789abcdef01234567",
 		Arrival:      arrival,
-		Recipients: []DSNRecipient{{
+		Recipients: []Recipient{{
 			Final:  "dave@busy.example",
-			Action: ActionDelayed, Status: CodeTempResources,
+			Action: ActionDelayed, Status: retry.CodeTempResources,
 			RemoteMTA: "mx.busy.example", Diagnostic: "452 4.3.1 Insufficient system resources",
 			LastAttempt:    arrival.Add(4 * time.Hour).Add(-time.Minute),
 			WillRetryUntil: arrival.Add(120 * time.Hour),
@@ -96,27 +99,27 @@ func sampleDelayed(t testing.TB) *DSN {
 // sampleExpired is the NDR of a message that outlived the queue lifetime:
 // Status 4.4.7, Action failed, how often and how long it was tried, and the
 // last reply.
-func sampleExpired(t testing.TB) *DSN {
+func sampleExpired(t testing.TB) *Report {
 	d := sampleDelayed(t)
 	d.MessageID = "ndr-expired@relay.example.net"
 	d.Date = arrival.Add(120*time.Hour + time.Second)
 	d.EnvID = "QQ271828"
 	r := &d.Recipients[0]
-	r.Action, r.Status, r.WillRetryUntil = ActionFailed, CodeExpired, time.Time{}
+	r.Action, r.Status, r.WillRetryUntil = ActionFailed, retry.CodeExpired, time.Time{}
 	r.LastAttempt = arrival.Add(119*time.Hour + 35*time.Minute)
 	r.Attempts = 124
 	r.Original = "rfc822;Dave@Busy.example"
 	return d
 }
 
-// sampleRelayed is the RFC 3461 §5.2.2 "relayed" DSN for a recipient that
+// sampleRelayed is the RFC 3461 §5.2.2 "relayed" Report for a recipient that
 // asked NOTIFY=SUCCESS and was passed to a next hop without DSN.
-func sampleRelayed(t *testing.T) *DSN {
+func sampleRelayed(t *testing.T) *Report {
 	d := sampleNDR(t)
 	d.MessageID = "dsn-relayed@relay.example.net"
-	d.Recipients = []DSNRecipient{{
+	d.Recipients = []Recipient{{
 		Final: "bob@example.org", Original: "rfc822;bob@example.org",
-		Action: ActionRelayed, Status: CodeOK,
+		Action: ActionRelayed, Status: retry.CodeOK,
 		RemoteMTA: "smtp.isp.example", Diagnostic: "250 2.0.0 Ok: queued as 4Q7x2",
 		LastAttempt: attempt, Attempts: 1,
 	}}
@@ -124,7 +127,7 @@ func sampleRelayed(t *testing.T) *DSN {
 }
 
 // sampleReturnFull returns the whole original (RET=FULL within the cap).
-func sampleReturnFull(t testing.TB) *DSN {
+func sampleReturnFull(t testing.TB) *Report {
 	d := sampleNDR(t)
 	d.MessageID = "ndr-full@relay.example.net"
 	d.Recipients = d.Recipients[:1]
@@ -133,7 +136,7 @@ func sampleReturnFull(t testing.TB) *DSN {
 }
 
 // sampleReturnCut asked RET=FULL for a message above the cap.
-func sampleReturnCut(t *testing.T) *DSN {
+func sampleReturnCut(t *testing.T) *Report {
 	d := sampleNDR(t)
 	d.MessageID = "ndr-cut@relay.example.net"
 	d.Recipients = d.Recipients[:1]
@@ -142,7 +145,7 @@ func sampleReturnCut(t *testing.T) *DSN {
 }
 
 func TestDSNGolden(t *testing.T) {
-	for name, d := range map[string]*DSN{
+	for name, d := range map[string]*Report{
 		"ndr_failed.golden":      sampleNDR(t),
 		"dsn_delayed.golden":     sampleDelayed(t),
 		"ndr_expired.golden":     sampleExpired(t),
@@ -318,7 +321,7 @@ func TestDSNParsesBack(t *testing.T) {
 		t.Errorf("original headers part:\n%s", p.headers)
 	}
 	for _, s := range []string{"<bob@example.org>: delivery failed", "mx1.example.org", "Recipient address rejected",
-		"0123456789abcdef01234567", Hint(CodeBadMailbox)[:30], Hint(CodeBadDomain)[:30]} {
+		"0123456789abcdef01234567", explain.Hint(retry.CodeBadMailbox)[:30], explain.Hint(retry.CodeBadDomain)[:30]} {
 		if !strings.Contains(p.human, s) {
 			t.Errorf("human-readable part lacks %q:\n%s", s, p.human)
 		}
@@ -352,22 +355,22 @@ func TestDelayedDSNParsesBack(t *testing.T) {
 func TestDSNSubjectAndDefaultStatusByKind(t *testing.T) {
 	tests := []struct {
 		name    string
-		actions []DSNAction
+		actions []Action
 		subject string
 		status  string // of the first recipient, left zero
 	}{
-		{"failed", []DSNAction{ActionFailed}, "Undelivered Mail Returned to Sender", "5.0.0"},
-		{"failed beats delayed", []DSNAction{ActionDelayed, ActionFailed}, "Undelivered Mail Returned to Sender", "4.0.0"},
-		{"delayed", []DSNAction{ActionDelayed}, "Delayed Mail (still being retried)", "4.0.0"},
-		{"delivered", []DSNAction{ActionDelivered}, "Successful Mail Delivery Report", "2.0.0"},
-		{"relayed", []DSNAction{ActionRelayed, ActionDelivered}, "Successful Mail Delivery Report", "2.0.0"},
+		{"failed", []Action{ActionFailed}, "Undelivered Mail Returned to Sender", "5.0.0"},
+		{"failed beats delayed", []Action{ActionDelayed, ActionFailed}, "Undelivered Mail Returned to Sender", "4.0.0"},
+		{"delayed", []Action{ActionDelayed}, "Delayed Mail (still being retried)", "4.0.0"},
+		{"delivered", []Action{ActionDelivered}, "Successful Mail Delivery Report", "2.0.0"},
+		{"relayed", []Action{ActionRelayed, ActionDelivered}, "Successful Mail Delivery Report", "2.0.0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := sampleDelayed(t)
 			d.Recipients = nil
 			for _, a := range tt.actions {
-				d.Recipients = append(d.Recipients, DSNRecipient{Final: "x@example.org", Action: a})
+				d.Recipients = append(d.Recipients, Recipient{Final: "x@example.org", Action: a})
 			}
 			b, err := d.Bytes()
 			if err != nil {
@@ -505,21 +508,21 @@ func TestDSNBoundary(t *testing.T) {
 func TestDSNBytesRejects(t *testing.T) {
 	tests := []struct {
 		name   string
-		change func(d *DSN)
+		change func(d *Report)
 	}{
-		{"null sender: never bounce a bounce", func(d *DSN) { d.To = "" }},
-		{"null sender in brackets", func(d *DSN) { d.To = "<>" }},
-		{"no reporting MTA", func(d *DSN) { d.ReportingMTA = " " }},
-		{"no From", func(d *DSN) { d.From = "" }},
-		{"no Message-ID", func(d *DSN) { d.MessageID = "<>" }},
-		{"no Date", func(d *DSN) { d.Date = time.Time{} }},
-		{"no recipients", func(d *DSN) { d.Recipients = nil }},
-		{"recipient without address", func(d *DSN) { d.Recipients[1].Final = "\r\n" }},
-		{"unknown action", func(d *DSN) { d.Recipients[0].Action = "expanded" }},
-		{"boundary with a bad character", func(d *DSN) { d.Boundary = "a\"b" }},
-		{"boundary too long", func(d *DSN) { d.Boundary = strings.Repeat("b", 71) }},
-		{"boundary ending in space", func(d *DSN) { d.Boundary = "b " }},
-		{"given boundary occurs in the headers", func(d *DSN) {
+		{"null sender: never bounce a bounce", func(d *Report) { d.To = "" }},
+		{"null sender in brackets", func(d *Report) { d.To = "<>" }},
+		{"no reporting MTA", func(d *Report) { d.ReportingMTA = " " }},
+		{"no From", func(d *Report) { d.From = "" }},
+		{"no Message-ID", func(d *Report) { d.MessageID = "<>" }},
+		{"no Date", func(d *Report) { d.Date = time.Time{} }},
+		{"no recipients", func(d *Report) { d.Recipients = nil }},
+		{"recipient without address", func(d *Report) { d.Recipients[1].Final = "\r\n" }},
+		{"unknown action", func(d *Report) { d.Recipients[0].Action = "expanded" }},
+		{"boundary with a bad character", func(d *Report) { d.Boundary = "a\"b" }},
+		{"boundary too long", func(d *Report) { d.Boundary = strings.Repeat("b", 71) }},
+		{"boundary ending in space", func(d *Report) { d.Boundary = "b " }},
+		{"given boundary occurs in the headers", func(d *Report) {
 			d.Boundary = "clash"
 			d.Headers = append(d.Headers, "--clash\r\n"...)
 		}},

@@ -1,4 +1,4 @@
-package retry
+package explain
 
 import (
 	"bufio"
@@ -9,13 +9,15 @@ import (
 	"strings"
 	"testing"
 	"unicode"
+
+	"relayq/retry"
 )
 
-// seedCodes reads testdata/seed003_codes.txt: the codes of Exchange's
+// seedCodes reads testdata/exchange_codes.txt: the codes of Exchange's
 // table of enhanced status codes.
 func seedCodes(t *testing.T) []string {
 	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", "seed003_codes.txt"))
+	f, err := os.Open(filepath.Join("testdata", "exchange_codes.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,10 +38,10 @@ func seedCodes(t *testing.T) []string {
 	return codes
 }
 
-// TestSeedCodeListMatchesSeed keeps testdata/seed003_codes.txt honest when
-// the seed file sits beside the checkout (../../shared, as in CI).
+// TestSeedCodeListMatchesSeed keeps testdata/exchange_codes.txt honest when
+// the seed file sits beside the checkout (../../../shared, as in CI).
 func TestSeedCodeListMatchesSeed(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join("..", "..", "shared", "seeds", "003_*.txt"))
+	files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "seeds", "003_*.txt"))
 	if len(files) == 0 {
 		t.Skip("shared/seeds/003_*.txt is not beside the checkout")
 	}
@@ -60,11 +62,11 @@ func TestSeedCodeListMatchesSeed(t *testing.T) {
 
 func TestExplainEverySeedCode(t *testing.T) {
 	for _, s := range seedCodes(t) {
-		c, err := ParseEnhanced(s)
+		c, err := retry.ParseEnhanced(s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := Explain(c)
+		e := Lookup(c)
 		if !e.Known {
 			t.Errorf("%s is not in the table", s)
 			continue
@@ -93,8 +95,8 @@ var rfc3463 = [][2]int{
 func TestExplainCoversRFC3463(t *testing.T) {
 	for _, p := range rfc3463 {
 		for _, class := range []int{4, 5} {
-			c := EnhancedCode{class, p[0], p[1]}
-			if e := Explain(c); !e.Known || e.Subject == "" || e.Class == "" {
+			c := retry.EnhancedCode{class, p[0], p[1]}
+			if e := Lookup(c); !e.Known || e.Subject == "" || e.Class == "" {
 				t.Errorf("%s: %+v", c, e)
 			}
 		}
@@ -111,7 +113,7 @@ func TestCodeTableEntriesAreComplete(t *testing.T) {
 	info := map[[2]int]bool{{1, 5}: true, {1, 9}: true, {3, 6}: true, {6, 4}: true} // success or information only
 	for _, p := range codes {
 		in := details[p]
-		name := func() string { return EnhancedCode{5, p[0], p[1]}.String() }
+		name := func() string { return retry.EnhancedCode{5, p[0], p[1]}.String() }
 		if in.name == "" || !unicode.IsUpper(rune(in.name[0])) {
 			t.Errorf("%s: name %q", name(), in.name)
 		}
@@ -127,7 +129,7 @@ func TestCodeTableEntriesAreComplete(t *testing.T) {
 		case !info[p] && (in.hint == "" || !strings.HasSuffix(in.hint, ".")):
 			t.Errorf("%s: hint %q: want one sentence", name(), in.hint)
 		}
-		if s := Summary(EnhancedCode{5, p[0], p[1]}); len(s) > 160 {
+		if s := Summary(retry.EnhancedCode{5, p[0], p[1]}); len(s) > 160 {
 			t.Errorf("%s: summary is %d bytes, too long for one line", name(), len(s))
 		}
 	}
@@ -135,62 +137,62 @@ func TestCodeTableEntriesAreComplete(t *testing.T) {
 
 func TestExplainFallsBackToClassAndSubject(t *testing.T) {
 	tests := []struct {
-		code    EnhancedCode
+		code    retry.EnhancedCode
 		summary string
 		hint    string
 	}{
-		{EnhancedCode{5, 1, 99}, "5.1.99 Unregistered addressing status code: a problem with the recipient's or the sender's address", subjects[1].hint},
-		{EnhancedCode{4, 7, 500}, "4.7.500 Unregistered security or policy status code: the message was refused for security or policy reasons", subjects[7].hint},
-		{EnhancedCode{5, 9, 1}, "5.9.1 Unregistered status code: class 5, permanent failure: the message is not retried as it is", ""},
-		{EnhancedCode{2, 6, 0}, "2.6.0 Success: other or undefined media error", ""},
+		{retry.EnhancedCode{5, 1, 99}, "5.1.99 Unregistered addressing status code: a problem with the recipient's or the sender's address", subjects[1].hint},
+		{retry.EnhancedCode{4, 7, 500}, "4.7.500 Unregistered security or policy status code: the message was refused for security or policy reasons", subjects[7].hint},
+		{retry.EnhancedCode{5, 9, 1}, "5.9.1 Unregistered status code: class 5, permanent failure: the message is not retried as it is", ""},
+		{retry.EnhancedCode{2, 6, 0}, "2.6.0 Success: other or undefined media error", ""},
 	}
 	for _, tt := range tests {
-		e := Explain(tt.code)
+		e := Lookup(tt.code)
 		if e.Summary != tt.summary || e.Hint != tt.hint {
-			t.Errorf("Explain(%s) = %q / %q, want %q / %q", tt.code, e.Summary, e.Hint, tt.summary, tt.hint)
+			t.Errorf("Lookup(%s) = %q / %q, want %q / %q", tt.code, e.Summary, e.Hint, tt.summary, tt.hint)
 		}
 		if e.Known != (tt.code.Class() == 2) {
-			t.Errorf("Explain(%s).Known = %v", tt.code, e.Known)
+			t.Errorf("Lookup(%s).Known = %v", tt.code, e.Known)
 		}
 	}
-	if Hint(EnhancedCode{}) != "" || Hint(CodeOK) != "" || Summary(EnhancedCode{}) != "" {
+	if Hint(retry.EnhancedCode{}) != "" || Hint(retry.CodeOK) != "" || Summary(retry.EnhancedCode{}) != "" {
 		t.Error("the zero code and success have no hint and no summary")
 	}
-	if Hint(CodeBadMailbox) != Explain(CodeBadMailbox).Hint {
+	if Hint(retry.CodeBadMailbox) != Lookup(retry.CodeBadMailbox).Hint {
 		t.Error("Hint and Explain disagree")
 	}
 }
 
-func TestExplainText(t *testing.T) {
+func TestText(t *testing.T) {
 	tests := []struct {
 		arg      string
 		first    string   // the first line
 		contains []string // further lines
 		absent   []string
 	}{
-		{"4.3.2", Summary(CodeTooManyConns),
+		{"4.3.2", Summary(retry.CodeTooManyConns),
 			[]string{"Class:    4.x.x, persistent transient failure", "Likely causes:", "concurrent connections", "What you can do:"},
 			[]string{"Reply:", "relayq:"}},
-		{"421 4.3.2", Summary(CodeTooManyConns),
+		{"421 4.3.2", Summary(retry.CodeTooManyConns),
 			[]string{"Reply:    421 4.3.2", "Code:     421: service not available", "relayq:   closes the connection; with other connections to the destination open, lowers its connection cap"},
 			[]string{"Note:"}},
-		{"  452 4.3.1 Insufficient system resources  ", Summary(CodeTempResources),
+		{"  452 4.3.1 Insufficient system resources  ", Summary(retry.CodeTempResources),
 			[]string{"Reply:    452 4.3.1 Insufficient system resources", "back pressure", "relayq:   defers and retries with backoff"}, nil},
-		{"552 4.3.1 Insufficient system resources", Summary(EnhancedCode{5, 3, 1}),
+		{"552 4.3.1 Insufficient system resources", Summary(retry.EnhancedCode{5, 3, 1}),
 			[]string{"Note:     basic code 552 and enhanced code 4.3.1 disagree in class; the basic code decides, so this is 5.3.1",
 				"relayq:   at RCPT: temporary"}, nil},
-		{"550 5.1.1 <bob@example.org>: Recipient address rejected", Summary(CodeBadMailbox),
+		{"550 5.1.1 <bob@example.org>: Recipient address rejected", Summary(retry.CodeBadMailbox),
 			[]string{"relayq:   bounces the recipient at once"}, nil},
-		{"550 no such user", Summary(CodePermGeneric), []string{"Code:     550: mailbox unavailable"}, nil},
-		{"552 4.3.1 Message size exceeds fixed maximum message", Summary(CodeTooBig),
+		{"550 no such user", Summary(retry.CodePermGeneric), []string{"Code:     550: mailbox unavailable"}, nil},
+		{"552 4.3.1 Message size exceeds fixed maximum message", Summary(retry.CodeTooBig),
 			[]string{"the basic code decides, so this is 5.3.1", "Note:     the text says the message is too big, so relayq reports 5.3.4"}, nil},
-		{"421-4.7.0 busy", Summary(EnhancedCode{4, 7, 0}), []string{"closes the connection without QUIT"}, nil},
+		{"421-4.7.0 busy", Summary(retry.EnhancedCode{4, 7, 0}), []string{"closes the connection without QUIT"}, nil},
 		{"5.1.99", "5.1.99 Unregistered addressing status code: a problem with the recipient's or the sender's address",
 			[]string{"5.1.99 is not in relayq's table", "What you can do:"}, []string{"Likely causes:"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.arg, func(t *testing.T) {
-			out, err := ExplainText(tt.arg)
+			out, err := Text(tt.arg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -211,27 +213,27 @@ func TestExplainText(t *testing.T) {
 		})
 	}
 	for _, bad := range []string{"", "hello", "4.3", "6.1.1", "99 4.3.2"} {
-		if out, err := ExplainText(bad); err == nil {
-			t.Errorf("ExplainText(%q) = %q, want an error", bad, out)
+		if out, err := Text(bad); err == nil {
+			t.Errorf("Text(%q) = %q, want an error", bad, out)
 		}
 	}
 }
 
-// FuzzExplainText: whatever the argument, ExplainText neither panics nor
+// FuzzText: whatever the argument, Text neither panics nor
 // prints a first line that is empty or holds a control character.
-func FuzzExplainText(f *testing.F) {
+func FuzzText(f *testing.F) {
 	for _, s := range []string{"4.4.7", "421 4.3.2", "452 4.3.1 Insufficient system resources", "552 4.3.1 Message size exceeds",
 		"5.999.999", "250", "421-4.7.0 x\r\nBcc: y", "2.0.0", "550 \x00\xff"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, arg string) {
-		out, err := ExplainText(arg)
+		out, err := Text(arg)
 		if err != nil {
 			return
 		}
 		first, _, _ := strings.Cut(out, "\n")
 		if first == "" || strings.ContainsFunc(first, unicode.IsControl) {
-			t.Errorf("ExplainText(%q) first line %q", arg, first)
+			t.Errorf("Text(%q) first line %q", arg, first)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package retry
+package explain
 
 // Subjects 3 (mail system) and 4 (network and routing) of the knowledge
 // base (explain.go). RFC 3463 §3.4-3.5, RFC 6710, and the Exchange

@@ -1,10 +1,12 @@
-package retry
+package dsn
 
 import (
 	"bytes"
 	"strings"
 	"testing"
 	"time"
+
+	"relayq/internal/explain"
 )
 
 // collapse joins wrapped lines: the human-readable part wraps long fields.
@@ -14,7 +16,7 @@ func collapse(s string) string { return strings.Join(strings.Fields(s), " ") }
 // human-readable part holds the remote's reply, the summary line that
 // `relayq explain` prints first, and the "what you can do" hint.
 func TestNDRHumanPartExplainsEachRecipient(t *testing.T) {
-	for name, d := range map[string]*DSN{"failed": sampleNDR(t), "delayed": sampleDelayed(t), "expired": sampleExpired(t)} {
+	for name, d := range map[string]*Report{"failed": sampleNDR(t), "delayed": sampleDelayed(t), "expired": sampleExpired(t)} {
 		t.Run(name, func(t *testing.T) {
 			b, err := d.Bytes()
 			if err != nil {
@@ -24,9 +26,9 @@ func TestNDRHumanPartExplainsEachRecipient(t *testing.T) {
 			for _, r := range d.Recipients {
 				for _, want := range []string{
 					"<" + r.Final + ">",
-					"Status: " + Summary(r.Status),
+					"Status: " + explain.Summary(r.Status),
 					"Reply: " + r.Diagnostic,
-					"What to do: " + Hint(r.Status),
+					"What to do: " + explain.Hint(r.Status),
 				} {
 					if !strings.Contains(human, collapse(want)) {
 						t.Errorf("human part lacks %q:\n%s", want, human)

@@ -1,4 +1,4 @@
-package retry
+package explain
 
 // Subjects 0 (other), 1 (addressing) and 2 (mailbox) of the knowledge base
 // (explain.go). RFC 3463 §3.1-3.3, RFC 3886, RFC 7505; Exchange usage from
