@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -48,14 +49,16 @@ func (d Delivery) DNSServerAddrs() []string {
 	return out
 }
 
-// RouteFor returns how mail for domain is delivered: the first
-// [[delivery.route]] that matches it, else the default (the smart host when
-// [delivery.smarthost] has hosts, else MX). The result is resolved: a
-// smarthost route without hosts carries [delivery.smarthost]'s hosts, TLS
-// and credentials, and TLS is never empty (MX defaults to opportunistic).
-func (d Delivery) RouteFor(domain string) Route {
+// RouteFor returns how mail from sender (the envelope sender, "" for
+// the null sender) to a recipient at domain is delivered: the first
+// [[delivery.route]] that matches both, else the default (the smart host
+// when [delivery.smarthost] has hosts, else MX). The result is resolved:
+// a smarthost route without hosts carries [delivery.smarthost]'s hosts,
+// TLS and credentials, TLS is never empty (MX defaults to
+// opportunistic), and neither is RewriteFrom (RewriteFromKeep).
+func (d Delivery) RouteFor(sender, domain string) Route {
 	for _, r := range d.Routes {
-		if r.Matches(domain) {
+		if r.MatchesSender(sender) && (len(r.Domains) == 0 || r.Matches(domain)) {
 			return d.resolve(r)
 		}
 	}
@@ -65,7 +68,25 @@ func (d Delivery) RouteFor(domain string) Route {
 	return d.resolve(Route{Via: ViaMX})
 }
 
+// SenderClass names how RouteFor treats sender: the indexes of the routes
+// with senders that match it. Two senders of one class get the same route
+// for every domain, so what is learned about one's route holds for the
+// other's. It is "" when no route matches by sender.
+func (d Delivery) SenderClass(sender string) string {
+	var b strings.Builder
+	for i, r := range d.Routes {
+		if len(r.Senders) > 0 && r.MatchesSender(sender) {
+			b.WriteString(strconv.Itoa(i))
+			b.WriteByte(',')
+		}
+	}
+	return b.String()
+}
+
 func (d Delivery) resolve(r Route) Route {
+	if r.RewriteFrom == "" {
+		r.RewriteFrom = RewriteFromKeep
+	}
 	switch {
 	case r.Via == ViaSmarthost && len(r.Hosts) == 0:
 		s := d.Smarthost
@@ -105,4 +126,39 @@ func (r Route) Matches(domain string) bool {
 		}
 	}
 	return false
+}
+
+// MatchesSender reports whether sender, an envelope sender, falls under
+// one of r.Senders: "*@example.com" matches every address at that domain
+// (not below it), anything else that address only. Case and a trailing
+// dot of the domain are ignored. A route without senders matches every
+// sender; one with senders never matches the null sender ("").
+func (r Route) MatchesSender(sender string) bool {
+	if len(r.Senders) == 0 {
+		return true
+	}
+	local, domain, ok := splitAddress(sender)
+	if !ok {
+		return false
+	}
+	for _, pat := range r.Senders {
+		pl, pd, ok := splitAddress(pat)
+		if ok && pd == domain && (pl == "*" || pl == local) {
+			return true
+		}
+	}
+	return false
+}
+
+// splitAddress returns the local part and domain of addr, lower case, the
+// domain without a trailing dot; ok is false when addr has no "@" or an
+// empty part.
+func splitAddress(addr string) (local, domain string, ok bool) {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 {
+		return "", "", false
+	}
+	local = strings.ToLower(addr[:at])
+	domain = strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
+	return local, domain, domain != ""
 }

@@ -155,7 +155,8 @@ type Smarthost struct {
 // by PasswordEnv; "" when neither is set.
 func (s Smarthost) Password() (string, error) { return password(s.PasswordFile, s.PasswordEnv) }
 
-// Route is a per-domain exception to the default delivery ([[delivery.route]]).
+// Route is a per-domain or per-sender exception to the default delivery
+// ([[delivery.route]]).
 type Route struct {
 	Domains            []string `toml:"domains"` // "example.com" or "*.example.com"
 	Via                string   `toml:"via"`     // mx | smarthost
@@ -165,7 +166,27 @@ type Route struct {
 	PasswordFile       string   `toml:"password_file"`
 	PasswordEnv        string   `toml:"password_env"`
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
+
+	// Senders are envelope senders the route is for: "*@example.com" or
+	// "app@example.net", case-insensitive; empty = any sender. A route
+	// without domains is for every recipient domain of those senders.
+	Senders []string `toml:"senders"`
+	// RewriteSender replaces the envelope sender (MAIL FROM) of mail sent
+	// by the route, at delivery; "" keeps it. The null sender is never
+	// rewritten, and reports still go to the original sender.
+	RewriteSender string `toml:"rewrite_sender"`
+	// RewriteFrom says what becomes of the From: field when RewriteSender
+	// is set: RewriteFromKeep (the default), RewriteFromReplace or
+	// RewriteFromReplyTo.
+	RewriteFrom string `toml:"rewrite_from"`
 }
+
+// Route.rewrite_from values.
+const (
+	RewriteFromKeep    = "keep"     // From: as sent
+	RewriteFromReplace = "replace"  // From: the rewritten address, the display name kept
+	RewriteFromReplyTo = "reply-to" // as replace, and the original From: becomes Reply-To: when there is none
+)
 
 // Password is Smarthost.Password for the route's own credentials.
 func (r Route) Password() (string, error) { return password(r.PasswordFile, r.PasswordEnv) }

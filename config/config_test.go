@@ -209,27 +209,68 @@ func TestRouteForResolvesFirstMatchAndDefaults(t *testing.T) {
 		want      Route
 	}{
 		{"first match wins", smarthost, "lan.example",
-			Route{Domains: []string{"lan.example"}, Via: ViaSmarthost, Hosts: []string{"10.1.1.5:25"}, TLS: TLSNone}},
+			Route{Domains: []string{"lan.example"}, Via: ViaSmarthost, Hosts: []string{"10.1.1.5:25"}, TLS: TLSNone, RewriteFrom: RewriteFromKeep}},
 		{"mx route keeps its tls", smarthost, "partner.example",
-			Route{Domains: []string{"lan.example", "partner.example"}, Via: ViaMX, TLS: TLSStartTLS}},
+			Route{Domains: []string{"lan.example", "partner.example"}, Via: ViaMX, TLS: TLSStartTLS, RewriteFrom: RewriteFromKeep}},
 		{"mx route defaults to opportunistic tls", smarthost, "a.mx.example",
-			Route{Domains: []string{"*.mx.example"}, Via: ViaMX, TLS: TLSOpportunistic}},
+			Route{Domains: []string{"*.mx.example"}, Via: ViaMX, TLS: TLSOpportunistic, RewriteFrom: RewriteFromKeep}},
 		{"hostless smarthost route takes the smarthost", smarthost, "isp.example",
-			Route{Domains: []string{"isp.example"}, Via: ViaSmarthost, Hosts: smarthost.Hosts, TLS: TLSImplicit, Username: "u", PasswordEnv: "P"}},
+			Route{Domains: []string{"isp.example"}, Via: ViaSmarthost, Hosts: smarthost.Hosts, TLS: TLSImplicit, Username: "u", PasswordEnv: "P", RewriteFrom: RewriteFromKeep}},
 		{"route with hosts defaults to the smarthost tls", smarthost, "own-tls.example",
-			Route{Domains: []string{"own-tls.example"}, Via: ViaSmarthost, Hosts: []string{"10.1.1.6:587"}, TLS: TLSImplicit}},
+			Route{Domains: []string{"own-tls.example"}, Via: ViaSmarthost, Hosts: []string{"10.1.1.6:587"}, TLS: TLSImplicit, RewriteFrom: RewriteFromKeep}},
 		{"no match with smarthost hosts", smarthost, "elsewhere.example",
-			Route{Via: ViaSmarthost, Hosts: smarthost.Hosts, TLS: TLSImplicit, Username: "u", PasswordEnv: "P"}},
+			Route{Via: ViaSmarthost, Hosts: smarthost.Hosts, TLS: TLSImplicit, Username: "u", PasswordEnv: "P", RewriteFrom: RewriteFromKeep}},
 		{"no match without smarthost hosts", Smarthost{TLS: TLSStartTLS}, "elsewhere.example",
-			Route{Via: ViaMX, TLS: TLSOpportunistic}},
+			Route{Via: ViaMX, TLS: TLSOpportunistic, RewriteFrom: RewriteFromKeep}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := Delivery{Smarthost: tt.smarthost, Routes: routes}
-			if got := d.RouteFor(tt.domain); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("RouteFor(%q) = %+v\nwant %+v", tt.domain, got, tt.want)
+			if got := d.RouteFor("", tt.domain); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("RouteFor(\"\", %q) = %+v\nwant %+v", tt.domain, got, tt.want)
 			}
 		})
+	}
+}
+
+// Routes by sender: "*@domain" and exact addresses, case-insensitive,
+// with or without domains; the first match wins; the null sender matches
+// no sender route.
+func TestRouteForMatchesSenders(t *testing.T) {
+	d := Delivery{Routes: []Route{
+		{Senders: []string{"*@Sales.Example", "app@example.net"}, Domains: []string{"partner.example"}, Via: ViaSmarthost, Hosts: []string{"p.example:25"}},
+		{Senders: []string{"*@sales.example."}, Via: ViaSmarthost, Hosts: []string{"sales.example:587"}, RewriteSender: "relay@sales.example", RewriteFrom: RewriteFromReplyTo},
+		{Senders: []string{"app@example.net"}, Via: ViaSmarthost, Hosts: []string{"app.example:587"}},
+		{Domains: []string{"partner.example"}, Via: ViaMX},
+	}}
+	tests := []struct {
+		sender, domain, wantHost string
+		wantClass                string
+	}{
+		{"bob@sales.example", "partner.example", "p.example:25", "0,1,"},
+		{"Bob@SALES.example", "other.example", "sales.example:587", "0,1,"},
+		{"APP@example.net", "partner.example", "p.example:25", "0,2,"},
+		{"app@example.net", "other.example", "app.example:587", "0,2,"},
+		{"other@example.net", "other.example", "", ""},
+		{"bob@sub.sales.example", "other.example", "", ""}, // *@domain is that domain only
+		{"", "other.example", "", ""},                      // the null sender
+		{"", "partner.example", "", ""},                    // ... falls to the domain route (MX)
+	}
+	for _, tt := range tests {
+		got := d.RouteFor(tt.sender, tt.domain)
+		host := ""
+		if len(got.Hosts) > 0 {
+			host = got.Hosts[0]
+		}
+		if host != tt.wantHost {
+			t.Errorf("RouteFor(%q, %q) goes to %q, want %q", tt.sender, tt.domain, host, tt.wantHost)
+		}
+		if c := d.SenderClass(tt.sender); c != tt.wantClass {
+			t.Errorf("SenderClass(%q) = %q, want %q", tt.sender, c, tt.wantClass)
+		}
+	}
+	if r := d.RouteFor("bob@sales.example", "other.example"); r.RewriteSender != "relay@sales.example" || r.RewriteFrom != RewriteFromReplyTo {
+		t.Errorf("sales route = %+v, want its rewriting", r)
 	}
 }
 

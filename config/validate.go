@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/mail"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -215,14 +216,15 @@ func (c *Config) validateDelivery(p *problems) {
 
 	for i, r := range d.Routes {
 		key := fmt.Sprintf("delivery.route[%d]", i)
-		if len(r.Domains) == 0 {
-			p.add(key+".domains", "at least one domain is required")
+		if len(r.Domains) == 0 && len(r.Senders) == 0 {
+			p.add(key+".domains", "at least one domain or sender is required")
 		}
 		for j, dom := range r.Domains {
 			if err := checkDomainPattern(dom); err != nil {
 				p.add(fmt.Sprintf("%s.domains[%d]", key, j), "%v", err)
 			}
 		}
+		validateRouteSenders(p, key, r)
 		if r.TLS != "" {
 			p.oneOf(key+".tls", r.TLS, TLSNone, TLSOpportunistic, TLSStartTLS, TLSImplicit)
 		}
@@ -345,6 +347,40 @@ func checkDomainPattern(s string) error {
 		if label == "" {
 			return fmt.Errorf("%q has an empty label", s)
 		}
+	}
+	return nil
+}
+
+// validateRouteSenders checks a route's senders and sender rewriting.
+func validateRouteSenders(p *problems, key string, r Route) {
+	for j, s := range r.Senders {
+		if err := checkSenderPattern(s); err != nil {
+			p.add(fmt.Sprintf("%s.senders[%d]", key, j), "%v", err)
+		}
+	}
+	if r.RewriteSender != "" {
+		if a, err := mail.ParseAddress(r.RewriteSender); err != nil || a.Address != r.RewriteSender || a.Name != "" {
+			p.add(key+".rewrite_sender", "%q is not a bare address such as relay@example.net", r.RewriteSender)
+		}
+	}
+	switch r.RewriteFrom {
+	case "", RewriteFromKeep:
+	case RewriteFromReplace, RewriteFromReplyTo:
+		if r.RewriteSender == "" {
+			p.add(key+".rewrite_from", "%q needs rewrite_sender, the address From: becomes", r.RewriteFrom)
+		}
+	default:
+		p.oneOf(key+".rewrite_from", r.RewriteFrom, RewriteFromKeep, RewriteFromReplace, RewriteFromReplyTo)
+	}
+}
+
+// checkSenderPattern accepts "*@domain" and "local@domain".
+func checkSenderPattern(s string) error {
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok || local == "" || strings.ContainsAny(domain, "*@") || checkDomainPattern(domain) != nil ||
+		strings.ContainsFunc(local, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || r == '@' }) ||
+		strings.Contains(local, "*") && local != "*" {
+		return fmt.Errorf("%q is not an address or *@domain pattern", s)
 	}
 	return nil
 }

@@ -102,7 +102,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 		// conn.Addr, not target.Addr: a reused connection may go to
 		// another host of the destination.
 		ok := func() { w.succeeded(ctx, l, dest, conn.Addr()) }
-		decided, rest, broken, err := w.transactions(ctx, t, conn, pending, ok)
+		decided, rest, broken, err := w.transactions(ctx, t, conn, pending, g.route.Rewrite, ok)
 		if errors.Is(err, errGone) {
 			w.pool.release(l, conn, broken == nil)
 			return err
@@ -180,8 +180,9 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (Session,
 	return w.Courier.Dial(ctx, target)
 }
 
-// transactions sends t.m to the recipients pending on conn, in as many
-// transactions as the peer's recipient limit needs, recording and
+// transactions sends t.m, its sender rewritten as rw says, to the
+// recipients pending on conn, in as many transactions as the peer's
+// recipient limit needs, recording and
 // committing each one's verdicts when it ends; ok is called after each
 // transaction that decided a recipient, before its commit (the host
 // closes its circuit breaker, the destination counts towards a raise of
@@ -189,11 +190,11 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (Session,
 // recipient was decided, those left for another host, and a non-nil reply
 // if the connection broke (then it must not be reused); err is errGone
 // when the message was deleted meanwhile.
-func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pending []int, ok func()) (decided bool, rest []int, broken *retry.Reply, err error) {
+func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pending []int, rw Rewrite, ok func()) (decided bool, rest []int, broken *retry.Reply, err error) {
 	m := t.m
 	for len(pending) > 0 {
-		env := envelopeFor(m, pending)
-		body, err := w.Queue.Body(m.ID)
+		env := envelopeFor(m, pending, rw)
+		body, size, err := w.outgoing(ctx, m, rw)
 		if errors.Is(err, queue.ErrNotFound) {
 			w.Log.Info().Str("id", string(m.ID)).Msg("message deleted during delivery")
 			return decided, pending, nil, errGone
@@ -202,7 +203,8 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pendi
 			w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("reading a queued body")
 			return decided, pending, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "local error reading the queue", Local: true}, nil
 		}
-		results, sendErr := conn.Send(ctx, env, &exactReader{r: body, left: m.Size})
+		env.Size = size
+		results, sendErr := conn.Send(ctx, env, body)
 		body.Close()
 		var split, nextHost []int
 		progressed := false

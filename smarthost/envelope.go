@@ -2,12 +2,18 @@ package smarthost
 
 import "relayq/queue"
 
-// envelopeFor is the client Envelope for the recipients idx of m: their
-// addresses and, for RFC 3461, each one's NOTIFY and ORCPT and the message's
-// RET and ENVID, which Send passes on when the next hop offers DSN.
-func envelopeFor(m *queue.Message, idx []int) Envelope {
+// envelopeFor is the client Envelope for the recipients idx of m on a
+// route that rewrites as rw: the sender (rw.Sender instead of a sender
+// that is not null), their addresses and, for RFC 3461, each one's NOTIFY
+// and ORCPT and the message's RET and ENVID, which Send passes on when
+// the next hop offers DSN.
+func envelopeFor(m *queue.Message, idx []int, rw Rewrite) Envelope {
+	from := m.From
+	if from != "" && rw.Sender != "" {
+		from = rw.Sender
+	}
 	env := Envelope{
-		From: m.From, Size: m.Size, Body8Bit: m.Body8Bit, SMTPUTF8: m.SMTPUTF8,
+		From: from, Size: m.Size, Body8Bit: m.Body8Bit, SMTPUTF8: m.SMTPUTF8,
 		Ret: m.Ret, EnvID: m.EnvID,
 		Rcpts: make([]string, 0, len(idx)),
 		DSN:   make([]RcptDSN, 0, len(idx)),

@@ -313,7 +313,7 @@ func TestMXHostsByPreferenceRandomAmongEqual(t *testing.T) {
 	for _, pick := range []func(int) int{func(int) int { return 0 }, func(n int) int { return n - 1 }} {
 		router := NewConfigRouter(d, res)
 		router.IntN = pick
-		r, err := router.Route(context.Background(), "a.invalid")
+		r, err := router.Route(context.Background(), "", "a.invalid")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -332,7 +332,7 @@ func TestMXHostsByPreferenceRandomAmongEqual(t *testing.T) {
 			}
 		}
 		seen[got] = true
-		rb, err := router.Route(context.Background(), "b.invalid")
+		rb, err := router.Route(context.Background(), "", "b.invalid")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -42,8 +42,9 @@ func (w *Worker) Plan(env *queue.Envelope) (dest string, queued func(id queue.ID
 		until time.Time
 	}
 	waits := make([]wait, len(env.Recipients))
+	class := w.Router.SenderClass(env.From)
 	for i := range env.Recipients {
-		d, hosts := w.cooled.hosts(queue.Domain(env.Recipients[i].Addr))
+		d, hosts := w.cooled.hosts(cooledKey(class, env.Recipients[i].Addr))
 		if len(hosts) == 0 {
 			return "", nil
 		}
@@ -80,19 +81,28 @@ func (w *Worker) noteCooled(m *queue.Message, idx []int, dest string, targets []
 	for k, t := range targets {
 		c.hosts[k] = t.Addr
 	}
+	class := w.Router.SenderClass(m.From)
 	for _, i := range idx {
-		w.cooled.note(queue.Domain(m.Recipients[i].Addr), c)
+		w.cooled.note(cooledKey(class, m.Recipients[i].Addr), c)
 	}
 }
 
-// cooledDomains remembers, for each recipient domain whose destination an
-// attempt found with every host cooling down, the hosts it had: Plan asks
+// cooledKey is what cooledDomains keys a recipient's destination by: its
+// domain, and the class of the sender (Router.SenderClass), as routes may
+// be chosen by sender too.
+func cooledKey(senderClass, rcpt string) string {
+	return senderClass + "\x00" + queue.Domain(rcpt)
+}
+
+// cooledDomains remembers, for each recipient domain (and class of
+// sender) whose destination an attempt found with every host cooling
+// down, the hosts it had: Plan asks
 // the circuit breaker about them. The breaker decides; this only saves
 // routing (and DNS) at intake. It is bounded: past maxCooledDomains it
 // starts over.
 type cooledDomains struct {
 	mu sync.Mutex
-	m  map[string]cooled // by recipient domain
+	m  map[string]cooled // by cooledKey
 }
 
 // cooled is a destination found with every host cooling down.
@@ -103,22 +113,22 @@ type cooled struct {
 
 const maxCooledDomains = 10_000
 
-// note records that domain's destination had hosts, all cooling down.
-func (c *cooledDomains) note(domain string, d cooled) {
+// note records that key's destination had hosts, all cooling down.
+func (c *cooledDomains) note(key string, d cooled) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCooledDomains {
 		c.m = make(map[string]cooled)
 	}
-	c.m[domain] = d
+	c.m[key] = d
 }
 
-// hosts returns what note recorded for domain: its destination and hosts,
+// hosts returns what note recorded for key: its destination and hosts,
 // no hosts if nothing.
-func (c *cooledDomains) hosts(domain string) (string, []string) {
+func (c *cooledDomains) hosts(key string) (string, []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	d := c.m[domain]
+	d := c.m[key]
 	return d.dest, d.hosts
 }
 

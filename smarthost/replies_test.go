@@ -30,12 +30,14 @@ type peerRouter struct {
 	fail    map[string]error
 }
 
-func (r *peerRouter) Route(_ context.Context, domain string) (*Route, error) {
+func (r *peerRouter) Route(_ context.Context, _, domain string) (*Route, error) {
 	if err := r.fail[domain]; err != nil {
 		return nil, err
 	}
 	return &Route{Destination: "peer", Targets: r.targets}, nil
 }
+
+func (r *peerRouter) SenderClass(string) string { return "" }
 
 func peerTarget(addr string) Target {
 	return Target{Addr: addr, TLS: TLSNone, Timeout: 5 * time.Second}

@@ -58,22 +58,28 @@ func NewConfigRouter(d config.Delivery, resolver *net.Resolver) *ConfigRouter {
 // use it.
 func (r *ConfigRouter) Set(d config.Delivery) { r.delivery.Store(&d) }
 
-// Route implements Router.
-func (r *ConfigRouter) Route(ctx context.Context, domain string) (*Route, error) {
+// Route implements Router: the first [[delivery.route]] that matches
+// sender and domain (config.Delivery.RouteFor).
+func (r *ConfigRouter) Route(ctx context.Context, sender, domain string) (*Route, error) {
 	d := r.delivery.Load()
-	rt := d.RouteFor(domain)
+	rt := d.RouteFor(sender, domain)
 	mode, err := ParseTLSMode(rt.TLS)
 	if err != nil {
 		return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "bad route configuration: " + err.Error(), Local: true}
 	}
+	rewrite := Rewrite{Sender: rt.RewriteSender, From: rt.RewriteFrom}
 	if rt.Via == config.ViaMX {
-		return r.mx(ctx, domain, d.MXPort, mode, rt.InsecureSkipVerify)
+		route, err := r.mx(ctx, domain, d.MXPort, mode, rt.InsecureSkipVerify)
+		if route != nil {
+			route.Rewrite = rewrite
+		}
+		return route, err
 	}
 	password, err := rt.Password()
 	if err != nil {
 		return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "smart host password: " + err.Error(), Local: true}
 	}
-	route := &Route{Destination: "smarthost:" + strings.Join(rt.Hosts, ",")}
+	route := &Route{Destination: smarthostDest(rt.Hosts, rt.Username), Rewrite: rewrite}
 	for _, h := range rt.Hosts {
 		route.Targets = append(route.Targets, Target{
 			Addr: h, TLS: mode, InsecureSkipVerify: rt.InsecureSkipVerify, RootCAs: r.RootCAs,
@@ -81,6 +87,22 @@ func (r *ConfigRouter) Route(ctx context.Context, domain string) (*Route, error)
 		})
 	}
 	return route, nil
+}
+
+// SenderClass implements Router (config.Delivery.SenderClass).
+func (r *ConfigRouter) SenderClass(sender string) string {
+	return r.delivery.Load().SenderClass(sender)
+}
+
+// smarthostDest names a smart host destination by its hosts and the
+// username it authenticates as (never the password): two accounts at one
+// provider have caps, cool-downs and connections of their own.
+func smarthostDest(hosts []string, username string) string {
+	dest := "smarthost:" + strings.Join(hosts, ",")
+	if username != "" {
+		dest += ";user=" + username
+	}
+	return dest
 }
 
 // mx routes by the domain's MX records (RFC 5321 §5.1): hosts by

@@ -25,16 +25,6 @@ type Queue interface {
 	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, queue.Cursor, error)
 	// Get returns the stored message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
-	// Changes counts the changes made to stored messages by anything but
-	// Update (an operator's, a release of waiting mail), bumped after
-	// each commits: a message read after Changes returned c is still as
-	// stored, bar its own Updates, while Changes still returns c.
-	Changes() uint64
-	// Changes counts the changes made to stored messages by anything but
-	// Update (an operator's, a release of waiting mail), bumped after
-	// each commits: a message read after Changes returned c is still as
-	// stored, bar its own Updates, while Changes still returns c.
-	Changes() uint64
 	// Body streams the body; the caller closes it.
 	Body(id queue.ID) (io.ReadCloser, error)
 	// Update commits the message's new state and any NDRs with fsync,
@@ -51,30 +41,44 @@ type Queue interface {
 
 var _ Queue = (*queue.Store)(nil)
 
-// Route is where one domain's recipients go for one attempt.
+// Route is where one domain's recipients of one sender go for one attempt.
 type Route struct {
 	// Destination names the next hop for caps, connection reuse and the
 	// learned state: "smarthost:" and its hosts, or "mx:" and the domain's
-	// MX hosts, sorted.
+	// MX hosts, sorted; with the AUTH username when the route has one
+	// (two accounts at one provider are two destinations, and a
+	// connection authenticated as one is never reused for the other).
 	Destination string
 	// Targets are the hosts (for MX: each host's addresses) to try, in
 	// order, until one takes the message.
 	Targets []Target
+	// Rewrite is how the sender is rewritten on this route (rewrite.go).
+	Rewrite Rewrite
 }
 
-// Router picks the route for a recipient domain. It is asked at every
-// attempt, so configuration changes apply to queued mail. Its errors are
-// (or wrap) a *retry.Reply: 451 4.4.3 for a temporary DNS failure, 550
-// 5.1.2 for a domain that does not exist, 556 5.1.10 for a null MX.
+// Router picks the route for the recipients at a domain of mail from a
+// sender. It is asked at every attempt, so configuration changes apply to
+// queued mail. Its errors are (or wrap) a *retry.Reply: 451 4.4.3 for a
+// temporary DNS failure, 550 5.1.2 for a domain that does not exist, 556
+// 5.1.10 for a null MX.
 type Router interface {
-	Route(ctx context.Context, domain string) (*Route, error)
+	// Route returns the route for recipients at domain of mail whose
+	// envelope sender is sender ("" for the null sender).
+	Route(ctx context.Context, sender, domain string) (*Route, error)
+	// SenderClass names how Route treats sender, without routing: two
+	// senders of one class get the same route for every domain. Plan
+	// keys what it remembers of cooling destinations by it.
+	SenderClass(sender string) string
 }
 
 // Static routes every domain to the same targets: a smart host.
 type Static Route
 
 // Route implements Router.
-func (s *Static) Route(context.Context, string) (*Route, error) { return (*Route)(s), nil }
+func (s *Static) Route(context.Context, string, string) (*Route, error) { return (*Route)(s), nil }
+
+// SenderClass implements Router: every sender is routed alike.
+func (s *Static) SenderClass(string) string { return "" }
 
 // Worker takes due messages from the queue, delivers them, classifies every
 // reply with retry, and commits the result: the one loop of
@@ -87,6 +91,9 @@ type Worker struct {
 	Courier  Courier
 	Dialer   Dialer // nil: a net.Dialer with a 30 s timeout
 	Hostname string // EHLO name, NDR Reporting-MTA
+	// Signer signs mail whose From: a route rewrote (rewrite.go), for
+	// the rewritten domain; nil: such mail goes unsigned.
+	Signer Signer
 	// Backoff, Lifetime and DelayWarning are the initial retry timings;
 	// SetRetry changes them while Run goes on.
 	Backoff retry.Backoff
@@ -491,7 +498,7 @@ func (w *Worker) Hosts() []HostStatus {
 // there (it reports true: the job was requeued and stays in the
 // scheduler). So does a group a 421 4.3.2 sent back.
 func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued bool) {
-	m, changes, err := w.read(j)
+	m, err := w.Queue.Get(j.id)
 	if errors.Is(err, queue.ErrNotFound) {
 		return false
 	}
@@ -524,19 +531,13 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 			groups[0], groups[k] = groups[k], groups[0]
 		}
 	}
-	asRead := len(unrouted) == 0 // m is as read: nothing committed
 	for _, g := range groups {
 		dest := g.route.Destination
 		held := dest == from
 		if !held && !w.sched.enter(dest, w.pool.capOf) {
-			next := &job{id: j.id}
-			if asRead {
-				next.m, next.changes = m, changes
-			}
-			w.sched.requeue(dest, next, false)
+			w.sched.requeue(dest, &job{id: j.id}, false)
 			return true
 		}
-		asRead = false
 		err := w.deliverGroup(ctx, t, g, j)
 		if !held {
 			w.sched.leave(dest)
@@ -550,36 +551,6 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 		}
 	}
 	return false
-}
-
-// read returns the message of j and the queue's Changes from before it
-// was read: the copy j carries if the queue has had no change since it
-// was read (nothing but this job's attempts writes the message, and the
-// routing that kept the copy committed nothing), else the stored one.
-func (w *Worker) read(j *job) (*queue.Message, uint64, error) {
-	m := j.m
-	j.m = nil // one use: what this attempt commits makes it stale
-	if c := w.Queue.Changes(); m != nil && c == j.changes {
-		return m, c, nil
-	}
-	c := w.Queue.Changes()
-	m, err := w.Queue.Get(j.id)
-	return m, c, err
-}
-
-// read returns the message of j and the queue's Changes from before it
-// was read: the copy j carries if the queue has had no change since it
-// was read (nothing but this job's attempts writes the message, and the
-// routing that kept the copy committed nothing), else the stored one.
-func (w *Worker) read(j *job) (*queue.Message, uint64, error) {
-	m := j.m
-	j.m = nil // one use: what this attempt commits makes it stale
-	if c := w.Queue.Changes(); m != nil && c == j.changes {
-		return m, c, nil
-	}
-	c := w.Queue.Changes()
-	m, err := w.Queue.Get(j.id)
-	return m, c, err
 }
 
 // operatorBounce returns every pending recipient of m to its sender, as an
@@ -622,7 +593,8 @@ func (w *Worker) observe(o Outcome) {
 	}
 }
 
-// group is the pending recipients (indexes into m.Recipients) for one route.
+// group is the pending recipients (indexes into m.Recipients) for one
+// destination and one way of rewriting the sender.
 type group struct {
 	route *Route
 	idx   []int
@@ -640,7 +612,8 @@ type outcome struct {
 	notBefore time.Time
 }
 
-// route groups the pending recipients by destination. Recipients whose
+// route groups the pending recipients by destination and sender
+// rewriting: each group is a transaction of its own. Recipients whose
 // domain cannot be routed get their outcome at once.
 func (w *Worker) route(ctx context.Context, m *queue.Message) ([]*group, []outcome) {
 	var (
@@ -655,7 +628,7 @@ func (w *Worker) route(ctx context.Context, m *queue.Message) ([]*group, []outco
 		r, seen := byDomain[domain]
 		if !seen && errs[domain] == nil {
 			var err error
-			r, err = w.Router.Route(ctx, domain)
+			r, err = w.Router.Route(ctx, m.From, domain)
 			if err != nil {
 				errs[domain] = err
 			}
@@ -666,10 +639,11 @@ func (w *Worker) route(ctx context.Context, m *queue.Message) ([]*group, []outco
 			unrouted = append(unrouted, outcome{idx: i, decision: retry.Classify(retry.StageConnect, reply), reply: reply})
 			continue
 		}
-		g := byDest[r.Destination]
+		key := r.Destination + "\x00" + r.Rewrite.Sender + "\x00" + r.Rewrite.From
+		g := byDest[key]
 		if g == nil {
 			g = &group{route: r}
-			byDest[r.Destination] = g
+			byDest[key] = g
 			groups = append(groups, g)
 		}
 		g.idx = append(g.idx, i)

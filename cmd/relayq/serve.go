@@ -234,6 +234,9 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		Log:             log,
 		Observe:         in.observe,
 	}
+	if s, ok := signer.(smarthost.Signer); ok { // nil without [[dkim]]
+		worker.Signer = s // signs mail whose From: a route rewrote
+	}
 	in.reloadLive(worker)
 	in.srv = relay.New(relayCfg, plannedQueue{in.store, worker}, log)
 

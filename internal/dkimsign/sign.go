@@ -118,9 +118,28 @@ func (s *Signer) Sign(ctx context.Context, msg io.Reader) (signed io.ReadCloser,
 		keys[0].domain + " " + strings.Join(names, ","), nil
 }
 
+// Signature reads msg, a message with CRLF line endings, to its end and
+// returns the DKIM-Signature fields of the keys for its From: domain
+// (chosen as Sign chooses them), "" when none covers it or the message
+// has not exactly one From: field. Nothing is kept: it is for delivery,
+// which signs a message whose From: a route rewrote and reads the body
+// again to send it.
+func (s *Signer) Signature(ctx context.Context, msg io.Reader) (string, error) {
+	br := bufio.NewReaderSize(msg, 16<<10)
+	header, complete, err := readHeader(br)
+	if err != nil || !complete {
+		return "", err
+	}
+	keys := s.keysFor(fromDomain(header))
+	if len(keys) == 0 {
+		return "", nil
+	}
+	return sign(ctx, keys, io.Discard, io.MultiReader(bytes.NewReader(header), br))
+}
+
 // sign copies msg into sp and through one go-msgauth signer per key, and
 // returns their DKIM-Signature fields.
-func sign(ctx context.Context, keys []key, sp *spool, msg io.Reader) (string, error) {
+func sign(ctx context.Context, keys []key, sp io.Writer, msg io.Reader) (string, error) {
 	signers := make([]*dkim.Signer, 0, len(keys))
 	defer func() {
 		for _, ds := range signers {

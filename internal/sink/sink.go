@@ -26,6 +26,7 @@ type Message struct {
 	Data       []byte
 	RemoteAddr string
 	At         time.Time
+	User       string // the session's AUTH user, "" without AUTH
 }
 
 func (m Message) clone() Message {
@@ -267,6 +268,7 @@ type session struct {
 	s      *Server
 	remote string
 	authed bool
+	user   string // authenticated as
 	from   string
 	to     []string
 }
@@ -315,6 +317,7 @@ func (ss *session) Data(r io.Reader) error {
 		Data:       buf.Bytes(),
 		RemoteAddr: ss.remote,
 		At:         time.Now(),
+		User:       ss.user,
 	}
 	if h := ss.s.hooks().OnData; h != nil {
 		if err := h(&m); err != nil {
@@ -351,7 +354,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		if !ok || subtle.ConstantTimeCompare([]byte(want), []byte(pass)) != 1 {
 			return smtp.ErrAuthFailed // 535 5.7.8 (RFC 4954 §6)
 		}
-		ss.authed = true
+		ss.authed, ss.user = true, user
 		return nil
 	}
 	switch strings.ToUpper(mech) {
