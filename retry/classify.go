@@ -73,6 +73,7 @@ type Decision struct {
 	NextHost  bool         // try the destination's next host before settling (421 at any stage, connection failures)
 	CloseConn bool         // 421: close the connection without QUIT
 	LowerCap  bool         // 421 4.3.2 or text saying too many connections
+	LowerRate bool         // a 4xx whose text says too many messages or a sending rate: lower the destination's rate
 	Note      string       // why, for the log, e.g. "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides"
 }
 
@@ -85,6 +86,24 @@ var tooManyConnsPhrases = []string{
 	"too many concurrent connections",
 	"maximum number of concurrent connections",
 	"connection limit",
+}
+
+// Phrases that mark a temporary reply as a limit on the rate of messages
+// (per minute, per hour) from us, matched case-insensitively: Postfix
+// policy servers and ISPs ("421 4.7.0 … rate limited", "450 4.7.1 …
+// sending rate exceeded"), Exchange Online ("432 4.3.2
+// STOREDRV.ClientSubmit; sender thread limit exceeded"). A greylisting
+// 450 4.7.1 says none of them.
+var ratePhrases = []string{
+	"rate limit",
+	"rate-limit",
+	"ratelimit",
+	"sending rate",
+	"message rate",
+	"rate exceeded",
+	"exceeded the rate",
+	"too many messages",
+	"sender thread limit",
 }
 
 // Phrases that mark a 552 after the data as a size refusal whatever its
@@ -142,9 +161,13 @@ func classify(stage Stage, r *Reply) Decision {
 		// nowhere. Another host of the destination may take the message.
 		d := Decision{Action: Defer, Status: st, CloseConn: true, NextHost: true,
 			Note: "421: service closing the channel"}
-		if st == CodeTooManyConns || containsAny(r.Text, tooManyConnsPhrases...) {
+		switch {
+		case st == CodeTooManyConns || containsAny(r.Text, tooManyConnsPhrases...):
 			d.Action, d.LowerCap = RetryNow, true
 			d.Note = "421: too many connections; lower the destination cap and retry when a slot frees"
+		case containsAny(r.Text, ratePhrases...):
+			d = rateLimited(st)
+			d.CloseConn = true
 		}
 		return d
 
@@ -153,6 +176,9 @@ func classify(stage Stage, r *Reply) Decision {
 		// stand, the rest go in a new transaction. This is no failure.
 		return Decision{Action: Split, Status: EnhancedCode{4, 5, 3},
 			Note: "too many recipients in one transaction; send the rest in a new one"}
+
+	case r.Temporary() && containsAny(r.Text, ratePhrases...):
+		return rateLimited(st)
 
 	case r.Temporary():
 		d := Decision{Action: Defer, Status: st}
@@ -186,6 +212,15 @@ func classify(stage Stage, r *Reply) Decision {
 	// of step, so nothing more can be said on this connection.
 	return Decision{Action: Defer, Status: EnhancedCode{4, 5, 0}, CloseConn: true,
 		Note: fmt.Sprintf("unexpected reply code %d at %s", r.Code, stage)}
+}
+
+// rateLimited is the decision for a reply saying we send too many
+// messages: the destination's rate is lowered and the message waits for it
+// in the destination's line; no attempt is counted, no backoff is taken,
+// and no other host is tried (the rate is the destination's).
+func rateLimited(st EnhancedCode) Decision {
+	return Decision{Action: RetryNow, Status: st, LowerRate: true,
+		Note: "too many messages: lower the destination's rate and send when it allows"}
 }
 
 func joinNote(a, b string) string {

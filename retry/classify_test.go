@@ -42,6 +42,22 @@ func TestClassify(t *testing.T) {
 		{"421 5.3.2 mismatch still lowers the cap", StageConnect, "421 5.3.2 busy", false,
 			Decision{Action: RetryNow, Status: CodeTooManyConns, CloseConn: true, NextHost: true, LowerCap: true}, "basic code decides"},
 
+		// a rate of messages
+		{"421 4.7.0 rate limited lowers the rate", StageMail, "421 4.7.0 mx.example: rate limited, try later", false,
+			Decision{Action: RetryNow, Status: EnhancedCode{4, 7, 0}, CloseConn: true, LowerRate: true}, "rate"},
+		{"450 4.7.1 sending rate at RCPT lowers the rate", StageRcpt, "450 4.7.1 <b@example.org>: sending rate exceeded", false,
+			Decision{Action: RetryNow, Status: EnhancedCode{4, 7, 1}, LowerRate: true}, "rate"},
+		{"Exchange 432 4.3.2 sender thread limit lowers the rate", StageBody, "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", false,
+			Decision{Action: RetryNow, Status: CodeTooManyConns, LowerRate: true}, "rate"},
+		{"452 too many messages lowers the rate", StageMail, "452 4.3.1 Too many messages in the last hour", false,
+			Decision{Action: RetryNow, Status: CodeTempResources, LowerRate: true}, ""},
+		{"421 4.3.2 naming a rate still lowers the cap", StageConnect, "421 4.3.2 too many connections (rate limit)", false,
+			Decision{Action: RetryNow, Status: CodeTooManyConns, CloseConn: true, NextHost: true, LowerCap: true}, ""},
+		{"550 rate limit is permanent, not paced", StageMail, "550 5.7.1 rate limit exceeded permanently", false,
+			Decision{Action: Bounce, Status: EnhancedCode{5, 7, 1}}, ""},
+		{"450 4.7.1 greylisting keeps its backoff", StageRcpt, "450 4.7.1 Greylisted, please try again later", false,
+			Decision{Action: Defer, Status: EnhancedCode{4, 7, 1}}, ""},
+
 		// too many recipients at RCPT
 		{"452 4.5.3 at RCPT splits", StageRcpt, "452 4.5.3 Too many recipients", false,
 			Decision{Action: Split, Status: CodeTooManyRcpts}, "new"},

@@ -7,7 +7,8 @@
 // # Reply classification (the contract; docs/design.md "Reply classification")
 //
 // Classify(stage, reply) returns a Decision; its Action is one of Deliver,
-// Defer, RetryNow, Split or Bounce.
+// Defer, RetryNow, Split or Bounce. RetryNow comes with LowerCap or
+// LowerRate: what the delivery side lowers before it sends again.
 //
 //	what happened                                 outcome
 //	--------------------------------------------  -------------------------------------------------
@@ -17,7 +18,12 @@
 //	                                              number of concurrent connections" or "connection
 //	                                              limit": RetryNow + LowerCap (as an Exchange server that allows 20 per source says it: lower the
 //	                                              destination's cap, retry as soon as a slot frees,
-//	                                              no attempt counted)
+//	                                              no attempt counted); else if the text says a rate
+//	                                              (below): RetryNow + LowerRate, CloseConn
+//	4xx whose text says "rate limit", "sending    RetryNow + LowerRate: lower the destination's
+//	rate", "message rate", "rate exceeded", "too  rate of messages; the message waits for it in
+//	many messages", "sender thread limit" (as     the destination's line, no attempt counted, no
+//	Exchange Online's 432 4.3.2 says it)          backoff, no other host tried
 //	4xx or 5xx at RCPT with x.5.3 or text         Split: not a failure, send the remaining
 //	"too many recipients"                         recipients in a new transaction (RFC 3463 X.5.3
 //	                                              says such a message "should" be split, whatever

@@ -180,6 +180,8 @@ func treatment(r *retry.Reply) string {
 		return "the recipient counts as delivered once this is the reply to the final \".\""
 	case retry.Classify(retry.StageConnect, r).LowerCap: // a 421 saying "too many connections"
 		return "closes the connection; with other connections to the destination open, lowers its connection cap and sends again as soon as a slot frees (no attempt counted, no backoff), else tries the next host or retries later"
+	case retry.Classify(retry.StageMail, r).LowerRate: // a 4xx saying "rate limited", "too many messages"
+		return "lowers the destination's message rate (learned, raised again slowly) and sends the message again when that rate allows (no attempt counted, no backoff)"
 	case r.Code == 421:
 		return "closes the connection without QUIT and tries the destination's next host, else retries later with backoff"
 	case st[1] == 5 && st[2] == 3:
