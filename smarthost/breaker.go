@@ -19,8 +19,7 @@ const (
 	breakerPrune = 1024
 )
 
-// breaker is a circuit breaker per next-hop host (host:port, and the AUTH
-// username when there is one: breakerHost): a host that
+// breaker is a circuit breaker per next-hop host (host:port): a host that
 // failed to connect, refused us at the greeting, EHLO or AUTH, failed the
 // TLS handshake or said 421 is skipped for a cool-down that doubles with
 // each failure in a row, so that the next host takes the mail at once
@@ -105,6 +104,25 @@ func (b *breaker) fail(addr string, r *retry.Reply) (time.Duration, bool) {
 	d = min(d, b.max)
 	h.until = now.Add(d)
 	return d, true
+}
+
+// adopt puts addr in a cool-down until until that another node started
+// (cluster): skipped like one of its own, without counting a failure, so
+// that the next attempts do not ask the cluster again.
+func (b *breaker) adopt(addr string, until time.Time, r *retry.Reply) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.mu.hosts[addr]
+	if h == nil {
+		if len(b.mu.hosts) >= breakerPrune {
+			b.pruneLocked(b.now())
+		}
+		h = &hostState{since: b.now()}
+		b.mu.hosts[addr] = h
+	}
+	if until.After(h.until) {
+		h.until, h.last = until, r
+	}
 }
 
 // reset forgets every host's failures: all are tried at the next attempt.

@@ -116,6 +116,9 @@ type Worker struct {
 	// State keeps what is learned about destinations across restarts;
 	// nil keeps it in memory only. *queue.Store is one.
 	State DestStore
+	// Cluster shares connection leases, learned caps and host cool-downs
+	// with other relayq nodes (cluster.go); nil keeps them in this process.
+	Cluster Cluster
 	// DelayWarning is how long a message may wait before its sender gets
 	// one "delayed" DSN (retry.delay_warning); 0 sends none.
 	DelayWarning time.Duration
@@ -265,6 +268,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			scan = true
 		case <-reap.C:
 			w.pool.reap()
+		case <-w.pool.wake: // a destination held at the cluster's cap may go on: dispatch
 		}
 	}
 
@@ -375,6 +379,9 @@ func (w *Worker) defaults() {
 	}
 	if w.IdleTimeout <= 0 {
 		w.IdleTimeout = 5 * time.Second
+	}
+	if w.Cluster != nil {
+		w.IdleTimeout = min(w.IdleTimeout, clusterIdleTimeout)
 	}
 	if w.Grace <= 0 {
 		w.Grace = 30 * time.Second
