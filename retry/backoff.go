@@ -3,8 +3,6 @@ package retry
 import (
 	"math/rand/v2"
 	"time"
-
-	"relayq/config"
 )
 
 // Backoff is the retry schedule after temporary failures: exponential from
@@ -16,14 +14,10 @@ type Backoff struct {
 	Rand     func() float64 // in [0,1); nil means math/rand/v2.Float64
 }
 
-// Jitter is the jitter of relayq's backoff (not a configuration key): 20%,
-// so that messages deferred together do not come back together.
-const Jitter = 0.2
-
-// DefaultBackoff is the schedule of the config defaults (min_backoff,
-// max_backoff) with Jitter.
+// DefaultBackoff is the schedule of the config defaults: min_backoff 5m,
+// max_backoff 1h, 20% jitter.
 func DefaultBackoff() Backoff {
-	return Backoff{Min: config.DefaultMinBackoff, Max: config.DefaultMaxBackoff, Jitter: Jitter}
+	return Backoff{Min: 5 * time.Minute, Max: time.Hour, Jitter: 0.2}
 }
 
 // Delay returns the wait after the attempt-th failed attempt (attempt >= 1;

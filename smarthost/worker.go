@@ -12,7 +12,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relayq/config"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -26,6 +25,11 @@ type Queue interface {
 	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, queue.Cursor, error)
 	// Get returns the stored message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
+	// Changes counts the changes made to stored messages by anything but
+	// Update (an operator's, a release of waiting mail), bumped after
+	// each commits: a message read after Changes returned c is still as
+	// stored, bar its own Updates, while Changes still returns c.
+	Changes() uint64
 	// Body streams the body; the caller closes it.
 	Body(id queue.ID) (io.ReadCloser, error)
 	// Update commits the message's new state and any NDRs with fsync,
@@ -117,6 +121,9 @@ type Worker struct {
 	// State keeps what is learned about destinations across restarts;
 	// nil keeps it in memory only. *queue.Store is one.
 	State DestStore
+	// Cluster shares connection leases, learned caps and host cool-downs
+	// with other relayq nodes (cluster.go); nil keeps them in this process.
+	Cluster Cluster
 	// DelayWarning is how long a message may wait before its sender gets
 	// one "delayed" DSN (retry.delay_warning); 0 sends none.
 	DelayWarning time.Duration
@@ -266,6 +273,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			scan = true
 		case <-reap.C:
 			w.pool.reap()
+		case <-w.pool.wake: // a destination held at the cluster's cap may go on: dispatch
 		}
 	}
 
@@ -369,19 +377,22 @@ func (w *Worker) defaults() {
 		w.Courier = smtpCourier{dialer: w.Dialer, hello: w.Hostname}
 	}
 	if w.MaxConns <= 0 {
-		w.MaxConns = config.DefaultDeliveryMaxConnections
+		w.MaxConns = 200
 	}
 	if w.MaxConnsPerDest <= 0 {
-		w.MaxConnsPerDest = config.DefaultMaxConnectionsPerDestination
+		w.MaxConnsPerDest = 20
 	}
 	if w.IdleTimeout <= 0 {
 		w.IdleTimeout = 5 * time.Second
+	}
+	if w.Cluster != nil {
+		w.IdleTimeout = min(w.IdleTimeout, clusterIdleTimeout)
 	}
 	if w.Grace <= 0 {
 		w.Grace = 30 * time.Second
 	}
 	if w.Lifetime <= 0 {
-		w.Lifetime = config.DefaultMaxQueueLifetime
+		w.Lifetime = 120 * time.Hour
 	}
 	if w.Backoff.Min <= 0 {
 		w.Backoff = retry.DefaultBackoff()
@@ -451,14 +462,13 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 		b = retry.DefaultBackoff()
 	}
 	if lifetime <= 0 {
-		lifetime = config.DefaultMaxQueueLifetime
+		lifetime = 120 * time.Hour
 	}
 	w.timing.Store(&retryTiming{backoff: b, lifetime: lifetime, delayWarning: delayWarning})
 }
 
 // SetMaxConnsPerDest changes the configured maximum of connections per
-// destination while Run goes on (a configuration reload; n <= 0 means
-// config.DefaultMaxConnectionsPerDestination).
+// destination while Run goes on (a configuration reload; n <= 0 means 20).
 // A destination at the old maximum moves to the new one; a cap learned
 // from a 421 4.3.2 that is lower stays (within the new maximum) and rises
 // from there as usual. Connections beyond a lowered cap are not cut: idle
@@ -466,7 +476,7 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 func (w *Worker) SetMaxConnsPerDest(n int) {
 	w.init()
 	if n <= 0 {
-		n = config.DefaultMaxConnectionsPerDestination
+		n = 20
 	}
 	w.pool.setMax(n)
 }
@@ -500,7 +510,7 @@ func (w *Worker) Hosts() []HostStatus {
 // there (it reports true: the job was requeued and stays in the
 // scheduler). So does a group a 421 4.3.2 sent back.
 func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued bool) {
-	m, err := w.Queue.Get(j.id)
+	m, changes, err := w.read(j)
 	if errors.Is(err, queue.ErrNotFound) {
 		return false
 	}
@@ -533,13 +543,19 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 			groups[0], groups[k] = groups[k], groups[0]
 		}
 	}
+	asRead := len(unrouted) == 0 // m is as read: nothing committed
 	for _, g := range groups {
 		dest := g.route.Destination
 		held := dest == from
 		if !held && !w.sched.enter(dest, w.pool.capOf) {
-			w.sched.requeue(dest, &job{id: j.id}, false)
+			next := &job{id: j.id}
+			if asRead {
+				next.m, next.changes = m, changes
+			}
+			w.sched.requeue(dest, next, false)
 			return true
 		}
+		asRead = false
 		err := w.deliverGroup(ctx, t, g, j)
 		if !held {
 			w.sched.leave(dest)
@@ -553,6 +569,21 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 		}
 	}
 	return false
+}
+
+// read returns the message of j and the queue's Changes from before it
+// was read: the copy j carries if the queue has had no change since it
+// was read (nothing but this job's attempts writes the message, and the
+// routing that kept the copy committed nothing), else the stored one.
+func (w *Worker) read(j *job) (*queue.Message, uint64, error) {
+	m := j.m
+	j.m = nil // one use: what this attempt commits makes it stale
+	if c := w.Queue.Changes(); m != nil && c == j.changes {
+		return m, c, nil
+	}
+	c := w.Queue.Changes()
+	m, err := w.Queue.Get(j.id)
+	return m, c, err
 }
 
 // operatorBounce returns every pending recipient of m to its sender, as an
