@@ -27,9 +27,6 @@ type Limits interface {
 	// Release gives the lease back; the connection it stood for is closed
 	// (or about to be). Releasing twice does nothing.
 	Release(ctx context.Context, l *Lease)
-	// Live counts the leases all nodes hold for dest now; while degraded,
-	// this node's own.
-	Live(ctx context.Context, dest string) int
 	// PublishCap records the cap learned for dest (a 421 4.3.2) for every
 	// node; cap <= 0 forgets it.
 	PublishCap(ctx context.Context, dest string, cap int)

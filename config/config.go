@@ -226,6 +226,23 @@ const (
 	DefaultMaxHops                 = 30
 )
 
+// The defaults of [delivery] and [retry]; smarthost and retry apply them to
+// the zero fields of the worker and of a backoff, so each is declared here
+// only.
+const (
+	// DefaultDeliveryMaxConnections is delivery.max_connections: the
+	// outbound connections open at once, all destinations together.
+	DefaultDeliveryMaxConnections = 200
+	// DefaultMaxConnectionsPerDestination is Exchange's and Postfix's
+	// per-destination limit (20), which receivers are sized for.
+	DefaultMaxConnectionsPerDestination = 20
+	DefaultMinBackoff                   = 5 * time.Minute
+	DefaultMaxBackoff                   = time.Hour
+	// DefaultMaxQueueLifetime is Exchange's and Postfix's five days.
+	DefaultMaxQueueLifetime = 120 * time.Hour
+	DefaultDelayWarning     = 4 * time.Hour
+)
+
 // Default returns the configuration relayq runs with when no file is given.
 // It passes Validate.
 func Default() *Config {
@@ -262,15 +279,15 @@ func Default() *Config {
 		},
 		Delivery: Delivery{
 			MXPort:                       25,
-			MaxConnections:               200,
-			MaxConnectionsPerDestination: 20,
+			MaxConnections:               DefaultDeliveryMaxConnections,
+			MaxConnectionsPerDestination: DefaultMaxConnectionsPerDestination,
 			Smarthost:                    Smarthost{TLS: TLSStartTLS},
 		},
 		Retry: Retry{
-			MinBackoff:       Duration(5 * time.Minute),
-			MaxBackoff:       Duration(time.Hour),
-			MaxQueueLifetime: Duration(120 * time.Hour),
-			DelayWarning:     Duration(4 * time.Hour),
+			MinBackoff:       Duration(DefaultMinBackoff),
+			MaxBackoff:       Duration(DefaultMaxBackoff),
+			MaxQueueLifetime: Duration(DefaultMaxQueueLifetime),
+			DelayWarning:     Duration(DefaultDelayWarning),
 		},
 		Admin:   Admin{Address: "127.0.0.1:8025"},
 		Log:     Log{Format: LogFormatAuto, Level: "info"},

@@ -92,13 +92,15 @@ func (q *memQueue) only(t *testing.T) stored {
 // relay, with a fixed clock.
 func testConfig() Config {
 	return Config{
-		Hostname:        "relay.test",
-		AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
-		MaxMessageSize:  1 << 20,
-		MaxRecipients:   10,
-		ReadTimeout:     testTimeout,
-		WriteTimeout:    testTimeout,
-		Now:             func() time.Time { return time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC) },
+		Policy: Policy{
+			AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+			MaxRecipients:   10,
+		},
+		Hostname:       "relay.test",
+		MaxMessageSize: 1 << 20,
+		ReadTimeout:    testTimeout,
+		WriteTimeout:   testTimeout,
+		Now:            func() time.Time { return time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC) },
 	}
 }
 

@@ -42,7 +42,7 @@ func rateConfig(t *testing.T, limits RateLimits, clock *testClock) Config {
 		t.Fatal(err)
 	}
 	cfg.Users = map[string]string{"app1": string(h), "app2": string(h)}
-	cfg.RateLimits = limits
+	cfg.Rate = limits
 	cfg.Now = clock.Now
 	return cfg
 }

@@ -19,15 +19,21 @@ import (
 // up to its reply to DATA or RSET, so one message is judged by one policy;
 // an AUTH exchange keeps the users it began with.
 type Policy struct {
-	AllowedNetworks         []netip.Prefix
-	MaxRecipients           int
-	MaxHops                 int
+	AllowedNetworks []netip.Prefix // may relay without AUTH; empty: nobody may
+	MaxRecipients   int            // beyond it: 452 4.5.3
+	MaxHops         int            // Received headers above it: 554 5.4.6 at end of DATA
+	// MaxConnections and MaxConnectionsPerSource cap the open connections
+	// in total and from one IP address; one more is answered 421 4.3.2 in
+	// place of the greeting and closed (RFC 5321 §3.1).
 	MaxConnections          int
 	MaxConnectionsPerSource int
-	BareLineEndings         BareLineEndings
-	// Users are the AUTH accounts, name → bcrypt hash; empty: no AUTH.
+	// BareLineEndings: normalise (default) or reject bare CR / bare LF.
+	BareLineEndings BareLineEndings
+	// Users are the AUTH PLAIN/LOGIN accounts, name → bcrypt hash; empty:
+	// AUTH is not offered.
 	Users map[string]string
-	// Rate are the hourly sending limits; a change keeps the tokens left.
+	// Rate are the hourly sending limits per user and per source
+	// (ratelimit.go); zero fields are off. A change keeps the tokens left.
 	Rate RateLimits
 }
 
@@ -36,20 +42,6 @@ type Policy struct {
 type policy struct {
 	Policy
 	auth *authenticator
-}
-
-// policy returns the Policy fields of c.
-func (c Config) policy() Policy {
-	return Policy{
-		AllowedNetworks:         c.AllowedNetworks,
-		MaxRecipients:           c.MaxRecipients,
-		MaxHops:                 c.MaxHops,
-		MaxConnections:          c.MaxConnections,
-		MaxConnectionsPerSource: c.MaxConnectionsPerSource,
-		BareLineEndings:         c.BareLineEndings,
-		Users:                   c.Users,
-		Rate:                    c.RateLimits,
-	}
 }
 
 func (p Policy) withDefaults() Policy {

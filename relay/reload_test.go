@@ -35,7 +35,7 @@ func TestSetPolicyAppliesToNextTransactionWhileOpenConnectionIsServed(t *testing
 	// policy it began with.
 	r.cmd("MAIL FROM:<s@example.org>", 250)
 	r.cmd("RCPT TO:<a@example.com>", 250)
-	lower := cfg.policy()
+	lower := cfg.Policy
 	lower.MaxRecipients = 1
 	s.SetPolicy(lower)
 	r.cmd("RCPT TO:<b@example.com>", 250)
@@ -84,7 +84,7 @@ func TestSetPolicyChangesUsersForTheNextAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := cfg.policy()
+	p := cfg.Policy
 	p.Users = map[string]string{"app2": string(h)}
 	s.SetPolicy(p)
 
@@ -111,7 +111,7 @@ func TestSetPolicyConnectionCapAppliesToNextConnection(t *testing.T) {
 	s, addr := startServer(t, cfg, &memQueue{})
 	open := []*rawConn{dialRaw(t, addr, "127.0.0.1"), dialRaw(t, addr, "127.0.0.1")}
 
-	p := cfg.policy()
+	p := cfg.Policy
 	p.MaxConnectionsPerSource = 1
 	s.SetPolicy(p)
 	if line, closed := greetingOf(t, addr, "127.0.0.1"); !strings.HasPrefix(line, "421 4.3.2 ") || !closed {
@@ -142,7 +142,7 @@ func TestSetPolicyMaxHopsAppliesToTheNextMessage(t *testing.T) {
 		r.expect(want)
 	}
 	send(250)
-	p := cfg.policy()
+	p := cfg.Policy
 	p.MaxHops = 2
 	s.SetPolicy(p)
 	send(554)

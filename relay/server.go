@@ -60,21 +60,12 @@ const (
 )
 
 // Config says how the server treats clients. The zero value of each field
-// means its default. The fields that Policy repeats are the initial policy:
-// SetPolicy changes them while the server runs; the others are fixed.
+// means its default. Policy is the initial policy: SetPolicy changes it
+// while the server runs; the other fields are fixed.
 type Config struct {
-	Hostname        string         // EHLO greeting domain and the "by" of Received; default os.Hostname
-	AllowedNetworks []netip.Prefix // may relay without AUTH; empty: nobody may
-	MaxMessageSize  int64          // SIZE advertised and enforced: 552 5.3.4
-	MaxRecipients   int            // beyond it: 452 4.5.3
-	MaxHops         int            // Received headers above it: 554 5.4.6 at end of DATA
-	// MaxConnections and MaxConnectionsPerSource cap the open connections
-	// in total and from one IP address; one more is answered 421 4.3.2 in
-	// place of the greeting and closed (RFC 5321 §3.1).
-	MaxConnections          int
-	MaxConnectionsPerSource int
-	// BareLineEndings: normalise (default) or reject bare CR / bare LF.
-	BareLineEndings BareLineEndings
+	Policy
+	Hostname       string // EHLO greeting domain and the "by" of Received; default os.Hostname
+	MaxMessageSize int64  // SIZE advertised and enforced: 552 5.3.4
 	// ReadTimeout is the idle limit for a command and, during DATA, for
 	// progress: the read deadline slides with every read of the body, as
 	// go-smtp sets it only once when DATA is read. A stalled body gets
@@ -84,17 +75,11 @@ type Config struct {
 	// TLS is the certificate for STARTTLS and for smtps listeners; nil
 	// means no STARTTLS is offered and no smtps listener can be served.
 	TLS *tls.Config
-	// Users are the AUTH PLAIN/LOGIN accounts, name → bcrypt hash. Empty:
-	// AUTH is not offered.
-	Users map[string]string
 	// AuthFailuresPerSource failed AUTH attempts from one source (an IPv4
 	// address or an IPv6 /64) within AuthFailureWindow make further AUTH
 	// from it wait with 454 4.7.0 until the oldest failure leaves the window.
 	AuthFailuresPerSource int
 	AuthFailureWindow     time.Duration
-	// RateLimits are the hourly limits per user and per source
-	// (ratelimit.go); zero fields are off.
-	RateLimits RateLimits
 	// Signer, if set, signs each message before it is queued (DKIM,
 	// sign.go); a signing error is a failure to store (451 4.3.0).
 	Signer Signer
@@ -237,7 +222,7 @@ func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	s.mu.leaving = make(map[netip.Addr]int)
 	s.mu.probed = make(map[netip.Addr]time.Time)
 	s.mu.warned = make(map[netip.Addr]bool)
-	s.SetPolicy(cfg.policy())
+	s.SetPolicy(cfg.Policy)
 	s.fails = newFailureLimiter(cfg.AuthFailuresPerSource, cfg.AuthFailureWindow, cfg.Now)
 	s.rate = newRateLimiter(cfg.Now, log)
 	if m := cfg.Pressure; m != nil {

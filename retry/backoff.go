@@ -3,6 +3,8 @@ package retry
 import (
 	"math/rand/v2"
 	"time"
+
+	"relayq/config"
 )
 
 // Backoff is the retry schedule after temporary failures: exponential from
@@ -14,10 +16,14 @@ type Backoff struct {
 	Rand     func() float64 // in [0,1); nil means math/rand/v2.Float64
 }
 
-// DefaultBackoff is the schedule of the config defaults: min_backoff 5m,
-// max_backoff 1h, 20% jitter.
+// Jitter is the jitter of relayq's backoff (not a configuration key): 20%,
+// so that messages deferred together do not come back together.
+const Jitter = 0.2
+
+// DefaultBackoff is the schedule of the config defaults (min_backoff,
+// max_backoff) with Jitter.
 func DefaultBackoff() Backoff {
-	return Backoff{Min: 5 * time.Minute, Max: time.Hour, Jitter: 0.2}
+	return Backoff{Min: config.DefaultMinBackoff, Max: config.DefaultMaxBackoff, Jitter: Jitter}
 }
 
 // Delay returns the wait after the attempt-th failed attempt (attempt >= 1;

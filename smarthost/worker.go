@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relayq/config"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -121,9 +122,6 @@ type Worker struct {
 	// State keeps what is learned about destinations across restarts;
 	// nil keeps it in memory only. *queue.Store is one.
 	State DestStore
-	// Cluster shares connection leases, learned caps and host cool-downs
-	// with other relayq nodes (cluster.go); nil keeps them in this process.
-	Cluster Cluster
 	// DelayWarning is how long a message may wait before its sender gets
 	// one "delayed" DSN (retry.delay_warning); 0 sends none.
 	DelayWarning time.Duration
@@ -273,7 +271,6 @@ func (w *Worker) Run(ctx context.Context) error {
 			scan = true
 		case <-reap.C:
 			w.pool.reap()
-		case <-w.pool.wake: // a destination held at the cluster's cap may go on: dispatch
 		}
 	}
 
@@ -377,22 +374,19 @@ func (w *Worker) defaults() {
 		w.Courier = smtpCourier{dialer: w.Dialer, hello: w.Hostname}
 	}
 	if w.MaxConns <= 0 {
-		w.MaxConns = 200
+		w.MaxConns = config.DefaultDeliveryMaxConnections
 	}
 	if w.MaxConnsPerDest <= 0 {
-		w.MaxConnsPerDest = 20
+		w.MaxConnsPerDest = config.DefaultMaxConnectionsPerDestination
 	}
 	if w.IdleTimeout <= 0 {
 		w.IdleTimeout = 5 * time.Second
-	}
-	if w.Cluster != nil {
-		w.IdleTimeout = min(w.IdleTimeout, clusterIdleTimeout)
 	}
 	if w.Grace <= 0 {
 		w.Grace = 30 * time.Second
 	}
 	if w.Lifetime <= 0 {
-		w.Lifetime = 120 * time.Hour
+		w.Lifetime = config.DefaultMaxQueueLifetime
 	}
 	if w.Backoff.Min <= 0 {
 		w.Backoff = retry.DefaultBackoff()
@@ -462,13 +456,14 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 		b = retry.DefaultBackoff()
 	}
 	if lifetime <= 0 {
-		lifetime = 120 * time.Hour
+		lifetime = config.DefaultMaxQueueLifetime
 	}
 	w.timing.Store(&retryTiming{backoff: b, lifetime: lifetime, delayWarning: delayWarning})
 }
 
 // SetMaxConnsPerDest changes the configured maximum of connections per
-// destination while Run goes on (a configuration reload; n <= 0 means 20).
+// destination while Run goes on (a configuration reload; n <= 0 means
+// config.DefaultMaxConnectionsPerDestination).
 // A destination at the old maximum moves to the new one; a cap learned
 // from a 421 4.3.2 that is lower stays (within the new maximum) and rises
 // from there as usual. Connections beyond a lowered cap are not cut: idle
@@ -476,7 +471,7 @@ func (w *Worker) SetRetry(b retry.Backoff, lifetime, delayWarning time.Duration)
 func (w *Worker) SetMaxConnsPerDest(n int) {
 	w.init()
 	if n <= 0 {
-		n = 20
+		n = config.DefaultMaxConnectionsPerDestination
 	}
 	w.pool.setMax(n)
 }

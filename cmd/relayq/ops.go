@@ -250,8 +250,7 @@ func thresholdsOf(bp config.BackPressure) relay.Thresholds {
 	}
 }
 
-// backoffOf is [retry]'s backoff, with 20% jitter so that messages
-// deferred together do not come back together.
+// backoffOf is [retry]'s backoff, with retry's jitter.
 func backoffOf(r config.Retry) retry.Backoff {
-	return retry.Backoff{Min: r.MinBackoff.Std(), Max: r.MaxBackoff.Std(), Jitter: 0.2}
+	return retry.Backoff{Min: r.MinBackoff.Std(), Max: r.MaxBackoff.Std(), Jitter: retry.Jitter}
 }

@@ -286,18 +286,10 @@ func reclaimBelow(bp config.BackPressure) int64 {
 // back pressure, which reads the queue's size, its volume's free space and
 // Pebble's write stalls.
 func relayConfig(cfg *config.Config, cert *certs.File, store *queue.Store, stalls *relay.StallWatch, log zerolog.Logger) relay.Config {
-	p := relayPolicy(cfg) // what a reload can change: ops.go
 	rc := relay.Config{
-		Hostname:                cfg.Hostname,
-		AllowedNetworks:         p.AllowedNetworks,
-		MaxMessageSize:          int64(cfg.Limits.MaxMessageSize),
-		MaxRecipients:           p.MaxRecipients,
-		MaxHops:                 p.MaxHops,
-		MaxConnections:          p.MaxConnections,
-		MaxConnectionsPerSource: p.MaxConnectionsPerSource,
-		BareLineEndings:         p.BareLineEndings,
-		Users:                   p.Users,
-		RateLimits:              p.Rate,
+		Policy:         relayPolicy(cfg), // what a reload can change: ops.go
+		Hostname:       cfg.Hostname,
+		MaxMessageSize: int64(cfg.Limits.MaxMessageSize),
 	}
 	if cert != nil {
 		rc.TLS = cert.ServerConfig() // reloaded on SIGHUP and when the files change

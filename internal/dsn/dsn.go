@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"mime/multipart"
-	"net/textproto"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -129,20 +127,17 @@ func (d *Report) Bytes() ([]byte, error) {
 		// RFC 2045 §6.4: a multipart's encoding is that of its widest part.
 		h("Content-Transfer-Encoding", "8bit")
 	}
-	// The preamble, then the parts: multipart.Writer writes each delimiter
-	// line, each part's header section and the closing delimiter.
-	b.WriteString("\r\nThis is a MIME-encapsulated delivery status notification (RFC 3464).\r\n\r\n")
-	mw := multipart.NewWriter(&b)
-	if err := mw.SetBoundary(boundary); err != nil {
-		return nil, fmt.Errorf("dsn: MIME boundary %q: %w", boundary, err)
-	}
+	b.WriteString("\r\nThis is a MIME-encapsulated delivery status notification (RFC 3464).\r\n")
+
 	part := func(desc, ctype, body string) {
-		hdr := textproto.MIMEHeader{"Content-Description": {desc}, "Content-Type": {ctype}}
+		fmt.Fprintf(&b, "\r\n--%s\r\n", boundary)
+		h("Content-Description", desc)
+		h("Content-Type", ctype)
 		if !isASCII(body) {
-			hdr.Set("Content-Transfer-Encoding", "8bit")
+			h("Content-Transfer-Encoding", "8bit")
 		}
-		w, _ := mw.CreatePart(hdr)                          // a bytes.Buffer does not fail
-		io.WriteString(w, strings.TrimSuffix(body, "\r\n")) // the delimiter's CRLF ends the last line
+		b.WriteString("\r\n")
+		b.WriteString(strings.TrimSuffix(body, "\r\n")) // the delimiter's CRLF ends the last line
 	}
 	part("Notification", "text/plain; charset=utf-8", human)
 	part("Delivery report", "message/delivery-status", status)
@@ -152,7 +147,7 @@ func (d *Report) Bytes() ([]byte, error) {
 	case len(headers) > 0:
 		part("Headers of the original message", returned, string(headers))
 	}
-	mw.Close()
+	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 	return b.Bytes(), nil
 }
 
@@ -452,8 +447,7 @@ func (d *Report) boundary(parts ...string) (string, error) {
 		return false
 	}
 	if d.Boundary != "" {
-		// SetBoundary checks RFC 2046 §5.1.1: 1-70 bchars, no final space.
-		if err := multipart.NewWriter(io.Discard).SetBoundary(d.Boundary); err != nil {
+		if !validBoundary(d.Boundary) {
 			return "", fmt.Errorf("dsn: invalid MIME boundary %q", d.Boundary)
 		}
 		if clashes(d.Boundary) {
@@ -469,6 +463,20 @@ func (d *Report) boundary(parts ...string) (string, error) {
 		}
 	}
 	return "", errors.New("dsn: no MIME boundary free of the content")
+}
+
+// validBoundary checks RFC 2046 §5.1.1: 1-70 bchars, not ending in a space.
+func validBoundary(s string) bool {
+	if len(s) == 0 || len(s) > 70 || s[len(s)-1] == ' ' {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' ||
+			strings.ContainsRune("'()+_,-./:=? ", c)) {
+			return false
+		}
+	}
+	return true
 }
 
 // OriginalHeaders reads the header section of a message (up to and including
@@ -528,10 +536,6 @@ func normalizeLines(b []byte) []byte {
 // foldHeader formats "Name: value\r\n", folding before a space when a line
 // would pass 78 characters (RFC 5322 §2.2.3) and breaking a single word only
 // where it would pass 998.
-// Neither mime nor net/textproto writes folded header fields (textproto's
-// MIMEHeader, which multipart.Writer writes for the parts, never folds),
-// and the report's own fields need it: the Content-Type with its boundary
-// passes 78 characters.
 func foldHeader(name, value string) string {
 	var b strings.Builder
 	line := name + ":"
