@@ -1,4 +1,4 @@
-package retry
+package smtpreply
 
 import (
 	"testing"
