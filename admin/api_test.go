@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"relayq/pressure"
 	"relayq/queue"
 )
 
@@ -212,7 +213,7 @@ func TestStatusReportsPressureQueueDestinationsAndEvents(t *testing.T) {
 	if st.Queue.Messages != 1 || st.Queue.Bytes == 0 || st.Queue.OldestID != string(id) {
 		t.Fatalf("queue = %+v", st.Queue)
 	}
-	if st.BackPressure == nil || st.BackPressure.Level != LevelNormal || len(st.BackPressure.Resources) != 3 {
+	if st.BackPressure == nil || st.BackPressure.Level != pressure.Normal || len(st.BackPressure.Resources) != 3 {
 		t.Fatalf("back pressure = %+v", st.BackPressure)
 	}
 	if len(st.Destinations) != 1 || st.Destinations[0].Cap != 3 || st.Destinations[0].CapReason == "" {

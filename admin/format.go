@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"relayq/pressure"
 )
 
 // FormatBytes formats n with a decimal unit, as config sizes are written:
@@ -98,11 +100,11 @@ func FormatWhen(t, now time.Time) string {
 func DescribePressure(bp BackPressure) string {
 	var parts []string
 	for _, r := range bp.Resources {
-		if r.Level != bp.Level || r.Level == LevelNormal {
+		if r.Level != bp.Level || r.Level == pressure.Normal {
 			continue
 		}
 		limit, cmp := r.High, "above"
-		if r.Level == LevelMedium {
+		if r.Level == pressure.Medium {
 			limit = r.Medium
 		}
 		if r.Falling {
@@ -111,7 +113,7 @@ func DescribePressure(bp BackPressure) string {
 		parts = append(parts, fmt.Sprintf("%s %s (%s %s %s)", r.Name, FormatValue(r.Reading, r.Unit), r.Level, cmp, FormatValue(limit, r.Unit)))
 	}
 	if len(parts) == 0 {
-		return bp.Level
+		return bp.Level.String()
 	}
 	return strings.Join(parts, ", ")
 }

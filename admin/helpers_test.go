@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relayq/pressure"
 	"relayq/queue"
 )
 
@@ -63,10 +64,10 @@ func newFixture(t *testing.T, mutate func(*Options)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.store.Close() })
-	f.bp = &fakePressure{bp: BackPressure{Level: LevelNormal, Resources: []Resource{
-		{Name: "free_disk", Level: LevelNormal, Reading: 12e9, Medium: 4e9, High: 5e8, Unit: "bytes", Falling: true},
-		{Name: "memory", Level: LevelNormal, Reading: 0.31, Medium: 0.75, High: 0.9, Unit: "ratio"},
-		{Name: "queue_messages", Level: LevelNormal, Reading: 3, Medium: 200000, High: 500000, Unit: "count"},
+	f.bp = &fakePressure{bp: BackPressure{Level: pressure.Normal, Resources: []Resource{
+		{Name: "free_disk", Level: pressure.Normal, Reading: 12e9, Medium: 4e9, High: 5e8, Unit: "bytes", Falling: true},
+		{Name: "memory", Level: pressure.Normal, Reading: 0.31, Medium: 0.75, High: 0.9, Unit: "ratio"},
+		{Name: "queue_messages", Level: pressure.Normal, Reading: 3, Medium: 200000, High: 500000, Unit: "count"},
 	}}}
 	f.dests = &fakeDests{}
 	opts := Options{

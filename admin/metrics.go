@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"relayq/pressure"
 )
 
 // Delivery results, the values of the result label of
@@ -114,17 +116,6 @@ func (m *Metrics) registerSources(q Queue, bp BackPressureSource, dests Destinat
 	}
 }
 
-// LevelValue maps a back-pressure level to 0 (normal), 1 (medium), 2 (high).
-func LevelValue(level string) float64 {
-	switch level {
-	case LevelMedium:
-		return 1
-	case LevelHigh:
-		return 2
-	}
-	return 0
-}
-
 var (
 	levelDesc = prometheus.NewDesc("relayq_backpressure_level",
 		"Back-pressure level: 0 normal, 1 medium (intake slowed), 2 high (452 4.3.1).", nil, nil)
@@ -147,13 +138,13 @@ func (c *pressureCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *pressureCollector) Collect(ch chan<- prometheus.Metric) {
-	bp := BackPressure{Level: LevelNormal}
+	bp := BackPressure{Level: pressure.Normal}
 	if c.src != nil {
 		bp = c.src.BackPressure()
 	}
-	ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, LevelValue(bp.Level))
+	ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(bp.Level))
 	for _, r := range bp.Resources {
-		ch <- prometheus.MustNewConstMetric(resourceLevelDesc, prometheus.GaugeValue, LevelValue(r.Level), r.Name)
+		ch <- prometheus.MustNewConstMetric(resourceLevelDesc, prometheus.GaugeValue, float64(r.Level), r.Name)
 		ch <- prometheus.MustNewConstMetric(resourceReadingDesc, prometheus.GaugeValue, r.Reading, r.Name)
 	}
 }

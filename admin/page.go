@@ -77,7 +77,7 @@ func (s *Server) page(w http.ResponseWriter, _ *http.Request) {
 		v.OldestAge = FormatAge(st.Time.Sub(st.Queue.Oldest))
 	}
 	if st.BackPressure != nil {
-		v.Level = st.BackPressure.Level
+		v.Level = st.BackPressure.Level.String()
 		for _, r := range st.BackPressure.Resources {
 			v.Resources = append(v.Resources, newResourceView(r))
 		}

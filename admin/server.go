@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relayq/pressure"
 	"relayq/queue"
 )
 
@@ -46,27 +47,20 @@ type Queue interface {
 
 var _ Queue = (*queue.Store)(nil)
 
-// Back-pressure levels.
-const (
-	LevelNormal = "normal"
-	LevelMedium = "medium" // intake slowed down
-	LevelHigh   = "high"   // new mail refused with 452 4.3.1
-)
-
 // BackPressure is the state of graded back pressure: the overall level and
 // each resource that feeds it.
 type BackPressure struct {
-	Level     string     `json:"level"` // normal | medium | high
-	Resources []Resource `json:"resources"`
+	Level     pressure.Level `json:"level"` // normal | medium | high
+	Resources []Resource     `json:"resources"`
 }
 
 // Resource is one back-pressure input with its reading and thresholds.
 type Resource struct {
-	Name    string  `json:"name"`  // "free_disk", "memory", "queue_messages"
-	Level   string  `json:"level"` // what this resource alone calls for
-	Reading float64 `json:"reading"`
-	Medium  float64 `json:"medium"`
-	High    float64 `json:"high"`
+	Name    string         `json:"name"`  // "free_disk", "memory", "queue_messages"
+	Level   pressure.Level `json:"level"` // what this resource alone calls for
+	Reading float64        `json:"reading"`
+	Medium  float64        `json:"medium"`
+	High    float64        `json:"high"`
 	// Unit is "bytes", "ratio" (0..1), "seconds" or "count".
 	Unit string `json:"unit"`
 	// Medium and High are 0 for a resource shown for information only.
@@ -333,7 +327,7 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if s.opts.BackPressure != nil {
-		if bp := s.opts.BackPressure.BackPressure(); bp.Level == LevelHigh {
+		if bp := s.opts.BackPressure.BackPressure(); bp.Level == pressure.High {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready: back pressure high (" + DescribePressure(bp) + ")\n"))
 			return

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"relayq/pressure"
 )
 
 func TestTokenGuardsEverythingButProbes(t *testing.T) {
@@ -79,12 +81,12 @@ func TestReadyzIs503AtBackPressureHigh(t *testing.T) {
 		t.Fatalf("readyz at normal = %d", code)
 	}
 	bp := f.bp.BackPressure()
-	bp.Level, bp.Resources[0].Level, bp.Resources[0].Reading = LevelMedium, LevelMedium, 1e9
+	bp.Level, bp.Resources[0].Level, bp.Resources[0].Reading = pressure.Medium, pressure.Medium, 1e9
 	f.bp.set(bp)
 	if code, _ := f.do("GET", "/readyz", nil); code != http.StatusOK {
 		t.Fatalf("readyz at medium = %d, want 200 (intake only slowed)", code)
 	}
-	bp.Level, bp.Resources[0].Level, bp.Resources[0].Reading = LevelHigh, LevelHigh, 4e8
+	bp.Level, bp.Resources[0].Level, bp.Resources[0].Reading = pressure.High, pressure.High, 4e8
 	f.bp.set(bp)
 	code, body := f.do("GET", "/readyz", nil)
 	if code != http.StatusServiceUnavailable || !strings.Contains(string(body), "free_disk 400 MB (high below 500 MB)") {
@@ -119,7 +121,7 @@ func TestMetricsMoveWithQueueAndCounters(t *testing.T) {
 	met.Delivery(ResultDeferred, 2*time.Second)
 	f.dests.list = []Destination{{Name: "mx:dest.invalid", Open: 4, Cap: 20}}
 	bp := f.bp.BackPressure()
-	bp.Level = LevelMedium
+	bp.Level = pressure.Medium
 	f.bp.set(bp)
 
 	m = scrape()

@@ -10,23 +10,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// QueueState is where a message stands from an operator's point of view.
-type QueueState string
-
-const (
-	// StateActive: due now, which includes a message whose attempt is in
-	// flight (its schedule entry stays at the due time until the attempt's
-	// Update commits). The store cannot tell "in flight" from "about to be
-	// picked up", and an operator need not either: both are being worked on.
-	StateActive QueueState = "active"
-	// StateDeferred: waiting for its next attempt, after a failed one or a
-	// backoff.
-	StateDeferred QueueState = "deferred"
-	// StateHeld: held by an operator; it has no schedule entry and is never
-	// tried until released.
-	StateHeld QueueState = "held"
-)
-
 // ParseQueueState parses "active", "deferred" or "held"; "" is the zero
 // state, which a Filter takes as "any".
 func ParseQueueState(s string) (QueueState, error) {
@@ -35,17 +18,6 @@ func ParseQueueState(s string) (QueueState, error) {
 		return st, nil
 	}
 	return "", fmt.Errorf("state %q is not one of active, deferred, held", s)
-}
-
-// QueueState returns the operator's view of the message at now.
-func (e *Envelope) QueueState(now time.Time) QueueState {
-	switch {
-	case e.Held:
-		return StateHeld
-	case e.NextAttempt.After(now):
-		return StateDeferred
-	}
-	return StateActive
 }
 
 // Filter selects messages for List and for operator actions on many

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"relayq/queued"
 )
 
 // Key prefixes. The layout is described in doc.go.
@@ -20,7 +22,7 @@ const (
 )
 
 // idLen is the length of an ID in hex digits.
-const idLen = 24
+const idLen = queued.IDLen
 
 func metaKey(id ID) []byte { return append([]byte(prefixMeta), id...) }
 
@@ -89,16 +91,6 @@ func (s *idSource) next() ID {
 	binary.BigEndian.PutUint64(b[:8], uint64(s.now().UnixNano()))
 	binary.BigEndian.PutUint32(b[8:], s.counter.Add(1))
 	return ID(hex.EncodeToString(b[:]))
-}
-
-// Valid reports whether id has the form of a queue ID, so that admin input
-// can never address a key outside the message's own.
-func (id ID) Valid() bool {
-	if len(id) != idLen {
-		return false
-	}
-	_, err := hex.DecodeString(string(id))
-	return err == nil
 }
 
 // ErrNotFound is returned for an ID that is not (or no longer) queued.

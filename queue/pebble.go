@@ -40,7 +40,7 @@ func pebbleOptions(opts Options) *pebble.Options {
 		LBaseMaxBytes:         4 << 20,
 		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 24,
-		EventListener:         opts.EventListener,
+		EventListener:         eventListener(opts.Events),
 		// Logger: Open sets it (fatal.go), with the directory it names.
 	}
 	for i := range po.TargetFileSizes {
@@ -58,4 +58,32 @@ func splitAtPrefix(start []byte) (pebble.SpanPolicy, []byte, error) {
 		return pebble.SpanPolicy{}, prefixEnd(string(start[:i+1])), nil
 	}
 	return pebble.SpanPolicy{}, nil, nil
+}
+
+// StorageEvents receives what the storage engine reports that back
+// pressure watches (Options.Events). Pebble calls the methods on its own
+// goroutines, some while it holds its locks: each must return at once and
+// must not call the Store.
+type StorageEvents interface {
+	// WriteStallBegin: writes wait (the memtables are full and a flush is
+	// behind); every commit waits until WriteStallEnd.
+	WriteStallBegin()
+	WriteStallEnd()
+	// SpaceChanged: free disk space is low, or a table or log was deleted
+	// (space came back).
+	SpaceChanged()
+}
+
+// eventListener is Pebble's listener for ev; nil without one.
+func eventListener(ev StorageEvents) *pebble.EventListener {
+	if ev == nil {
+		return nil
+	}
+	return &pebble.EventListener{
+		WriteStallBegin: func(pebble.WriteStallBeginInfo) { ev.WriteStallBegin() },
+		WriteStallEnd:   ev.WriteStallEnd,
+		LowDiskSpace:    func(pebble.LowDiskSpaceInfo) { ev.SpaceChanged() },
+		TableDeleted:    func(pebble.TableDeleteInfo) { ev.SpaceChanged() },
+		WALDeleted:      func(pebble.WALDeleteInfo) { ev.SpaceChanged() },
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"relayq/internal/diskspace"
 )
 
 // Reclaiming the space of deleted mail.
@@ -144,7 +146,7 @@ func (s *Store) reclaimLoop(ctx context.Context) {
 			return
 		case <-time.After(time.Until(next)):
 		}
-		if free, ok := FreeBytes(s.dir); !ok || free >= r.below.Load() {
+		if free, ok := diskspace.Free(s.dir); !ok || free >= r.below.Load() {
 			r.take() // space is not short: forget them
 			continue
 		}
@@ -182,7 +184,7 @@ func (s *Store) reclaimDeleted(ctx context.Context) {
 	if lo == "" {
 		return
 	}
-	freeBefore, _ := FreeBytes(s.dir)
+	freeBefore, _ := diskspace.Free(s.dir)
 	began := time.Now()
 	bodyLo, _ := bodyBounds(lo)
 	_, bodyHi := bodyBounds(hi)
@@ -190,7 +192,7 @@ func (s *Store) reclaimDeleted(ctx context.Context) {
 	if err == nil {
 		err = s.db.Compact(ctx, metaKey(lo), append(metaKey(hi), 0), false)
 	}
-	freeAfter, _ := FreeBytes(s.dir)
+	freeAfter, _ := diskspace.Free(s.dir)
 	ev := s.log.Debug()
 	if err != nil {
 		ev = s.log.Warn().Err(err)

@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"relayq/internal/diskspace"
 )
 
 // TestDeliveredMailIsReclaimedWhileTheVolumeIsLow: 8 MB of mail is queued
@@ -16,7 +18,7 @@ import (
 // tables and logs of the delivered mail would stay until the next writes.
 func TestDeliveredMailIsReclaimedWhileTheVolumeIsLow(t *testing.T) {
 	dir := t.TempDir()
-	if _, ok := FreeBytes(dir); !ok {
+	if _, ok := diskspace.Free(dir); !ok {
 		t.Skip("statfs is not available here")
 	}
 	s, err := Open(dir, Options{Reserve: 1, ReclaimBelow: 1 << 62})

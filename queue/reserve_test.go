@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"relayq/internal/diskspace"
 )
 
 // TestPutRefusesBelowTheReserve: a message that would leave less than the
@@ -12,7 +14,7 @@ import (
 // client gets 452 4.3.1 while Pebble still has room to work.
 func TestPutRefusesBelowTheReserve(t *testing.T) {
 	dir := t.TempDir()
-	free, ok := FreeBytes(dir)
+	free, ok := diskspace.Free(dir)
 	if !ok {
 		t.Skip("statfs is not available here")
 	}
@@ -40,7 +42,7 @@ func TestPutRefusesBelowTheReserve(t *testing.T) {
 // Pebble retries for ever on a full volume; Open says so instead.
 func TestOpenRefusesAFullVolume(t *testing.T) {
 	dir := t.TempDir()
-	free, ok := FreeBytes(dir)
+	free, ok := diskspace.Free(dir)
 	if !ok {
 		t.Skip("statfs is not available here")
 	}

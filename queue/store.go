@@ -14,6 +14,8 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
+
+	"relayq/internal/diskspace"
 )
 
 // Options configure a Store. The zero value is usable.
@@ -29,9 +31,9 @@ type Options struct {
 	// between runs on one queue: Body takes a chunk shorter than it for
 	// the last one (doc.go, "Reading bodies").
 	ChunkSize int
-	// EventListener, if set, receives Pebble's events (write stalls, low
-	// disk space) for back pressure.
-	EventListener *pebble.EventListener
+	// Events, if set, is told of the storage events back pressure watches
+	// (pebble.go: write stalls, low disk space, files deleted).
+	Events StorageEvents
 	// Exit ends the process when Pebble reports an error it cannot go on
 	// from (a failed WAL write or sync: fatal.go); nil means os.Exit. It
 	// is called once, after one log line at fatal level.
@@ -115,7 +117,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		// Opening replays the log and flushes it; on a volume with no room
 		// for that Pebble retries for ever. Better say so and stop.
-		if free, ok := FreeBytes(dir); ok && free < opts.Reserve/4 {
+		if free, ok := diskspace.Free(dir); ok && free < opts.Reserve/4 {
 			return nil, fmt.Errorf("queue: the volume of %s has %d bytes free; opening the queue needs at least %d: free some space", dir, free, opts.Reserve/4)
 		}
 	}
@@ -313,8 +315,9 @@ func (s *Store) put(ctx context.Context, id ID, env *Envelope, body io.Reader, d
 }
 
 // ErrNoRoom is returned by Put when storing the message would leave less
-// than the reserve free on the queue's volume.
-var ErrNoRoom = errors.New("queue: not enough free disk space")
+// than the reserve free on the queue's volume (diskspace.ErrNoRoom, which
+// intake checks for without depending on the queue).
+var ErrNoRoom = diskspace.ErrNoRoom
 
 // checkRoom fails when writing n more bytes would take the volume below
 // the reserve.
@@ -322,7 +325,7 @@ func (s *Store) checkRoom(n int64) error {
 	if s.reserve <= 0 {
 		return nil
 	}
-	free, ok := FreeBytes(s.dir)
+	free, ok := diskspace.Free(s.dir)
 	if !ok || free-n >= s.reserve {
 		return nil
 	}

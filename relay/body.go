@@ -9,7 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"relayq/queue"
+	"relayq/queued"
 	"relayq/retry"
 )
 
@@ -46,7 +46,7 @@ type bodyReader struct {
 	n    int64 // octets read from src
 	hops int
 	hdr  headerScan
-	env  *queue.Envelope // gets MessageID and Subject at the end; may be nil
+	env  *queued.Envelope // gets MessageID and Subject at the end; may be nil
 
 	cr       bool // the last byte was a CR, its CRLF already written
 	body     bool // past the header section

@@ -14,7 +14,7 @@
 //     gives exactly 451 4.3.0, an unwrapped *smtp.SMTPError: go-smtp
 //     type-asserts the error, and anything else would reach the client as
 //     451 4.0.0 or a permanent 554 5.0.0 and make the sender bounce mail it
-//     should retry. A Put refused for want of room (queue.ErrNoRoom: the
+//     should retry. A Put refused for want of room (diskspace.ErrNoRoom: the
 //     volume is down to the queue's reserve) is the mail system being full
 //     (RFC 3463 X.3.1): 452 4.3.1 naming the queue disk, and back pressure
 //     goes to high at once. A storage error Pebble cannot go on from (a
@@ -131,8 +131,8 @@
 // Lowered caps close nothing: they refuse new connections until the open
 // ones fall below. MaxMessageSize and TLS stay as New got them: go-smtp
 // advertises SIZE and offers STARTTLS from fields of its own server that
-// cannot change while it serves. Monitor.SetThresholds changes the
-// back-pressure thresholds and samples at once.
+// cannot change while it serves. (The back-pressure thresholds change in
+// package pressure: Monitor.SetThresholds.)
 //
 // # Sending limits
 //
@@ -146,24 +146,18 @@
 //
 // # Back pressure
 //
-// A Monitor (pressure.go) samples every few seconds, and at once on a Pebble
-// write stall, low-disk event or deleted file (space came back): free
-// space on the data_dir volume, queued messages (and bytes,
-// informational), process memory against the memory limit (the cgroup's,
-// else RAM), and Pebble write stalls. Between samples
-// the free-space reading is kept current: once what the queue wrote since
-// the last statfs (PressureConfig.Written) would take it below its next
-// threshold, Level asks for a sample at once, and a Put refused for want
-// of room sets free_disk to high (Monitor.NoRoom). Each resource
-// has a medium and a high threshold; a level is entered as soon as its
-// threshold is crossed and left only when the reading is 10% on the good
-// side of it (hysteresis). The overall level is the worst resource's:
+// Back pressure is package pressure's (its Monitor samples the resources
+// and keeps the level; the running instance owns it, samples it before
+// serving and stops it). The server only asks, through the small Pressure
+// interface: Level at every MAIL, and NoRoom when a Put is refused for
+// want of room. The overall level decides:
 //
 //	normal  accept
 //	medium  accept from allowed networks and authenticated clients; others 452 4.3.1 at MAIL
 //	high    452 4.3.1 at MAIL for everyone; delivery of queued mail goes on
 //
-// Every change of a resource's level is logged once at warn with the
-// resource, its reading and the threshold; Monitor.Status reports the same
-// for `relayq status`, /metrics and /healthz.
+// The 452 names the resource that sets the level (Resource.Describe).
+// relay depends on neither the queue's storage nor Pebble: it names
+// messages with package queued's types, and knows a refusal for want of
+// room by diskspace.ErrNoRoom.
 package relay

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"relayq/queue"
+	"relayq/queued"
 )
 
 // trace is what the Received header of one message records.
@@ -16,7 +16,7 @@ type trace struct {
 	hostname string     // ours
 	tls      bool
 	auth     bool
-	id       queue.ID
+	id       queued.ID
 	rcpts    []string
 	date     time.Time
 }

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 
 	"relayq/config"
@@ -146,41 +145,4 @@ func TestSetPolicyMaxHopsAppliesToTheNextMessage(t *testing.T) {
 	p.MaxHops = 2
 	s.SetPolicy(p)
 	send(554)
-}
-
-func TestSetThresholdsChangesTheLevelAtOnce(t *testing.T) {
-	p := &probes{}
-	m := testMonitor(t, p, zerolog.Nop()) // disk medium 4GB, high 500MB
-	p.free.Store(3e9)
-	m.Sample()
-	if l, _ := m.Level(); l != PressureMedium {
-		t.Fatalf("level %v at 3GB free, want medium", l)
-	}
-	th := Thresholds{FreeDiskMedium: 2e9, FreeDiskHigh: 500e6, QueueMessagesMedium: 100, QueueMessagesHigh: 200,
-		MemoryMedium: 0.75, MemoryHigh: 0.90}
-	m.SetThresholds(th)
-	if l, _ := m.Level(); l != PressureNormal {
-		t.Errorf("level %v after lowering the medium threshold to 2GB, want normal", l)
-	}
-	th.FreeDiskHigh = 4e9
-	m.SetThresholds(th)
-	if l, res := m.Level(); l != PressureHigh || res != ResourceFreeDisk {
-		t.Errorf("level %v (%s) after raising the high threshold to 4GB, want high (free_disk)", l, res)
-	}
-	th.Off = true
-	m.SetThresholds(th)
-	if l, _ := m.Level(); l != PressureNormal || m.Status().Enabled {
-		t.Errorf("level %v, enabled %v after turning back pressure off", l, m.Status().Enabled)
-	}
-	th.Off = false
-	m.SetThresholds(th)
-	st := m.Status()
-	if !st.Enabled || st.Level != PressureHigh {
-		t.Errorf("after turning it on again: enabled %v level %v, want high", st.Enabled, st.Level)
-	}
-	for _, r := range st.Resources {
-		if r.Resource == ResourceFreeDisk && (r.Medium != 2e9 || r.High != 4e9) {
-			t.Errorf("free_disk thresholds %v/%v in Status, want 2e9/4e9", r.Medium, r.High)
-		}
-	}
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"github.com/emersion/go-smtp"
 
+	"relayq/pressure"
 	"relayq/retry"
 )
 
@@ -94,9 +95,9 @@ var (
 // naming the resource so that whoever reads the reply in a telnet session
 // has the clue the operator of an Exchange hub that refused mail lacked. 452 is temporary:
 // the client keeps the message and retries (RFC 5321 §4.2.2).
-func replyPressure(r Resource) *retry.Reply {
+func replyPressure(r pressure.Resource) *retry.Reply {
 	return &retry.Reply{Code: 452, Enhanced: retry.CodeTempResources,
-		Text: "Insufficient system resources (" + r.describe() + ")"}
+		Text: "Insufficient system resources (" + r.Describe() + ")"}
 }
 
 // smtpError converts r to the error go-smtp turns into a reply. go-smtp

@@ -17,14 +17,14 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/config"
-	"relayq/queue"
+	"relayq/queued"
 )
 
 // Queue is where accepted mail goes.
 type Queue interface {
 	// NewID returns a fresh queue ID (used in the Received header before the
 	// body is stored).
-	NewID() queue.ID
+	NewID() queued.ID
 	// Put stores env and the body read from body under id, and returns only
 	// after both are committed to disk with fsync (pebble.Sync). body is
 	// streamed (never read whole into memory by Put) and not read after Put
@@ -32,7 +32,7 @@ type Queue interface {
 	// Put sets env.Size and env.Received itself, and reads env only after
 	// body returned io.EOF: Data sets env.MessageID and env.Subject while
 	// the body is read.
-	Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error
+	Put(ctx context.Context, id queued.ID, env *queued.Envelope, body io.Reader) error
 }
 
 // Defaults for the zero values of Config, besides the limits of config
@@ -83,10 +83,9 @@ type Config struct {
 	// Signer, if set, signs each message before it is queued (DKIM,
 	// sign.go); a signing error is a failure to store (451 4.3.0).
 	Signer Signer
-	// Pressure is the back-pressure monitor consulted at MAIL; nil means
-	// always normal. The server samples it once in New, runs it until
-	// Shutdown and never stops delivery: only intake is refused.
-	Pressure *Monitor
+	// Pressure is the back pressure consulted at MAIL; nil means always
+	// normal. Its owner samples and runs it; only intake is refused.
+	Pressure Pressure
 	// Now is the clock for the Received header and AUTH rate limiting;
 	// nil means time.Now.
 	Now func() time.Time
@@ -124,6 +123,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Pressure == nil {
+		c.Pressure = noPressure{}
 	}
 	return c
 }
@@ -168,11 +170,6 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// stopPressure ends the monitor's sampling loop; pressureDone is closed
-	// when it has returned.
-	stopPressure context.CancelFunc
-	pressureDone chan struct{}
-
 	// txns counts open transactions (MAIL accepted, not yet reset) and
 	// running Data calls; Shutdown waits for it to reach zero.
 	txns sync.WaitGroup
@@ -209,8 +206,7 @@ type Server struct {
 // allSources is the key in Server.mu.warned for the total cap.
 var allSources = netip.IPv6Unspecified()
 
-// New returns a server for cfg that hands messages to q. When
-// cfg.Pressure is set, New samples it and starts its loop.
+// New returns a server for cfg that hands messages to q.
 func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, q: q, log: log}
@@ -225,21 +221,8 @@ func New(cfg Config, q Queue, log zerolog.Logger) *Server {
 	s.SetPolicy(cfg.Policy)
 	s.fails = newFailureLimiter(cfg.AuthFailuresPerSource, cfg.AuthFailureWindow, cfg.Now)
 	s.rate = newRateLimiter(cfg.Now, log)
-	if m := cfg.Pressure; m != nil {
-		m.Sample()
-		var pctx context.Context
-		pctx, s.stopPressure = context.WithCancel(context.Background())
-		s.pressureDone = make(chan struct{})
-		go func() {
-			defer close(s.pressureDone)
-			m.Run(pctx)
-		}()
-	}
 	return s
 }
-
-// Pressure returns the back-pressure monitor, nil when there is none.
-func (s *Server) Pressure() *Monitor { return s.cfg.Pressure }
 
 // newSMTP makes the go-smtp server of one listener: go-smtp keeps the TLS
 // and insecure-AUTH settings per server, not per connection.
@@ -314,9 +297,8 @@ func (s *Server) Serve(l net.Listener, lc ListenerConfig) error {
 // Shutdown stops accepting and waits (bounded by ctx) for in-flight
 // transactions to finish: a transaction that has passed MAIL gets to finish
 // and receive its reply; a new MAIL gets 421. Then it closes the idle
-// connections and stops the pressure monitor's loop. When ctx ends first,
-// Shutdown cancels the Puts still running, closes every connection and
-// returns ctx.Err().
+// connections. When ctx ends first, Shutdown cancels the Puts still
+// running, closes every connection and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.mu.closing = true
@@ -348,10 +330,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if serr := <-smtpDone; err == nil {
 			err = serr
 		}
-	}
-	if s.stopPressure != nil {
-		s.stopPressure()
-		<-s.pressureDone
 	}
 	return err
 }

@@ -13,7 +13,9 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
-	"relayq/queue"
+	"relayq/internal/diskspace"
+	"relayq/pressure"
+	"relayq/queued"
 	"relayq/retry"
 )
 
@@ -41,7 +43,7 @@ type session struct {
 		// pol is the policy the transaction began with, set at MAIL: a
 		// reload meanwhile applies from the next transaction (Policy).
 		pol  *policy
-		env  queue.Envelope
+		env  queued.Envelope
 		seen map[string]bool // recipients so far, canonical form
 		// dead is set when the connection is out of step with the client
 		// (a stalled body); Reset closes it after the reply is written.
@@ -127,7 +129,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.mu.inTxn = true
 	s.mu.pol = pol
 	s.mu.seen = make(map[string]bool)
-	s.mu.env = queue.Envelope{
+	s.mu.env = queued.Envelope{
 		From:     from,
 		EnvID:    opts.EnvelopeID,
 		Ret:      string(opts.Return),
@@ -170,7 +172,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err := s.rateRcptLocked(addr); err != nil {
 		return err // 450 4.7.1 (ratelimit.go)
 	}
-	r := queue.Recipient{Addr: addr}
+	r := queued.Recipient{Addr: addr}
 	if opts != nil {
 		notify := make([]string, len(opts.Notify))
 		for i, n := range opts.Notify {
@@ -272,12 +274,12 @@ func (s *session) Data(r io.Reader) error {
 	if err == nil && !body.Done() {
 		err = errors.New("put returned before the end of the body")
 	}
-	if errors.Is(err, queue.ErrNoRoom) {
+	if errors.Is(err, diskspace.ErrNoRoom) {
 		// The queue's volume is down to its reserve: the mail system is
 		// full (RFC 3463 X.3.1). Back pressure goes to high at once, so
 		// the next MAIL is refused before its body is sent.
 		s.srv.cfg.Pressure.NoRoom()
-		return s.reject(ev().Err(err), replyPressure(ResourceFreeDisk))
+		return s.reject(ev().Err(err), replyPressure(pressure.ResourceFreeDisk))
 	}
 	if err != nil {
 		return s.reject(ev().Err(err), replyStoreFailed)
@@ -322,7 +324,7 @@ func (s *session) endTxnLocked() {
 		s.mu.inTxn = false
 		s.srv.txns.Done()
 	}
-	s.mu.env = queue.Envelope{}
+	s.mu.env = queued.Envelope{}
 	s.mu.seen = nil
 	s.mu.pol = nil
 }
@@ -339,9 +341,9 @@ func (s *session) reject(ev *zerolog.Event, r *retry.Reply) error {
 func (s *session) pressureLocked(p *policy) *retry.Reply {
 	level, res := s.srv.cfg.Pressure.Level()
 	switch {
-	case level >= PressureHigh:
+	case level >= pressure.High:
 		return replyPressure(res)
-	case level == PressureMedium && !s.mayRelayLocked(p):
+	case level == pressure.Medium && !s.mayRelayLocked(p):
 		return replyPressure(res)
 	}
 	return nil

@@ -4,7 +4,7 @@ import (
 	"context"
 	"io"
 
-	"relayq/queue"
+	"relayq/queued"
 )
 
 // Signer signs mail at intake ([[dkim]]), before it is queued, so that a
@@ -24,7 +24,7 @@ type Signer interface {
 
 // signed returns what Data queues after its Received field: body itself,
 // or as Config.Signer returns it. release frees what the result holds.
-func (s *session) signed(id queue.ID, body io.Reader) (msg io.Reader, release func(), err error) {
+func (s *session) signed(id queued.ID, body io.Reader) (msg io.Reader, release func(), err error) {
 	sg := s.srv.cfg.Signer
 	if sg == nil {
 		return body, func() {}, nil

@@ -278,7 +278,7 @@ free_disk_high = "1000TB"
 		t.Fatal(err)
 	}
 	in := startRelayq(t, cfg)
-	if in.srv.Pressure() != nil {
+	if in.pressure != nil {
 		t.Error("a monitor runs with enabled = false")
 	}
 	dial(t, in.addrs()[0]).cmd("MAIL FROM:<app@shop.invalid>", 250)

@@ -14,6 +14,7 @@ import (
 
 	"relayq/admin"
 	"relayq/config"
+	"relayq/pressure"
 	"relayq/relay"
 	"relayq/retry"
 	"relayq/smarthost"
@@ -185,7 +186,7 @@ func (in *instance) reloadLive(worker *smarthost.Worker) {
 		in.srv.SetPolicy(relayPolicy(c))
 		// Without a monitor (back pressure off at start) this does nothing
 		// and restartOnly says so.
-		in.srv.Pressure().SetThresholds(thresholdsOf(c.BackPressure))
+		in.pressure.SetThresholds(thresholdsOf(c.BackPressure))
 		in.store.SetReclaimBelow(reclaimBelow(c.BackPressure))
 		worker.SetRetry(backoffOf(c.Retry), c.Retry.MaxQueueLifetime.Std(), c.Retry.DelayWarning.Std())
 		worker.SetMaxConnsPerDest(c.Delivery.MaxConnectionsPerDestination)
@@ -238,8 +239,8 @@ func relayPolicy(c *config.Config) relay.Policy {
 }
 
 // thresholdsOf is [back_pressure] as the monitor's thresholds.
-func thresholdsOf(bp config.BackPressure) relay.Thresholds {
-	return relay.Thresholds{
+func thresholdsOf(bp config.BackPressure) pressure.Thresholds {
+	return pressure.Thresholds{
 		FreeDiskMedium:      int64(bp.FreeDiskMedium),
 		FreeDiskHigh:        int64(bp.FreeDiskHigh),
 		QueueMessagesMedium: int64(bp.QueueMessagesMedium),

@@ -22,6 +22,7 @@ import (
 	"relayq/config"
 	"relayq/internal/certs"
 	"relayq/internal/dkimsign"
+	"relayq/pressure"
 	"relayq/queue"
 	"relayq/relay"
 	"relayq/smarthost"
@@ -127,15 +128,19 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, load func(
 // instance is a running relayq: listeners, relay server, delivery worker
 // and the queue under them.
 type instance struct {
-	log        zerolog.Logger
-	store      *queue.Store
-	srv        *relay.Server
-	listeners  []net.Listener
-	stopWorker context.CancelFunc
-	certs      *certs.File        // the listeners' certificate; nil without [tls]
-	stopCerts  context.CancelFunc // ends the certificate's file watch
-	workerDone chan struct{}
-	serving    errgroup.Group
+	log   zerolog.Logger
+	store *queue.Store
+	srv   *relay.Server
+	// pressure is the back-pressure monitor, nil with back pressure off
+	// at start; stopPressure ends its sampling.
+	pressure     *pressure.Monitor
+	stopPressure func()
+	listeners    []net.Listener
+	stopWorker   context.CancelFunc
+	certs        *certs.File        // the listeners' certificate; nil without [tls]
+	stopCerts    context.CancelFunc // ends the certificate's file watch
+	workerDone   chan struct{}
+	serving      errgroup.Group
 	// stopPickupFn ends the maildrop pickup (sendmail_submit.go); nil
 	// when none runs.
 	stopPickupFn func()
@@ -161,7 +166,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	if err != nil {
 		return nil, err
 	}
-	stalls := relay.NewStallWatch() // Pebble's write stalls are a back-pressure input
+	stalls := pressure.NewStallWatch() // the queue's write stalls are a back-pressure input
 	if in.store, err = queue.Open(cfg.DataDir, queueOptions(cfg, stalls, log)); err != nil {
 		return nil, err
 	}
@@ -212,7 +217,11 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		}
 		in.watchCerts(log)
 	}
-	relayCfg := relayConfig(cfg, in.certs, in.store, stalls, log)
+	in.pressure = newMonitor(cfg, in.store, stalls, log)
+	relayCfg := relayConfig(cfg, in.certs)
+	if in.pressure != nil {
+		relayCfg.Pressure = in.pressure
+	}
 	relayCfg.Accepted = in.accepted
 	relayCfg.Signer = signer
 	router := smarthost.NewConfigRouter(cfg.Delivery, resolver)
@@ -238,6 +247,9 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		worker.Signer = s // signs mail whose From: a route rewrote
 	}
 	in.reloadLive(worker)
+	if in.pressure != nil {
+		in.stopPressure = in.pressure.Start() // the level is known before the first client
+	}
 	in.srv = relay.New(relayCfg, plannedQueue{in.store, worker}, log)
 
 	var workerCtx context.Context
@@ -255,7 +267,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	}
 	in.serveAdmin(cfg, admin.Options{
 		Queue:        flushingQueue{in.store, worker},
-		BackPressure: pressureSource{in.srv},
+		BackPressure: pressureSource{in.pressure},
 		Destinations: destinationSource{worker},
 		RateLimits:   rateSource{in.srv},
 	})
@@ -266,8 +278,8 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 // queueOptions are the queue's options for cfg: it keeps
 // config.DiskReserve free on its volume, and reclaims the space of
 // delivered mail at once while free space is below reclaimBelow.
-func queueOptions(cfg *config.Config, stalls *relay.StallWatch, log zerolog.Logger) queue.Options {
-	return queue.Options{Log: log, EventListener: stalls.EventListener(),
+func queueOptions(cfg *config.Config, stalls *pressure.StallWatch, log zerolog.Logger) queue.Options {
+	return queue.Options{Log: log, Events: stalls,
 		Reserve: int64(config.DiskReserve), ReclaimBelow: reclaimBelow(cfg.BackPressure)}
 }
 
@@ -282,10 +294,8 @@ func reclaimBelow(bp config.BackPressure) int64 {
 }
 
 // relayConfig builds the inbound side's configuration from cfg: the TLS
-// certificate (cert, nil without [tls]), the AUTH users, the limits and
-// back pressure, which reads the queue's size, its volume's free space and
-// Pebble's write stalls.
-func relayConfig(cfg *config.Config, cert *certs.File, store *queue.Store, stalls *relay.StallWatch, log zerolog.Logger) relay.Config {
+// certificate (cert, nil without [tls]), the AUTH users and the limits.
+func relayConfig(cfg *config.Config, cert *certs.File) relay.Config {
 	rc := relay.Config{
 		Policy:         relayPolicy(cfg), // what a reload can change: ops.go
 		Hostname:       cfg.Hostname,
@@ -294,21 +304,30 @@ func relayConfig(cfg *config.Config, cert *certs.File, store *queue.Store, stall
 	if cert != nil {
 		rc.TLS = cert.ServerConfig() // reloaded on SIGHUP and when the files change
 	}
-	if bp := cfg.BackPressure; bp.Enabled {
-		rc.Pressure = relay.NewMonitor(relay.PressureConfig{
-			FreeDiskMedium:      int64(bp.FreeDiskMedium),
-			FreeDiskHigh:        int64(bp.FreeDiskHigh),
-			QueueMessagesMedium: int64(bp.QueueMessagesMedium),
-			QueueMessagesHigh:   int64(bp.QueueMessagesHigh),
-			MemoryMedium:        float64(bp.MemoryMedium),
-			MemoryHigh:          float64(bp.MemoryHigh),
-			DataDir:             cfg.DataDir,
-			Queue:               store,
-			Stalls:              stalls,
-			Written:             store.Written,
-		}, log)
-	}
 	return rc
+}
+
+// newMonitor is the back-pressure monitor of cfg, nil when back pressure
+// is off: it reads the queue's size, its volume's free space and the
+// queue's write stalls.
+func newMonitor(cfg *config.Config, store *queue.Store, stalls *pressure.StallWatch, log zerolog.Logger) *pressure.Monitor {
+	bp := cfg.BackPressure
+	if !bp.Enabled {
+		return nil
+	}
+	th := thresholdsOf(bp)
+	return pressure.NewMonitor(pressure.Config{
+		FreeDiskMedium:      th.FreeDiskMedium,
+		FreeDiskHigh:        th.FreeDiskHigh,
+		QueueMessagesMedium: th.QueueMessagesMedium,
+		QueueMessagesHigh:   th.QueueMessagesHigh,
+		MemoryMedium:        th.MemoryMedium,
+		MemoryHigh:          th.MemoryHigh,
+		DataDir:             cfg.DataDir,
+		Queue:               store,
+		Stalls:              stalls,
+		Written:             store.Written,
+	}, log)
 }
 
 // addrs returns the bound listener addresses.
@@ -332,6 +351,9 @@ func (in *instance) stop() error {
 	}
 	if err := in.srv.Shutdown(ctx); err != nil {
 		in.log.Warn().Err(err).Msg("SMTP sessions still open at shutdown")
+	}
+	if in.stopPressure != nil {
+		in.stopPressure()
 	}
 	err := in.serving.Wait()
 	if in.stopCerts != nil {

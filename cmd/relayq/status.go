@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"relayq/admin"
+	"relayq/pressure"
 )
 
 func statusCommand() *cli.Command {
@@ -61,11 +62,11 @@ func printStatus(out io.Writer, st admin.Status) {
 	if bp := st.BackPressure; bp == nil {
 		fmt.Fprintf(w, "Back pressure:\tnot monitored\n")
 	} else {
-		line := bp.Level
+		line := bp.Level.String()
 		switch bp.Level {
-		case admin.LevelMedium:
+		case pressure.Medium:
 			line += ": intake slowed; " + admin.DescribePressure(*bp)
-		case admin.LevelHigh:
+		case pressure.High:
 			line += ": new mail refused with 452 4.3.1; " + admin.DescribePressure(*bp)
 		}
 		fmt.Fprintf(w, "Back pressure:\t%s\n", line)

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"relayq/admin"
+	"relayq/pressure"
 	"relayq/relay"
 	"relayq/smarthost"
 )
@@ -31,21 +32,21 @@ func (in *instance) observe(o smarthost.Outcome) {
 	})
 }
 
-// pressureSource shows the relay's back-pressure monitor to admin.
-type pressureSource struct{ srv *relay.Server }
+// pressureSource shows the back-pressure monitor (nil: off) to admin.
+type pressureSource struct{ m *pressure.Monitor }
 
 func (p pressureSource) BackPressure() admin.BackPressure {
-	st := p.srv.Pressure().Status()
-	bp := admin.BackPressure{Level: st.Level.String()}
+	st := p.m.Status()
+	bp := admin.BackPressure{Level: st.Level}
 	for _, r := range st.Resources {
 		unit := r.Unit
 		if unit == "messages" {
 			unit = "count"
 		}
 		bp.Resources = append(bp.Resources, admin.Resource{
-			Name: string(r.Resource), Level: r.Level.String(), Reading: r.Value,
+			Name: string(r.Resource), Level: r.Level, Reading: r.Value,
 			Medium: r.Medium, High: r.High, Unit: unit,
-			Falling: r.Resource == relay.ResourceFreeDisk,
+			Falling: r.Resource == pressure.ResourceFreeDisk,
 		})
 	}
 	return bp

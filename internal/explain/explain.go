@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -230,7 +229,7 @@ func Text(arg string) (string, error) {
 	line("Class", fmt.Sprintf("%d.x.x, %s", code.Class(), e.Class))
 	line("Subject", fmt.Sprintf("x.%d.x, %s", code[1], e.Subject))
 	if !bare {
-		line("Reply", smtpreply.Sanitize(r.Error()))
+		line("Reply", retry.Sanitize(r.Error()))
 		if name := basicCodes[r.Code]; name != "" {
 			line("Code", fmt.Sprintf("%d: %s", r.Code, name))
 		}

@@ -1,4 +1,4 @@
-package relay
+package pressure
 
 import (
 	"bufio"
@@ -10,7 +10,21 @@ import (
 	"runtime/metrics"
 	"strconv"
 	"strings"
+
+	"relayq/internal/diskspace"
 )
+
+// diskFree is the space on dir's volume available to this process, as the
+// queue reads it for its reserve (diskspace.Free); errNoProbe where it
+// cannot be read, and free disk space is then not monitored (the reading
+// fails and keeps its level, normal).
+func diskFree(dir string) (uint64, error) {
+	free, ok := diskspace.Free(dir)
+	if !ok {
+		return 0, errNoProbe
+	}
+	return uint64(free), nil
+}
 
 // noCgroupLimit: cgroup v1 reports "no limit" as a huge number (the
 // largest page-aligned int64); anything above this is no limit.

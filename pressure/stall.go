@@ -1,18 +1,17 @@
-package relay
+package pressure
 
 import (
 	"sync"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
 )
 
-// StallWatch turns Pebble's write-stall events into a back-pressure
-// reading: pass EventListener() in queue.Options and the watch in
-// PressureConfig.Stalls.
+// StallWatch turns the queue's storage events into a back-pressure
+// reading: pass it as the queue's StorageEvents (queue.Options.Events) and
+// in Config.Stalls. Its methods are called on the storage engine's own
+// goroutines and return at once.
 type StallWatch struct {
 	now  func() time.Time
-	poke chan struct{} // a stall began or disk space is low: sample now
+	poke chan struct{} // a stall began or disk space changed: sample now
 
 	mu struct {
 		sync.Mutex
@@ -27,29 +26,9 @@ func NewStallWatch() *StallWatch {
 	return &StallWatch{now: time.Now, poke: make(chan struct{}, 1)}
 }
 
-// EventListener returns the Pebble listener that feeds the watch: write
-// stalls are timed, and a stall, a low-disk-space event or a deleted
-// table or log (space came back: the queue reclaims the space of
-// delivered mail when the volume is low, queue/reclaim.go) makes the
-// monitor sample at once.
-func (w *StallWatch) EventListener() *pebble.EventListener {
-	return &pebble.EventListener{
-		WriteStallBegin: func(pebble.WriteStallBeginInfo) { w.begin() },
-		WriteStallEnd:   w.end,
-		LowDiskSpace:    func(pebble.LowDiskSpaceInfo) { w.pokeMonitor() },
-		TableDeleted:    func(pebble.TableDeleteInfo) { w.pokeMonitor() },
-		WALDeleted:      func(pebble.WALDeleteInfo) { w.pokeMonitor() },
-	}
-}
-
-// Stalls returns how many write stalls began since the watch was made.
-func (w *StallWatch) Stalls() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.mu.count
-}
-
-func (w *StallWatch) begin() {
+// WriteStallBegin records that the queue's writes stalled (Pebble's
+// memtables full, a flush behind) and has the monitor sample at once.
+func (w *StallWatch) WriteStallBegin() {
 	w.mu.Lock()
 	if w.mu.since.IsZero() {
 		w.mu.since = w.now()
@@ -59,13 +38,26 @@ func (w *StallWatch) begin() {
 	w.pokeMonitor()
 }
 
-func (w *StallWatch) end() {
+// WriteStallEnd records that the stall in progress ended.
+func (w *StallWatch) WriteStallEnd() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.mu.since.IsZero() {
 		w.mu.longest = max(w.mu.longest, w.now().Sub(w.mu.since))
 		w.mu.since = time.Time{}
 	}
+}
+
+// SpaceChanged has the monitor sample at once: disk space is low, or a
+// table or log was deleted and space came back (the queue reclaims the
+// space of delivered mail when the volume is low, queue/reclaim.go).
+func (w *StallWatch) SpaceChanged() { w.pokeMonitor() }
+
+// Stalls returns how many write stalls began since the watch was made.
+func (w *StallWatch) Stalls() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.mu.count
 }
 
 func (w *StallWatch) pokeMonitor() {

@@ -1,4 +1,4 @@
-package smtpreply
+package retry
 
 import (
 	"strings"
@@ -6,9 +6,9 @@ import (
 	"unicode/utf8"
 )
 
-// MaxText bounds a reply's text as relayq keeps it (Reply.Text from
+// MaxReplyText bounds a reply's text as relayq keeps it (Reply.Text from
 // FromError, the Diagnostic of a DSN): 1 KiB, on a rune boundary.
-const MaxText = 1024
+const MaxReplyText = 1024
 
 // runeCut returns the largest index <= n (and > 0) that does not split a
 // UTF-8 sequence.
