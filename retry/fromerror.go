@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/emersion/go-smtp"
+
+	"relayq/internal/smtpreply"
 )
 
 // FromError turns any delivery error into a Reply, so that Classify sees one
@@ -44,7 +46,7 @@ func FromError(stage Stage, err error) *Reply {
 		return &Reply{Code: se.Code, Enhanced: validEnhanced(se.EnhancedCode), Text: oneLine(se.Message)}
 	}
 	local := func(code int, c EnhancedCode, text string) *Reply {
-		return &Reply{Code: code, Enhanced: c, Text: Truncate(oneLine(text), maxLocalText), Local: true}
+		return &Reply{Code: code, Enhanced: c, Text: smtpreply.Truncate(oneLine(text), maxLocalText), Local: true}
 	}
 
 	var dnsErr *net.DNSError
@@ -128,8 +130,8 @@ const maxLocalText = 300
 
 // oneLine joins a multi-line reply text with "; " and drops other control
 // characters, keeping the Reply.Text contract (one line of at most
-// MaxReplyText bytes).
+// smtpreply.MaxText bytes).
 func oneLine(s string) string {
 	s = strings.ReplaceAll(strings.TrimSpace(s), "\r\n", "\n")
-	return Truncate(Sanitize(strings.ReplaceAll(s, "\n", "; ")), MaxReplyText)
+	return smtpreply.Truncate(smtpreply.Sanitize(strings.ReplaceAll(s, "\n", "; ")), smtpreply.MaxText)
 }

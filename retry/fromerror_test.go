@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"relayq/internal/smtpreply"
 )
 
 // closedPort returns a loopback address nothing listens on.
@@ -201,7 +203,7 @@ func TestFromErrorTextIsShortAndOneLine(t *testing.T) {
 		t.Errorf("local text of %d bytes, or with CR/LF: %q", len(r.Text), r.Text)
 	}
 	r = FromError(StageBody, &smtp.SMTPError{Code: 554, Message: strings.Repeat("long reply ", 500)})
-	if len(r.Text) > MaxReplyText {
-		t.Errorf("remote text of %d bytes, want at most %d", len(r.Text), MaxReplyText)
+	if len(r.Text) > smtpreply.MaxText {
+		t.Errorf("remote text of %d bytes, want at most %d", len(r.Text), smtpreply.MaxText)
 	}
 }

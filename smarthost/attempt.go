@@ -64,7 +64,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 	)
 	for ti := 0; ti < len(targets) && len(pending) > 0; ti++ {
 		target := targets[ti]
-		if until, r := w.breaker.coolingUntil(target.Addr); r != nil {
+		if until, r := w.breaker.coolingUntil(breakerHost(target)); r != nil {
 			cooling, coolingHop = r, target.Addr
 			if coolUntil.IsZero() || until.Before(coolUntil) {
 				coolUntil = until
@@ -94,14 +94,15 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			} else {
 				w.pool.release(l, nil, false)
 			}
-			w.hostFailed(m, dest, target.Addr, reply, d, true)
+			w.hostFailed(m, dest, breakerHost(target), reply, d, true)
 			last, lastHop = reply, target.Addr
 			continue
 		}
 		reused := l.conn != nil
 		// conn.Addr, not target.Addr: a reused connection may go to
 		// another host of the destination.
-		ok := func() { w.succeeded(ctx, l, dest, conn.Addr()) }
+		connHost := breakerHost(Target{Addr: conn.Addr(), Username: target.Username})
+		ok := func() { w.succeeded(ctx, l, dest, connHost) }
 		decided, rest, broken, err := w.transactions(ctx, t, conn, pending, g.route.Rewrite, ok)
 		if errors.Is(err, errGone) {
 			w.pool.release(l, conn, broken == nil)
@@ -129,7 +130,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			ti--
 			continue
 		}
-		w.hostFailed(m, dest, conn.Addr(), broken, d, broken.Code == 421)
+		w.hostFailed(m, dest, connHost, broken, d, broken.Code == 421)
 		last, lastHop = broken, conn.Addr()
 	}
 	if len(pending) > 0 {

@@ -19,7 +19,8 @@ const (
 	breakerPrune = 1024
 )
 
-// breaker is a circuit breaker per next-hop host (host:port): a host that
+// breaker is a circuit breaker per next-hop host (host:port, and the AUTH
+// username when there is one: breakerHost): a host that
 // failed to connect, refused us at the greeting, EHLO or AUTH, failed the
 // TLS handshake or said 421 is skipped for a cool-down that doubles with
 // each failure in a row, so that the next host takes the mail at once

@@ -79,7 +79,7 @@ func (w *Worker) Plan(env *queue.Envelope) (dest string, queued func(id queue.ID
 func (w *Worker) noteCooled(m *queue.Message, idx []int, dest string, targets []Target) {
 	c := cooled{dest: dest, hosts: make([]string, len(targets))}
 	for k, t := range targets {
-		c.hosts[k] = t.Addr
+		c.hosts[k] = breakerHost(t)
 	}
 	class := w.Router.SenderClass(m.From)
 	for _, i := range idx {
@@ -108,7 +108,7 @@ type cooledDomains struct {
 // cooled is a destination found with every host cooling down.
 type cooled struct {
 	dest  string
-	hosts []string // the host addresses
+	hosts []string // the hosts, as the circuit breaker names them (breakerHost)
 }
 
 const maxCooledDomains = 10_000

@@ -105,6 +105,17 @@ func smarthostDest(hosts []string, username string) string {
 	return dest
 }
 
+// breakerHost names a target for the circuit breaker: its address, and
+// the username it authenticates as, if any. A refused AUTH is that
+// account's failure, not the host's: another account at the same host
+// has a cool-down of its own.
+func breakerHost(t Target) string {
+	if t.Username == "" {
+		return t.Addr
+	}
+	return t.Addr + ";user=" + t.Username
+}
+
 // mx routes by the domain's MX records (RFC 5321 §5.1): hosts by
 // preference, in random order among equal ones, each host's addresses in
 // turn. No MX record means the domain itself is the host (implicit MX); a

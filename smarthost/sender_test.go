@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
@@ -18,7 +19,9 @@ import (
 	"relayq/config"
 	"relayq/internal/dkimsign"
 	"relayq/internal/sink"
+	"relayq/internal/smtptest"
 	"relayq/queue"
+	"relayq/retry"
 )
 
 // passwordFile writes pw to a file and returns its path.
@@ -53,13 +56,7 @@ func TestSenderRoutesTwoAccountsAtOneHostAreTwoDestinations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	router := smarthostRouter(nil,
-		config.Route{Senders: []string{"*@sales.example"}, Via: config.ViaSmarthost, Hosts: []string{dst.Addr()}, TLS: config.TLSNone,
-			Username: "sales", PasswordFile: passwordFile(t, "pw-sales")},
-		config.Route{Senders: []string{"app@example.net"}, Via: config.ViaSmarthost, Hosts: []string{dst.Addr()}, TLS: config.TLSNone,
-			Username: "app", PasswordFile: passwordFile(t, "pw-app")},
-	)
-	h := startHarness(t, dst, router, nil)
+	h := startHarness(t, dst, accountRouter(t, dst.Addr(), "pw-sales"), nil)
 	h.put("Bob@Sales.example", "x@dst.example")
 	h.put("APP@example.net", "y@dst.example")
 	msgs := h.waitSink(2)
@@ -80,6 +77,18 @@ func TestSenderRoutesTwoAccountsAtOneHostAreTwoDestinations(t *testing.T) {
 			t.Errorf("destinations %q, want %q among them", names, w)
 		}
 	}
+}
+
+// accountRouter routes the mail of *@sales.example to addr as the user
+// "sales" with the password salesPW, and that of app@example.net to addr
+// as "app" (password "pw-app").
+func accountRouter(t *testing.T, addr, salesPW string) *ConfigRouter {
+	return smarthostRouter(nil,
+		config.Route{Senders: []string{"*@sales.example"}, Via: config.ViaSmarthost, Hosts: []string{addr}, TLS: config.TLSNone,
+			Username: "sales", PasswordFile: passwordFile(t, salesPW)},
+		config.Route{Senders: []string{"app@example.net"}, Via: config.ViaSmarthost, Hosts: []string{addr}, TLS: config.TLSNone,
+			Username: "app", PasswordFile: passwordFile(t, "pw-app")},
+	)
 }
 
 func equalMaps(a, b map[string]string) bool {
@@ -319,5 +328,52 @@ func TestRewrittenMessageSizeAndStoredSizeCheck(t *testing.T) {
 	defer r.Close()
 	if _, err := io.Copy(io.Discard, r); err == nil || !strings.Contains(err.Error(), "longer than its stored size") {
 		t.Fatalf("reading a body longer than its stored size: %v", err)
+	}
+}
+
+// A refused AUTH cools down that account at the host, not the host: mail
+// of another account there goes out at once.
+func TestRefusedAuthCoolsDownTheAccountNotTheHost(t *testing.T) {
+	dst, err := sink.Start(sink.Options{Users: map[string]string{"sales": "pw-sales", "app": "pw-app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startHarness(t, dst, accountRouter(t, dst.Addr(), "wrong"), func(w *Worker) { w.CoolDown, w.MaxCoolDown = time.Hour, time.Hour })
+	refused := h.put("bob@sales.example", "x@dst.example")
+	if m := h.waitAttempted(refused); !strings.HasPrefix(m.Recipients[0].LastReply, "535") {
+		t.Fatalf("first attempt: %q, want the 535 of a wrong password", m.Recipients[0].LastReply)
+	}
+	h.put("app@example.net", "y@dst.example")
+	if m := h.waitSink(1)[0]; m.User != "app" {
+		t.Fatalf("delivered as %q, want app", m.User)
+	}
+}
+
+// Plan keys what it remembers of cooling destinations by the class of
+// the sender too: while the route of one department's senders cools down,
+// new mail of another's for the same domain is not put off with it.
+func TestPlanPutsOffOnlyTheSendersWhoseRouteCoolsDown(t *testing.T) {
+	dead := smtptest.ClosedAddr(t)
+	dst, err := sink.Start(sink.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := smarthostRouter([]string{dst.Addr()},
+		config.Route{Senders: []string{"*@sales.example"}, Via: config.ViaSmarthost, Hosts: []string{dead}, TLS: config.TLSNone})
+	h := startHarness(t, dst, router, func(w *Worker) {
+		w.CoolDown, w.Backoff = time.Hour, retry.Backoff{Min: time.Hour, Max: 2 * time.Hour}
+	})
+	h.waitAttempts(h.put("bob@sales.example", "x@dst.example"), 1)
+	second := h.put("ann@sales.example", "y@dst.example") // finds the host cooling: noted for Plan
+	h.waitAttempted(second)
+
+	env := func(from string) *queue.Envelope {
+		return &queue.Envelope{From: from, Recipients: []queue.Recipient{{Addr: "z@dst.example"}}}
+	}
+	if dest, f := h.worker.Plan(env("carl@sales.example")); f == nil || dest != "smarthost:"+dead {
+		t.Fatalf("Plan for another sales sender: dest %q; want it put off for %s", dest, dead)
+	}
+	if dest, f := h.worker.Plan(env("app@example.net")); f != nil {
+		t.Fatalf("Plan put off mail of a sender routed to the smart host, for %q", dest)
 	}
 }

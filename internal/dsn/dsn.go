@@ -8,11 +8,14 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
+	"net/textproto"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"relayq/internal/explain"
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -80,9 +83,9 @@ type Report struct {
 }
 
 const (
-	maxDiagnostic = retry.MaxReplyText // bytes of a diagnostic kept (Recipient.Diagnostic)
-	foldAt        = 78                 // RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
-	maxLine       = 998                // RFC 5322 §2.1.1: lines MUST be at most 998 characters
+	maxDiagnostic = smtpreply.MaxText // bytes of a diagnostic kept (Recipient.Diagnostic)
+	foldAt        = 78                // RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
+	maxLine       = 998               // RFC 5322 §2.1.1: lines MUST be at most 998 characters
 )
 
 // Bytes composes the whole report message, headers and body with CRLF line
@@ -115,10 +118,10 @@ func (d *Report) Bytes() ([]byte, error) {
 	h("To", "<"+address(d.To)+">")
 	h("Subject", d.subject())
 	h("Date", d.Date.Format(time.RFC1123Z))
-	h("Message-ID", "<"+strings.Trim(retry.Sanitize(d.MessageID), "<>")+">")
+	h("Message-ID", "<"+strings.Trim(smtpreply.Sanitize(d.MessageID), "<>")+">")
 	// RFC 3834 §5: an automatic response, so that auto-responders keep quiet.
 	h("Auto-Submitted", "auto-replied")
-	if q := retry.Sanitize(d.QueueID); q != "" {
+	if q := smtpreply.Sanitize(d.QueueID); q != "" {
 		h("X-Relayq-Queue-ID", q)
 	}
 	h("MIME-Version", "1.0")
@@ -127,17 +130,20 @@ func (d *Report) Bytes() ([]byte, error) {
 		// RFC 2045 §6.4: a multipart's encoding is that of its widest part.
 		h("Content-Transfer-Encoding", "8bit")
 	}
-	b.WriteString("\r\nThis is a MIME-encapsulated delivery status notification (RFC 3464).\r\n")
-
+	// The preamble, then the parts: multipart.Writer writes each delimiter
+	// line, each part's header section and the closing delimiter.
+	b.WriteString("\r\nThis is a MIME-encapsulated delivery status notification (RFC 3464).\r\n\r\n")
+	mw := multipart.NewWriter(&b)
+	if err := mw.SetBoundary(boundary); err != nil {
+		return nil, fmt.Errorf("dsn: MIME boundary %q: %w", boundary, err)
+	}
 	part := func(desc, ctype, body string) {
-		fmt.Fprintf(&b, "\r\n--%s\r\n", boundary)
-		h("Content-Description", desc)
-		h("Content-Type", ctype)
+		hdr := textproto.MIMEHeader{"Content-Description": {desc}, "Content-Type": {ctype}}
 		if !isASCII(body) {
-			h("Content-Transfer-Encoding", "8bit")
+			hdr.Set("Content-Transfer-Encoding", "8bit")
 		}
-		b.WriteString("\r\n")
-		b.WriteString(strings.TrimSuffix(body, "\r\n")) // the delimiter's CRLF ends the last line
+		w, _ := mw.CreatePart(hdr)                          // a bytes.Buffer does not fail
+		io.WriteString(w, strings.TrimSuffix(body, "\r\n")) // the delimiter's CRLF ends the last line
 	}
 	part("Notification", "text/plain; charset=utf-8", human)
 	part("Delivery report", "message/delivery-status", status)
@@ -147,19 +153,19 @@ func (d *Report) Bytes() ([]byte, error) {
 	case len(headers) > 0:
 		part("Headers of the original message", returned, string(headers))
 	}
-	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
+	mw.Close()
 	return b.Bytes(), nil
 }
 
 func (d *Report) check() error {
 	switch {
-	case retry.Sanitize(d.ReportingMTA) == "":
+	case smtpreply.Sanitize(d.ReportingMTA) == "":
 		return errors.New("dsn: no ReportingMTA")
 	case address(d.From) == "":
 		return errors.New("dsn: no From")
 	case address(d.To) == "":
 		return errors.New("dsn: no To: never send a report to the null sender")
-	case strings.Trim(retry.Sanitize(d.MessageID), "<>") == "":
+	case strings.Trim(smtpreply.Sanitize(d.MessageID), "<>") == "":
 		return errors.New("dsn: no MessageID")
 	case d.Date.IsZero():
 		return errors.New("dsn: no Date")
@@ -244,7 +250,7 @@ func (d *Report) humanPart() string {
 		}
 	}
 
-	para("This is the mail system at " + retry.Sanitize(d.ReportingMTA) + ".")
+	para("This is the mail system at " + smtpreply.Sanitize(d.ReportingMTA) + ".")
 	b.WriteString("\r\n")
 	intro := map[Action]string{
 		ActionFailed: "Your message could not be delivered to one or more recipients. " +
@@ -271,7 +277,7 @@ func (d *Report) humanPart() string {
 		orig = d.Full
 	}
 	field("Subject", originalSubject(orig))
-	field("Queue ID", retry.Sanitize(d.QueueID))
+	field("Queue ID", smtpreply.Sanitize(d.QueueID))
 	if !d.Arrival.IsZero() {
 		field("Received", d.Arrival.Format(time.RFC1123Z))
 	}
@@ -289,7 +295,7 @@ func (d *Report) humanPart() string {
 		} else {
 			field("Status", st.String())
 		}
-		field("Remote host", retry.Sanitize(r.RemoteMTA))
+		field("Remote host", smtpreply.Sanitize(r.RemoteMTA))
 		field("Reply", diagnostic(r.Diagnostic))
 		if failing {
 			field("Tried", tried(r.Attempts, d.Arrival, r.LastAttempt))
@@ -389,9 +395,9 @@ func finishSubject(raw string, found bool) string {
 	if s, err := dec.DecodeHeader(raw); err == nil {
 		raw = s
 	}
-	s := retry.Sanitize(raw)
+	s := smtpreply.Sanitize(raw)
 	if len(s) > maxSubject {
-		s = retry.Truncate(s, maxSubject-3) + "..."
+		s = smtpreply.Truncate(s, maxSubject-3) + "..."
 	}
 	return s
 }
@@ -400,8 +406,8 @@ func (d *Report) statusPart() string {
 	var b strings.Builder
 	h := func(name, value string) { b.WriteString(foldHeader(name, value)) }
 	// RFC 3464 §2.2: per-message fields.
-	h("Reporting-MTA", "dns; "+asciiOnly(retry.Sanitize(d.ReportingMTA)))
-	if e := retry.Sanitize(d.EnvID); e != "" {
+	h("Reporting-MTA", "dns; "+asciiOnly(smtpreply.Sanitize(d.ReportingMTA)))
+	if e := smtpreply.Sanitize(d.EnvID); e != "" {
 		h("Original-Envelope-Id", asciiOnly(e))
 	}
 	if !d.Arrival.IsZero() {
@@ -410,7 +416,7 @@ func (d *Report) statusPart() string {
 	// RFC 3464 §2.3: one block per recipient, each after a blank line.
 	for _, r := range d.Recipients {
 		b.WriteString("\r\n")
-		if o := retry.Sanitize(r.Original); o != "" {
+		if o := smtpreply.Sanitize(r.Original); o != "" {
 			if !strings.Contains(o, ";") {
 				o = "rfc822;" + o
 			}
@@ -419,7 +425,7 @@ func (d *Report) statusPart() string {
 		h("Final-Recipient", typedAddress(address(r.Final)))
 		h("Action", string(r.Action))
 		h("Status", r.status().String())
-		if m := retry.Sanitize(r.RemoteMTA); m != "" {
+		if m := smtpreply.Sanitize(r.RemoteMTA); m != "" {
 			h("Remote-MTA", "dns; "+asciiOnly(m))
 		}
 		if diag := diagnostic(r.Diagnostic); diag != "" {
@@ -447,7 +453,8 @@ func (d *Report) boundary(parts ...string) (string, error) {
 		return false
 	}
 	if d.Boundary != "" {
-		if !validBoundary(d.Boundary) {
+		// SetBoundary checks RFC 2046 §5.1.1: 1-70 bchars, no final space.
+		if err := multipart.NewWriter(io.Discard).SetBoundary(d.Boundary); err != nil {
 			return "", fmt.Errorf("dsn: invalid MIME boundary %q", d.Boundary)
 		}
 		if clashes(d.Boundary) {
@@ -463,20 +470,6 @@ func (d *Report) boundary(parts ...string) (string, error) {
 		}
 	}
 	return "", errors.New("dsn: no MIME boundary free of the content")
-}
-
-// validBoundary checks RFC 2046 §5.1.1: 1-70 bchars, not ending in a space.
-func validBoundary(s string) bool {
-	if len(s) == 0 || len(s) > 70 || s[len(s)-1] == ' ' {
-		return false
-	}
-	for _, c := range s {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' ||
-			strings.ContainsRune("'()+_,-./:=? ", c)) {
-			return false
-		}
-	}
-	return true
 }
 
 // OriginalHeaders reads the header section of a message (up to and including
@@ -536,6 +529,10 @@ func normalizeLines(b []byte) []byte {
 // foldHeader formats "Name: value\r\n", folding before a space when a line
 // would pass 78 characters (RFC 5322 §2.2.3) and breaking a single word only
 // where it would pass 998.
+// Neither mime nor net/textproto writes folded header fields (textproto's
+// MIMEHeader, which multipart.Writer writes for the parts, never folds),
+// and the report's own fields need it: the Content-Type with its boundary
+// passes 78 characters.
 func foldHeader(name, value string) string {
 	var b strings.Builder
 	line := name + ":"
@@ -594,15 +591,15 @@ func wrap(text string, width int) []string {
 	return lines
 }
 
-func diagnostic(s string) string { return retry.Truncate(retry.Sanitize(s), maxDiagnostic) }
+func diagnostic(s string) string { return smtpreply.Truncate(smtpreply.Sanitize(s), maxDiagnostic) }
 
 // runeCut returns the largest index <= n (and > 0) that does not split a
 // UTF-8 sequence.
-func runeCut(s string, n int) int { return len(retry.Truncate(s, n)) }
+func runeCut(s string, n int) int { return len(smtpreply.Truncate(s, n)) }
 
 // address sanitises an address and drops surrounding angle brackets.
 func address(s string) string {
-	return strings.TrimSpace(strings.Trim(retry.Sanitize(s), "<>"))
+	return strings.TrimSpace(strings.Trim(smtpreply.Sanitize(s), "<>"))
 }
 
 // typedAddress is an RFC 3464 §2.3.2 Final-Recipient value: "rfc822;" for

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -229,7 +230,7 @@ func Text(arg string) (string, error) {
 	line("Class", fmt.Sprintf("%d.x.x, %s", code.Class(), e.Class))
 	line("Subject", fmt.Sprintf("x.%d.x, %s", code[1], e.Subject))
 	if !bare {
-		line("Reply", retry.Sanitize(r.Error()))
+		line("Reply", smtpreply.Sanitize(r.Error()))
 		if name := basicCodes[r.Code]; name != "" {
 			line("Code", fmt.Sprintf("%d: %s", r.Code, name))
 		}

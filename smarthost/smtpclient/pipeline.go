@@ -1,18 +1,16 @@
 package smtpclient
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -37,10 +35,6 @@ const (
 	// few dozen bytes fit in any TCP window of today.
 	maxGroupCmds  = 100
 	maxGroupBytes = 16 << 10
-	// maxReplyLine and maxReply bound what one reply may make us hold:
-	// RFC 5321 §4.5.3.1.5 allows 512 bytes a line.
-	maxReplyLine = 16 << 10
-	maxReply     = 64 << 10
 	// replyBuf is the read buffer of a session's replies.
 	replyBuf = 4 << 10
 )
@@ -337,96 +331,10 @@ func (c *Conn) quit() bool {
 }
 
 // readReply reads one reply under a read deadline of timeout from now
-// (see readReply).
+// (smtpreply.Read: bounded, lines joined with "\n").
 func (c *Conn) readReply(timeout time.Duration) (code int, msg string, err error) {
 	_ = c.raw.SetReadDeadline(time.Now().Add(timeout))
-	return readReply(c.r)
-}
-
-// readReply reads one reply, the lines of a multi-line one joined with
-// "\n" without their codes, as net/textproto's ReadResponse does (a
-// continuation line with another code, or malformed, is kept whole). A
-// reply line of only the code is taken too (RFC 5321 §4.2: the text is
-// optional). An error is an I/O error or a *textproto.ProtocolError: no
-// reply, the session is out of step.
-func readReply(br *bufio.Reader) (code int, msg string, err error) {
-	line, err := readLine(br)
-	if err != nil {
-		return 0, "", err
-	}
-	code, more, text, err := parseReplyLine(line)
-	if err != nil {
-		return 0, "", err
-	}
-	if !more {
-		return code, text, nil
-	}
-	var b strings.Builder
-	b.WriteString(text)
-	for more {
-		if line, err = readLine(br); err != nil {
-			return 0, "", err
-		}
-		code2, more2, text2, perr := parseReplyLine(line)
-		if perr != nil || code2 != code {
-			text2, more2 = line, true
-		}
-		if b.Len()+1+len(text2) > maxReply {
-			return 0, "", textproto.ProtocolError(fmt.Sprintf("reply longer than %d bytes", maxReply))
-		}
-		b.WriteByte('\n')
-		b.WriteString(text2)
-		more = more2
-	}
-	return code, b.String(), nil
-}
-
-// readLine reads one line without its CRLF (or LF), at most maxReplyLine
-// bytes.
-func readLine(br *bufio.Reader) (string, error) {
-	var long []byte
-	for {
-		frag, err := br.ReadSlice('\n')
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return "", err
-		}
-		if len(long)+len(frag) > maxReplyLine+2 { // +2: the CRLF
-			return "", textproto.ProtocolError(fmt.Sprintf("reply line longer than %d bytes", maxReplyLine))
-		}
-		if err != nil { // the buffer is full: the line goes on
-			long = append(long, frag...)
-			continue
-		}
-		frag = frag[:len(frag)-1]
-		if len(long) > 0 {
-			frag = append(long, frag...)
-		}
-		if n := len(frag); n > 0 && frag[n-1] == '\r' {
-			frag = frag[:n-1]
-		}
-		return string(frag), nil
-	}
-}
-
-// parseReplyLine splits "250-text" or "250 text" (or "250") into the code,
-// whether more lines follow and the text; the errors are net/textproto's.
-func parseReplyLine(line string) (code int, more bool, text string, err error) {
-	if len(line) < 3 || len(line) > 3 && line[3] != ' ' && line[3] != '-' {
-		return 0, false, "", textproto.ProtocolError("short response: " + line)
-	}
-	for i := range 3 {
-		if line[i] < '0' || line[i] > '9' {
-			return 0, false, "", textproto.ProtocolError("invalid response code: " + line)
-		}
-	}
-	code = int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
-	if code < 100 {
-		return 0, false, "", textproto.ProtocolError("invalid response code: " + line)
-	}
-	if len(line) == 3 {
-		return code, false, "", nil
-	}
-	return code, line[3] == '-', line[4:], nil
+	return smtpreply.Read(c.r)
 }
 
 // remote is the *retry.Reply for a refusal read from the server, and marks
