@@ -111,6 +111,9 @@ type Status struct {
 	Recent []Event `json:"recent"`
 	// RateLimited are the users and addresses over a sending limit now.
 	RateLimited []RateLimited `json:"rate_limited,omitempty"`
+	// Cluster is the nodes sharing destination limits; nil without
+	// [cluster].
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
 }
 
 // QueueTotals sums up the queue.
@@ -482,6 +485,10 @@ func (s *Server) status() Status {
 	}
 	if s.opts.RateLimits != nil {
 		st.RateLimited = s.opts.RateLimits.RateLimits().Limited
+	}
+	if s.opts.Cluster != nil {
+		cl := s.opts.Cluster.Cluster()
+		st.Cluster = &cl
 	}
 	return st
 }

@@ -107,6 +107,7 @@ type Options struct {
 	BackPressure BackPressureSource // nil: not shown
 	Destinations DestinationSource  // nil: none shown
 	RateLimits   RateLimitSource    // nil: not shown (ratelimit.go)
+	Cluster      ClusterSource      // nil: no [cluster] (cluster.go)
 	// Reload re-reads the configuration (POST /api/reload); nil answers 501.
 	Reload func() error
 	// Metrics is the registry served at /metrics; nil: New makes one. New
@@ -167,6 +168,9 @@ func New(opts Options) *Server {
 	s.metrics.registerSources(opts.Queue, opts.BackPressure, opts.Destinations)
 	if opts.RateLimits != nil {
 		s.metrics.reg.MustRegister(&rateCollector{src: opts.RateLimits})
+	}
+	if opts.Cluster != nil {
+		s.metrics.reg.MustRegister(&clusterCollector{src: opts.Cluster})
 	}
 
 	mux := http.NewServeMux()
@@ -332,6 +336,11 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 			_, _ = w.Write([]byte("not ready: back pressure high (" + DescribePressure(bp) + ")\n"))
 			return
 		}
+	}
+	if s.opts.Cluster != nil && s.opts.Cluster.Cluster().State == ClusterDegraded {
+		// Still delivering, on local limits: ready, and says so.
+		_, _ = w.Write([]byte("ready (cluster: degraded: Redis unreachable; each destination's cap divided by expected_nodes)\n"))
+		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
 }

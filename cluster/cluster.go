@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+
+	"relayq/config"
 )
 
 // Limits is what the delivery scheduler asks of the cluster before it opens
@@ -27,6 +29,9 @@ type Limits interface {
 	// Release gives the lease back; the connection it stood for is closed
 	// (or about to be). Releasing twice does nothing.
 	Release(ctx context.Context, l *Lease)
+	// Live counts the leases all nodes hold for dest now; while degraded,
+	// this node's own.
+	Live(ctx context.Context, dest string) int
 	// PublishCap records the cap learned for dest (a 421 4.3.2) for every
 	// node; cap <= 0 forgets it.
 	PublishCap(ctx context.Context, dest string, cap int)
@@ -67,7 +72,7 @@ const (
 	// slow Redis longer than this before it falls back.
 	DefaultTimeout           = 50 * time.Millisecond
 	defaultBackgroundTimeout = time.Second
-	defaultTTL               = 30 * time.Second
+	defaultTTL               = config.DefaultClusterLeaseTTL
 	defaultCapTTL            = 24 * time.Hour
 	defaultRefresh           = 500 * time.Millisecond
 	heartbeatEvery           = 5 * time.Second

@@ -40,6 +40,7 @@ func Open(ctx context.Context, cfg config.Cluster, log zerolog.Logger) (*Client,
 		Name:          cfg.Name,
 		Node:          cfg.NodeName(),
 		ExpectedNodes: cfg.ExpectedNodes,
+		LeaseTTL:      cfg.LeaseTTL.Std(),
 		Log:           log,
 	})
 }

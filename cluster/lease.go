@@ -118,6 +118,24 @@ func (c *Client) Release(ctx context.Context, l *Lease) {
 	}
 }
 
+// Live counts the leases every node holds for dest now (a 421 4.3.2 tells
+// how many connections the destination took: this many, less one). While
+// degraded it counts this node's own.
+func (c *Client) Live(ctx context.Context, dest string) int {
+	now := strconv.FormatInt(ms(c.opt.Now()), 10)
+	var n int64
+	err := c.do(ctx, func(ctx context.Context) (err error) {
+		n, err = c.rdb.ZCount(ctx, c.keys.leases(dest), "("+now, "+inf").Result()
+		return err
+	})
+	if err == nil {
+		return int(n)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.mu.leases[dest])
+}
+
 // Held returns how many leases this node holds per destination, for
 // status while degraded.
 func (c *Client) Held() map[string]int {

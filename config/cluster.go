@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 	"unicode"
 )
 
@@ -30,7 +31,18 @@ type Cluster struct {
 	// unreachable: each node then keeps to cap/expected_nodes connections
 	// (at least one) on its own.
 	ExpectedNodes int `toml:"expected_nodes"`
+	// LeaseTTL is how long a connection lease counts after its last
+	// renewal (renewed every third of it): a node that dies or loses
+	// Redis stops counting after it, and the others take its share.
+	LeaseTTL Duration `toml:"lease_ttl"`
 }
+
+// DefaultClusterLeaseTTL is lease_ttl's default.
+const DefaultClusterLeaseTTL = 30 * time.Second
+
+// minLeaseTTL keeps renewals (every third of the TTL) well above the time
+// a renewal of many leases may take.
+const minLeaseTTL = 3 * time.Second
 
 // Enabled reports whether a Redis server is configured.
 func (c Cluster) Enabled() bool { return c.Redis != "" }
@@ -53,7 +65,9 @@ func (c Cluster) NodeName() string {
 	return host
 }
 
-func defaultCluster() Cluster { return Cluster{Name: "default", ExpectedNodes: 2} }
+func defaultCluster() Cluster {
+	return Cluster{Name: "default", ExpectedNodes: 2, LeaseTTL: Duration(DefaultClusterLeaseTTL)}
+}
 
 func (c *Config) validateCluster(p *problems) {
 	cl := c.Cluster
@@ -87,4 +101,7 @@ func (c *Config) validateCluster(p *problems) {
 		p.add("cluster.name", "must not be empty")
 	}
 	p.positive("cluster.expected_nodes", cl.ExpectedNodes)
+	if cl.LeaseTTL.Std() < minLeaseTTL {
+		p.add("cluster.lease_ttl", "%s is below %s", cl.LeaseTTL.Std(), minLeaseTTL)
+	}
 }

@@ -150,6 +150,7 @@ func TestValidateCluster(t *testing.T) {
 		{"[cluster]\nname = \"x}\"", "cluster.name:"},
 		{"[cluster]\nname = \"\"", "cluster.name: must not be empty"},
 		{"[cluster]\nexpected_nodes = 0", "cluster.expected_nodes: must be > 0"},
+		{"[cluster]\nlease_ttl = \"1s\"", "cluster.lease_ttl: 1s is below 3s"},
 		{"[cluster]\nredis = \"redis://r:6379\"\ntls_ca_file = \"ca.pem\"", "cluster.tls_ca_file: needs a rediss:// URL"},
 	}
 	for _, tt := range tests {

@@ -46,6 +46,11 @@ const maxStaleRetries = 4
 //     concurrency, and it counts as the host failing. So does finding the
 //     destination's slots all taken (its cap was lowered since the
 //     scheduler gave this delivery one).
+//   - With a cluster, a new connection needs a lease (dial): when the
+//     nodes together hold every connection the destination allows, the
+//     recipients go back to the front of the line, which waits
+//     cluster.RetryAtCap: no backoff, no attempt counted. A host another
+//     node put in its cool-down is skipped like one of this node's.
 //   - Recipients no host took are deferred with the last reply (a local
 //     451 4.4.1 for a host that did not answer); when every host was
 //     cooling down, with the reply that put the last one there.
@@ -79,9 +84,23 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			return errSentBack
 		}
 		conn, err := w.connect(ctx, l, target)
-		if err != nil && ctx.Err() != nil {
+		var shared *errSharedCooldown
+		switch {
+		case err != nil && ctx.Err() != nil:
 			w.pool.release(l, nil, false)
 			return nil // shutting down: no verdict, and no host to blame
+		case errors.Is(err, errAtClusterCap):
+			// The line waits for a lease (pool.hold): no attempt counted.
+			w.pool.release(l, nil, false)
+			return errSentBack
+		case errors.As(err, &shared):
+			// Another node's cool-down (now also the breaker's): skipped.
+			w.pool.release(l, nil, false)
+			cooling, coolingHop = sharedCoolReply, target.Addr
+			if coolUntil.IsZero() || shared.until.Before(coolUntil) {
+				coolUntil = shared.until
+			}
+			continue
 		}
 		if err != nil {
 			reply, stage := dialReply(err)
@@ -94,7 +113,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			} else {
 				w.pool.release(l, nil, false)
 			}
-			w.hostFailed(m, dest, breakerHost(target), reply, d, true)
+			w.hostFailed(ctx, m, dest, breakerHost(target), reply, d, true)
 			last, lastHop = reply, target.Addr
 			continue
 		}
@@ -130,7 +149,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			ti--
 			continue
 		}
-		w.hostFailed(m, dest, connHost, broken, d, broken.Code == 421)
+		w.hostFailed(ctx, m, dest, connHost, broken, d, broken.Code == 421)
 		last, lastHop = broken, conn.Addr()
 	}
 	if len(pending) > 0 {
@@ -173,12 +192,13 @@ func dialReply(err error) (*retry.Reply, retry.Stage) {
 	return retry.FromError(retry.StageConnect, err), retry.StageConnect
 }
 
-// connect returns the lease's idle session, or dials target.
+// connect returns the lease's idle session, or dials target (with a
+// cluster lease: dial).
 func (w *Worker) connect(ctx context.Context, l *lease, target Target) (Session, error) {
 	if l.conn != nil {
 		return l.conn, nil
 	}
-	return w.Courier.Dial(ctx, target)
+	return w.dial(ctx, l, target)
 }
 
 // transactions sends t.m, its sender rewritten as rw says, to the

@@ -107,6 +107,25 @@ func (b *breaker) fail(addr string, r *retry.Reply) (time.Duration, bool) {
 	return d, true
 }
 
+// adopt puts addr in a cool-down until until that another node started
+// (cluster): skipped like one of its own, without counting a failure, so
+// that the next attempts do not ask the cluster again.
+func (b *breaker) adopt(addr string, until time.Time, r *retry.Reply) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.mu.hosts[addr]
+	if h == nil {
+		if len(b.mu.hosts) >= breakerPrune {
+			b.pruneLocked(b.now())
+		}
+		h = &hostState{since: b.now()}
+		b.mu.hosts[addr] = h
+	}
+	if until.After(h.until) {
+		h.until, h.last = until, r
+	}
+}
+
 // reset forgets every host's failures: all are tried at the next attempt.
 func (b *breaker) reset() {
 	b.mu.Lock()

@@ -16,8 +16,20 @@ import (
 // the refusal was about our concurrency and the message may go back to the
 // front of the line at once; with only this one it was not, and the caller
 // treats it as the host failing.
+//
+// With a cluster, the connections open are those of all nodes (the
+// destination counts them all against one source address), and the new
+// cap is published to every node. The refused connection's lease is
+// already given back (dial, or the caller's Close), so it is added.
 func (w *Worker) lowerCap(ctx context.Context, l *lease, dest string, r *retry.Reply) bool {
-	ch := w.pool.refused(l, r)
+	live := 0
+	if w.Cluster != nil {
+		live = w.Cluster.Live(ctx, dest) + 1
+	}
+	ch := w.pool.refused(l, r, live)
+	if ch.changed && w.Cluster != nil {
+		w.Cluster.PublishCap(ctx, dest, ch.to)
+	}
 	if ch.changed {
 		w.Log.Warn().Str("dest", dest).Int("open", ch.open).Int("cap", ch.to).Int("previous_cap", ch.from).
 			Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Error()).
@@ -33,6 +45,9 @@ func (w *Worker) lowerCap(ctx context.Context, l *lease, dest string, r *retry.R
 func (w *Worker) succeeded(ctx context.Context, l *lease, dest, host string) {
 	if w.breaker.ok(host) {
 		w.Log.Info().Str("dest", dest).Str("host", host).Msg("host is taking mail again")
+		if w.Cluster != nil {
+			w.Cluster.SetCooldown(ctx, host, time.Time{})
+		}
 	}
 	if w.pool.takeRelease(dest) {
 		w.releases.Add(1)
@@ -41,9 +56,13 @@ func (w *Worker) succeeded(ctx context.Context, l *lease, dest, host string) {
 			w.release(ctx, dest) // ends with the attempts' context (Run)
 		}()
 	}
+	w.syncCap(ctx, dest)
 	ch := w.pool.succeeded(l)
 	if !ch.changed {
 		return
+	}
+	if w.Cluster != nil {
+		w.Cluster.PublishCap(ctx, dest, ch.to)
 	}
 	w.Log.Warn().Str("dest", dest).Int("cap", ch.to).Int("previous_cap", ch.from).Int("max_cap", ch.max).
 		Msg("destination took every connection its cap allows for a run of deliveries; cap raised")
@@ -52,14 +71,17 @@ func (w *Worker) succeeded(ctx context.Context, l *lease, dest, host string) {
 
 // hostFailed records a failed host: the destination's last reply and, when
 // trip is set (it failed to connect, refused us, or said 421), the circuit
-// breaker's cool-down.
-func (w *Worker) hostFailed(m *queue.Message, dest, host string, r *retry.Reply, d retry.Decision, trip bool) {
+// breaker's cool-down, which a cluster shares with every node.
+func (w *Worker) hostFailed(ctx context.Context, m *queue.Message, dest, host string, r *retry.Reply, d retry.Decision, trip bool) {
 	w.pool.note(dest, r)
 	ev := w.Log.Warn().Str("id", string(m.ID)).Str("dest", dest).Str("host", host).
 		Int("code", r.Code).Str("enhanced", d.Status.String()).Str("reply", r.Error())
 	if trip {
 		if cool, first := w.breaker.fail(host, r); first {
 			ev = ev.Dur("cool_down", cool)
+			if w.Cluster != nil {
+				w.Cluster.SetCooldown(ctx, host, w.Now().Add(cool))
+			}
 		}
 	}
 	ev.Msg("host failed")

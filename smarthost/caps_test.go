@@ -197,7 +197,7 @@ func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 		ls = append(ls, l)
 	}
 	// The sixth connection is refused: five were fine.
-	if ch := p.refused(ls[5], busy); !ch.changed || ch.open != 6 || ch.to != 5 {
+	if ch := p.refused(ls[5], busy, 0); !ch.changed || ch.open != 6 || ch.to != 5 {
 		t.Fatalf("refused with 6 open: %+v, want the cap lowered to 5", ch)
 	}
 	st := p.state("d")
@@ -216,7 +216,7 @@ func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 	// The probe is refused again: back to 5, and the next raise needs a
 	// run twice as long.
 	l := p.tryAcquire("d")
-	if ch := p.refused(l, busy); ch.to != 5 {
+	if ch := p.refused(l, busy, 0); ch.to != 5 {
 		t.Fatalf("probe refused: %+v, want 5", ch)
 	}
 	if st := p.state("d"); st.Need != 6 {
@@ -235,7 +235,7 @@ func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 	}
 	p2 := newPool(100, 10, 3, time.Minute, time.Now)
 	l = p2.tryAcquire("e")
-	if ch := p2.refused(l, busy); ch.to != 1 || ch.open != 1 {
+	if ch := p2.refused(l, busy, 0); ch.to != 1 || ch.open != 1 {
 		t.Fatalf("refused with 1 open: %+v, want cap 1", ch)
 	}
 }

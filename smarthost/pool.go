@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"relayq/cluster"
 	"relayq/retry"
 )
 
@@ -19,6 +20,10 @@ const (
 	// forgetAfter is how long an unused destination with nothing learned
 	// is kept for the status view before it is forgotten (bounded memory).
 	forgetAfter = time.Hour
+	// atCapRecent is how recent a refused cluster lease must be for a
+	// success to count towards a raise: the nodes together use every
+	// connection the cap allows.
+	atCapRecent = 2 * cluster.RetryAtCap
 )
 
 // pool holds the connections to every destination and enforces the caps:
@@ -32,6 +37,9 @@ type pool struct {
 	idleTimeout time.Duration
 	now         func() time.Time
 	total       chan struct{} // one token per open connection, all destinations
+	// wake is signalled when a destination's hold ends (hold, unhold):
+	// its line may be served again.
+	wake chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -51,6 +59,11 @@ type destination struct {
 	lastReply string    // the last failure of any of its hosts
 	lastAt    time.Time // when
 	used      time.Time // last lease given back
+	// heldUntil: the cluster refused a lease (every connection the
+	// destination allows is held by the nodes together); until then no
+	// new connection is tried (capOf), only the open ones are used.
+	heldUntil time.Time
+	atCapAt   time.Time // when the cluster last refused a lease
 
 	open int        // connections open: in use, idle and being dialled
 	idle []idleConn // most recently used last
@@ -74,7 +87,8 @@ type idleConn struct {
 }
 
 func newPool(total, perDest, raiseAfter int, idleTimeout time.Duration, now func() time.Time) *pool {
-	p := &pool{maxPerDest: perDest, raiseAfter: raiseAfter, idleTimeout: idleTimeout, now: now, total: make(chan struct{}, total)}
+	p := &pool{maxPerDest: perDest, raiseAfter: raiseAfter, idleTimeout: idleTimeout, now: now,
+		total: make(chan struct{}, total), wake: make(chan struct{}, 1)}
 	p.mu.dests = map[string]*destination{}
 	return p
 }
@@ -130,14 +144,85 @@ func (p *pool) takeRelease(name string) bool {
 	return was != waitNo
 }
 
-// capOf returns the current cap of name.
+// capOf returns the current cap of name: while the cluster holds every
+// connection name allows (hold), only the connections open now.
 func (p *pool) capOf(name string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if d := p.mu.dests[name]; d != nil {
-		return d.cap
+	d := p.mu.dests[name]
+	switch {
+	case d == nil:
+		return p.maxPerDest
+	case time.Now().Before(d.heldUntil): // a cadence, like the wake: the real clock
+		return min(d.cap, d.open)
 	}
-	return p.maxPerDest
+	return d.cap
+}
+
+// hold stops new connections to name for cluster.RetryAtCap: the cluster
+// refused a lease. Run is woken when it ends.
+func (p *pool) hold(name string) {
+	p.mu.Lock()
+	d := p.destLocked(name)
+	now := time.Now()
+	was := now.Before(d.heldUntil)
+	d.heldUntil, d.atCapAt = now.Add(cluster.RetryAtCap), p.now()
+	p.mu.Unlock()
+	if !was {
+		time.AfterFunc(cluster.RetryAtCap, p.signal)
+	}
+}
+
+// unhold ends name's hold: this node gave a lease of it back, so the
+// cluster is likely to grant one now.
+func (p *pool) unhold(name string) {
+	p.mu.Lock()
+	d := p.mu.dests[name]
+	held := d != nil && time.Now().Before(d.heldUntil)
+	if held {
+		d.heldUntil = time.Time{}
+	}
+	p.mu.Unlock()
+	if held {
+		p.signal()
+	}
+}
+
+func (p *pool) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// follow makes name's cap the one the cluster learned (bounded by the
+// configured maximum), so that every node keeps the cap one node learned;
+// idle connections beyond it are closed, busy ones are not reused.
+func (p *pool) follow(name string, learned int) {
+	var stale []Session
+	p.mu.Lock()
+	d := p.destLocked(name)
+	if c := min(max(learned, 1), p.maxPerDest); c != d.cap {
+		d.cap, d.updated = c, p.now()
+		p.shedLocked(d, &stale)
+	}
+	p.mu.Unlock()
+	closeAll(stale)
+}
+
+// shedLocked moves idle connections of d beyond its cap to stale.
+func (p *pool) shedLocked(d *destination, stale *[]Session) {
+	for d.open > d.cap && len(d.idle) > 0 {
+		*stale = append(*stale, d.idle[0].c)
+		d.idle = d.idle[1:]
+		p.dropLocked(d)
+	}
+}
+
+func closeAll(sessions []Session) {
+	for _, c := range sessions {
+		c.Close()
+	}
 }
 
 // takeLocked returns a lease on an idle connection or a free slot of d, or
@@ -227,15 +312,16 @@ type capChange struct {
 
 // refused answers a 421 4.3.2 on l's connection: the destination
 // took fewer connections than were open, so its cap becomes that number
-// minus one (at least 1), counted before l's slot is given back. The slot
-// is given back (l's connection, if any, is the caller's to close), and
-// idle connections beyond the new cap are closed.
-func (p *pool) refused(l *lease, r *retry.Reply) capChange {
+// minus one (at least 1), counted before l's slot is given back: this
+// node's, or live, the connections of all nodes (cluster), when more. The
+// slot is given back (l's connection, if any, is the caller's to close),
+// and idle connections beyond the new cap are closed.
+func (p *pool) refused(l *lease, r *retry.Reply, live int) capChange {
 	var stale []Session
 	p.mu.Lock()
 	d := l.dest
-	ch := capChange{open: d.open, from: d.cap}
-	ch.to = max(1, min(d.cap, d.open-1))
+	ch := capChange{open: max(d.open, live), from: d.cap}
+	ch.to = max(1, min(d.cap, ch.open-1))
 	d.successes = 0
 	if ch.to < d.cap {
 		if d.learned > 0 && d.cap > d.learned {
@@ -250,28 +336,24 @@ func (p *pool) refused(l *lease, r *retry.Reply) capChange {
 	d.lastReply, d.lastAt = r.Error(), p.now()
 	d.used = p.now()
 	p.dropLocked(d)
-	for d.open > d.cap && len(d.idle) > 0 {
-		stale = append(stale, d.idle[0].c)
-		d.idle = d.idle[1:]
-		p.dropLocked(d)
-	}
+	p.shedLocked(d, &stale)
 	p.mu.Unlock()
-	for _, c := range stale {
-		c.Close()
-	}
+	closeAll(stale)
 	return ch
 }
 
 // succeeded counts a successful transaction on l's connection. A run of
-// them while every connection the cap allows is open shows the cap is what
-// holds the destination back; then the cap rises by one, up to the
+// them while every connection the cap allows is open (on this node, or on
+// all nodes: the cluster refused a lease within atCapRecent) shows the cap
+// is what holds the destination back; then the cap rises by one, up to the
 // configured maximum.
 func (p *pool) succeeded(l *lease) capChange {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d := l.dest
 	ch := capChange{open: d.open, from: d.cap, to: d.cap, max: p.maxPerDest}
-	if d.open < d.cap || d.cap >= p.maxPerDest {
+	allInUse := d.open >= d.cap || p.now().Sub(d.atCapAt) < atCapRecent
+	if !allInUse || d.cap >= p.maxPerDest {
 		return ch
 	}
 	if d.successes++; d.successes < d.need {
@@ -299,16 +381,10 @@ func (p *pool) setMax(n int) {
 		if d.cap >= old || d.cap > n {
 			d.cap = n // nothing learned holds it below the maximum
 		}
-		for d.open > d.cap && len(d.idle) > 0 {
-			stale = append(stale, d.idle[0].c)
-			d.idle = d.idle[1:]
-			p.dropLocked(d)
-		}
+		p.shedLocked(d, &stale)
 	}
 	p.mu.Unlock()
-	for _, c := range stale {
-		c.Close()
-	}
+	closeAll(stale)
 }
 
 // note records the last failure of one of dest's hosts, for the status view.

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"relayq/admin"
+	"relayq/cluster"
 	"relayq/config"
 	"relayq/internal/certs"
 	"relayq/internal/dkimsign"
@@ -140,6 +141,9 @@ type instance struct {
 	certs        *certs.File        // the listeners' certificate; nil without [tls]
 	stopCerts    context.CancelFunc // ends the certificate's file watch
 	workerDone   chan struct{}
+	// cluster shares destination limits with other nodes; nil without
+	// [cluster] (cluster.go).
+	cluster *cluster.Client
 	serving      errgroup.Group
 	// stopPickupFn ends the maildrop pickup (sendmail_submit.go); nil
 	// when none runs.
@@ -181,6 +185,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 			if in.stopCerts != nil {
 				in.stopCerts()
 			}
+			in.closeCluster()
 			in.store.Close()
 		}
 	}()
@@ -246,6 +251,9 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 	if s, ok := signer.(smarthost.Signer); ok { // nil without [[dkim]]
 		worker.Signer = s // signs mail whose From: a route rewrote
 	}
+	if err := in.openCluster(cfg.Cluster, worker); err != nil {
+		return nil, err
+	}
 	in.reloadLive(worker)
 	if in.pressure != nil {
 		in.stopPressure = in.pressure.Start() // the level is known before the first client
@@ -270,6 +278,7 @@ func start(cfg *config.Config, log zerolog.Logger) (_ *instance, err error) {
 		BackPressure: pressureSource{in.pressure},
 		Destinations: destinationSource{worker},
 		RateLimits:   rateSource{in.srv},
+		Cluster:      in.clusterSource(),
 	})
 	in.startPickup(cfg)
 	return in, nil
@@ -361,6 +370,7 @@ func (in *instance) stop() error {
 	}
 	in.stopWorker()
 	<-in.workerDone
+	in.closeCluster() // after the worker: its connections gave their leases back
 	in.log.Info().Int64("queued", in.store.Messages()).Msg("stopped")
 	return errors.Join(err, in.store.Close())
 }

@@ -76,6 +76,9 @@ func printStatus(out io.Writer, st admin.Status) {
 	}
 
 	fmt.Fprintf(w, "Rate limited:\t%s\n", rateLimitedLine(st))
+	if st.Cluster != nil {
+		printCluster(w, *st.Cluster, st.Time)
+	}
 
 	fmt.Fprintln(w)
 	if len(st.Destinations) == 0 {

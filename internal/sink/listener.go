@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // refuseReply is what a connection beyond MaxConns gets instead of the 220
@@ -21,12 +23,15 @@ const refuseTimeout = 5 * time.Second
 // every connection whatever its protocol.
 type limitListener struct {
 	net.Listener
-	max      int         // 0 = no limit
 	implicit *tls.Config // when set, the refusal is written inside TLS
 	refusing sync.WaitGroup
 	mu       struct {
 		sync.Mutex
+		max                 int // 0 = no limit
 		open, peak, refused int
+		// shedding are the sessions told to go (shed) not yet closed;
+		// shed counts them all.
+		shedding, shed int
 	}
 }
 
@@ -39,7 +44,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		l.mu.Lock()
-		if l.max > 0 && l.mu.open >= l.max {
+		if l.mu.max > 0 && l.mu.open >= l.mu.max {
 			l.mu.refused++
 			l.mu.Unlock()
 			l.refusing.Add(1)
@@ -71,6 +76,57 @@ func (l *limitListener) refuse(c net.Conn) {
 	_, _ = c.Write([]byte(refuseReply))
 }
 
+// SetMaxConns changes MaxConns from now on (0: no limit), as a server
+// whose per-source limit is lowered: new connections beyond it get 421
+// 4.3.2, and so does the next MAIL of each session over it (plaintext
+// listeners), whose client is then expected to close.
+func (s *Server) SetMaxConns(n int) { s.ln.setMax(n) }
+
+// Shed is how many sessions were refused at MAIL for being over a lowered
+// limit (SetMaxConns).
+func (s *Server) Shed() int {
+	s.ln.mu.Lock()
+	defer s.ln.mu.Unlock()
+	return s.ln.mu.shed
+}
+
+// ResetPeak starts a new peak of Connections from the connections open
+// now.
+func (s *Server) ResetPeak() { s.ln.resetPeak() }
+
+// errShed is the reply to the MAIL of a session over a lowered limit.
+var errShed = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+	Message: "The maximum number of concurrent server connections has exceeded a per-source limit"}
+
+// setMax changes the limit for what comes next: new connections, and the
+// next MAIL of a session over it (shed).
+func (l *limitListener) setMax(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mu.max = n
+}
+
+// shed reports whether c's session is over the limit (more open than it
+// allows, not counting the sessions already told to go), and then counts
+// it as going.
+func (l *limitListener) shed(c *countedConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.mu.max == 0 || l.mu.open-l.mu.shedding <= l.mu.max || c.shed {
+		return false
+	}
+	c.shed = true
+	l.mu.shedding++
+	l.mu.shed++
+	return true
+}
+
+func (l *limitListener) resetPeak() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mu.peak = l.mu.open
+}
+
 func (l *limitListener) counters() (open, peak, refused int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -83,12 +139,16 @@ type countedConn struct {
 	net.Conn
 	l    *limitListener
 	once sync.Once
+	shed bool // told to go (limitListener.shed); guarded by l.mu
 }
 
 func (c *countedConn) Close() error {
 	c.once.Do(func() {
 		c.l.mu.Lock()
 		c.l.mu.open--
+		if c.shed {
+			c.l.mu.shedding--
+		}
 		c.l.mu.Unlock()
 	})
 	return c.Conn.Close()

@@ -111,7 +111,8 @@ func Start(opts Options) (*Server, error) {
 	s := &Server{opts: opts, served: make(chan struct{})}
 	s.mu.hooks = Hooks{OnMail: opts.OnMail, OnRcpt: opts.OnRcpt, OnData: opts.OnData}
 	s.mu.changed = make(chan struct{})
-	s.ln = &limitListener{Listener: tcp, max: opts.MaxConns}
+	s.ln = &limitListener{Listener: tcp}
+	s.ln.setMax(opts.MaxConns)
 	var l net.Listener = s.ln
 	if opts.ImplicitTLS {
 		s.ln.implicit = opts.TLS
@@ -260,13 +261,15 @@ func (s *Server) store(m Message) error {
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{s: s, remote: c.Conn().RemoteAddr().String()}, nil
+	cc, _ := c.Conn().(*countedConn) // nil under implicit TLS: never shed
+	return &session{s: s, remote: c.Conn().RemoteAddr().String(), conn: cc}, nil
 }
 
 // session is one SMTP session; go-smtp calls its methods from one goroutine.
 type session struct {
 	s      *Server
 	remote string
+	conn   *countedConn
 	authed bool
 	user   string // authenticated as
 	from   string
@@ -282,6 +285,9 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	// go-smtp never requires AUTH itself (docs/design.md "What the code relies on").
 	if len(ss.s.opts.Users) > 0 && !ss.authed {
 		return errAuthRequired
+	}
+	if ss.conn != nil && ss.s.ln.shed(ss.conn) {
+		return errShed
 	}
 	if h := ss.s.hooks().OnMail; h != nil {
 		if err := h(from); err != nil {

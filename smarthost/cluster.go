@@ -1,0 +1,122 @@
+package smarthost
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"relayq/cluster"
+	"relayq/internal/smtpreply"
+)
+
+// Cluster shares destination limits with other relayq nodes ([cluster],
+// package cluster); *cluster.Client is one. Every method answers even when
+// the shared store is gone (from a local fallback); the only errors are
+// cluster.ErrAtCap and the caller's own context's.
+type Cluster interface {
+	// Acquire takes a connection lease for dest while the connections of
+	// all nodes are below min(cap, the learned cap); cluster.ErrAtCap
+	// when they are not. The lease lives until Release.
+	Acquire(ctx context.Context, dest string, cap int) (*cluster.Lease, error)
+	// Release gives a lease back; releasing twice does nothing.
+	Release(ctx context.Context, l *cluster.Lease)
+	// Live counts the leases all nodes hold for dest now.
+	Live(ctx context.Context, dest string) int
+	// PublishCap records the cap learned for dest for every node.
+	PublishCap(ctx context.Context, dest string, cap int)
+	// LearnedCap is the cap published for dest by any node, 0 for none.
+	LearnedCap(ctx context.Context, dest string) int
+	// SetCooldown records that host is not to be dialled before until by
+	// any node; a zero until clears it.
+	SetCooldown(ctx context.Context, host string, until time.Time)
+	// Cooldown is the end of host's cool-down, zero when it has none.
+	Cooldown(ctx context.Context, host string) time.Time
+}
+
+var _ Cluster = (*cluster.Client)(nil)
+
+// clusterIdleTimeout bounds how long an idle connection is kept with a
+// cluster: it holds a lease that another node's waiting mail may need.
+// A destination with mail waiting reuses its connection at once, so only
+// a node done with a destination lets go of it.
+const clusterIdleTimeout = time.Second
+
+// errAtClusterCap: the other nodes hold every connection the destination
+// allows. The message goes back to the front of its line, which waits
+// cluster.RetryAtCap (pool.hold): no backoff, no attempt counted.
+var errAtClusterCap = errors.New("every connection the destination allows is held by the cluster")
+
+// errSharedCooldown is what connect returns when another node put the host
+// in its cool-down: deliverGroup skips the host as its own breaker would.
+type errSharedCooldown struct{ until time.Time }
+
+func (e *errSharedCooldown) Error() string {
+	return "host cooling down after failing on another node until " + e.until.Format(time.RFC3339)
+}
+
+// sharedCoolReply stands for a cool-down another node set: it keeps only
+// when the cool-down ends, not the reply that started it.
+var sharedCoolReply = &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeNoAnswer, Local: true,
+	Text: "host cooling down after failing on another relayq node"}
+
+// dial opens a new connection for l to target. With a cluster it first
+// checks the host's shared cool-down and takes a lease under the
+// destination's cap (errAtClusterCap when there is none), which the
+// session gives back when it is closed (sharedSession).
+func (w *Worker) dial(ctx context.Context, l *lease, target Target) (Session, error) {
+	if w.Cluster == nil {
+		return w.Courier.Dial(ctx, target)
+	}
+	dest := l.dest.name
+	if until := w.Cluster.Cooldown(ctx, breakerHost(target)); until.After(w.Now()) {
+		w.breaker.adopt(breakerHost(target), until, sharedCoolReply)
+		return nil, &errSharedCooldown{until: until}
+	}
+	w.syncCap(ctx, dest)
+	shared, err := w.Cluster.Acquire(ctx, dest, w.pool.capOf(dest))
+	if errors.Is(err, cluster.ErrAtCap) {
+		w.pool.hold(dest)
+		return nil, errAtClusterCap
+	}
+	if err != nil {
+		return nil, err // the caller's context: shutting down
+	}
+	conn, err := w.Courier.Dial(ctx, target)
+	if err != nil {
+		w.Cluster.Release(ctx, shared)
+		return nil, err
+	}
+	return &sharedSession{Session: conn, release: func() {
+		w.Cluster.Release(context.WithoutCancel(ctx), shared)
+		w.pool.unhold(dest)
+	}}, nil
+}
+
+// syncCap makes dest's cap the one the cluster learned, when one was
+// published (pool.follow).
+func (w *Worker) syncCap(ctx context.Context, dest string) {
+	if w.Cluster == nil {
+		return
+	}
+	if learned := w.Cluster.LearnedCap(ctx, dest); learned > 0 {
+		w.pool.follow(dest, learned)
+	}
+}
+
+// sharedSession is a session that holds a cluster lease: closing it, by
+// whichever path the pool drops the connection (reuse refused, idle
+// timeout, broken, shutdown), gives the lease back.
+type sharedSession struct {
+	Session
+	release func()
+	closed  bool
+}
+
+func (s *sharedSession) Close() error {
+	err := s.Session.Close()
+	if !s.closed {
+		s.closed = true
+		s.release()
+	}
+	return err
+}
