@@ -210,7 +210,9 @@ func (s *Store) modify(ctx context.Context, id ID, fn func(r *record, now time.T
 	if err := s.rewriteLocked(b, id, old, &r); err != nil {
 		return err
 	}
-	if err := s.commit(b, synced); err != nil {
+	err = s.commit(b, synced)
+	s.changes.Add(1) // even if it failed: it may have been applied
+	if err != nil {
 		return fmt.Errorf("queue: commit %s: %w", id, err)
 	}
 	if !r.Held {
@@ -235,7 +237,9 @@ func (s *Store) Delete(ctx context.Context, id ID) error {
 	if err := s.deleteLocked(b, id, r); err != nil {
 		return err
 	}
-	if err := s.commit(b, synced); err != nil {
+	err = s.commit(b, synced)
+	s.changes.Add(1) // even if it failed: it may have been applied
+	if err != nil {
 		return fmt.Errorf("queue: commit delete %s: %w", id, err)
 	}
 	s.messages.Add(-1)

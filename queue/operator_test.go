@@ -82,3 +82,36 @@ func checkNoBody(t *testing.T, s *Store, id ID) {
 		t.Fatalf("Body(%s): %v, want ErrNotFound", id, err)
 	}
 }
+
+// TestChangesCountsEveryChangeButUpdates: every operator change (hold,
+// release, flush, bounce, delete) and every release of waiting mail bumps
+// Changes, so a reader of a message can tell its copy is still the stored
+// record; Put and Update do not, nor a change that changes nothing.
+func TestChangesCountsEveryChangeButUpdates(t *testing.T) {
+	ctx := context.Background()
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := openTest(t, Options{Now: func() time.Time { return clock }})
+	m := putOne(t, s)
+	step := func(name string, bumps bool, change func() error) {
+		t.Helper()
+		before := s.Changes()
+		if err := change(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := s.Changes() != before; got != bumps {
+			t.Fatalf("%s: Changes bumped %v, want %v", name, got, bumps)
+		}
+	}
+	step("put", false, func() error { putOne(t, s); return nil })
+	step("update", false, func() error {
+		m.NextAttempt, m.WaitsFor = clock.Add(time.Hour), "smarthost:h:25"
+		return s.Update(ctx, m)
+	})
+	step("release of waiting mail", true, func() error { _, _, err := s.ReleaseDest(ctx, "smarthost:h:25", 10); return err })
+	step("hold", true, func() error { return s.Hold(ctx, m.ID) })
+	step("hold again (no change)", false, func() error { return s.Hold(ctx, m.ID) })
+	step("release", true, func() error { return s.Release(ctx, m.ID) })
+	step("flush", true, func() error { clock = clock.Add(time.Minute); return s.Flush(ctx, m.ID) })
+	step("bounce", true, func() error { return s.Bounce(ctx, m.ID) })
+	step("delete", true, func() error { return s.Delete(ctx, m.ID) })
+}

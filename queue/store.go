@@ -78,6 +78,8 @@ type Store struct {
 	locks     [lockStripes]sync.Mutex
 	messages  atomic.Int64
 	bytes     atomic.Int64
+	// changes counts the operator changes committed (Changes).
+	changes atomic.Uint64
 	// counted is closed when the count of what was queued at Open is in
 	// messages and bytes; closing stops that count early (Close).
 	counted chan struct{}
@@ -397,6 +399,14 @@ func (s *Store) getRecordTo(id ID, r *record) error {
 	closer.Close()
 	return err
 }
+
+// Changes counts the changes made to stored messages other than by
+// Update: an operator's hold, release, flush, bounce or delete, and
+// ReleaseDest's release of waiting mail. It is bumped after each such
+// change commits, so a caller that reads it before Get and finds it
+// unchanged later knows that no such change was made to the message since
+// (Update's own commits are the caller's to know about).
+func (s *Store) Changes() uint64 { return s.changes.Load() }
 
 // Get returns the stored envelope of id, or ErrNotFound.
 func (s *Store) Get(id ID) (*Message, error) {

@@ -7,9 +7,10 @@ import (
 )
 
 // maxKnown bounds the messages the scheduler holds in memory: in its
-// lines and in flight. A message is an ID and a few counters there, never
-// its envelope or body, so 100,000 take a few MB. While it is full no more
-// due mail is taken from the queue; what is due stays on disk.
+// lines and in flight. A message is an ID and a few counters there, and
+// the envelope the routing read (see job), never its body: 100,000 take
+// a few tens of MB. While it is full no more due mail is taken from the
+// queue; what is due stays on disk.
 const maxKnown = 100_000
 
 // scanBatch is the most IDs one scan of the schedule takes.
@@ -50,6 +51,14 @@ type line struct {
 type job struct {
 	id   queue.ID
 	busy int // 421 4.3.2s it met in a row (maxBusyRetries)
+	// m, when set, is the message as read by the routing that put the job
+	// in its destination's line, with nothing committed since, and changes
+	// is the queue's Changes before that read: the delivery reuses m if
+	// no change was made to the queue since (Worker.read). At a million
+	// queued a Get is the dearest part of an attempt; without this, each
+	// message that waits for a slot is read twice.
+	m       *queue.Message
+	changes uint64
 }
 
 func newSched(maxRun int) *sched {

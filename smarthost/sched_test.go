@@ -121,15 +121,88 @@ func TestDestinationBackReleasesTheMailDeferredForIt(t *testing.T) {
 	}
 }
 
-// TestMessageHeldWhileInALineIsNotSent: an operator holds a message while
-// it waits in its destination's line behind a stuck delivery; when the
-// line moves, the held message stays queued and unsent, the others go.
-func TestMessageHeldWhileInALineIsNotSent(t *testing.T) {
-	release, stuck := make(chan struct{}), make(chan []byte, 1)
-	var once sync.Once
-	h := backlogHarness(t, sink.Options{MaxConns: 1, OnData: func(m *sink.Message) error {
+// TestOperatorChangeWhileInALineWins: an operator holds, bounces or
+// deletes a message while it waits in its destination's line behind a
+// stuck delivery, after the routing read it; when the line moves, that
+// message is not sent (held: it stays queued and pending; bounced: its
+// sender gets an NDR; deleted: it is gone, with no NDR), the others go.
+// The routing's copy of the message must not be used once it is stale.
+func TestOperatorChangeWhileInALineWins(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		change func(s *queue.Store, id queue.ID) error
+		ndrs   int
+		kept   bool // the message stays queued, held and pending
+	}{
+		{"hold", func(s *queue.Store, id queue.ID) error { return s.Hold(ctx, id) }, 0, true},
+		{"bounce", func(s *queue.Store, id queue.ID) error { return s.Bounce(ctx, id) }, 1, false},
+		{"delete", func(s *queue.Store, id queue.ID) error { return s.Delete(ctx, id) }, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, ids, stuck, release := stuckLine(t, 4)
+			other := (stuck + 1) % len(ids)
+			changed := ids[other] // waiting in the line, read by the routing
+			if err := tc.change(h.store, changed); err != nil {
+				t.Fatal(err)
+			}
+			close(release)
+			for i, id := range ids {
+				if i != other {
+					h.waitGone(id)
+				}
+			}
+			waitFor(t, "the changed message leaves the scheduler", func() bool { return !h.worker.sched.knows(changed) })
+			m, err := h.store.Get(changed)
+			if tc.kept && (err != nil || !m.Held || m.Recipients[0].State != queue.Pending) {
+				t.Fatalf("the held message: %+v, %v; want it held and pending", m, err)
+			}
+			if !tc.kept && err != queue.ErrNotFound {
+				t.Fatalf("the message is still queued: %+v, %v", m, err)
+			}
+			if n := h.ndrs(changed); n != tc.ndrs {
+				t.Fatalf("%d NDRs queued for it, want %d", n, tc.ndrs)
+			}
+			rcpt := fmt.Sprintf("r%d@dst.invalid", other)
+			for _, msg := range h.sink.Messages() {
+				if len(msg.To) == 1 && msg.To[0] == rcpt {
+					t.Fatalf("the %s message was sent", tc.name)
+				}
+			}
+		})
+	}
+}
+
+// TestMessageWaitingForASlotIsReadOnce: messages that the routing finds
+// their destination full for wait in its line and are delivered from
+// there with the copy the routing read: one Get per message delivered.
+func TestMessageWaitingForASlotIsReadOnce(t *testing.T) {
+	h, ids, _, release := stuckLine(t, 20)
+	close(release)
+	for _, id := range ids {
+		h.waitGone(id)
+	}
+	for _, id := range ids {
+		if n := h.reads(id); n != 1 {
+			t.Errorf("message %s read %d times, want once", id, n)
+		}
+	}
+}
+
+// stuckLine queues n messages for a destination of one connection whose
+// first delivery blocks in DATA until release is closed, and returns once
+// the other n-1 wait in the destination's line, routed. ids[i] is to
+// r<i>@dst.invalid; ids[stuck] is the one delivering.
+func stuckLine(t *testing.T, n int) (h *harness, ids []queue.ID, stuck int, release chan struct{}) {
+	t.Helper()
+	release = make(chan struct{})
+	var (
+		once      sync.Once
+		stuckRcpt = make(chan string, 1)
+	)
+	h = backlogHarness(t, sink.Options{MaxConns: 1, OnData: func(m *sink.Message) error {
 		once.Do(func() {
-			stuck <- m.Data
+			stuckRcpt <- m.To[0]
 			select {
 			case <-release:
 			case <-time.After(20 * time.Second):
@@ -137,38 +210,32 @@ func TestMessageHeldWhileInALineIsNotSent(t *testing.T) {
 		})
 		return nil
 	}}, func(w *Worker) { w.MaxConnsPerDest = 1 })
-	var ids []queue.ID
-	for i := range 4 {
+	for i := range n {
 		ids = append(ids, h.put("a@src.invalid", fmt.Sprintf("r%d@dst.invalid", i)))
 	}
 	h.start()
-	var held queue.ID // one waiting in the line behind the stuck one
+	var rcpt string
 	select {
-	case data := <-stuck:
-		for _, id := range ids {
-			if !strings.Contains(string(data), string(id)) {
-				held = id
-			}
-		}
+	case rcpt = <-stuckRcpt:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no delivery began")
 	}
-	if err := h.store.Hold(context.Background(), held); err != nil {
-		t.Fatal(err)
+	if _, err := fmt.Sscanf(rcpt, "r%d@", &stuck); err != nil {
+		t.Fatalf("delivering to %q: %v", rcpt, err)
 	}
-	close(release)
-	h.waitSink(3)
-	for _, id := range ids {
-		if id != held {
-			h.waitGone(id)
+	waitFor(t, "the backlog routed into the destination's line", func() bool { return h.worker.sched.waitingFor("sink") == n-1 })
+	return h, ids, stuck, release
+}
+
+// waitFor polls cond until it holds, for 10 s at most.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 10 s: %s", what)
 		}
-	}
-	m, err := h.store.Get(held)
-	if err != nil || !m.Held || m.Recipients[0].State != queue.Pending {
-		t.Fatalf("the held message: %+v, %v; want it held and pending", m, err)
-	}
-	if n := h.sink.Count(); n != 3 {
-		t.Fatalf("%d messages arrived, want 3 (not the held one)", n)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

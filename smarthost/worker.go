@@ -26,6 +26,11 @@ type Queue interface {
 	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, queue.Cursor, error)
 	// Get returns the stored message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
+	// Changes counts the changes made to stored messages by anything but
+	// Update (an operator's, a release of waiting mail), bumped after
+	// each commits: a message read after Changes returned c is still as
+	// stored, bar its own Updates, while Changes still returns c.
+	Changes() uint64
 	// Body streams the body; the caller closes it.
 	Body(id queue.ID) (io.ReadCloser, error)
 	// Update commits the message's new state and any NDRs with fsync,
@@ -507,7 +512,7 @@ func (w *Worker) Hosts() []HostStatus {
 // there (it reports true: the job was requeued and stays in the
 // scheduler). So does a group a 421 4.3.2 sent back.
 func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued bool) {
-	m, err := w.Queue.Get(j.id)
+	m, changes, err := w.read(j)
 	if errors.Is(err, queue.ErrNotFound) {
 		return false
 	}
@@ -540,13 +545,19 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 			groups[0], groups[k] = groups[k], groups[0]
 		}
 	}
+	asRead := len(unrouted) == 0 // m is as read: nothing committed
 	for _, g := range groups {
 		dest := g.route.Destination
 		held := dest == from
 		if !held && !w.sched.enter(dest, w.pool.capOf) {
-			w.sched.requeue(dest, &job{id: j.id}, false)
+			next := &job{id: j.id}
+			if asRead {
+				next.m, next.changes = m, changes
+			}
+			w.sched.requeue(dest, next, false)
 			return true
 		}
+		asRead = false
 		err := w.deliverGroup(ctx, t, g, j)
 		if !held {
 			w.sched.leave(dest)
@@ -560,6 +571,21 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 		}
 	}
 	return false
+}
+
+// read returns the message of j and the queue's Changes from before it
+// was read: the copy j carries if the queue has had no change since it
+// was read (nothing but this job's attempts writes the message, and the
+// routing that kept the copy committed nothing), else the stored one.
+func (w *Worker) read(j *job) (*queue.Message, uint64, error) {
+	m := j.m
+	j.m = nil // one use: what this attempt commits makes it stale
+	if c := w.Queue.Changes(); m != nil && c == j.changes {
+		return m, c, nil
+	}
+	c := w.Queue.Changes()
+	m, err := w.Queue.Get(j.id)
+	return m, c, err
 }
 
 // operatorBounce returns every pending recipient of m to its sender, as an

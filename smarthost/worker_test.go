@@ -68,7 +68,7 @@ func pausedHarness(t *testing.T, dst *sink.Server, router Router, tune func(*Wor
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &recordingQueue{Store: store, news: map[queue.ID]int{}}
+	rec := &recordingQueue{Store: store, news: map[queue.ID]int{}, gets: map[queue.ID]int{}}
 	w := testWorker(t, rec, store, router, tune)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -111,11 +111,26 @@ func testWorker(t *testing.T, q Queue, store *queue.Store, router Router, tune f
 }
 
 // recordingQueue counts the messages each Update enqueued (NDRs) per
-// original message, before they are committed.
+// original message, before they are committed, and the Gets of each.
 type recordingQueue struct {
 	*queue.Store
 	mu   sync.Mutex
 	news map[queue.ID]int
+	gets map[queue.ID]int
+}
+
+func (q *recordingQueue) Get(id queue.ID) (*queue.Message, error) {
+	q.mu.Lock()
+	q.gets[id]++
+	q.mu.Unlock()
+	return q.Store.Get(id)
+}
+
+// reads returns how many times the worker read id (Get).
+func (h *harness) reads(id queue.ID) int {
+	h.rec.mu.Lock()
+	defer h.rec.mu.Unlock()
+	return h.rec.gets[id]
 }
 
 func (q *recordingQueue) Update(ctx context.Context, m *queue.Message, news ...queue.NewMessage) error {
