@@ -22,7 +22,8 @@
 //     password files are read by the code that uses them, [[dkim]] key
 //     files by internal/dkimsign (at start and by `relayq config check`).
 //   - A Config is a plain value: nothing here keeps state or watches files.
-//     Delivery.RouteFor resolves, for one domain, which [[delivery.route]]
-//     applies (first match wins) with [delivery.smarthost] filled in, so
+//     Delivery.RouteFor resolves, for one envelope sender and recipient
+//     domain, which [[delivery.route]] applies (first match wins) with
+//     [delivery.smarthost] filled in, so
 //     that the outbound side needs no knowledge of the file's layout.
 package config

@@ -17,8 +17,11 @@
 //
 // ConfigRouter decides the route at every attempt, never at enqueue, so a
 // configuration change (Set) applies to mail already queued: the first
-// [[delivery.route]] matching the domain, else [delivery.smarthost] when it
-// has hosts, else MX.
+// [[delivery.route]] matching the recipient domain and the envelope sender
+// (routes by sender: "*@domain" or an address; the null sender matches
+// none), else [delivery.smarthost] when it has hosts, else MX. The
+// recipients of one message are grouped by destination and sender
+// rewriting; each group is a transaction of its own.
 //
 //   - MX (RFC 5321 §5.1): hosts by preference, random among equal ones
 //     (ConfigRouter.IntN), each host's addresses in turn, at most 10
@@ -30,8 +33,29 @@
 //     hosts none of which has an address → 451 4.4.4.
 //   - MX TLS is opportunistic and unverified unless a route says otherwise;
 //     the certificate name is the MX host's, never an address.
-//   - A destination is "smarthost:" plus the hosts, or "mx:" plus the
-//     sorted MX host names: domains sharing MX hosts share one cap.
+//   - A destination is "smarthost:" plus the hosts (and ";user=" and the
+//     AUTH username, never the password, when the route authenticates),
+//     or "mx:" plus the sorted MX host names: domains sharing MX hosts
+//     share one cap, and two accounts at one provider are two
+//     destinations. The circuit breaker likewise names a host with the
+//     username it is used with (breakerHost): a refused AUTH cools down
+//     that account at the host only.
+//
+// # Sender rewriting (rewrite.go)
+//
+//   - A route's Rewrite is applied to the outgoing copy at each
+//     transaction, never to the queue record: reports go to the original
+//     sender. The null sender is never rewritten.
+//   - Rewrite.Sender replaces MAIL FROM; with From = replace or reply-to,
+//     the header section (at most 64 KiB, parsed with go-message's
+//     textproto) gets From: the rewritten address with the first author's
+//     display name, reply-to moves the original From: field to Reply-To:
+//     when there is none, and every DKIM-Signature field is dropped (each
+//     signs From:). Worker.Signer then signs the rewritten header section
+//     and the stored body (read once more) for the rewritten domain. All
+//     other fields are sent byte for byte, in place; the body streams.
+//   - The stored message is still read through the stored-size check
+//     (exactReader), and SIZE= announces the rewritten size.
 //
 // # Scheduling (worker.go Run, sched.go)
 //

@@ -17,6 +17,9 @@
 //     section (at most 1 MiB) is read ahead, and the rest streams.
 //   - What is signed is what is queued: the bytes after the signature
 //     fields are exactly the bytes read, in order.
+//   - Signature signs at delivery the copy of a message whose From: a
+//     route rewrote: it reads the message once, keeps nothing, and returns
+//     the fields only; the caller reads the message again to send it.
 //   - A key is only ever used for the domains it is configured for: the
 //     domain of the one From: field, equal to [[dkim]] domain or below it
 //     with subdomains = true. A message with no From: field, or several,
