@@ -127,6 +127,12 @@ var (
 		"Open outbound connections per destination.", []string{"destination"}, nil)
 	destCapDesc = prometheus.NewDesc("relayq_destination_cap",
 		"Current connection cap per destination (lowered after 421 4.3.2).", []string{"destination"}, nil)
+	destWaitingDesc = prometheus.NewDesc("relayq_destination_waiting",
+		"Messages waiting in the destination's line for a connection slot or its message rate.", []string{"destination"}, nil)
+	destRateDesc = prometheus.NewDesc("relayq_destination_rate_limit_per_hour",
+		"Configured message rate per destination, in messages an hour (0: none).", []string{"destination"}, nil)
+	destLearnedRateDesc = prometheus.NewDesc("relayq_destination_learned_rate_per_hour",
+		"Message rate a reply saying we send too fast set per destination, in messages an hour (0: none).", []string{"destination"}, nil)
 )
 
 type pressureCollector struct{ src BackPressureSource }
@@ -154,11 +160,17 @@ type destCollector struct{ src DestinationSource }
 func (c *destCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- destConnsDesc
 	ch <- destCapDesc
+	ch <- destWaitingDesc
+	ch <- destRateDesc
+	ch <- destLearnedRateDesc
 }
 
 func (c *destCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range c.src.Destinations() {
 		ch <- prometheus.MustNewConstMetric(destConnsDesc, prometheus.GaugeValue, float64(d.Open), d.Name)
 		ch <- prometheus.MustNewConstMetric(destCapDesc, prometheus.GaugeValue, float64(d.Cap), d.Name)
+		ch <- prometheus.MustNewConstMetric(destWaitingDesc, prometheus.GaugeValue, float64(d.Waiting), d.Name)
+		ch <- prometheus.MustNewConstMetric(destRateDesc, prometheus.GaugeValue, d.RateLimitPerHour, d.Name)
+		ch <- prometheus.MustNewConstMetric(destLearnedRateDesc, prometheus.GaugeValue, d.LearnedRatePerHour, d.Name)
 	}
 }

@@ -86,7 +86,16 @@ type Destination struct {
 	LearnedCap    int    `json:"learned_cap,omitempty"`
 	CapReason     string `json:"cap_reason,omitempty"`
 	Open          int    `json:"open"`              // connections open now
-	Waiting       int    `json:"waiting,omitempty"` // deliveries waiting for a connection slot
+	Waiting       int    `json:"waiting,omitempty"` // deliveries waiting for a connection slot or the rate
+	// RateLimit is the configured message rate ("600/min", "100/h"), ""
+	// for none; LearnedRate the lower one set by a reply saying we send
+	// too fast, "" for none, and RateReason that reply. The per-hour
+	// figures are the same rates as numbers (0: none), for /metrics.
+	RateLimit          string  `json:"rate_limit,omitempty"`
+	LearnedRate        string  `json:"learned_rate,omitempty"`
+	RateReason         string  `json:"rate_reason,omitempty"`
+	RateLimitPerHour   float64 `json:"rate_limit_per_hour,omitempty"`
+	LearnedRatePerHour float64 `json:"learned_rate_per_hour,omitempty"`
 	// State is the delivery side's word for the destination ("ok",
 	// "failing", "paused"…), free text for operators.
 	State       string    `json:"state,omitempty"`

@@ -55,7 +55,8 @@ func (d Delivery) DNSServerAddrs() []string {
 // when [delivery.smarthost] has hosts, else MX). The result is resolved:
 // a smarthost route without hosts carries [delivery.smarthost]'s hosts,
 // TLS and credentials, TLS is never empty (MX defaults to
-// opportunistic), and neither is RewriteFrom (RewriteFromKeep).
+// opportunistic), and neither is RewriteFrom (RewriteFromKeep); its Rate
+// is the one that paces its destination (Rate).
 func (d Delivery) RouteFor(sender, domain string) Route {
 	for _, r := range d.Routes {
 		if r.MatchesSender(sender) && (len(r.Domains) == 0 || r.Matches(domain)) {
@@ -87,6 +88,7 @@ func (d Delivery) resolve(r Route) Route {
 	if r.RewriteFrom == "" {
 		r.RewriteFrom = RewriteFromKeep
 	}
+	r.Rate = d.rateOf(r)
 	switch {
 	case r.Via == ViaSmarthost && len(r.Hosts) == 0:
 		s := d.Smarthost

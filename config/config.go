@@ -137,6 +137,11 @@ type Delivery struct {
 	MaxConnectionsPerDestination int       `toml:"max_connections_per_destination"`
 	Smarthost                    Smarthost `toml:"smarthost"`
 	Routes                       []Route   `toml:"route"`
+
+	// MXMaxMessagesPerMinute and MXMaxMessagesPerHour pace every MX
+	// destination (MXRate); 0: no limit.
+	MXMaxMessagesPerMinute int `toml:"mx_max_messages_per_minute"`
+	MXMaxMessagesPerHour   int `toml:"mx_max_messages_per_hour"`
 }
 
 // Smarthost is the upstream relay used for every domain no route matches
@@ -148,6 +153,7 @@ type Smarthost struct {
 	PasswordFile       string   `toml:"password_file"`
 	PasswordEnv        string   `toml:"password_env"`
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
+	Rate                        // max_messages_per_minute, max_messages_per_hour
 }
 
 // Password returns the AUTH password: the contents of PasswordFile without
@@ -166,6 +172,9 @@ type Route struct {
 	PasswordFile       string   `toml:"password_file"`
 	PasswordEnv        string   `toml:"password_env"`
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
+	// Rate paces the route's destination; zero: the smart host's rate
+	// (for via = "smarthost" without hosts) or the MX one (via = "mx").
+	Rate
 
 	// Senders are envelope senders the route is for: "*@example.com" or
 	// "app@example.net", case-insensitive; empty = any sender. A route

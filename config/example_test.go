@@ -68,6 +68,9 @@ func diffValues(got, want reflect.Value, prefix string) []string {
 		}
 		g, w := got.Field(i), want.Field(i)
 		switch {
+		case f.Anonymous:
+			// An embedded struct's keys belong to the table around it.
+			diffs = append(diffs, diffValues(g, w, prefix)...)
 		case f.Type.Kind() == reflect.Struct:
 			diffs = append(diffs, diffValues(g, w, key)...)
 		case f.Type.Kind() == reflect.Slice && g.Len() == 0 && w.Len() == 0:
@@ -85,6 +88,10 @@ func missingKeys(t reflect.Type, doc map[string]any, prefix string) []string {
 	var missing []string
 	for i := range t.NumField() {
 		f := t.Field(i)
+		if f.Anonymous {
+			missing = append(missing, missingKeys(f.Type, doc, prefix)...)
+			continue
+		}
 		name := tomlName(f)
 		key := strings.TrimPrefix(prefix+"."+name, ".")
 		v, ok := doc[name]

@@ -213,6 +213,7 @@ func (c *Config) validateDelivery(p *problems) {
 	}
 	p.oneOf("delivery.smarthost.tls", s.TLS, TLSNone, TLSOpportunistic, TLSStartTLS, TLSImplicit)
 	checkCredentials(p, "delivery.smarthost", s.Username, s.PasswordFile, s.PasswordEnv)
+	d.validateRates(p)
 
 	for i, r := range d.Routes {
 		key := fmt.Sprintf("delivery.route[%d]", i)

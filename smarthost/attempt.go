@@ -113,6 +113,9 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			} else {
 				w.pool.release(l, nil, false)
 			}
+			if w.paceBack(ctx, j, dest, d, reply) {
+				return errSentBack
+			}
 			w.hostFailed(ctx, m, dest, breakerHost(target), reply, d, true)
 			last, lastHop = reply, target.Addr
 			continue
@@ -121,11 +124,19 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 		// conn.Addr, not target.Addr: a reused connection may go to
 		// another host of the destination.
 		connHost := breakerHost(Target{Addr: conn.Addr(), Username: target.Username})
-		ok := func() { w.succeeded(ctx, l, dest, connHost) }
+		ok := func() { w.succeeded(ctx, l, dest, connHost); w.rateSucceeded(ctx, dest) }
+		t.paceOK, t.pacedBy = j.busy < maxBusyRetries, nil
 		decided, rest, broken, err := w.transactions(ctx, t, conn, pending, g.route.Rewrite, ok)
 		if errors.Is(err, errGone) {
 			w.pool.release(l, conn, broken == nil)
 			return err
+		}
+		if t.pacedBy != nil && err == nil {
+			// Recipients refused for our rate wait for the lowered one in
+			// the line, the rest of the group with them.
+			w.pool.release(l, conn, broken == nil)
+			w.paceBack(ctx, j, dest, retry.Decision{LowerRate: true}, t.pacedBy)
+			return errSentBack
 		}
 		pending = rest
 		if broken == nil {
@@ -141,6 +152,9 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			}
 		} else {
 			w.pool.release(l, conn, false)
+		}
+		if w.paceBack(ctx, j, dest, d, broken) {
+			return errSentBack
 		}
 		if reused && !decided && stale < maxStaleRetries {
 			// A reused connection the peer had closed (or said 421 on
@@ -238,6 +252,10 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pendi
 			switch {
 			case d.Action == retry.Split:
 				split = append(split, i)
+			case d.LowerRate && t.paceOK:
+				// Refused for our rate: no verdict, the recipient waits
+				// for the destination's lowered rate (deliverGroup).
+				t.pacedBy = r.Reply
 			case d.NextHost:
 				// A 421 or a dropped connection: another connection (or
 				// host) may take them; deliverGroup decides which.
@@ -274,10 +292,29 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pendi
 		if sendErr != nil {
 			return decided, append(split, nextHost...), retry.FromError(retry.StageBody, sendErr), nil
 		}
+		if t.pacedBy != nil { // the rest waits for the rate too
+			return decided, append(append(rest, split...), nextHost...), nil, nil
+		}
 		rest = append(rest, nextHost...)
 		pending = split
 	}
 	return decided, rest, nil, nil
+}
+
+// paceBack answers a reply d says is about our rate of messages to dest:
+// the rate is lowered and, unless j met too many such replies in a row
+// (maxBusyRetries, shared with 421 4.3.2), it reports true: the message
+// goes back to the front of the line, to wait for the rate.
+func (w *Worker) paceBack(ctx context.Context, j *job, dest string, d retry.Decision, reply *retry.Reply) bool {
+	if !d.LowerRate {
+		return false
+	}
+	w.lowerRate(ctx, dest, reply)
+	if j.busy >= maxBusyRetries {
+		return false
+	}
+	j.busy++
+	return true
 }
 
 // errGone: the message was deleted (by an operator) during its attempt.
@@ -338,6 +375,10 @@ type tally struct {
 	// for its destination is indexed for release (queue.ReleaseDest).
 	waitsFor    string
 	msgDeferred bool
+	// paceOK says a reply about our rate may send recipients back to the
+	// line (deliverGroup); pacedBy is the first such reply.
+	paceOK  bool
+	pacedBy *retry.Reply
 }
 
 // verdict is one recipient's reply in this attempt, kept parsed for the

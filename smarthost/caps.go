@@ -95,7 +95,9 @@ func (w *Worker) persist(ctx context.Context, dest string) {
 	}
 	w.persistMu.Lock()
 	defer w.persistMu.Unlock()
-	v, err := json.Marshal(w.pool.state(dest))
+	s := w.pool.state(dest)
+	s.rateState = w.pacer.state(dest)
+	v, err := json.Marshal(s)
 	if err == nil {
 		err = w.State.SetDest(context.WithoutCancel(ctx), dest, v)
 	}

@@ -145,7 +145,7 @@ func TestConnectionsStayWithinALoweredCap(t *testing.T) {
 func TestSchedulerServesDestinationsRoundRobinWithinTheirCaps(t *testing.T) {
 	s := newSched(5)
 	caps := map[string]int{"slow": 1, "a": 2, "b": 2}
-	capOf := func(d string) int { return caps[d] }
+	capOf := gate{capOf: func(d string) int { return caps[d] }, pace: unpaced}
 	for _, d := range []string{"slow", "a", "b"} {
 		for i := range 3 {
 			s.requeue(d, &job{id: queue.ID(fmt.Sprintf("%s%d", d, i))}, false)

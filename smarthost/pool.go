@@ -402,6 +402,8 @@ type destState struct {
 	Reason  string    `json:"reason,omitempty"`
 	Updated time.Time `json:"updated"`
 	Need    int       `json:"need,omitempty"`
+
+	rateState // the learned message rate (rate.go)
 }
 
 // state returns the persistent state of name.
@@ -434,10 +436,12 @@ type DestinationStatus struct {
 	Reason      string    // the reply that set LearnedCap
 	Open        int       // connections open now: in use, idle and being dialled
 	Idle        int       // of those, idle
-	Waiting     int       // messages waiting in its line for a slot
+	Waiting     int       // messages waiting in its line for a slot or its rate
 	LastReply   string    // the last failure of any of its hosts
 	LastReplyAt time.Time // when
 	Updated     time.Time // when Cap last changed
+
+	Rate RateStatus // its message rate (rate.go)
 }
 
 func (p *pool) snapshot() []DestinationStatus {

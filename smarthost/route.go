@@ -71,7 +71,7 @@ func (r *ConfigRouter) Route(ctx context.Context, sender, domain string) (*Route
 	if rt.Via == config.ViaMX {
 		route, err := r.mx(ctx, domain, d.MXPort, mode, rt.InsecureSkipVerify)
 		if route != nil {
-			route.Rewrite = rewrite
+			route.Rewrite, route.Rate = rewrite, rt.Rate
 		}
 		return route, err
 	}
@@ -79,7 +79,7 @@ func (r *ConfigRouter) Route(ctx context.Context, sender, domain string) (*Route
 	if err != nil {
 		return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "smart host password: " + err.Error(), Local: true}
 	}
-	route := &Route{Destination: smarthostDest(rt.Hosts, rt.Username), Rewrite: rewrite}
+	route := &Route{Destination: smarthostDest(rt.Hosts, rt.Username), Rewrite: rewrite, Rate: rt.Rate}
 	for _, h := range rt.Hosts {
 		route.Targets = append(route.Targets, Target{
 			Addr: h, TLS: mode, InsecureSkipVerify: rt.InsecureSkipVerify, RootCAs: r.RootCAs,

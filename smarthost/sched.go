@@ -2,6 +2,7 @@ package smarthost
 
 import (
 	"sync"
+	"time"
 
 	"relayq/queue"
 )
@@ -36,7 +37,19 @@ type sched struct {
 		rr      int     // where the next round starts in ring
 		known   map[queue.ID]bool
 		running int
+		// pacedAt is the earliest time a line skipped for its
+		// destination's rate may send (zero: none skipped); Run wakes
+		// then (pacedWait).
+		pacedAt time.Time
 	}
+}
+
+// gate says whether a delivery to a destination may start now: capOf is
+// its connection cap, pace takes its turn of its message rate (pacer.
+// reserve) or says when it may have one.
+type gate struct {
+	capOf func(dest string) int
+	pace  func(dest string) (ok bool, at time.Time)
 }
 
 // line is one destination's work ("" for mail not yet routed).
@@ -128,9 +141,10 @@ func (s *sched) pushLocked(dest string, j *job, front bool) {
 }
 
 // next takes the next job to start, round-robin over the lines with work
-// whose destination has a slot free under capOf, or returns nil. Until
-// finish, the job counts against its line's cap and against MaxConns.
-func (s *sched) next(capOf func(dest string) int) (*job, string) {
+// whose destination has a slot free under its cap and whose rate allows a
+// message now (g), or returns nil. Until finish, the job counts against its
+// line's cap and against MaxConns.
+func (s *sched) next(g gate) (*job, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mu.running >= s.maxRun {
@@ -148,7 +162,7 @@ func (s *sched) next(capOf func(dest string) int) (*job, string) {
 			continue
 		}
 		s.mu.rr++
-		if l.dest != "" && l.active >= capOf(l.dest) {
+		if l.dest != "" && !s.mayStartLocked(l.dest, l.active, g) {
 			continue
 		}
 		j := l.jobs[0]
@@ -161,15 +175,43 @@ func (s *sched) next(capOf func(dest string) int) (*job, string) {
 	return nil, ""
 }
 
+// mayStartLocked reports whether a delivery to dest, which has active
+// running, may start now: a slot free, and its rate's turn taken (pacedAt
+// notes when it may be had, if not).
+func (s *sched) mayStartLocked(dest string, active int, g gate) bool {
+	if active >= g.capOf(dest) {
+		return false
+	}
+	ok, at := g.pace(dest)
+	if !ok && (s.mu.pacedAt.IsZero() || at.Before(s.mu.pacedAt)) {
+		s.mu.pacedAt = at
+	}
+	return ok
+}
+
+// pacedWait is how long from now until a line skipped for its rate may
+// send, or an hour if none was; it clears the note (the next skip makes a
+// new one).
+func (s *sched) pacedWait(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at := s.mu.pacedAt
+	s.mu.pacedAt = time.Time{}
+	if at.IsZero() {
+		return time.Hour
+	}
+	return max(at.Sub(now), 0)
+}
+
 // enter gives a delivery already running (routing a message, or done with
-// another destination of it) a slot of dest, if dest has one free and no
-// line of its own: it must not pass the mail waiting there. leave gives
-// the slot back.
-func (s *sched) enter(dest string, capOf func(string) int) bool {
+// another destination of it) a slot of dest, if dest has one free, its
+// rate allows a message, and it has no line of its own: it must not pass
+// the mail waiting there. leave gives the slot back.
+func (s *sched) enter(dest string, g gate) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	l := s.lineLocked(dest)
-	if len(l.jobs) > 0 || l.active >= capOf(dest) {
+	if len(l.jobs) > 0 || !s.mayStartLocked(dest, l.active, g) {
 		s.forgetLocked(l)
 		return false
 	}

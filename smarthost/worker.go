@@ -60,6 +60,8 @@ type Route struct {
 	Targets []Target
 	// Rewrite is how the sender is rewritten on this route (rewrite.go).
 	Rewrite Rewrite
+	// Rate paces the messages sent to Destination (rate.go); zero: none.
+	Rate config.Rate
 }
 
 // Router picks the route for the recipients at a domain of mail from a
@@ -144,6 +146,8 @@ type Worker struct {
 	timing    atomic.Pointer[retryTiming] // set by defaults and SetRetry
 	pool      *pool
 	sched     *sched
+	pacer     *pacer // each destination's message rate (rate.go)
+	gate      gate   // the scheduler's look at pool and pacer
 	breaker   *breaker
 	cooled    cooledDomains // destinations found with every host cooling down (plan.go)
 	ndr       ndrMaker
@@ -222,7 +226,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			// The slot just freed is most likely its own line's: take the
 			// next job at once rather than through the loop, which may be
 			// busy scanning the schedule.
-			if j, from := w.sched.next(w.pool.capOf); j != nil && ctx.Err() == nil {
+			if j, from := w.sched.next(w.gate); j != nil && ctx.Err() == nil {
 				tk = task{j: j, from: from}
 				continue
 			} else if j != nil { // shutting down: back where it was
@@ -243,6 +247,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer reap.Stop()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	paced := time.NewTimer(time.Hour)
+	defer paced.Stop()
 
 	// The schedule is scanned when something may have become due: a new
 	// or rescheduled message (Wake), the timer, or a finished attempt
@@ -259,6 +265,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.dispatch(tasks, func(tk task) { wg.Add(1); go runner(tk) })
 		timer.Reset(st.wait(w.Now()))
+		paced.Reset(w.sched.pacedWait(w.Now()))
 		select {
 		case <-ctx.Done():
 		case <-w.Queue.Wake():
@@ -274,6 +281,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			scan = true
 		case <-reap.C:
 			w.pool.reap()
+			w.pacer.reap()
+		case <-paced.C: // a destination's rate allows a message again: dispatch
 		case <-w.pool.wake: // a destination held at the cluster's cap may go on: dispatch
 		}
 	}
@@ -347,7 +356,7 @@ func (st *scanState) wait(now time.Time) time.Duration {
 // runner, else a new one (start).
 func (w *Worker) dispatch(tasks chan<- task, start func(task)) {
 	for {
-		j, from := w.sched.next(w.pool.capOf)
+		j, from := w.sched.next(w.gate)
 		if j == nil {
 			return
 		}
@@ -410,6 +419,8 @@ func (w *Worker) defaults() {
 	w.timing.Store(&retryTiming{backoff: w.Backoff, lifetime: w.Lifetime, delayWarning: w.DelayWarning})
 	w.pool = newPool(w.MaxConns, w.MaxConnsPerDest, w.RaiseAfter, w.IdleTimeout, w.Now)
 	w.sched = newSched(w.MaxConns)
+	w.pacer = newPacer(w.RaiseAfter, w.Now)
+	w.gate = gate{capOf: w.pool.capOf, pace: func(dest string) (bool, time.Time) { return w.pacer.reserve(dest, w.Now()) }}
 	w.breaker = newBreaker(w.CoolDown, w.MaxCoolDown, w.Now)
 	if w.Queue != nil {
 		w.ndr = ndrMaker{hostname: w.Hostname, now: w.Now, newID: w.Queue.NewID, body: w.Queue.Body, returnMax: w.ReturnFullMax}
@@ -433,6 +444,11 @@ func (w *Worker) loadDests() {
 			continue
 		}
 		w.pool.load(name, s)
+		w.pacer.load(name, s.rateState)
+		if s.LearnedPerHour > 0 {
+			w.Log.Info().Str("dest", name).Float64("rate_per_hour", s.LearnedPerHour).
+				Str("reason", s.rateState.Reason).Msg("learned destination rate restored")
+		}
 		if s.Learned > 0 {
 			w.Log.Info().Str("dest", name).Int("cap", s.Cap).Int("learned", s.Learned).
 				Str("reason", s.Reason).Time("updated", s.Updated).Msg("learned destination cap restored")
@@ -489,9 +505,10 @@ func (w *Worker) SetMaxConnsPerDest(n int) {
 func (w *Worker) Destinations() []DestinationStatus {
 	w.init()
 	out := w.pool.snapshot()
-	waiting := w.sched.waiting()
+	waiting, rates := w.sched.waiting(), w.pacer.snapshot()
 	for i := range out {
 		out[i].Waiting = waiting[out[i].Name]
+		out[i].Rate = rates[out[i].Name]
 	}
 	return out
 }
@@ -548,8 +565,9 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 	asRead := len(unrouted) == 0 // m is as read: nothing committed
 	for _, g := range groups {
 		dest := g.route.Destination
+		w.pacer.configure(dest, g.route.Rate)
 		held := dest == from
-		if !held && !w.sched.enter(dest, w.pool.capOf) {
+		if !held && !w.sched.enter(dest, w.gate) {
 			next := &job{id: j.id}
 			if asRead {
 				next.m, next.changes = m, changes

@@ -85,7 +85,7 @@ func printStatus(out io.Writer, st admin.Status) {
 		fmt.Fprintln(w, "Destinations:\tnone tried yet")
 	} else {
 		fmt.Fprintln(w, "Destinations:")
-		fmt.Fprintln(w, "  NAME\tSTATE\tOPEN/CAP\tLEARNED CAP\tNEXT ATTEMPT\tLAST REPLY")
+		fmt.Fprintln(w, "  NAME\tSTATE\tOPEN/CAP\tLEARNED CAP\tWAITING\tRATE\tNEXT ATTEMPT\tLAST REPLY")
 		for _, d := range st.Destinations {
 			learned := "-"
 			if d.LearnedCap > 0 {
@@ -95,7 +95,7 @@ func printStatus(out io.Writer, st admin.Status) {
 				}
 			}
 			next := admin.FormatWhen(d.NextAttempt, st.Time)
-			fmt.Fprintf(w, "  %s\t%s\t%d/%d\t%s\t%s\t%s\n", d.Name, dash(d.State), d.Open, d.Cap, learned, dash(next), dash(d.LastReply))
+			fmt.Fprintf(w, "  %s\t%s\t%d/%d\t%s\t%d\t%s\t%s\t%s\n", d.Name, dash(d.State), d.Open, d.Cap, learned, d.Waiting, rateColumn(d), dash(next), dash(d.LastReply))
 		}
 	}
 
@@ -126,6 +126,19 @@ func thresholds(r admin.Resource) string {
 		cmp = "below"
 	}
 	return fmt.Sprintf("medium %s %s, high %s %s", cmp, admin.FormatValue(r.Medium, r.Unit), cmp, admin.FormatValue(r.High, r.Unit))
+}
+
+// rateColumn is a destination's message rate: the configured one, and the
+// learned one with the reply that set it ("-" for none).
+func rateColumn(d admin.Destination) string {
+	s := dash(d.RateLimit)
+	if d.LearnedRate != "" {
+		s += ", learned " + d.LearnedRate
+		if d.RateReason != "" {
+			s += " (" + d.RateReason + ")"
+		}
+	}
+	return s
 }
 
 func dash(s string) string {
