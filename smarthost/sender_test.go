@@ -315,19 +315,30 @@ func TestRewrittenMessageSizeAndStoredSizeCheck(t *testing.T) {
 	}
 	got, err := io.ReadAll(r)
 	r.Close()
-	want := "From: Alice <relay@example.net>\r\nReply-To: Alice <alice@sales.example>\r\nSubject: s\r\n\r\nbody\r\n"
+	want := "From: \"Alice\" <relay@example.net>\r\nReply-To: Alice <alice@sales.example>\r\nSubject: s\r\n\r\nbody\r\n"
 	if err != nil || string(got) != want || int64(len(got)) != size {
 		t.Fatalf("read %q (%v), size %d; want %q of that size", got, err, size, want)
 	}
 
-	m.Size-- // as if the stored body were a byte longer than recorded
+	// As if the stored body were a byte longer than recorded: found while
+	// the header section is read (a small message) or while the rest
+	// streams (a large one); never a message that reads to its end.
+	m.Size--
+	if _, _, err := h.worker.outgoing(context.Background(), m, rw); err == nil || !strings.Contains(err.Error(), "longer than its stored size") {
+		t.Fatalf("opening a small body longer than its stored size: %v", err)
+	}
+	large := h.putMessage("alice@sales.example", data+strings.Repeat("x", 100<<10)+"\r\n", "x@dst.example")
+	if m, err = h.store.Get(large); err != nil {
+		t.Fatal(err)
+	}
+	m.Size--
 	r, _, err = h.worker.outgoing(context.Background(), m, rw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	if _, err := io.Copy(io.Discard, r); err == nil || !strings.Contains(err.Error(), "longer than its stored size") {
-		t.Fatalf("reading a body longer than its stored size: %v", err)
+		t.Fatalf("reading a large body longer than its stored size: %v", err)
 	}
 }
 
