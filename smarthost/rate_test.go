@@ -1,6 +1,7 @@
 package smarthost
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -11,10 +12,12 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
 
 	"relayq/config"
 	"relayq/internal/sink"
 	"relayq/internal/smtptest"
+	"relayq/queue"
 	"relayq/retry"
 )
 
@@ -210,5 +213,62 @@ func TestPacerLowersRaisesAndForgets(t *testing.T) {
 	}
 	if got := p.snapshot()["c"].LearnedPerHour; got != 1 {
 		t.Fatalf("lowered to %v an hour, want the floor of 1", got)
+	}
+}
+
+// BenchmarkRate60At600PerMinute is the README's figure for a paced
+// destination: 60 messages queued for a destination of 600 a minute and 60
+// for another, unpaced one, delivered over loopback; it reports the time
+// from the start to the paced destination's last message and to the other
+// one's, and the deferrals (none expected). Run it with -benchtime=1x:
+//
+//	go test -run '^$' -bench Rate60At600 -benchtime=1x ./smarthost/
+func BenchmarkRate60At600PerMinute(b *testing.B) {
+	const n = 60
+	for range b.N {
+		paced, err := sink.Start(sink.Options{Discard: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		other, err := sink.Start(sink.Options{Discard: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		store, err := queue.Open(b.TempDir(), queue.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range n {
+			for _, rcpt := range []string{fmt.Sprintf("r%d@paced.invalid", i), fmt.Sprintf("r%d@other.invalid", i)} {
+				env := &queue.Envelope{From: "a@src.invalid", Recipients: []queue.Recipient{{Addr: rcpt}}}
+				if err := store.Put(context.Background(), store.NewID(), env, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		var seen outcomes
+		w := &Worker{Queue: store, State: store, Hostname: "relay.test.invalid", Log: zerolog.Nop(), Observe: seen.observe,
+			Router: smarthostRouter([]string{other.Addr()}, config.Route{Domains: []string{"paced.invalid"}, Via: "smarthost",
+				Hosts: []string{paced.Addr()}, TLS: config.TLSNone, Rate: config.Rate{PerMinute: 600}})}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		done := make(chan struct{})
+		start := time.Now()
+		go func() { defer close(done); w.Run(ctx) }()
+		if err := other.Wait(ctx, n); err != nil {
+			b.Fatal(err)
+		}
+		otherTook := time.Since(start)
+		if err := paced.Wait(ctx, n); err != nil {
+			b.Fatal(err)
+		}
+		pacedTook := time.Since(start)
+		cancel()
+		<-done
+		store.Close()
+		paced.Close()
+		other.Close()
+		b.ReportMetric(pacedTook.Seconds(), "s-paced-60")
+		b.ReportMetric(otherTook.Seconds(), "s-other-60")
+		b.ReportMetric(float64(seen.count("deferred")), "deferred")
 	}
 }
