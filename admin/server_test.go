@@ -119,24 +119,27 @@ func TestMetricsMoveWithQueueAndCounters(t *testing.T) {
 	met.ObserveAccept(3 * time.Millisecond)
 	met.Delivery(ResultDelivered, 120*time.Millisecond)
 	met.Delivery(ResultDeferred, 2*time.Second)
-	f.dests.list = []Destination{{Name: "mx:dest.invalid", Open: 4, Cap: 20}}
+	f.dests.list = []Destination{{Name: "mx:dest.invalid", Open: 4, Cap: 20, Waiting: 7, RateLimitPerHour: 36000, LearnedRatePerHour: 18000}}
 	bp := f.bp.BackPressure()
 	bp.Level = pressure.Medium
 	f.bp.set(bp)
 
 	m = scrape()
 	for series, want := range map[string]float64{
-		"relayq_queue_messages":                                         2,
-		"relayq_messages_received_total":                                2,
-		`relayq_deliveries_total{result="delivered"}`:                   1,
-		`relayq_deliveries_total{result="deferred"}`:                    1,
-		`relayq_deliveries_total{result="bounced"}`:                     0,
-		"relayq_accept_duration_seconds_count":                          1,
-		`relayq_accept_duration_seconds_bucket{le="0.005"}`:             1,
-		`relayq_delivery_duration_seconds_count{result="deferred"}`:     1,
-		"relayq_backpressure_level":                                     1,
-		`relayq_destination_connections{destination="mx:dest.invalid"}`: 4,
-		`relayq_backpressure_reading{resource="memory"}`:                0.31,
+		"relayq_queue_messages":                                                   2,
+		"relayq_messages_received_total":                                          2,
+		`relayq_deliveries_total{result="delivered"}`:                             1,
+		`relayq_deliveries_total{result="deferred"}`:                              1,
+		`relayq_deliveries_total{result="bounced"}`:                               0,
+		"relayq_accept_duration_seconds_count":                                    1,
+		`relayq_accept_duration_seconds_bucket{le="0.005"}`:                       1,
+		`relayq_delivery_duration_seconds_count{result="deferred"}`:               1,
+		"relayq_backpressure_level":                                               1,
+		`relayq_destination_connections{destination="mx:dest.invalid"}`:           4,
+		`relayq_destination_waiting{destination="mx:dest.invalid"}`:               7,
+		`relayq_destination_rate_limit_per_hour{destination="mx:dest.invalid"}`:   36000,
+		`relayq_destination_learned_rate_per_hour{destination="mx:dest.invalid"}`: 18000,
+		`relayq_backpressure_reading{resource="memory"}`:                          0.31,
 	} {
 		if got := metric(t, m, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
