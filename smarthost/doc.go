@@ -62,8 +62,8 @@
 //   - Due mail is taken from the queue by an incremental scan
 //     (queue.DueAfter, from a cursor; from the start once a second) into
 //     the scheduler, at most maxKnown (100,000) messages at a time: an ID
-//     and a counter each, never an envelope or a body. Beyond that, due
-//     mail stays on disk until there is room.
+//     and a counter each, never a body. Beyond that, due mail stays on
+//     disk until there is room.
 //   - The scheduler keeps a line per destination and one for mail not yet
 //     routed. Deliveries are started round-robin over the lines, one at a
 //     time each, a line only while its destination has fewer deliveries
@@ -73,7 +73,23 @@
 //     delivery from the routing line routes the message and delivers it
 //     at once where its destination has a slot free and no line, else the
 //     message joins that destination's line (and is routed again when it
-//     is taken from there, so a reload applies).
+//     is taken from there, so a reload applies). The message joins it with
+//     the envelope the routing read, and its delivery uses that copy, not
+//     a second read, if the queue's Changes is what it was before that
+//     read (no operator change and no release since: only the worker's
+//     own Updates write a message it holds, and the routing committed
+//     nothing); else it reads the message again.
+//   - A destination with a message rate (Route.Rate: configured, or
+//     learned from a reply retry classifies LowerRate) is paced by the
+//     pacer (rate.go): a delivery to it starts only when the rate allows
+//     one (pacer.reserve, evenly spaced, burst 1), checked after its cap.
+//     A line out of rate is passed over like one at its cap and Run wakes
+//     when it may send; nothing is deferred and no attempt counted for
+//     waiting. Such a reply halves the rate (at least minRate), stores it
+//     with the destination's state and sends the message back to the front
+//     of the line (at most maxBusyRetries times in a row); a run of
+//     RaiseAfter deliveries that waited for a learned rate raises it by
+//     rateRaise, and it is forgotten at the configured rate.
 //   - An attempt never waits for a destination's slot while holding one of
 //     MaxConns: the message joins the line instead (pool.tryAcquire never
 //     waits). So does a message with recipients at several destinations,

@@ -42,10 +42,11 @@ type pacer struct {
 
 // paced is one destination's rate.
 type paced struct {
-	configured float64 // messages a second (config.Rate); 0: none
-	learned    float64 // set by the last reply saying too fast; 0: none
-	from       float64 // the rate in force when a rate was first learned
-	reason     string  // the reply that set learned
+	configured float64     // messages a second (config.Rate); 0: none
+	rate       config.Rate // as configured, for the status view
+	learned    float64     // set by the last reply saying too fast; 0: none
+	from       float64     // the rate in force when a rate was first learned
+	reason     string      // the reply that set learned
 	updated    time.Time
 	lim        *rate.Limiter // at inForce, burst 1; nil: unpaced
 	successes  int           // in a row, each after waiting for the rate
@@ -106,6 +107,7 @@ func (p *pacer) configure(dest string, r config.Rate) {
 		return // unpaced and nothing learned: nothing to keep
 	}
 	d = p.destLocked(dest)
+	d.rate = r
 	if d.configured != perSecond {
 		d.configured = perSecond
 		d.applyLocked(p.now())
@@ -288,13 +290,13 @@ func (p *pacer) snapshot() map[string]RateStatus {
 		if d.configured == 0 && d.learned == 0 {
 			continue
 		}
-		out[name] = RateStatus{Limit: perHourRate(d.configured), LearnedPerHour: d.learned * 3600, Reason: d.reason}
+		out[name] = RateStatus{Limit: d.rate, LearnedPerHour: d.learned * 3600, Reason: d.reason}
 	}
 	return out
 }
 
 // perHourRate is a rate in messages a second as a config.Rate: per minute
-// when it is a whole number of them, else per hour.
+// when it is a whole number of them, else per hour (rounded).
 func perHourRate(perSecond float64) config.Rate {
 	perMinute := perSecond * 60
 	if perMinute >= 1 && perMinute == float64(int(perMinute)) {
