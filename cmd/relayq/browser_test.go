@@ -37,10 +37,10 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Skip("chromium is not installed; `make browser-test` installs it with apt-get and runs this test")
 	}
 	in := opsRelayq(t, downAddr(t))
-	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"p1", "p2"}, 3000)
-	submit(t, in.addrs()[0], "cron@ops.invalid", "root@backup.invalid", []string{"p3"}, 800)
-	waitDeferred(t, in.adminAddr(), 3)
-	url := "http://" + in.adminAddr() + "/"
+	submit(t, in.Addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"p1", "p2"}, 3000)
+	submit(t, in.Addrs()[0], "cron@ops.invalid", "root@backup.invalid", []string{"p3"}, 800)
+	waitDeferred(t, in.AdminAddr(), 3)
+	url := "http://" + in.AdminAddr() + "/"
 
 	dom := runBrowser(t, browser, "--dump-dom", url)
 	if !regexp.MustCompile(`id="queue-count"[^>]*>3<`).Match(dom) {

@@ -38,8 +38,8 @@ func TestListenerCertificateReloadsWithoutDroppingConnections(t *testing.T) {
 	cfg := testConfig(t, dst.Addr())
 	cfg.TLS = config.TLS{CertFile: certFile, KeyFile: keyFile}
 	in := startRelayq(t, cfg)
-	in.setLoader(func() (*config.Config, error) { return cfg, nil })
-	addr := in.addrs()[0]
+	in.SetLoader(func() (*config.Config, error) { return cfg, nil })
+	addr := in.Addrs()[0]
 
 	before, name := starttls(t, addr)
 	if name != "old.test.invalid" {
@@ -48,7 +48,7 @@ func TestListenerCertificateReloadsWithoutDroppingConnections(t *testing.T) {
 	if err := writeSelfSigned([]string{"new.test.invalid"}, certFile, keyFile, time.Hour, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := in.reload(); err != nil {
+	if err := in.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	if _, name := starttls(t, addr); name != "new.test.invalid" {
@@ -66,7 +66,7 @@ func TestListenerCertificateReloadsWithoutDroppingConnections(t *testing.T) {
 	if err := writeFile(keyFile, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := in.reload(); err != nil {
+	if err := in.Reload(); err != nil {
 		t.Fatal(err) // the configuration itself is fine; the certificate's failure is logged
 	}
 	if _, name := starttls(t, addr); name != "new.test.invalid" {

@@ -19,6 +19,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"relayq/config"
+	"relayq/internal/server"
 	"relayq/internal/sink"
 )
 
@@ -98,8 +99,8 @@ func TestDKIMKeygenKeysSignThroughRelayqAndVerifyAgainstDNS(t *testing.T) {
 	}
 	in := startRelayq(t, cfg)
 	// 300 kB: past the 256 KiB kept in memory, so the spool file is used.
-	submit(t, in.addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"signed"}, 300_000)
-	submit(t, in.addrs()[0], "app@other.invalid", "u@dest.invalid", []string{"unsigned"}, 100)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"signed"}, 300_000)
+	submit(t, in.Addrs()[0], "app@other.invalid", "u@dest.invalid", []string{"unsigned"}, 100)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := dst.Wait(ctx, 2); err != nil {
@@ -160,8 +161,8 @@ func TestDKIMBadKeyFileFailsConfigCheckAndStartNamingIt(t *testing.T) {
 	}
 	cfg := testConfig(t, "127.0.0.1:1")
 	cfg.DKIM = []config.DKIM{{Domain: "shop.invalid", Selector: "s1", KeyFile: bad}}
-	if in, err := start(cfg, zerolog.Nop()); err == nil {
-		in.stop()
+	if in, err := server.Start(cfg, zerolog.Nop(), serverOptions(nil)); err == nil {
+		in.Stop()
 		t.Error("relayq started with a bad DKIM key")
 	} else if !strings.Contains(err.Error(), want) {
 		t.Errorf("start: %v, want %q", err, want)

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/config"
+	"relayq/internal/server"
 	"relayq/internal/sink"
 )
 
@@ -39,14 +40,14 @@ func testConfig(t testing.TB, smarthostAddr string) *config.Config {
 }
 
 // startRelayq runs relayq in this process until the test ends.
-func startRelayq(t testing.TB, cfg *config.Config) *instance {
+func startRelayq(t testing.TB, cfg *config.Config) *server.Instance {
 	t.Helper()
-	in, err := start(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	in, err := server.Start(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), serverOptions(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := in.stop(); err != nil {
+		if err := in.Stop(); err != nil {
 			t.Error(err)
 		}
 	})
@@ -128,7 +129,7 @@ func TestEndToEnd500MessagesFrom20ClientsArriveOnce(t *testing.T) {
 			for i := 0; i < perClient; i++ {
 				tokens = append(tokens, fmt.Sprintf("c%d-m%d", c, i))
 			}
-			submit(t, in.addrs()[0], "sender@test.invalid", "rcpt@dest.invalid", tokens, 1024)
+			submit(t, in.Addrs()[0], "sender@test.invalid", "rcpt@dest.invalid", tokens, 1024)
 		}(c)
 	}
 	wg.Wait()
@@ -152,7 +153,7 @@ func TestEndToEnd500MessagesFrom20ClientsArriveOnce(t *testing.T) {
 		}
 	}
 	// Every delivered message leaves the queue.
-	waitFor(t, 10*time.Second, func() bool { return in.store.Messages() == 0 }, "queue to empty")
+	waitFor(t, 10*time.Second, func() bool { return in.Store().Messages() == 0 }, "queue to empty")
 }
 
 // waitFor polls cond until it holds or timeout passes.
@@ -194,7 +195,7 @@ func benchmarkRelay(b *testing.B, size int) {
 			for i := range tokens {
 				tokens[i] = fmt.Sprintf("b%d-%d", c, i)
 			}
-			submit(b, in.addrs()[0], "sender@test.invalid", "rcpt@dest.invalid", tokens, size)
+			submit(b, in.Addrs()[0], "sender@test.invalid", "rcpt@dest.invalid", tokens, size)
 		}(c, n)
 	}
 	wg.Wait()

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"relayq/config"
+	"relayq/internal/server"
 	"relayq/internal/sink"
 )
 
@@ -102,7 +103,7 @@ func TestSmugglingPayloadsReachTheSinkAsOneMessageWithCRLFOnly(t *testing.T) {
 		"From: ceo@dest.invalid\r\nSubject: smuggled\r\n\r\nwire money\r\n"
 	dst := startSink(t, sink.Options{})
 	in := startRelayq(t, testConfig(t, dst.Addr()))
-	d := dial(t, in.addrs()[0])
+	d := dial(t, in.Addrs()[0])
 	for _, pl := range payloads {
 		d.cmd("MAIL FROM:<app@shop.invalid>", 250)
 		d.cmd("RCPT TO:<user@dest.invalid>", 250)
@@ -117,7 +118,7 @@ func TestSmugglingPayloadsReachTheSinkAsOneMessageWithCRLFOnly(t *testing.T) {
 	if err := dst.Wait(ctx, len(payloads)); err != nil {
 		t.Fatalf("sink got %d of %d messages: %v", dst.Count(), len(payloads), err)
 	}
-	waitFor(t, intakeTimeout, func() bool { return in.store.Messages() == 0 }, "the queue to empty")
+	waitFor(t, intakeTimeout, func() bool { return in.Store().Messages() == 0 }, "the queue to empty")
 	msgs := dst.Messages()
 	if len(msgs) != len(payloads) {
 		t.Fatalf("sink got %d messages for %d DATA commands", len(msgs), len(payloads))
@@ -149,7 +150,7 @@ func TestBareLineEndingsRejectFromConfig(t *testing.T) {
 	cfg := testConfig(t, dst.Addr())
 	cfg.Limits.BareLineEndings = config.BareLineEndingsReject
 	in := startRelayq(t, cfg)
-	d := dial(t, in.addrs()[0])
+	d := dial(t, in.Addrs()[0])
 	d.cmd("MAIL FROM:<app@shop.invalid>", 250)
 	d.cmd("RCPT TO:<user@dest.invalid>", 250)
 	d.cmd("DATA", 354)
@@ -157,7 +158,7 @@ func TestBareLineEndingsRejectFromConfig(t *testing.T) {
 	if msg := d.expect(550); !strings.HasPrefix(msg, "5.5.2 ") {
 		t.Errorf("bare LF in reject mode: 550 %s, want 550 5.5.2", msg)
 	}
-	if n := in.store.Messages(); n != 0 {
+	if n := in.Store().Messages(); n != 0 {
 		t.Errorf("%d messages queued", n)
 	}
 }
@@ -208,12 +209,12 @@ max_backoff = "200ms"
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := start(normal, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel))
+	first, err := server.Start(normal, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), serverOptions(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	submit(t, first.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"queued-before"}, 200)
-	if err := first.stop(); err != nil {
+	submit(t, first.Addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"queued-before"}, 200)
+	if err := first.Stop(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -222,16 +223,16 @@ max_backoff = "200ms"
 		t.Fatal(err)
 	}
 	var logs logBuffer
-	in, err := start(forced, zerolog.New(&logs).Level(zerolog.WarnLevel))
+	in, err := server.Start(forced, zerolog.New(&logs).Level(zerolog.WarnLevel), serverOptions(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { in.stop() })
-	<-in.store.Counted()
-	if in.store.Messages() != 1 {
-		t.Fatalf("%d messages queued after the restart, want 1", in.store.Messages())
+	t.Cleanup(func() { in.Stop() })
+	<-in.Store().Counted()
+	if in.Store().Messages() != 1 {
+		t.Fatalf("%d messages queued after the restart, want 1", in.Store().Messages())
 	}
-	d := dial(t, in.addrs()[0])
+	d := dial(t, in.Addrs()[0])
 	if msg := d.cmd("MAIL FROM:<app@shop.invalid>", 452); msg != "4.3.1 Insufficient system resources (queue disk space)" {
 		t.Errorf("MAIL at high pressure: 452 %s", msg)
 	}
@@ -258,7 +259,7 @@ max_backoff = "200ms"
 	}
 	d.cmd("RSET", 250)
 	d.cmd("MAIL FROM:<app@shop.invalid>", 452) // still refused: delivery went on, intake did not
-	waitFor(t, intakeTimeout, func() bool { return in.store.Messages() == 0 }, "the queue to empty")
+	waitFor(t, intakeTimeout, func() bool { return in.Store().Messages() == 0 }, "the queue to empty")
 }
 
 // TestBackPressureDisabledNeverRefuses: enabled = false turns the
@@ -278,10 +279,10 @@ free_disk_high = "1000TB"
 		t.Fatal(err)
 	}
 	in := startRelayq(t, cfg)
-	if in.pressure != nil {
+	if in.Pressure() != nil {
 		t.Error("a monitor runs with enabled = false")
 	}
-	dial(t, in.addrs()[0]).cmd("MAIL FROM:<app@shop.invalid>", 250)
+	dial(t, in.Addrs()[0]).cmd("MAIL FROM:<app@shop.invalid>", 250)
 }
 
 // TestTLSListenersAndAuthFromRelayqCertAndPasswd wires what `relayq cert`
@@ -320,7 +321,7 @@ func TestTLSListenersAndAuthFromRelayqCertAndPasswd(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
 	clientTLS := &tls.Config{RootCAs: pool, ServerName: "relay.test.invalid"}
-	addrs := in.addrs()
+	addrs := in.Addrs()
 
 	send := func(c *smtp.Client, token string) error {
 		defer c.Close()

@@ -1,7 +1,10 @@
 // Command relayq is an SMTP relay with a durable retry queue.
 //
-// This package is wiring only: it reads the configuration, builds the
-// relay, queue and smarthost pieces and starts them. See ../../README.md.
+// This package is flags and subcommands only: `relayq serve` reads the
+// configuration and the flags that override it and runs the instance of
+// internal/server; the other subcommands are the operator's tools
+// (queue, status, send, sendmail, sink, config, explain, cert, dkim,
+// passwd, version). See ../../README.md.
 package main
 
 import (

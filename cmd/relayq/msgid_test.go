@@ -14,6 +14,7 @@ import (
 
 	"relayq/admin"
 	"relayq/config"
+	"relayq/internal/server"
 	"relayq/internal/sink"
 	"relayq/queue"
 )
@@ -86,14 +87,14 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 	cfg.Retry.MinBackoff = config.Duration(10 * time.Minute)
 	cfg.Retry.MaxBackoff = config.Duration(time.Hour)
 	logs := &syncWriter{w: &bytes.Buffer{}}
-	in, err := start(cfg, zerolog.New(logs))
+	in, err := server.Start(cfg, zerolog.New(logs), serverOptions(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { in.stop() })
+	t.Cleanup(func() { in.Stop() })
 
-	id := sendRaw(t, in.addrs()[0], nightly, "ok@dest.invalid", "later@dest.invalid", "gone@dest.invalid")
-	bare := sendRaw(t, in.addrs()[0], "no header section, just a line\r\n", "later@dest.invalid")
+	id := sendRaw(t, in.Addrs()[0], nightly, "ok@dest.invalid", "later@dest.invalid", "gone@dest.invalid")
+	bare := sendRaw(t, in.Addrs()[0], "no header section, just a line\r\n", "later@dest.invalid")
 
 	lines := func() map[string]map[string]any { // message → its line about id
 		out := map[string]map[string]any{}
@@ -131,7 +132,7 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 
 	for _, q := range []string{nightlyID, strings.Trim(nightlyID, "<>")} {
 		var list admin.ListResponse
-		api(t, in.adminAddr(), "/api/queue?message_id="+url.QueryEscape(q), &list)
+		api(t, in.AdminAddr(), "/api/queue?message_id="+url.QueryEscape(q), &list)
 		if len(list.Messages) != 1 || list.Messages[0].ID != string(id) || list.Messages[0].Subject != nightlySubject {
 			t.Fatalf("message_id=%s selects %+v", q, list.Messages)
 		}
@@ -142,7 +143,7 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 	}
 
 	var st admin.Status
-	api(t, in.adminAddr(), "/api/status", &st)
+	api(t, in.AdminAddr(), "/api/status", &st)
 	kinds := map[string]bool{}
 	for _, e := range st.Recent {
 		if e.ID == string(id) && e.MessageID == nightlyID && e.Subject == nightlySubject {
@@ -156,7 +157,7 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 		t.Fatalf("relayq status: exit %d\n%s", code, out)
 	}
 
-	body, err := in.store.Body(id)
+	body, err := in.Store().Body(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,10 +176,10 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 
 	// The actions take the filter too.
 	out, _, code = runOps(t, in, "queue", "hold", "--message-id", nightlyID)
-	if m, err := in.store.Get(id); code != 0 || out != "held 1 message\n" || err != nil || !m.Held {
+	if m, err := in.Store().Get(id); code != 0 || out != "held 1 message\n" || err != nil || !m.Held {
 		t.Fatalf("queue hold --message-id: exit %d %q", code, out)
 	}
-	if m, err := in.store.Get(bare); err != nil || m.Held {
+	if m, err := in.Store().Get(bare); err != nil || m.Held {
 		t.Fatalf("the message without headers was held too: %v", err)
 	}
 }

@@ -22,13 +22,14 @@ import (
 
 	"relayq/admin"
 	"relayq/config"
+	"relayq/internal/server"
 	"relayq/internal/sink"
 )
 
 // opsRelayq runs relayq delivering through smarthost (down, unless a sink
 // listens there) with a 10-minute backoff, so that only a flush brings a
 // deferred message back before the test ends.
-func opsRelayq(t *testing.T, smarthost string) *instance {
+func opsRelayq(t *testing.T, smarthost string) *server.Instance {
 	t.Helper()
 	cfg := testConfig(t, smarthost)
 	cfg.Retry.MinBackoff = config.Duration(10 * time.Minute)
@@ -38,7 +39,7 @@ func opsRelayq(t *testing.T, smarthost string) *instance {
 
 // runOps runs `relayq args...` against in's admin API and returns stdout,
 // stderr and the exit code.
-func runOps(t *testing.T, in *instance, args ...string) (string, string, int) {
+func runOps(t *testing.T, in *server.Instance, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	app := &cli.App{
@@ -54,7 +55,7 @@ func runOps(t *testing.T, in *instance, args ...string) (string, string, int) {
 	}
 	argv := append([]string{"relayq"}, args[:words]...)
 	if in != nil {
-		argv = append(argv, "--admin", in.adminAddr())
+		argv = append(argv, "--admin", in.AdminAddr())
 	}
 	argv = append(argv, args[words:]...)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -120,8 +121,8 @@ func flushAndWait(t *testing.T, adminAddr, query string, timeout time.Duration, 
 
 func TestOpsListShowsDeferredMessagesWith441AndShowExplains(t *testing.T) {
 	in := opsRelayq(t, downAddr(t))
-	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
-	msgs := waitDeferred(t, in.adminAddr(), 2)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
+	msgs := waitDeferred(t, in.AdminAddr(), 2)
 
 	out, errOut, code := runOps(t, in, "queue", "list")
 	if code != 0 {
@@ -169,15 +170,15 @@ func TestOpsListShowsDeferredMessagesWith441AndShowExplains(t *testing.T) {
 
 func TestOpsDeleteRemovesMessage(t *testing.T) {
 	in := opsRelayq(t, downAddr(t))
-	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
-	msgs := waitDeferred(t, in.adminAddr(), 2)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
+	msgs := waitDeferred(t, in.AdminAddr(), 2)
 	out, errOut, code := runOps(t, in, "queue", "delete", msgs[0].ID)
 	if code != 0 || !strings.Contains(out, "deleted 1 message") {
 		t.Fatalf("queue delete: exit %d %q %q", code, out, errOut)
 	}
 	var list admin.ListResponse
-	api(t, in.adminAddr(), "/api/queue", &list)
-	if len(list.Messages) != 1 || list.Messages[0].ID != msgs[1].ID || in.store.Messages() != 1 {
+	api(t, in.AdminAddr(), "/api/queue", &list)
+	if len(list.Messages) != 1 || list.Messages[0].ID != msgs[1].ID || in.Store().Messages() != 1 {
 		t.Fatalf("after delete: %+v", list.Messages)
 	}
 	if _, errOut, code := runOps(t, in, "queue", "delete", msgs[0].ID); code != 1 || !strings.Contains(errOut, "not found") {
@@ -191,8 +192,8 @@ func TestOpsDeleteRemovesMessage(t *testing.T) {
 func TestOpsHoldKeepsMessageThroughFlushAndReleaseDelivers(t *testing.T) {
 	dest := freeAddr(t)
 	in := opsRelayq(t, dest)
-	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"held", "free"}, 100)
-	msgs := waitDeferred(t, in.adminAddr(), 2)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"held", "free"}, 100)
+	msgs := waitDeferred(t, in.AdminAddr(), 2)
 	held := msgs[0].ID
 	if out, _, code := runOps(t, in, "queue", "hold", held); code != 0 || !strings.Contains(out, "held 1 message") {
 		t.Fatalf("queue hold: exit %d %q", code, out)
@@ -202,12 +203,12 @@ func TestOpsHoldKeepsMessageThroughFlushAndReleaseDelivers(t *testing.T) {
 		t.Fatalf("queue flush --all: exit %d %q", code, out)
 	}
 	// The other message goes; the held one stays, through any number of flushes.
-	flushAndWait(t, in.adminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() >= 1 }, "the message not held to arrive")
+	flushAndWait(t, in.AdminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() >= 1 }, "the message not held to arrive")
 	if ids := messageIDs(t, dst.Messages()); dst.Count() != 1 || ids["<free@test.invalid>"] != 1 {
 		t.Fatalf("sink got %v", ids)
 	}
 	var m admin.Message
-	api(t, in.adminAddr(), "/api/queue/"+held, &m)
+	api(t, in.AdminAddr(), "/api/queue/"+held, &m)
 	if m.State != "held" {
 		t.Fatalf("held message is %s", m.State)
 	}
@@ -218,18 +219,18 @@ func TestOpsHoldKeepsMessageThroughFlushAndReleaseDelivers(t *testing.T) {
 	if out, _, code := runOps(t, in, "queue", "release", held); code != 0 || !strings.Contains(out, "released 1 message") {
 		t.Fatalf("queue release: exit %d %q", code, out)
 	}
-	flushAndWait(t, in.adminAddr(), "id="+held, 15*time.Second, func() bool { return dst.Count() >= 2 }, "the released message to arrive")
+	flushAndWait(t, in.AdminAddr(), "id="+held, 15*time.Second, func() bool { return dst.Count() >= 2 }, "the released message to arrive")
 	if ids := messageIDs(t, dst.Messages()); ids["<held@test.invalid>"] != 1 {
 		t.Fatalf("sink got %v", ids)
 	}
-	waitFor(t, 10*time.Second, func() bool { return in.store.Messages() == 0 }, "the queue to empty")
+	waitFor(t, 10*time.Second, func() bool { return in.Store().Messages() == 0 }, "the queue to empty")
 }
 
 func TestOpsFlushDeliversWithinSecondsDespiteTenMinuteBackoff(t *testing.T) {
 	dest := freeAddr(t)
 	in := opsRelayq(t, dest)
-	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"late"}, 100)
-	msgs := waitDeferred(t, in.adminAddr(), 1)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"late"}, 100)
+	msgs := waitDeferred(t, in.AdminAddr(), 1)
 	if wait := time.Until(msgs[0].NextAttempt); wait < 7*time.Minute {
 		t.Fatalf("next attempt in %v; the test needs a long backoff", wait)
 	}
@@ -238,16 +239,16 @@ func TestOpsFlushDeliversWithinSecondsDespiteTenMinuteBackoff(t *testing.T) {
 	if out, _, code := runOps(t, in, "queue", "flush", msgs[0].ID); code != 0 || !strings.Contains(out, "flushed 1 message") {
 		t.Fatalf("queue flush: exit %d %q", code, out)
 	}
-	flushAndWait(t, in.adminAddr(), "id="+msgs[0].ID, 10*time.Second, func() bool { return dst.Count() == 1 }, "the flushed message to arrive")
+	flushAndWait(t, in.AdminAddr(), "id="+msgs[0].ID, 10*time.Second, func() bool { return dst.Count() == 1 }, "the flushed message to arrive")
 	t.Logf("delivered %v after the flush (backoff was %v)", time.Since(start).Round(time.Millisecond), time.Until(msgs[0].NextAttempt).Round(time.Minute))
 }
 
 func TestOpsFiltersSelectTheRightMessages(t *testing.T) {
 	in := opsRelayq(t, downAddr(t))
-	submit(t, in.addrs()[0], "app@shop.invalid", "u@one.invalid", []string{"s1", "s2"}, 100)
-	submit(t, in.addrs()[0], "cron@ops.invalid", "u@two.invalid", []string{"o1"}, 100)
-	submit(t, in.addrs()[0], "cron@ops.invalid", "u@one.invalid", []string{"o2"}, 100)
-	waitDeferred(t, in.adminAddr(), 4)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "u@one.invalid", []string{"s1", "s2"}, 100)
+	submit(t, in.Addrs()[0], "cron@ops.invalid", "u@two.invalid", []string{"o1"}, 100)
+	submit(t, in.Addrs()[0], "cron@ops.invalid", "u@one.invalid", []string{"o2"}, 100)
+	waitDeferred(t, in.AdminAddr(), 4)
 
 	count := func(args ...string) int {
 		t.Helper()
@@ -292,8 +293,8 @@ func TestOpsFiltersSelectTheRightMessages(t *testing.T) {
 
 func TestOpsStatusShowsQueueAndPressure(t *testing.T) {
 	in := opsRelayq(t, downAddr(t))
-	submit(t, in.addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"a", "b", "c"}, 100)
-	waitDeferred(t, in.adminAddr(), 3)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"a", "b", "c"}, 100)
+	waitDeferred(t, in.AdminAddr(), 3)
 	out, errOut, code := runOps(t, in, "status")
 	if code != 0 || !strings.Contains(out, "Queue:") || !strings.Contains(out, "3 messages") || !strings.Contains(out, "Back pressure:") {
 		t.Fatalf("status: exit %d %q\n%s", code, errOut, out)
@@ -310,7 +311,7 @@ func TestOpsMetricsMoveAsMailFlows(t *testing.T) {
 	in := opsRelayq(t, dest)
 	scrape := func() string {
 		t.Helper()
-		resp, err := http.Get("http://" + in.adminAddr() + "/metrics")
+		resp, err := http.Get("http://" + in.AdminAddr() + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -336,14 +337,14 @@ func TestOpsMetricsMoveAsMailFlows(t *testing.T) {
 	if m := scrape(); value(m, "relayq_queue_messages") != 0 || value(m, "relayq_backpressure_level") != 0 {
 		t.Fatalf("at start:\n%s", m)
 	}
-	submit(t, in.addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"a", "b"}, 2000)
-	waitDeferred(t, in.adminAddr(), 2)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"a", "b"}, 2000)
+	waitDeferred(t, in.AdminAddr(), 2)
 	m := scrape()
 	if value(m, "relayq_queue_messages") != 2 || value(m, "relayq_queue_bytes") < 4000 {
 		t.Fatalf("queue gauges after 2 messages: %v messages, %v bytes", value(m, "relayq_queue_messages"), value(m, "relayq_queue_bytes"))
 	}
 	dst := startSink(t, sink.Options{Addr: dest})
-	flushAndWait(t, in.adminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() == 2 }, "both messages to arrive")
+	flushAndWait(t, in.AdminAddr(), "all=true", 15*time.Second, func() bool { return dst.Count() == 2 }, "both messages to arrive")
 	waitFor(t, 10*time.Second, func() bool { return value(scrape(), "relayq_queue_messages") == 0 }, "relayq_queue_messages to fall to 0")
 	if value(scrape(), "relayq_queue_bytes") != 0 {
 		t.Fatal("relayq_queue_bytes is not 0 with an empty queue")
@@ -365,7 +366,7 @@ func TestOpsMetricsMoveAsMailFlows(t *testing.T) {
 
 // startFromFile writes fc to path and runs relayq on it until the test
 // ends, logging into the returned buffer; reloads read path again.
-func startFromFile(t *testing.T, path string, fc fileConfig) (*instance, *syncWriter) {
+func startFromFile(t *testing.T, path string, fc fileConfig) (*server.Instance, *syncWriter) {
 	t.Helper()
 	writeConfig(t, path, fc)
 	cfg, err := config.Load(path)
@@ -373,12 +374,12 @@ func startFromFile(t *testing.T, path string, fc fileConfig) (*instance, *syncWr
 		t.Fatal(err)
 	}
 	logs := &syncWriter{w: &bytes.Buffer{}}
-	in, err := start(cfg, zerolog.New(logs))
+	in, err := server.Start(cfg, zerolog.New(logs), serverOptions(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { in.stop() })
-	in.setLoader(func() (*config.Config, error) { return config.Load(path) })
+	t.Cleanup(func() { in.Stop() })
+	in.SetLoader(func() (*config.Config, error) { return config.Load(path) })
 	return in, logs
 }
 
@@ -437,13 +438,13 @@ func TestOpsReloadSwitchesSmarthostLiveAndRejectsABadFile(t *testing.T) {
 	dataDir := filepath.Join(dir, "queue")
 	fc := fileConfig{dataDir: dataDir, listen: "127.0.0.1:0", admin: "127.0.0.1:0", smarthost: freeAddr(t)}
 	in, logs := startFromFile(t, path, fc)
-	submit(t, in.addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"first"}, 100)
-	waitDeferred(t, in.adminAddr(), 1)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"first"}, 100)
+	waitDeferred(t, in.AdminAddr(), 1)
 
 	dst := startSink(t, sink.Options{})
 	fc.smarthost = dst.Addr()
 	writeConfig(t, path, fc)
-	resp, err := http.Post("http://"+in.adminAddr()+"/api/reload", "", nil)
+	resp, err := http.Post("http://"+in.AdminAddr()+"/api/reload", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,13 +452,13 @@ func TestOpsReloadSwitchesSmarthostLiveAndRejectsABadFile(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST /api/reload = %d", resp.StatusCode)
 	}
-	flushAndWait(t, in.adminAddr(), "all=true", 10*time.Second, func() bool { return dst.Count() == 1 }, "delivery through the new smart host")
+	flushAndWait(t, in.AdminAddr(), "all=true", 10*time.Second, func() bool { return dst.Count() == 1 }, "delivery through the new smart host")
 
 	// A bad file is refused; the running configuration (the new smart host) stays.
 	if err := os.WriteFile(path, []byte("[limits]\nmax_recipients = -1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	resp, err = http.Post("http://"+in.adminAddr()+"/api/reload", "", nil)
+	resp, err = http.Post("http://"+in.AdminAddr()+"/api/reload", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,7 +470,7 @@ func TestOpsReloadSwitchesSmarthostLiveAndRejectsABadFile(t *testing.T) {
 	if !strings.Contains(logs.String(), "config reload rejected") {
 		t.Errorf("no log line for the rejected reload:\n%s", logs.String())
 	}
-	submit(t, in.addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"second"}, 100)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "u@dest.invalid", []string{"second"}, 100)
 	waitFor(t, 10*time.Second, func() bool { return dst.Count() == 2 }, "delivery with the old configuration kept")
 }
 
@@ -488,8 +489,8 @@ func TestOpsSIGHUPReloadsTheConfigFile(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-			func() (*config.Config, error) { return config.Load(path) })
+		done <- server.Run(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+			serverOptions(func() (*config.Config, error) { return config.Load(path) }))
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -560,7 +561,7 @@ func TestOpsReloadChangesALimitLiveWithoutDroppingConnections(t *testing.T) {
 		smarthost: dst.Addr(), extra: "[limits]\nmax_recipients = 2\n"}
 	in, logs := startFromFile(t, path, fc)
 
-	c := dial(t, in.addrs()[0])
+	c := dial(t, in.Addrs()[0])
 	send := func(rcpts ...string) {
 		t.Helper()
 		c.cmd("MAIL FROM:<app@shop.invalid>", 250)
@@ -575,7 +576,7 @@ func TestOpsReloadChangesALimitLiveWithoutDroppingConnections(t *testing.T) {
 
 	fc.extra = "[limits]\nmax_recipients = 1\nmax_message_size = \"1MB\"\n"
 	writeConfig(t, path, fc)
-	if code, body := postReload(t, in.adminAddr()); code != http.StatusOK {
+	if code, body := postReload(t, in.AdminAddr()); code != http.StatusOK {
 		t.Fatalf("POST /api/reload = %d %s", code, body)
 	}
 	c.cmd("MAIL FROM:<app@shop.invalid>", 250)
@@ -597,10 +598,10 @@ func TestOpsReloadChangesALimitLiveWithoutDroppingConnections(t *testing.T) {
 	if err := os.WriteFile(path, []byte("[limits]\nmax_recipients = -1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if code, body := postReload(t, in.adminAddr()); code != http.StatusUnprocessableEntity {
+	if code, body := postReload(t, in.AdminAddr()); code != http.StatusUnprocessableEntity {
 		t.Fatalf("reload of a bad file = %d %s", code, body)
 	}
-	d := dial(t, in.addrs()[0])
+	d := dial(t, in.Addrs()[0])
 	d.cmd("MAIL FROM:<app@shop.invalid>", 250)
 	d.cmd("RCPT TO:<a@dest.invalid>", 250)
 	d.cmd("RCPT TO:<b@dest.invalid>", 452)
@@ -620,16 +621,16 @@ func TestOpsNonLoopbackAdminWithoutTokenRefusesToStart(t *testing.T) {
 		t.Fatalf("serve --admin [::]:0 without a token: exit %d %q", code, errOut)
 	}
 
-	// start() refuses too, for a config that skipped validation, and
+	// server.Start(, serverOptions(nil)) refuses too, for a config that skipped validation, and
 	// leaves nothing open behind it: the same queue opens again at once.
 	cfg := testConfig(t, freeAddr(t))
 	cfg.Admin.Address = "0.0.0.0:0"
-	if _, err := start(cfg, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "admin.token") {
+	if _, err := server.Start(cfg, zerolog.Nop(), serverOptions(nil)); err == nil || !strings.Contains(err.Error(), "admin.token") {
 		t.Fatalf("start = %v, want the admin.token error", err)
 	}
 	cfg.Admin.Token = "s3cret"
 	in := startRelayq(t, cfg)
-	req, _ := http.NewRequest("GET", "http://"+in.adminAddr()+"/api/status", nil)
+	req, _ := http.NewRequest("GET", "http://"+in.AdminAddr()+"/api/status", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

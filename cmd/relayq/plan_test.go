@@ -19,11 +19,11 @@ func TestNewMailForACoolingSmarthostIsQueuedPutOff(t *testing.T) {
 	cfg.Retry.MinBackoff = config.Duration(time.Hour)
 	cfg.Retry.MaxBackoff = config.Duration(2 * time.Hour)
 	in := startRelayq(t, cfg)
-	addr := in.listeners[0].Addr().String()
+	addr := in.Addrs()[0]
 
 	// planned returns the messages queued put off: a reply, never attempted.
 	planned := func() []queue.Message {
-		all, err := in.store.List(queue.Filter{}, "", 100)
+		all, err := in.Store().List(queue.Filter{}, "", 100)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,7 +42,7 @@ func TestNewMailForACoolingSmarthostIsQueuedPutOff(t *testing.T) {
 	for i := 0; i < 8 && len(planned()) == 0; i++ {
 		submit(t, addr, "a@src.invalid", "b@dst.invalid", []string{fmt.Sprint("m", i)}, 200)
 		waitFor(t, 10*time.Second, func() bool {
-			all, _ := in.store.List(queue.Filter{}, "", 100)
+			all, _ := in.Store().List(queue.Filter{}, "", 100)
 			for _, m := range all {
 				if m.Recipients[0].LastReply == "" {
 					return false // not looked at yet

@@ -16,8 +16,8 @@ import (
 func TestQueueFlushWithoutArgumentsFlushesEveryMessage(t *testing.T) {
 	dest := freeAddr(t)
 	in := opsRelayq(t, dest) // 10-minute backoff: only a flush delivers in time
-	submit(t, in.addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
-	waitDeferred(t, in.adminAddr(), 2)
+	submit(t, in.Addrs()[0], "app@shop.invalid", "user@dest.invalid", []string{"a", "b"}, 100)
+	waitDeferred(t, in.AdminAddr(), 2)
 	dst := startSink(t, sink.Options{Addr: dest})
 	for _, action := range []string{"delete", "bounce", "hold"} {
 		if _, errOut, code := runOps(t, in, "queue", action); code != 2 || !strings.Contains(errOut, "--all") {

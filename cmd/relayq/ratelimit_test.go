@@ -28,7 +28,7 @@ func TestRateLimitPerSourceShowsInStatusAndMetricsAndReloads(t *testing.T) {
 	cfg := testConfig(t, s.Addr())
 	cfg.Limits.MaxMessagesPerHourPerSource = 2
 	in := startRelayq(t, cfg)
-	addr := in.addrs()[0]
+	addr := in.Addrs()[0]
 	for range 2 {
 		if err := sendOnce(t, addr); err != nil {
 			t.Fatal(err)
@@ -46,7 +46,7 @@ func TestRateLimitPerSourceShowsInStatusAndMetricsAndReloads(t *testing.T) {
 		!strings.Contains(out, " 127.0.0.1 (source_messages, 2/h; since 0s ago, 1 refused)\n") {
 		t.Fatalf("status: exit %d %q\n%s", code, errOut, out)
 	}
-	resp, err := http.Get("http://" + in.adminAddr() + "/metrics")
+	resp, err := http.Get("http://" + in.AdminAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +59,8 @@ func TestRateLimitPerSourceShowsInStatusAndMetricsAndReloads(t *testing.T) {
 	// A reload that turns the limit off lets the source send again.
 	next := *cfg
 	next.Limits.MaxMessagesPerHourPerSource = 0
-	in.setLoader(func() (*config.Config, error) { return &next, nil })
-	if err := in.reload(); err != nil {
+	in.SetLoader(func() (*config.Config, error) { return &next, nil })
+	if err := in.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	if err := sendOnce(t, addr); err != nil {

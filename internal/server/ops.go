@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -20,15 +20,15 @@ import (
 	"relayq/smarthost"
 )
 
-// The operator side of a running instance: the admin HTTP server and
-// configuration reload. start() calls listenAdmin with the other listeners
+// The operator side of a running Instance: the admin HTTP server and
+// configuration reload. Start() calls listenAdmin with the other listeners
 // (so a bad address fails the start before anything runs) and serveAdmin
 // last; stop() calls stopAdmin first.
 
 // listenAdmin binds admin.address ("" = no admin server). Without a token
 // it must be a loopback address: the API can delete queued mail.
 // config.Validate says the same; this holds for a config that skipped it.
-func (in *instance) listenAdmin(a config.Admin) error {
+func (in *Instance) listenAdmin(a config.Admin) error {
 	if a.Address == "" {
 		return nil
 	}
@@ -56,7 +56,7 @@ func loopbackAddress(hostport string) bool {
 }
 
 // serveAdmin starts the admin server on the bound listener.
-func (in *instance) serveAdmin(cfg *config.Config, opts admin.Options) {
+func (in *Instance) serveAdmin(cfg *config.Config, opts admin.Options) {
 	if in.adminLn == nil {
 		return
 	}
@@ -67,16 +67,16 @@ func (in *instance) serveAdmin(cfg *config.Config, opts admin.Options) {
 	opts.Events = in.events
 	opts.Token = cfg.Admin.Token
 	opts.Hostname = cfg.Hostname
-	opts.Version = version
-	opts.Reload = in.reload
+	opts.Version = in.opts.Version
+	opts.Reload = in.Reload
 	opts.Log = in.log
 	in.admin = admin.New(opts)
 	in.adminDone = make(chan error, 1)
 	go func() { in.adminDone <- in.admin.Serve(in.adminLn) }()
 }
 
-// adminAddr is the bound admin address, "" without an admin server.
-func (in *instance) adminAddr() string {
+// AdminAddr is the bound admin address, "" without an admin server.
+func (in *Instance) AdminAddr() string {
 	if in.adminLn == nil {
 		return ""
 	}
@@ -85,7 +85,7 @@ func (in *instance) adminAddr() string {
 
 // stopAdmin shuts the admin server down, letting requests in flight finish
 // (they may use the queue, which closes after this).
-func (in *instance) stopAdmin(ctx context.Context) error {
+func (in *Instance) stopAdmin(ctx context.Context) error {
 	if in.admin == nil {
 		return nil
 	}
@@ -93,9 +93,9 @@ func (in *instance) stopAdmin(ctx context.Context) error {
 	return errors.Join(err, <-in.adminDone)
 }
 
-// setLoader sets how reload reads the configuration: the same file and
-// flags the instance started with.
-func (in *instance) setLoader(load func() (*config.Config, error)) {
+// SetLoader sets how Reload reads the configuration: the same file and
+// flags the Instance started with.
+func (in *Instance) SetLoader(load func() (*config.Config, error)) {
 	in.reloadMu.Lock()
 	defer in.reloadMu.Unlock()
 	in.load = load
@@ -105,23 +105,23 @@ func (in *instance) setLoader(load func() (*config.Config, error)) {
 // running component. Setters run in order, after the new configuration
 // passed validation, and must not fail: whatever can be wrong with a value
 // is caught by config.Validate.
-func (in *instance) onReload(apply func(*config.Config)) {
+func (in *Instance) onReload(apply func(*config.Config)) {
 	in.reloadMu.Lock()
 	defer in.reloadMu.Unlock()
 	in.reloaders = append(in.reloaders, apply)
 }
 
-// reload re-reads the configuration (SIGHUP, POST /api/reload). A file that
+// Reload re-reads the configuration (SIGHUP, POST /api/reload). A file that
 // does not load or validate is rejected with a log line and the running
 // configuration stays; otherwise every setter gets the new one and
 // connections stay up. Keys that only a restart can change are logged at
 // every reload until a restart applies them: in.cfg stays the
-// configuration the instance started with.
-func (in *instance) reload() error {
+// configuration the Instance started with.
+func (in *Instance) Reload() error {
 	in.reloadMu.Lock()
 	defer in.reloadMu.Unlock()
 	if in.load == nil {
-		return errors.New("this instance has no configuration source to reload")
+		return errors.New("this Instance has no configuration source to reload")
 	}
 	cfg, err := in.load()
 	if err != nil {
@@ -181,7 +181,7 @@ func restartOnly(old, new *config.Config) []string {
 // the message size, connection caps), the back-pressure thresholds (and
 // the queue's reclaim threshold with them), the retry timings and the
 // per-destination connection cap. Routes have their own setter (start).
-func (in *instance) reloadLive(worker *smarthost.Worker) {
+func (in *Instance) reloadLive(worker *smarthost.Worker) {
 	in.onReload(func(c *config.Config) {
 		in.srv.SetPolicy(relayPolicy(c))
 		// Without a monitor (back pressure off at start) this does nothing
@@ -200,7 +200,7 @@ const certPoll = 2 * time.Second
 // watchCerts reloads the listeners' certificate when its files change and
 // at every configuration reload (SIGHUP, POST /api/reload). A pair that
 // does not load is logged and the one in use stays.
-func (in *instance) watchCerts(log zerolog.Logger) {
+func (in *Instance) watchCerts(log zerolog.Logger) {
 	ctx, cancel := context.WithCancel(context.Background())
 	in.stopCerts = cancel
 	go in.certs.Watch(ctx, certPoll, log)

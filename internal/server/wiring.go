@@ -1,10 +1,9 @@
-package main
+package server
 
 import (
 	"time"
 
 	"relayq/admin"
-	"relayq/config"
 	"relayq/pressure"
 	"relayq/relay"
 	"relayq/smarthost"
@@ -15,14 +14,14 @@ import (
 // report through callbacks, and these adapters translate.
 
 // accepted is relay's Accepted callback: a message was queued.
-func (in *instance) accepted(took time.Duration) {
+func (in *Instance) accepted(took time.Duration) {
 	in.metrics.Received()
 	in.metrics.ObserveAccept(took)
 }
 
 // observe is the worker's Observe callback: one recipient's verdict.
 // Deferrals and bounces also go to the status page's recent events.
-func (in *instance) observe(o smarthost.Outcome) {
+func (in *Instance) observe(o smarthost.Outcome) {
 	in.metrics.Delivery(o.Result, o.Took)
 	if o.Result == admin.ResultDelivered {
 		return
@@ -70,19 +69,9 @@ func (d destinationSource) Destinations() []admin.Destination {
 			Name: s.Name, Cap: s.Cap, ConfiguredCap: s.MaxCap, LearnedCap: s.LearnedCap,
 			CapReason: s.Reason, Open: s.Open, Waiting: s.Waiting, State: state,
 			LastReply: s.LastReply, LastReplyAt: s.LastReplyAt,
-			RateLimit: rateText(s.Rate.Limit), LearnedRate: rateText(s.Rate.Learned()), RateReason: s.Rate.Reason,
-			RateLimitPerHour: s.Rate.Limit.PerSecond() * 3600, LearnedRatePerHour: s.Rate.LearnedPerHour,
 		})
 	}
 	return out
-}
-
-// rateText is r for the status view, "" for none.
-func rateText(r config.Rate) string {
-	if r.IsZero() {
-		return ""
-	}
-	return r.String()
 }
 
 // rateSource shows the relay's sending limits to admin.
