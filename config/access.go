@@ -95,6 +95,7 @@ func (d Delivery) resolve(r Route) Route {
 		r.Hosts = s.Hosts
 		r.TLS = s.TLS
 		r.Username, r.PasswordFile, r.PasswordEnv = s.Username, s.PasswordFile, s.PasswordEnv
+		r.AuthKeys = s.AuthKeys
 		r.InsecureSkipVerify = s.InsecureSkipVerify
 	case r.TLS != "":
 	case r.Via == ViaMX:

@@ -153,6 +153,7 @@ type Smarthost struct {
 	PasswordFile       string   `toml:"password_file"`
 	PasswordEnv        string   `toml:"password_env"`
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
+	AuthKeys                    // auth, token_file, token_command, token_lifetime
 	Rate                        // max_messages_per_minute, max_messages_per_hour
 }
 
@@ -172,6 +173,7 @@ type Route struct {
 	PasswordFile       string   `toml:"password_file"`
 	PasswordEnv        string   `toml:"password_env"`
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
+	AuthKeys                    // auth, token_file, token_command, token_lifetime
 	// Rate paces the route's destination; zero: the smart host's rate
 	// (for via = "smarthost" without hosts) or the MX one (via = "mx").
 	Rate
@@ -290,7 +292,10 @@ func Default() *Config {
 			MXPort:                       25,
 			MaxConnections:               DefaultDeliveryMaxConnections,
 			MaxConnectionsPerDestination: DefaultMaxConnectionsPerDestination,
-			Smarthost:                    Smarthost{TLS: TLSStartTLS},
+			Smarthost: Smarthost{
+				TLS:      TLSStartTLS,
+				AuthKeys: AuthKeys{Mechanism: AuthPlain, TokenLifetime: Duration(DefaultTokenLifetime)},
+			},
 		},
 		Retry: Retry{
 			MinBackoff:       Duration(DefaultMinBackoff),

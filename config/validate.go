@@ -212,7 +212,7 @@ func (c *Config) validateDelivery(p *problems) {
 		}
 	}
 	p.oneOf("delivery.smarthost.tls", s.TLS, TLSNone, TLSOpportunistic, TLSStartTLS, TLSImplicit)
-	checkCredentials(p, "delivery.smarthost", s.Username, s.PasswordFile, s.PasswordEnv)
+	checkCredentials(p, "delivery.smarthost", s.Username, s.PasswordFile, s.PasswordEnv, s.AuthKeys)
 	d.validateRates(p)
 
 	for i, r := range d.Routes {
@@ -229,7 +229,7 @@ func (c *Config) validateDelivery(p *problems) {
 		if r.TLS != "" {
 			p.oneOf(key+".tls", r.TLS, TLSNone, TLSOpportunistic, TLSStartTLS, TLSImplicit)
 		}
-		hasCreds := r.Username != "" || r.PasswordFile != "" || r.PasswordEnv != ""
+		hasCreds := r.Username != "" || r.PasswordFile != "" || r.PasswordEnv != "" || !r.AuthKeys.isZero()
 		switch r.Via {
 		case ViaMX:
 			if len(r.Hosts) > 0 {
@@ -255,7 +255,7 @@ func (c *Config) validateDelivery(p *problems) {
 					p.add(fmt.Sprintf("%s.hosts[%d]", key, j), "%v", err)
 				}
 			}
-			checkCredentials(p, key, r.Username, r.PasswordFile, r.PasswordEnv)
+			checkCredentials(p, key, r.Username, r.PasswordFile, r.PasswordEnv, r.AuthKeys)
 		default:
 			p.oneOf(key+".via", r.Via, ViaMX, ViaSmarthost)
 		}
@@ -384,16 +384,4 @@ func checkSenderPattern(s string) error {
 		return fmt.Errorf("%q is not an address or *@domain pattern", s)
 	}
 	return nil
-}
-
-func checkCredentials(p *problems, prefix, user, file, env string) {
-	if file != "" && env != "" {
-		p.add(prefix+".password_file", "set together with password_env; use one")
-	}
-	if user != "" && file == "" && env == "" {
-		p.add(prefix+".username", "set, but neither password_file nor password_env is")
-	}
-	if user == "" && (file != "" || env != "") {
-		p.add(prefix+".username", "required when password_file or password_env is set")
-	}
 }

@@ -188,6 +188,13 @@ func classify(stage Stage, r *Reply) Decision {
 		}
 		return d
 
+	case stage == StageHello && authRefused(r):
+		// RFC 4954 §6: AUTH refused the relay's own credentials (a wrong
+		// password, an expired or revoked OAuth2 token). No message is at
+		// fault: all wait for the operator's fix rather than bounce.
+		return Decision{Action: Defer, Status: EnhancedCode{4, st[1], st[2]},
+			Note: "the next hop refused the relay's credentials; the mail waits for them to be fixed"}
+
 	case r.Code == 552 && stage == StageRcpt:
 		// RFC 5321 §4.5.3.1.10: old servers used 552 for "too many
 		// recipients"; at RCPT it is to be treated as temporary.
@@ -221,6 +228,18 @@ func classify(stage Stage, r *Reply) Decision {
 func rateLimited(st EnhancedCode) Decision {
 	return Decision{Action: RetryNow, Status: st, LowerRate: true,
 		Note: "too many messages: lower the destination's rate and send when it allows"}
+}
+
+// authRefused reports whether r is a permanent refusal of AUTH (RFC 4954
+// §6: 530, 534, 535, 538, or an x.7.8 "credentials invalid").
+func authRefused(r *Reply) bool {
+	switch {
+	case !r.Permanent():
+		return false
+	case r.Code == 530, r.Code == 534, r.Code == 535, r.Code == 538:
+		return true
+	}
+	return r.Enhanced[1] == 7 && r.Enhanced[2] == 8
 }
 
 func joinNote(a, b string) string {

@@ -29,6 +29,8 @@
 //	                                              says such a message "should" be split, whatever
 //	                                              the class; this takes in "552 5.5.3" at RCPT)
 //	other 4xx                                     Defer with backoff
+//	530, 534, 535, 538 or x.7.8 to AUTH (hello)   Defer 4.x.x: the relay's credentials or OAuth2
+//	                                              token were refused (RFC 4954 §6), not the mail
 //	552 at RCPT                                   Defer (RFC 5321 §4.5.3.1.10: it is temporary)
 //	552 5.3.4 / 5.2.3 after the final "."         Bounce with that status (the remote's size limit)
 //	552 after the final "." saying "size exceeds" Bounce 5.3.4, whatever its enhanced code (Exchange:

@@ -14,8 +14,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"relayq/config"
 	"relayq/retry"
+	"relayq/smarthost/smtpclient"
 )
 
 // maxMXAddrs bounds the addresses tried for one MX delivery (Postfix's
@@ -43,6 +46,11 @@ type ConfigRouter struct {
 	// IntN returns a random number in [0, n), to order MX hosts of equal
 	// preference; nil means math/rand/v2.IntN.
 	IntN func(n int) int
+	// Log gets the warnings of OAuth2 token sources (a failing
+	// token_command, a refused token), each naming its route.
+	Log zerolog.Logger
+
+	tokens tokenSources
 }
 
 var _ Router = (*ConfigRouter)(nil)
@@ -56,7 +64,10 @@ func NewConfigRouter(d config.Delivery, resolver *net.Resolver) *ConfigRouter {
 
 // Set replaces the delivery configuration; attempts that start afterwards
 // use it.
-func (r *ConfigRouter) Set(d config.Delivery) { r.delivery.Store(&d) }
+func (r *ConfigRouter) Set(d config.Delivery) {
+	r.tokens.configure(&d)
+	r.delivery.Store(&d)
+}
 
 // Route implements Router: the first [[delivery.route]] that matches
 // sender and domain (config.Delivery.RouteFor).
@@ -79,11 +90,13 @@ func (r *ConfigRouter) Route(ctx context.Context, sender, domain string) (*Route
 	if err != nil {
 		return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "smart host password: " + err.Error(), Local: true}
 	}
+	token := r.tokens.source(rt, r.Log)
 	route := &Route{Destination: smarthostDest(rt.Hosts, rt.Username), Rewrite: rewrite, Rate: rt.Rate}
 	for _, h := range rt.Hosts {
 		route.Targets = append(route.Targets, Target{
 			Addr: h, TLS: mode, InsecureSkipVerify: rt.InsecureSkipVerify, RootCAs: r.RootCAs,
 			Username: rt.Username, Password: password, Timeout: r.Timeout,
+			Auth: smtpclient.Mechanism(strings.ToLower(rt.Mechanism)), Token: token,
 		})
 	}
 	return route, nil

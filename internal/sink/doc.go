@@ -18,8 +18,10 @@
 //     connect hook: an extra connection gets "421 4.3.2 ..." instead of the
 //     greeting and is closed (RFC 5321 §3.1 allows 421 in place of 220), the
 //     reply of an Exchange server over its per-source connection limit.
-//   - With Users set, MAIL before a successful AUTH gets 530 5.7.0 (RFC 4954
-//     §6); go-smtp itself never requires AUTH.
+//   - With Users or Bearer set, MAIL before a successful AUTH gets 530
+//     5.7.0 (RFC 4954 §6); go-smtp itself never requires AUTH. Bearer
+//     offers XOAUTH2 and OAUTHBEARER, refusing a token the way Google (an
+//     error challenge, then 535 5.7.8) or Microsoft (535 5.7.3) does.
 //   - MaxSize is advertised with SIZE and enforced by go-smtp (552 5.3.4);
 //     MaxRecipients gives "452 4.5.3 Too many recipients" (RFC 5321
 //     §4.5.3.1.10: 452 is the code for a full recipient buffer).

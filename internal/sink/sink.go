@@ -59,7 +59,14 @@ type Options struct {
 	// AuthMechanisms lists the SASL mechanisms offered when Users is set,
 	// default PLAIN and LOGIN; tests set one to check a client's choice.
 	AuthMechanisms []string
-	DisableDSN     bool
+	// Bearer, if set, offers XOAUTH2 and OAUTHBEARER (RFC 7628) too and
+	// reports whether token is valid for user; AUTH is then required
+	// before MAIL, as with Users. A refused token gets Google's error
+	// challenge and then 535 5.7.8, or with NoBearerChallenge (XOAUTH2)
+	// Microsoft's plain 535 5.7.3.
+	Bearer            func(user, token string) bool
+	NoBearerChallenge bool
+	DisableDSN        bool
 	// Discard keeps only the envelope of each message in memory, not its
 	// data (for load tests; the count and Wait still work).
 	Discard bool
@@ -133,6 +140,9 @@ func Start(opts Options) (*Server, error) {
 	// Without any TLS there is no way to protect AUTH, so allow it in clear
 	// (loopback tests); with TLS, AUTH is offered only once encrypted.
 	srv.AllowInsecureAuth = opts.TLS == nil
+	if opts.Bearer != nil {
+		srv.MaxLineLength = max(srv.MaxLineLength, authLineLength)
+	}
 	s.srv = srv
 
 	go func() {
@@ -283,7 +293,7 @@ var (
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	// go-smtp never requires AUTH itself (docs/design.md "What the code relies on").
-	if len(ss.s.opts.Users) > 0 && !ss.authed {
+	if ss.authRequired() && !ss.authed {
 		return errAuthRequired
 	}
 	if ss.conn != nil && ss.s.ln.shed(ss.conn) {
@@ -337,14 +347,23 @@ func (ss *session) Reset() { ss.from, ss.to = "", nil }
 
 func (ss *session) Logout() error { return nil }
 
+func (ss *session) authRequired() bool { return len(ss.s.opts.Users) > 0 || ss.s.opts.Bearer != nil }
+
 func (ss *session) AuthMechanisms() []string {
-	if len(ss.s.opts.Users) == 0 {
+	if !ss.authRequired() {
 		return nil
 	}
 	if m := ss.s.opts.AuthMechanisms; len(m) > 0 {
 		return m
 	}
-	return []string{sasl.Plain, sasl.Login}
+	var m []string
+	if len(ss.s.opts.Users) > 0 {
+		m = append(m, sasl.Plain, sasl.Login)
+	}
+	if ss.s.opts.Bearer != nil {
+		m = append(m, mechXOAuth2, mechOAuthBearer)
+	}
+	return m
 }
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
@@ -373,6 +392,10 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		}), nil
 	case sasl.Login:
 		return &loginServer{check: check}, nil
+	case mechXOAuth2, mechOAuthBearer:
+		if ss.s.opts.Bearer != nil {
+			return ss.bearerServer(strings.ToUpper(mech)), nil
+		}
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }

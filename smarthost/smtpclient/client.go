@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"relayq/retry"
@@ -55,7 +54,9 @@ type Target struct {
 	ServerName         string // for certificate checks; "" = host part of Addr
 	InsecureSkipVerify bool
 	RootCAs            *x509.CertPool // nil = system roots (tests pass their own)
-	Username, Password string         // AUTH PLAIN (or LOGIN if only LOGIN is offered) when Username != ""
+	Username, Password string         // AUTH when Username != "", as Auth says
+	Auth               Mechanism      // "" = AuthPlain
+	Token              TokenSource    // the bearer tokens of AuthXOAuth2 and AuthOAuthBearer
 	Timeout            time.Duration  // per command; 0 = DefaultTimeout
 }
 
@@ -216,7 +217,7 @@ func (c *Conn) open(ctx context.Context, t Target, host string) (retry.Stage, er
 		return retry.StageHello, err
 	}
 	if t.Username != "" {
-		if err := c.auth(t.Username, t.Password); err != nil {
+		if err := c.auth(ctx, t); err != nil {
 			return retry.StageHello, err
 		}
 	}
@@ -335,34 +336,6 @@ func (c *Conn) handshake(ctx context.Context, t Target, host string, verify bool
 	}
 	c.tls = true
 	return tc, nil
-}
-
-// auth authenticates with PLAIN, or LOGIN when only LOGIN is offered
-// (RFC 4954; LOGIN is not standard but is all some servers offer).
-func (c *Conn) auth(user, pass string) error {
-	ok, mechs := c.client.Extension("AUTH")
-	if !ok {
-		return localReply(530, 5, 7, 0, "AUTH configured but not offered by the next hop")
-	}
-	var a sasl.Client
-	switch {
-	case hasWord(mechs, sasl.Plain):
-		a = sasl.NewPlainClient("", user, pass)
-	case hasWord(mechs, sasl.Login):
-		a = sasl.NewLoginClient(user, pass)
-	default:
-		return localReply(530, 5, 7, 0, "no supported AUTH mechanism offered (have PLAIN, LOGIN; offered "+mechs+")")
-	}
-	return c.client.Auth(a)
-}
-
-func hasWord(list, w string) bool {
-	for _, f := range strings.Fields(list) {
-		if strings.EqualFold(f, w) {
-			return true
-		}
-	}
-	return false
 }
 
 // Addr is the host:port the connection goes to.

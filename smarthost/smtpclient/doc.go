@@ -68,9 +68,18 @@
 //     when nil) and Target.ServerName (the host of Addr when empty). Data
 //     buffered in plaintext after the 220 to STARTTLS is refused (the
 //     CVE-2011-0411 injection, RFC 3207 §5).
-//   - AUTH (RFC 4954) uses PLAIN, or LOGIN when only LOGIN is offered. It is
-//     attempted in whatever protection the TLS mode gave: with "none" or an
-//     opportunistic session without STARTTLS the password goes in clear,
-//     which the operator chose with the mode.
+//   - AUTH (RFC 4954) uses PLAIN, or LOGIN when only LOGIN is offered,
+//     unless Target.Auth asks for LOGIN alone or for a bearer token:
+//     XOAUTH2 (Google's and Microsoft's format) or OAUTHBEARER (RFC 7628),
+//     the token from Target.Token. A mechanism the next hop does not offer
+//     is a local 530 5.7.0, a token source that fails a local 451 4.7.0. A
+//     refused token (535, or an error challenge, answered so that the next
+//     hop gives its final reply) is reported to the source, and the newer
+//     token it may return is tried once more on the same connection;
+//     otherwise the next hop's reply is the error. No error or log line
+//     holds a token or a password. AUTH is attempted in whatever
+//     protection the TLS mode gave: with "none" or an opportunistic session
+//     without STARTTLS the password goes in clear, which the operator chose
+//     with the mode.
 //   - A Conn is not safe for concurrent use.
 package smtpclient

@@ -1,0 +1,144 @@
+package smarthost
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"relayq/config"
+	"relayq/internal/sink"
+	"relayq/queue"
+)
+
+// String is everything logged so far.
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+const oauthUser = "relay@example.net"
+
+// oauthHarness runs a worker whose only route, [[delivery.route]] 0 for
+// dst.invalid, authenticates to a sink with XOAUTH2 and auth's token
+// source; the sink takes the tokens accept says it takes. Worker and
+// router log at trace level into the returned buffer.
+func oauthHarness(t *testing.T, auth config.AuthKeys, accept func(token string) bool) (*harness, *logBuffer) {
+	t.Helper()
+	dst, err := sink.Start(sink.Options{Bearer: func(user, token string) bool { return user == oauthUser && accept(token) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth.Mechanism = config.AuthXOAuth2
+	d := config.Default().Delivery
+	d.Routes = []config.Route{{
+		Domains: []string{"dst.invalid"}, Via: config.ViaSmarthost, Hosts: []string{dst.Addr()},
+		TLS: config.TLSNone, Username: oauthUser, AuthKeys: auth,
+	}}
+	logs := &logBuffer{}
+	log := zerolog.New(logs).Level(zerolog.TraceLevel)
+	router := NewConfigRouter(d, nil)
+	router.Log, router.Timeout = log, 5*time.Second
+	h := startHarness(t, dst, router, func(w *Worker) {
+		w.Log = log
+		w.CoolDown, w.MaxCoolDown = 10*time.Millisecond, 20*time.Millisecond
+	})
+	return h, logs
+}
+
+// tokenCommand writes a command printing "secret-token-<n>" on its n-th
+// run, and returns it and a counter of its runs.
+func tokenCommand(t *testing.T) (config.Command, func() int) {
+	dir := t.TempDir()
+	runs := filepath.Join(dir, "runs")
+	script := filepath.Join(dir, "m365-token")
+	body := "#!/bin/sh\necho run >> " + runs + "\necho secret-token-$(wc -l < " + runs + " | tr -d ' ')\n"
+	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return config.Command{script}, func() int {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "run\n")
+	}
+}
+
+// The first token is refused with 535: the command runs again and the
+// same attempt delivers with the new token.
+func TestOAuthTokenCommandRunsAgainAfter535(t *testing.T) {
+	cmd, runs := tokenCommand(t)
+	h, logs := oauthHarness(t, config.AuthKeys{TokenCommand: cmd, TokenLifetime: config.Duration(time.Hour)},
+		func(tok string) bool { return tok == "secret-token-2" })
+	id := h.put("a@src.invalid", "b@dst.invalid")
+	h.waitSink(1)
+	h.waitGone(id)
+	if n := runs(); n != 2 {
+		t.Fatalf("token_command ran %d times, want 2 (the first token, then one after the 535)", n)
+	}
+	if strings.Contains(logs.String(), "host failed") {
+		t.Fatalf("the attempt failed instead of trying the new token:\n%s", logs)
+	}
+	// Within the lifetime, later deliveries use the token at hand.
+	id = h.put("a@src.invalid", "c@dst.invalid")
+	h.waitSink(2)
+	h.waitGone(id)
+	if n := runs(); n != 2 {
+		t.Fatalf("token_command ran %d times for a second message within the lifetime, want still 2", n)
+	}
+	if strings.Contains(logs.String(), "secret-token") {
+		t.Errorf("the log holds a token:\n%s", logs)
+	}
+}
+
+// A token the smart host keeps refusing defers the mail with the host's
+// reply (no bounce, no NDR), logs a warning naming the route, and no log
+// line at any level holds the token.
+func TestOAuthRefusedTokenDefersAndWarnsNamingTheRoute(t *testing.T) {
+	cmd, _ := tokenCommand(t)
+	h, logs := oauthHarness(t, config.AuthKeys{TokenCommand: cmd}, func(string) bool { return false })
+	id := h.put("a@src.invalid", "b@dst.invalid")
+	m := h.waitAttempts(id, 2)
+	if r := m.Recipients[0]; r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "535 5.7.8") {
+		t.Fatalf("recipient %s with %q, want pending with the smart host's 535", r.State, r.LastReply)
+	}
+	if n := h.ndrs(id); n != 0 {
+		t.Fatalf("%d NDRs for a refused token", n)
+	}
+	var warned bool
+	for _, line := range strings.Split(logs.String(), "\n") {
+		warned = warned || strings.Contains(line, `"level":"warn"`) &&
+			strings.Contains(line, `"route":"delivery.route[0]"`) && strings.Contains(line, "refused the OAuth2 token")
+	}
+	if !warned {
+		t.Errorf("no warning naming delivery.route[0]:\n%s", logs)
+	}
+	if strings.Contains(logs.String(), "secret-token") {
+		t.Errorf("the log holds a token:\n%s", logs)
+	}
+}
+
+// A token file is read again when it changes: mail deferred because the
+// smart host refused its token goes once the file holds a good one.
+func TestOAuthTokenFileIsReadAgainAfterItChanges(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte("secret-token-old\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, logs := oauthHarness(t, config.AuthKeys{TokenFile: file}, func(tok string) bool { return tok == "secret-token-new" })
+	id := h.put("a@src.invalid", "b@dst.invalid")
+	h.waitAttempts(id, 1)
+	if h.sink.Count() != 0 {
+		t.Fatal("delivered with the old token")
+	}
+	if err := os.WriteFile(file, []byte("secret-token-new\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSink(1)
+	h.waitGone(id)
+	if strings.Contains(logs.String(), "secret-token") {
+		t.Errorf("the log holds a token:\n%s", logs)
+	}
+}
