@@ -211,7 +211,9 @@ func (s *Store) modify(ctx context.Context, id ID, fn func(r *record, now time.T
 		return err
 	}
 	err = s.commit(b, synced)
-	s.changes.Add(1) // even if it failed: it may have been applied
+	if r.Held != old.Held || r.BounceRequested != old.BounceRequested {
+		s.changes.Add(1) // even if it failed: it may have been applied
+	}
 	if err != nil {
 		return fmt.Errorf("queue: commit %s: %w", id, err)
 	}

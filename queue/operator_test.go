@@ -83,11 +83,12 @@ func checkNoBody(t *testing.T, s *Store, id ID) {
 	}
 }
 
-// TestChangesCountsEveryChangeButUpdates: every operator change (hold,
-// release, flush, bounce, delete) and every release of waiting mail bumps
-// Changes, so a reader of a message can tell its copy is still the stored
-// record; Put and Update do not, nor a change that changes nothing.
-func TestChangesCountsEveryChangeButUpdates(t *testing.T) {
+// TestChangesCountsOperatorStateChanges: a hold, the release of a held
+// message, a bounce and a delete bump Changes, so a reader of a message
+// can tell its copy still has the stored operator state; Put, Update, a
+// flush and ReleaseDest do not (Update reconciles what they change), nor a
+// change that changes nothing.
+func TestChangesCountsOperatorStateChanges(t *testing.T) {
 	ctx := context.Background()
 	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := openTest(t, Options{Now: func() time.Time { return clock }})
@@ -107,11 +108,41 @@ func TestChangesCountsEveryChangeButUpdates(t *testing.T) {
 		m.NextAttempt, m.WaitsFor = clock.Add(time.Hour), "smarthost:h:25"
 		return s.Update(ctx, m)
 	})
-	step("release of waiting mail", true, func() error { _, _, err := s.ReleaseDest(ctx, "smarthost:h:25", 10); return err })
+	step("release of waiting mail", false, func() error { _, _, err := s.ReleaseDest(ctx, "smarthost:h:25", 10); return err })
 	step("hold", true, func() error { return s.Hold(ctx, m.ID) })
 	step("hold again (no change)", false, func() error { return s.Hold(ctx, m.ID) })
 	step("release", true, func() error { return s.Release(ctx, m.ID) })
-	step("flush", true, func() error { clock = clock.Add(time.Minute); return s.Flush(ctx, m.ID) })
+	step("flush", false, func() error { clock = clock.Add(time.Minute); return s.Flush(ctx, m.ID) })
 	step("bounce", true, func() error { return s.Bounce(ctx, m.ID) })
 	step("delete", true, func() error { return s.Delete(ctx, m.ID) })
+}
+
+// TestUpdateKeepsAReleaseSinceGet: a copy read before its destination's
+// return released it (ReleaseDest sets Released) does not take Released
+// back when it is updated.
+func TestUpdateKeepsAReleaseSinceGet(t *testing.T) {
+	ctx := context.Background()
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := openTest(t, Options{Now: func() time.Time { return clock }})
+	m := putOne(t, s)
+	m.Recipients[0].Attempts = 3
+	m.NextAttempt, m.WaitsFor = clock.Add(time.Hour), "smarthost:h:25"
+	if err := s.Update(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := s.Get(m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := s.ReleaseDest(ctx, "smarthost:h:25", 10); n != 1 || err != nil {
+		t.Fatalf("released %d, %v; want 1", n, err)
+	}
+	stale.Recipients[0].Attempts++
+	stale.NextAttempt = clock.Add(2 * time.Hour)
+	if err := s.Update(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Get(m.ID); got.Released != 3 || got.Recipients[0].Attempts != 4 {
+		t.Fatalf("after the stale copy's update: released at %d, %d attempts; want 3 and 4", got.Released, got.Recipients[0].Attempts)
+	}
 }

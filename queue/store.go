@@ -78,7 +78,7 @@ type Store struct {
 	locks     [lockStripes]sync.Mutex
 	messages  atomic.Int64
 	bytes     atomic.Int64
-	// changes counts the operator changes committed (Changes).
+	// changes counts the changes of operator state committed (Changes).
 	changes atomic.Uint64
 	// counted is closed when the count of what was queued at Open is in
 	// messages and bytes; closing stops that count early (Close).
@@ -400,12 +400,14 @@ func (s *Store) getRecordTo(id ID, r *record) error {
 	return err
 }
 
-// Changes counts the changes made to stored messages other than by
-// Update: an operator's hold, release, flush, bounce or delete, and
-// ReleaseDest's release of waiting mail. It is bumped after each such
-// change commits, so a caller that reads it before Get and finds it
-// unchanged later knows that no such change was made to the message since
-// (Update's own commits are the caller's to know about).
+// Changes counts the changes of operator state made to stored messages:
+// a hold, the release of a held message, a bounce, a delete. It is bumped
+// after each commits, so a caller that reads it before Get and finds it
+// unchanged later knows that its copy still has the stored operator state
+// and the message still exists. Other changes since Get need no new read
+// before Update: a flush or ReleaseDest changes when the message is due,
+// which Update keeps (Scheduled), and Released, which Update keeps the
+// larger of (it only grows); Update's own commits are the caller's.
 func (s *Store) Changes() uint64 { return s.changes.Load() }
 
 // Get returns the stored envelope of id, or ErrNotFound.
@@ -600,6 +602,7 @@ func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) erro
 		r := &record{Envelope: m.Envelope, Chunks: old.Chunks}
 		r.Held = old.Held
 		r.BounceRequested = r.BounceRequested || old.BounceRequested
+		r.Released = max(r.Released, old.Released) // a release since Get
 		operator := !m.Scheduled.IsZero() && !old.NextAttempt.Equal(m.Scheduled)
 		if operator {
 			r.NextAttempt = old.NextAttempt // an operator's change since Get wins

@@ -169,7 +169,5 @@ func (s *Store) release(ctx context.Context, id ID, dest string) (bool, error) {
 	if err := s.rewriteLocked(b, id, r, &nr); err != nil { // removes the index entry
 		return false, err
 	}
-	err = s.commit(b, unsynced)
-	s.changes.Add(1) // even if it failed: it may have been applied
-	return true, err
+	return true, s.commit(b, unsynced)
 }

@@ -26,10 +26,11 @@ type Queue interface {
 	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, queue.Cursor, error)
 	// Get returns the stored message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
-	// Changes counts the changes made to stored messages by anything but
-	// Update (an operator's, a release of waiting mail), bumped after
-	// each commits: a message read after Changes returned c is still as
-	// stored, bar its own Updates, while Changes still returns c.
+	// Changes counts the changes of operator state (hold, release of a
+	// hold, bounce) and deletions, bumped after each commits: a message
+	// read after Changes returned c still has its stored operator state
+	// and exists while Changes still returns c (Update reconciles any
+	// other change since: a flush's or a release's due time, Released).
 	Changes() uint64
 	// Body streams the body; the caller closes it.
 	Body(id queue.ID) (io.ReadCloser, error)
@@ -592,9 +593,10 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 }
 
 // read returns the message of j and the queue's Changes from before it
-// was read: the copy j carries if the queue has had no change since it
-// was read (nothing but this job's attempts writes the message, and the
-// routing that kept the copy committed nothing), else the stored one.
+// was read: the copy j carries if the queue has had no change of operator
+// state since it was read (the routing that kept the copy committed
+// nothing; a flush or release since is reconciled by Update), else the
+// stored one.
 func (w *Worker) read(j *job) (*queue.Message, uint64, error) {
 	m := j.m
 	j.m = nil // one use: what this attempt commits makes it stale
