@@ -582,8 +582,9 @@ func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, nex
 // from the stored record, not taken from m, and so is an operator's later
 // rescheduling: when the stored NextAttempt is no longer m.Scheduled (a
 // flush, bounce or release since Get), the stored time is kept and
-// m.NextAttempt is set to it. On success m.Scheduled is the NextAttempt
-// written, so that the same m can be updated again.
+// m.NextAttempt is set to it. Released is the larger of m's and the
+// stored one (a release since Get). On success m.Scheduled is the
+// NextAttempt written, so that the same m can be updated again.
 func (s *Store) Update(ctx context.Context, m *Message, news ...NewMessage) error {
 	old, unlock, err := s.locked(ctx, m.ID)
 	if err != nil {

@@ -76,9 +76,9 @@
 //     is taken from there, so a reload applies). The message joins it with
 //     the envelope the routing read, and its delivery uses that copy, not
 //     a second read, if the queue's Changes is what it was before that
-//     read (no operator change and no release since: only the worker's
-//     own Updates write a message it holds, and the routing committed
-//     nothing); else it reads the message again.
+//     read (no hold, bounce or delete since, and the routing committed
+//     nothing; a flush or a release since changes only what Update
+//     reconciles); else it reads the message again.
 //   - A destination with a message rate (Route.Rate: configured, or
 //     learned from a reply retry classifies LowerRate) is paced by the
 //     pacer (rate.go): a delivery to it starts only when the rate allows
