@@ -96,8 +96,8 @@ type Destination struct {
 	RateReason         string  `json:"rate_reason,omitempty"`
 	RateLimitPerHour   float64 `json:"rate_limit_per_hour,omitempty"`
 	LearnedRatePerHour float64 `json:"learned_rate_per_hour,omitempty"`
-	// State is the delivery side's word for the destination ("ok",
-	// "failing", "paused"…), free text for operators.
+	// State is the delivery side's word for the destination
+	// (smarthost.DestState: "ok", "capped", "failing"), for operators.
 	State       string    `json:"state,omitempty"`
 	LastReply   string    `json:"last_reply,omitempty"`
 	LastReplyAt time.Time `json:"last_reply_at,omitzero"`

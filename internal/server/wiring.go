@@ -58,13 +58,7 @@ type destinationSource struct{ w *smarthost.Worker }
 func (d destinationSource) Destinations() []admin.Destination {
 	var out []admin.Destination
 	for _, s := range d.w.Destinations() {
-		state := "ok"
-		switch {
-		case s.LearnedCap > 0 && s.Cap < s.MaxCap:
-			state = "capped"
-		case !s.LastReplyAt.IsZero() && s.LastReplyAt.After(s.Updated) && time.Since(s.LastReplyAt) < time.Minute:
-			state = "failing"
-		}
+		state := string(s.State(time.Now()))
 		out = append(out, admin.Destination{
 			Name: s.Name, Cap: s.Cap, ConfiguredCap: s.MaxCap, LearnedCap: s.LearnedCap,
 			CapReason: s.Reason, Open: s.Open, Waiting: s.Waiting, State: state,
