@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"relayq/internal/explain"
+	"relayq/internal/smtpreply"
 	"relayq/queue"
-	"relayq/retry"
 )
 
 const (
@@ -131,7 +131,7 @@ func Explain(reply string) (summary, hint string) {
 	if reply == "" {
 		return "", ""
 	}
-	r, err := retry.ParseReply(reply)
+	r, err := smtpreply.ParseReply(reply)
 	if err != nil {
 		return "", ""
 	}

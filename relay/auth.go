@@ -14,7 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 // maxAuthFailures failed AUTH attempts on one connection close it with
@@ -224,7 +224,7 @@ func (s *session) checkCredentials(auth *authenticator, identity, user, pass str
 // authFailed counts a failed attempt on this connection and returns r,
 // or, at the third, 421 4.7.0 and has the connection closed once that
 // reply is sent.
-func (s *session) authFailed(ev *zerolog.Event, r *retry.Reply) error {
+func (s *session) authFailed(ev *zerolog.Event, r *smtpreply.Reply) error {
 	n := 1
 	if s.tc != nil {
 		n = int(s.tc.authFailures.Add(1))

@@ -9,8 +9,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"relayq/internal/smtpreply"
 	"relayq/queued"
-	"relayq/retry"
 )
 
 // bodyChunk is how much of the client's data bodyReader takes per read; its
@@ -123,8 +123,8 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 
 // Reply returns the reply for the failure that ended the body: nil while it
 // is still being read and after a clean end.
-func (r *bodyReader) Reply() *retry.Reply {
-	reply, _ := r.err.(*retry.Reply)
+func (r *bodyReader) Reply() *smtpreply.Reply {
+	reply, _ := r.err.(*smtpreply.Reply)
 	return reply
 }
 
@@ -169,7 +169,7 @@ func (r *bodyReader) fill() {
 }
 
 // fail drops pending output and makes err sticky.
-func (r *bodyReader) fail(err *retry.Reply) {
+func (r *bodyReader) fail(err *smtpreply.Reply) {
 	r.out, r.off = r.out[:0], 0
 	r.err = err
 }
@@ -181,7 +181,7 @@ func (r *bodyReader) fail(err *retry.Reply) {
 // The header section goes byte by byte (it is short, and each byte feeds
 // the Received match); the body section, where only line endings matter,
 // goes by runs in transformBody.
-func (r *bodyReader) transform(b []byte) *retry.Reply {
+func (r *bodyReader) transform(b []byte) *smtpreply.Reply {
 	for i, c := range b {
 		if r.body {
 			return r.transformBody(b[i:])
@@ -225,7 +225,7 @@ func (r *bodyReader) transform(b []byte) *retry.Reply {
 // a CR before it. A body line ends in CRLF, so that is two fast scans per
 // line instead of a step per byte. The LF found is kept until passed, so
 // bare CRs cannot make the scan quadratic.
-func (r *bodyReader) transformBody(b []byte) *retry.Reply {
+func (r *bodyReader) transformBody(b []byte) *smtpreply.Reply {
 	pos, lf := 0, -1 // lf: the next LF at or after pos, len(b) if none
 	for pos < len(b) {
 		if r.cr {
@@ -305,7 +305,7 @@ func (r *bodyReader) feedName(c byte) bool {
 // Anything but go-smtp's two policy errors and the end of a BDAT transfer
 // by the client means the client stalled past the read deadline or went
 // away.
-func srcError(err error) *retry.Reply {
+func srcError(err error) *smtpreply.Reply {
 	switch err {
 	case smtp.ErrDataTooLarge:
 		// go-smtp's own budget, MaxMessageBytes, equals ours (see doc.go).

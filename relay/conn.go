@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 const (
@@ -274,7 +274,7 @@ func (s *Server) refuse(c net.Conn, lc ListenerConfig, a admission) {
 }
 
 // replyLine formats r as one reply line.
-func replyLine(r *retry.Reply) string {
+func replyLine(r *smtpreply.Reply) string {
 	return r.Error() + "\r\n"
 }
 

@@ -10,7 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 // RateLimits are the hourly sending limits ([limits]
@@ -80,7 +80,7 @@ type RateStatus struct {
 
 // codeRateLimited is RFC 3463 X.7.1, "delivery not authorized": temporary
 // here, as the refusal ends with the next token.
-var codeRateLimited = retry.EnhancedCode{4, 7, 1}
+var codeRateLimited = smtpreply.EnhancedCode{4, 7, 1}
 
 // rateSweepEvery is how often buckets that are full again are dropped.
 const rateSweepEvery = time.Minute
@@ -296,8 +296,8 @@ func (s *Server) RateStatus() RateStatus { return s.rate.status() }
 // replyRateLimited is the refusal of MAIL or RCPT beyond a limit, naming
 // the user or address so that whoever reads the bounce of a stuck app
 // knows which limit it ran into.
-func replyRateLimited(c *rateCheck) *retry.Reply {
-	return &retry.Reply{Code: 450, Enhanced: codeRateLimited,
+func replyRateLimited(c *rateCheck) *smtpreply.Reply {
+	return &smtpreply.Reply{Code: 450, Enhanced: codeRateLimited,
 		Text: "Rate limit exceeded for " + c.key.String() + ", try again later"}
 }
 

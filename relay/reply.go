@@ -3,100 +3,100 @@ package relay
 import (
 	"github.com/emersion/go-smtp"
 
+	"relayq/internal/smtpreply"
 	"relayq/pressure"
-	"relayq/retry"
 )
 
 // Replies relay sends. Text sent to the client is short and generic; the
 // details go to the log (STYLE.md).
 var (
 	// RFC 1870 §6.2: a SIZE= or a body above the limit is refused with 552.
-	replyTooBig = &retry.Reply{Code: 552, Enhanced: retry.CodeTooBig,
+	replyTooBig = &smtpreply.Reply{Code: 552, Enhanced: smtpreply.CodeTooBig,
 		Text: "Message size exceeds fixed maximum message size"}
 	// RFC 5321 §6.3: a loop shows as too many Received headers.
-	replyLoop = &retry.Reply{Code: 554, Enhanced: retry.CodeLoop,
+	replyLoop = &smtpreply.Reply{Code: 554, Enhanced: smtpreply.CodeLoop,
 		Text: "Too many hops, mail loop detected"}
 	// RFC 5321 §4.5.3.1.10: too many recipients is 452, the client sends the
 	// rest in another transaction.
-	replyTooManyRcpts = &retry.Reply{Code: 452, Enhanced: retry.CodeTooManyRcpts,
+	replyTooManyRcpts = &smtpreply.Reply{Code: 452, Enhanced: smtpreply.CodeTooManyRcpts,
 		Text: "Too many recipients"}
-	replyRelayDenied = &retry.Reply{Code: 550, Enhanced: retry.CodeRelayDenied,
+	replyRelayDenied = &smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodeRelayDenied,
 		Text: "Relaying denied"}
-	replyBadAddress = &retry.Reply{Code: 501, Enhanced: retry.CodeBadSyntax,
+	replyBadAddress = &smtpreply.Reply{Code: 501, Enhanced: smtpreply.CodeBadSyntax,
 		Text: "Bad address syntax"}
 	// The queue could not commit: temporary, the client keeps the message.
-	replyStoreFailed = &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal,
+	replyStoreFailed = &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeTempLocal,
 		Text: "Local error in processing, try again later"}
 	// The client stalled or went away in the middle of the body.
-	replyStalled = &retry.Reply{Code: 451, Enhanced: retry.CodeConnDropped,
+	replyStalled = &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeConnDropped,
 		Text: "Timeout or connection error while reading message data"}
 	// The client ended a BDAT transfer with RSET or EHLO (RFC 3030 §3):
 	// nothing is queued, go-smtp drops this reply and the session goes on.
-	replyDataReset = &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal,
+	replyDataReset = &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeTempLocal,
 		Text: "Message transfer aborted by the client"}
 	// RFC 5321 §4.5.3.1.6 limits a text line; go-smtp allows twice that.
-	replyLineTooLong = &retry.Reply{Code: 554, Enhanced: retry.CodeSyntaxError,
+	replyLineTooLong = &smtpreply.Reply{Code: 554, Enhanced: smtpreply.CodeSyntaxError,
 		Text: "Line too long"}
 	// RFC 3463 X.3.2 "system not accepting network messages" names an
 	// imminent shutdown as its example.
-	replyShuttingDown = &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns,
+	replyShuttingDown = &smtpreply.Reply{Code: 421, Enhanced: smtpreply.CodeTooManyConns,
 		Text: "Service shutting down, try again later"}
 	// RFC 5321 §4.1.4: MAIL inside a transaction is a bad sequence.
-	replyNestedMail = &retry.Reply{Code: 503, Enhanced: codeBadSequence,
+	replyNestedMail = &smtpreply.Reply{Code: 503, Enhanced: codeBadSequence,
 		Text: "Nested MAIL command"}
 	// Routing in the local part (% hack, bang path, an @ inside quotes) is
 	// refused from everyone: what is queued is what gets delivered, and no
 	// next hop may read it as a route elsewhere (RFC 5321 §3.6.1, §2.3.11).
-	replyRouting = &retry.Reply{Code: 501, Enhanced: retry.CodeBadSyntax,
+	replyRouting = &smtpreply.Reply{Code: 501, Enhanced: smtpreply.CodeBadSyntax,
 		Text: "Routing characters (% ! @) in the local part are not accepted"}
 	// RFC 5321 §2.3.8: lines end in CRLF only ([limits] bare_line_endings
 	// = "reject"). RFC 3463 X.5.2 is a syntax error.
-	replyBareLineEnding = &retry.Reply{Code: 550, Enhanced: retry.CodeSyntaxError,
+	replyBareLineEnding = &smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodeSyntaxError,
 		Text: "Bare CR or LF in message data, use CRLF line endings"}
 
 	// Connection caps, in place of the greeting (RFC 5321 §3.1; a per-source limit).
-	replyTooManyConns = &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns,
+	replyTooManyConns = &smtpreply.Reply{Code: 421, Enhanced: smtpreply.CodeTooManyConns,
 		Text: "Too many connections, try again later"}
-	replyTooManyConnsFrom = &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns,
+	replyTooManyConnsFrom = &smtpreply.Reply{Code: 421, Enhanced: smtpreply.CodeTooManyConns,
 		Text: "Too many connections from your address, try again later"}
 
 	// AUTH (RFC 4954 §4, §6).
-	replyAuthRequired = &retry.Reply{Code: 530, Enhanced: codeAuthRequired,
+	replyAuthRequired = &smtpreply.Reply{Code: 530, Enhanced: codeAuthRequired,
 		Text: "Authentication required"}
-	replyAuthInvalid = &retry.Reply{Code: 535, Enhanced: codeAuthInvalid,
+	replyAuthInvalid = &smtpreply.Reply{Code: 535, Enhanced: codeAuthInvalid,
 		Text: "Authentication credentials invalid"}
-	replyAuthTooMany = &retry.Reply{Code: 421, Enhanced: codeAuthTemp,
+	replyAuthTooMany = &smtpreply.Reply{Code: 421, Enhanced: codeAuthTemp,
 		Text: "Too many failed authentication attempts, closing connection"}
-	replyAuthLimited = &retry.Reply{Code: 454, Enhanced: codeAuthTemp,
+	replyAuthLimited = &smtpreply.Reply{Code: 454, Enhanced: codeAuthTemp,
 		Text: "Too many failed authentication attempts, try again later"}
-	replyAuthTemp = &retry.Reply{Code: 454, Enhanced: codeAuthTemp,
+	replyAuthTemp = &smtpreply.Reply{Code: 454, Enhanced: codeAuthTemp,
 		Text: "Temporary authentication failure"}
-	replyAuthMalformed = &retry.Reply{Code: 501, Enhanced: retry.CodeSyntaxError,
+	replyAuthMalformed = &smtpreply.Reply{Code: 501, Enhanced: smtpreply.CodeSyntaxError,
 		Text: "Malformed authentication response"}
-	replyAuthUnknownMech = &retry.Reply{Code: 504, Enhanced: codeBadParam,
+	replyAuthUnknownMech = &smtpreply.Reply{Code: 504, Enhanced: codeBadParam,
 		Text: "Unrecognized authentication type"}
-	replyAuthInTxn = &retry.Reply{Code: 503, Enhanced: codeBadSequence,
+	replyAuthInTxn = &smtpreply.Reply{Code: 503, Enhanced: codeBadSequence,
 		Text: "AUTH not permitted during a mail transaction"}
-	replyAuthNeedsTLS = &retry.Reply{Code: 523, Enhanced: codeEncryptionNeeded,
+	replyAuthNeedsTLS = &smtpreply.Reply{Code: 523, Enhanced: codeEncryptionNeeded,
 		Text: "TLS is required"}
 )
 
 // Enhanced codes of RFC 3463 and RFC 4954 that retry has no name for.
 var (
-	codeBadSequence      = retry.EnhancedCode{5, 5, 1}  // invalid command (sequence)
-	codeBadParam         = retry.EnhancedCode{5, 5, 4}  // invalid command arguments
-	codeAuthRequired     = retry.EnhancedCode{5, 7, 0}  // RFC 4954 §6: 530 5.7.0
-	codeAuthInvalid      = retry.EnhancedCode{5, 7, 8}  // RFC 4954 §6: 535 5.7.8
-	codeAuthTemp         = retry.EnhancedCode{4, 7, 0}  // RFC 4954 §6: 454 4.7.0
-	codeEncryptionNeeded = retry.EnhancedCode{5, 7, 10} // RFC 5248: 523 5.7.10, as go-smtp
+	codeBadSequence      = smtpreply.EnhancedCode{5, 5, 1}  // invalid command (sequence)
+	codeBadParam         = smtpreply.EnhancedCode{5, 5, 4}  // invalid command arguments
+	codeAuthRequired     = smtpreply.EnhancedCode{5, 7, 0}  // RFC 4954 §6: 530 5.7.0
+	codeAuthInvalid      = smtpreply.EnhancedCode{5, 7, 8}  // RFC 4954 §6: 535 5.7.8
+	codeAuthTemp         = smtpreply.EnhancedCode{4, 7, 0}  // RFC 4954 §6: 454 4.7.0
+	codeEncryptionNeeded = smtpreply.EnhancedCode{5, 7, 10} // RFC 5248: 523 5.7.10, as go-smtp
 )
 
 // replyPressure is the back-pressure refusal at MAIL: Exchange's words,
 // naming the resource so that whoever reads the reply in a telnet session
 // has the clue the operator of an Exchange hub that refused mail lacked. 452 is temporary:
 // the client keeps the message and retries (RFC 5321 §4.2.2).
-func replyPressure(r pressure.Resource) *retry.Reply {
-	return &retry.Reply{Code: 452, Enhanced: retry.CodeTempResources,
+func replyPressure(r pressure.Resource) *smtpreply.Reply {
+	return &smtpreply.Reply{Code: 452, Enhanced: smtpreply.CodeTempResources,
 		Text: "Insufficient system resources (" + r.Describe() + ")"}
 }
 
@@ -105,7 +105,7 @@ func replyPressure(r pressure.Resource) *retry.Reply {
 // must be returned as is, never wrapped: a wrapped one reaches the client as
 // "451 4.0.0" and a plain error from Data as a permanent "554 5.0.0"
 // (docs/design.md "What the code relies on").
-func smtpError(r *retry.Reply) *smtp.SMTPError {
+func smtpError(r *smtpreply.Reply) *smtp.SMTPError {
 	return &smtp.SMTPError{
 		Code:         r.Code,
 		EnhancedCode: smtp.EnhancedCode(r.Status()),

@@ -14,9 +14,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/internal/diskspace"
+	"relayq/internal/smtpreply"
 	"relayq/pressure"
 	"relayq/queued"
-	"relayq/retry"
 )
 
 // session is one client connection, from EHLO to logout (go-smtp makes a
@@ -148,7 +148,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return s.log.Warn().Str("stage", "rcpt").Str("from", s.mu.env.From).Str("rcpt", to)
 	}
 	if !s.mu.inTxn {
-		return s.reject(ev(), &retry.Reply{Code: 503, Enhanced: codeBadSequence, Text: "MAIL first"})
+		return s.reject(ev(), &smtpreply.Reply{Code: 503, Enhanced: codeBadSequence, Text: "MAIL first"})
 	}
 	// The policy comes first: a client that may not relay learns nothing
 	// about how its addresses would be read, whatever tricks they hold.
@@ -203,7 +203,7 @@ func (s *session) Data(r io.Reader) error {
 	s.mu.Lock()
 	if !s.mu.inTxn || len(s.mu.env.Recipients) == 0 {
 		s.mu.Unlock()
-		return smtpError(&retry.Reply{Code: 503, Enhanced: codeBadSequence, Text: "RCPT first"})
+		return smtpError(&smtpreply.Reply{Code: 503, Enhanced: codeBadSequence, Text: "RCPT first"})
 	}
 	env := s.mu.env
 	env.Recipients = slices.Clone(env.Recipients)
@@ -292,7 +292,7 @@ func (s *session) Data(r io.Reader) error {
 		Str("message_id", env.MessageID).Str("subject", env.Subject).Msg("received")
 	return &smtp.SMTPError{
 		Code:         250,
-		EnhancedCode: smtp.EnhancedCode(retry.CodeOK),
+		EnhancedCode: smtp.EnhancedCode(smtpreply.CodeOK),
 		Message:      "OK queued as " + string(id),
 	}
 }
@@ -330,7 +330,7 @@ func (s *session) endTxnLocked() {
 }
 
 // reject logs a refused command at warn and returns its reply for go-smtp.
-func (s *session) reject(ev *zerolog.Event, r *retry.Reply) error {
+func (s *session) reject(ev *zerolog.Event, r *smtpreply.Reply) error {
 	ev.Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Text).Msg("rejected")
 	return smtpError(r)
 }
@@ -338,7 +338,7 @@ func (s *session) reject(ev *zerolog.Event, r *retry.Reply) error {
 // pressureLocked returns the back-pressure refusal for a MAIL now, or nil.
 // At medium only allowed networks and authenticated clients get through;
 // at high nobody does (Exchange's levels, docs/design.md "Back pressure").
-func (s *session) pressureLocked(p *policy) *retry.Reply {
+func (s *session) pressureLocked(p *policy) *smtpreply.Reply {
 	level, res := s.srv.cfg.Pressure.Level()
 	switch {
 	case level >= pressure.High:

@@ -9,6 +9,7 @@ import (
 
 	"relayq/internal/dsn"
 	"relayq/internal/explain"
+	"relayq/internal/smtpreply"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -60,9 +61,9 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 	targets := g.route.Targets
 	pending := g.idx
 	var (
-		last       *retry.Reply
+		last       *smtpreply.Reply
 		lastHop    string
-		cooling    *retry.Reply // why a skipped host is cooling down
+		cooling    *smtpreply.Reply // why a skipped host is cooling down
 		coolingHop string
 		coolUntil  time.Time // when the first skipped host may be tried
 		stale      int       // reused connections found closed
@@ -182,7 +183,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			w.pool.noteWaiting(dest)
 			return w.commit(ctx, t)
 		case last == nil:
-			last = &retry.Reply{Code: 451, Enhanced: retry.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
+			last = &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
 		}
 		// No transaction reached them: never a bounce, never a prompt
 		// retry, only a deferral.
@@ -198,7 +199,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 }
 
 // dialReply returns the reply that ended a Dial and the stage it came at.
-func dialReply(err error) (*retry.Reply, retry.Stage) {
+func dialReply(err error) (*smtpreply.Reply, retry.Stage) {
 	var de *DialError
 	if errors.As(err, &de) {
 		return de.Reply, de.Stage
@@ -225,7 +226,7 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (Session,
 // recipient was decided, those left for another host, and a non-nil reply
 // if the connection broke (then it must not be reused); err is errGone
 // when the message was deleted meanwhile.
-func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pending []int, rw Rewrite, ok func()) (decided bool, rest []int, broken *retry.Reply, err error) {
+func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pending []int, rw Rewrite, ok func()) (decided bool, rest []int, broken *smtpreply.Reply, err error) {
 	m := t.m
 	for len(pending) > 0 {
 		env := envelopeFor(m, pending, rw)
@@ -236,7 +237,7 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pendi
 		}
 		if err != nil {
 			w.Log.Error().Err(err).Str("id", string(m.ID)).Msg("reading a queued body")
-			return decided, pending, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "local error reading the queue", Local: true}, nil
+			return decided, pending, &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeTempLocal, Text: "local error reading the queue", Local: true}, nil
 		}
 		env.Size = size
 		results, sendErr := conn.Send(ctx, env, body)
@@ -283,7 +284,7 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pendi
 		// This transaction's verdicts are on disk before anything else
 		// happens: the next transaction, another host, a wait for a slot.
 		if err := w.commit(ctx, t); err != nil {
-			var rep *retry.Reply
+			var rep *smtpreply.Reply
 			if sendErr != nil {
 				rep = retry.FromError(retry.StageBody, sendErr)
 			}
@@ -305,7 +306,7 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pendi
 // the rate is lowered and, unless j met too many such replies in a row
 // (maxBusyRetries, shared with 421 4.3.2), it reports true: the message
 // goes back to the front of the line, to wait for the rate.
-func (w *Worker) paceBack(ctx context.Context, j *job, dest string, d retry.Decision, reply *retry.Reply) bool {
+func (w *Worker) paceBack(ctx context.Context, j *job, dest string, d retry.Decision, reply *smtpreply.Reply) bool {
 	if !d.LowerRate {
 		return false
 	}
@@ -378,7 +379,7 @@ type tally struct {
 	// paceOK says a reply about our rate may send recipients back to the
 	// line (deliverGroup); pacedBy is the first such reply.
 	paceOK  bool
-	pacedBy *retry.Reply
+	pacedBy *smtpreply.Reply
 }
 
 // verdict is one recipient's reply in this attempt, kept parsed for the
@@ -386,7 +387,7 @@ type tally struct {
 type verdict struct {
 	idx    int
 	code   int
-	status retry.EnhancedCode
+	status smtpreply.EnhancedCode
 }
 
 func newTally(m *queue.Message, now time.Time) *tally { return &tally{m: m, now: now} }
@@ -405,14 +406,14 @@ func (t *tally) recordOutcome(o outcome) {
 
 // record records a verdict of recipient i; a deferral is for a reason of
 // its own (see deferDest).
-func (t *tally) record(i int, d retry.Decision, reply *retry.Reply, host string) {
+func (t *tally) record(i int, d retry.Decision, reply *smtpreply.Reply, host string) {
 	t.note(i, d, reply, host)
 	t.msgDeferred = t.msgDeferred || d.Action == retry.Defer
 }
 
 // deferDest records the deferral d of recipient i because its
 // destination dest failed as a whole.
-func (t *tally) deferDest(i int, d retry.Decision, reply *retry.Reply, host, dest string) {
+func (t *tally) deferDest(i int, d retry.Decision, reply *smtpreply.Reply, host, dest string) {
 	t.note(i, d, reply, host)
 	t.waitsForDest(dest)
 }
@@ -423,7 +424,7 @@ func (t *tally) waitsForDest(dest string) {
 	}
 }
 
-func (t *tally) note(i int, d retry.Decision, reply *retry.Reply, host string) {
+func (t *tally) note(i int, d retry.Decision, reply *smtpreply.Reply, host string) {
 	r := &t.m.Recipients[i]
 	r.LastReply = reply.Error()
 	r.LastHost = host
@@ -447,7 +448,7 @@ func (t *tally) note(i int, d retry.Decision, reply *retry.Reply, host string) {
 // before until, every one cooling down after failing: not an attempt, so
 // not counted; the recipient is due again after its backoff, and not
 // before the first host may be tried again.
-func (t *tally) wait(i int, reply *retry.Reply, host string, until time.Time) {
+func (t *tally) wait(i int, reply *smtpreply.Reply, host string, until time.Time) {
 	r := &t.m.Recipients[i]
 	r.LastReply, r.LastHost, r.Status = reply.Error(), host, reply.Status().String()
 	t.recorded = append(t.recorded, verdict{idx: i, code: reply.Code, status: reply.Status()})
@@ -660,7 +661,7 @@ func (w *Worker) logReports(m *queue.Message, news []queue.NewMessage, kinds []d
 // m.LastAttempt keeps the time of the last real one.
 func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 	t := newTally(m, w.Now())
-	reply := &retry.Reply{Code: 554, Enhanced: retry.CodeExpired, Local: true,
+	reply := &smtpreply.Reply{Code: 554, Enhanced: smtpreply.CodeExpired, Local: true,
 		Text: "delivery time expired: the message stayed in the queue for " + t.now.Sub(m.Received).Round(time.Minute).String()}
 	for _, i := range m.Pending() {
 		r := &m.Recipients[i]
@@ -681,7 +682,7 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 	}
 	for _, i := range t.bounced {
 		w.Log.Error().Str("id", string(m.ID)).Str("from", m.From).Str("rcpt", m.Recipients[i].Addr).
-			Str("enhanced", retry.CodeExpired.String()).Int("attempt", m.Recipients[i].Attempts).
+			Str("enhanced", smtpreply.CodeExpired.String()).Int("attempt", m.Recipients[i].Attempts).
 			Dur("delay", t.now.Sub(m.Received)).Str("reply", m.Recipients[i].LastReply).
 			Str("message_id", m.MessageID).Str("subject", m.Subject).Msg("expired")
 		w.observe(Outcome{ID: m.ID, Rcpt: m.Recipients[i].Addr, Result: "expired", Reply: m.Recipients[i].LastReply,

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 // Default cool-downs of the circuit breaker: a host that failed is skipped
@@ -37,10 +37,10 @@ type breaker struct {
 }
 
 type hostState struct {
-	failures int          // in a row
-	until    time.Time    // skipped before this
-	last     *retry.Reply // the failure that set until
-	since    time.Time    // first failure of the run
+	failures int              // in a row
+	until    time.Time        // skipped before this
+	last     *smtpreply.Reply // the failure that set until
+	since    time.Time        // first failure of the run
 }
 
 // HostStatus is the circuit-breaker state of one next-hop host that failed
@@ -61,14 +61,14 @@ func newBreaker(base, ceiling time.Duration, now func() time.Time) *breaker {
 
 // coolingDown returns the failure that put addr in its cool-down when addr
 // is still cooling down, else nil (try it).
-func (b *breaker) coolingDown(addr string) *retry.Reply {
+func (b *breaker) coolingDown(addr string) *smtpreply.Reply {
 	_, r := b.coolingUntil(addr)
 	return r
 }
 
 // coolingUntil returns when addr's cool-down ends and the failure that
 // started it, or a nil reply when addr may be tried now.
-func (b *breaker) coolingUntil(addr string) (time.Time, *retry.Reply) {
+func (b *breaker) coolingUntil(addr string) (time.Time, *smtpreply.Reply) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.mu.hosts[addr]
@@ -81,7 +81,7 @@ func (b *breaker) coolingUntil(addr string) (time.Time, *retry.Reply) {
 // fail records a failure of addr and returns its cool-down, and false when
 // addr was already cooling down (attempts that started before the first
 // failure came back do not each double it).
-func (b *breaker) fail(addr string, r *retry.Reply) (time.Duration, bool) {
+func (b *breaker) fail(addr string, r *smtpreply.Reply) (time.Duration, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
@@ -110,7 +110,7 @@ func (b *breaker) fail(addr string, r *retry.Reply) (time.Duration, bool) {
 // adopt puts addr in a cool-down until until that another node started
 // (cluster): skipped like one of its own, without counting a failure, so
 // that the next attempts do not ask the cluster again.
-func (b *breaker) adopt(addr string, until time.Time, r *retry.Reply) {
+func (b *breaker) adopt(addr string, until time.Time, r *smtpreply.Reply) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.mu.hosts[addr]

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"relayq/internal/smtpreply"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -21,7 +22,7 @@ import (
 // destination counts them all against one source address), and the new
 // cap is published to every node. The refused connection's lease is
 // already given back (dial, or the caller's Close), so it is added.
-func (w *Worker) lowerCap(ctx context.Context, l *lease, dest string, r *retry.Reply) bool {
+func (w *Worker) lowerCap(ctx context.Context, l *lease, dest string, r *smtpreply.Reply) bool {
 	live := 0
 	if w.Cluster != nil {
 		live = w.Cluster.Live(ctx, dest) + 1
@@ -72,7 +73,7 @@ func (w *Worker) succeeded(ctx context.Context, l *lease, dest, host string) {
 // hostFailed records a failed host: the destination's last reply and, when
 // trip is set (it failed to connect, refused us, or said 421), the circuit
 // breaker's cool-down, which a cluster shares with every node.
-func (w *Worker) hostFailed(ctx context.Context, m *queue.Message, dest, host string, r *retry.Reply, d retry.Decision, trip bool) {
+func (w *Worker) hostFailed(ctx context.Context, m *queue.Message, dest, host string, r *smtpreply.Reply, d retry.Decision, trip bool) {
 	w.pool.note(dest, r)
 	ev := w.Log.Warn().Str("id", string(m.ID)).Str("dest", dest).Str("host", host).
 		Int("code", r.Code).Str("enhanced", d.Status.String()).Str("reply", r.Error())

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -187,7 +188,7 @@ func TestSchedulerServesDestinationsRoundRobinWithinTheirCaps(t *testing.T) {
 
 func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 	p := newPool(100, 10, 3, time.Minute, time.Now)
-	busy := &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns, Text: "too many connections"}
+	busy := &smtpreply.Reply{Code: 421, Enhanced: smtpreply.CodeTooManyConns, Text: "too many connections"}
 	var ls []*lease
 	for i := 0; i < 6; i++ {
 		l := p.tryAcquire("d")
@@ -243,7 +244,7 @@ func TestPoolCapLoweredToOpenMinusOneAndRaisedAfterARun(t *testing.T) {
 func TestBreakerCoolDownDoublesUpToTheMaximumAndClosesOnSuccess(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	b := newBreaker(time.Second, 5*time.Second, func() time.Time { return now })
-	r := &retry.Reply{Code: 451, Enhanced: retry.CodeNoAnswer, Text: "connection refused", Local: true}
+	r := &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeNoAnswer, Text: "connection refused", Local: true}
 	var got []time.Duration
 	for i := 0; i < 5; i++ {
 		d, first := b.fail("h:25", r)

@@ -38,7 +38,7 @@ func ParseTLSMode(s string) (TLSMode, error) { return smtpclient.ParseTLSMode(s)
 // another.
 type Courier interface {
 	// Dial opens a session with target: connected, greeted, TLS and AUTH
-	// as the target says. Its error is, or wraps, a *retry.Reply; a
+	// as the target says. Its error is, or wraps, a *smtpreply.Reply; a
 	// *DialError also says at which stage it failed.
 	Dial(ctx context.Context, target Target) (Session, error)
 }

@@ -7,13 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
 // scriptedCourier is a Courier whose sessions answer every recipient with
 // reply and record what they were sent, with no network at all.
 type scriptedCourier struct {
-	reply *retry.Reply
+	reply *smtpreply.Reply
 	mu    sync.Mutex
 	sent  []Envelope
 }
@@ -48,7 +49,7 @@ func (s *scriptedSession) Close() error { return nil }
 // Courier, a message is delivered and committed without any connection:
 // the scheduler needs nothing of SMTP but Courier and Session.
 func TestWorkerSpeaksToNextHopsOnlyThroughItsCourier(t *testing.T) {
-	courier := &scriptedCourier{reply: &retry.Reply{Code: 250, Enhanced: retry.EnhancedCode{2, 0, 0}, Text: "ok"}}
+	courier := &scriptedCourier{reply: &smtpreply.Reply{Code: 250, Enhanced: smtpreply.EnhancedCode{2, 0, 0}, Text: "ok"}}
 	router := &Static{Destination: "scripted", Targets: []Target{{Addr: "scripted.invalid:25", TLS: TLSNone, Timeout: time.Second}}}
 	h := startHarness(t, nil, router, func(w *Worker) { w.Courier = courier })
 	id := h.put("a@src.invalid", "b@dst.invalid", "c@dst.invalid")

@@ -9,7 +9,7 @@
 // invariants are stated there. This package uses it only through Courier
 // (open a Session with a Target) and Session (Send a transaction, Addr,
 // Close): smtpCourier is the real one, and a test may script another.
-// Every error is, or wraps, a *retry.Reply; Send returns exactly one
+// Every error is, or wraps, a *smtpreply.Reply; Send returns exactly one
 // RcptResult per recipient; a non-nil error from Send means the session is
 // unusable and is closed, never reused.
 //

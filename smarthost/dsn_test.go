@@ -13,6 +13,7 @@ import (
 
 	"relayq/internal/explain"
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/internal/smtptest"
 	"relayq/queue"
 	"relayq/retry"
@@ -69,7 +70,7 @@ func TestSizePrecheckBouncesAtOnceAndSendsNothing(t *testing.T) {
 	}
 	human := humanPart(t, ndr.Data)
 	for _, want := range []string{"message size " + size + " exceeds the next hop's limit of 8000 bytes",
-		"Size: " + size + " bytes", explain.Summary(retry.CodeTooBig), explain.Hint(retry.CodeTooBig)} {
+		"Size: " + size + " bytes", explain.Summary(smtpreply.CodeTooBig), explain.Hint(smtpreply.CodeTooBig)} {
 		if !strings.Contains(human, want) {
 			t.Errorf("human part lacks %q:\n%s", want, human)
 		}
@@ -302,7 +303,7 @@ func TestDelayWarningSentOnce(t *testing.T) {
 		t.Errorf("Original-Recipient = %q", got)
 	}
 	human := humanPart(t, dsn.Data)
-	for _, want := range []string{"delivery delayed, still trying", explain.Summary(retry.CodeTempResources), "Retry until:"} {
+	for _, want := range []string{"delivery delayed, still trying", explain.Summary(smtpreply.CodeTempResources), "Retry until:"} {
 		if !strings.Contains(human, want) {
 			t.Errorf("human part lacks %q:\n%s", want, human)
 		}

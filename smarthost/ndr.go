@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"relayq/internal/dsn"
+	"relayq/internal/smtpreply"
 	"relayq/queue"
-	"relayq/retry"
 )
 
 const (
@@ -45,10 +45,10 @@ func (n ndrMaker) failed(m *queue.Message, idx []int, why string) (*queue.NewMes
 		r := &m.Recipients[i]
 		status := recordedStatus(r)
 		if status.IsZero() {
-			status = retry.CodePermGeneric
+			status = smtpreply.CodePermGeneric
 		}
 		if why == "expired" {
-			status = retry.CodeExpired
+			status = smtpreply.CodeExpired
 		}
 		rcpts = append(rcpts, n.recipient(m, r, dsn.ActionFailed, status))
 	}
@@ -62,11 +62,11 @@ func (n ndrMaker) delayed(m *queue.Message, idx []int, until time.Time) (*queue.
 	var rcpts []dsn.Recipient
 	for _, i := range n.asking(m, idx, "DELAY") {
 		r := &m.Recipients[i]
-		status := retry.CodeTempGeneric
+		status := smtpreply.CodeTempGeneric
 		if st := recordedStatus(r); !st.IsZero() {
 			// Still pending, so temporary, whatever class the reply had (a
 			// 5xx greeting defers: it is about the host, not the message).
-			status = retry.EnhancedCode{4, st[1], st[2]}
+			status = smtpreply.EnhancedCode{4, st[1], st[2]}
 		}
 		d := n.recipient(m, r, dsn.ActionDelayed, status)
 		d.WillRetryUntil = until
@@ -82,7 +82,7 @@ func (n ndrMaker) delayed(m *queue.Message, idx []int, until time.Time) (*queue.
 func (n ndrMaker) relayed(m *queue.Message, idx []int) (*queue.NewMessage, error) {
 	var rcpts []dsn.Recipient
 	for _, i := range n.asking(m, idx, "SUCCESS") {
-		rcpts = append(rcpts, n.recipient(m, &m.Recipients[i], dsn.ActionRelayed, retry.CodeOK))
+		rcpts = append(rcpts, n.recipient(m, &m.Recipients[i], dsn.ActionRelayed, smtpreply.CodeOK))
 	}
 	return n.build(m, rcpts, false)
 }
@@ -102,7 +102,7 @@ func (n ndrMaker) asking(m *queue.Message, idx []int, kind string) []int {
 	return out
 }
 
-func (n ndrMaker) recipient(m *queue.Message, r *queue.Recipient, a dsn.Action, st retry.EnhancedCode) dsn.Recipient {
+func (n ndrMaker) recipient(m *queue.Message, r *queue.Recipient, a dsn.Action, st smtpreply.EnhancedCode) dsn.Recipient {
 	return dsn.Recipient{
 		Final:       r.Addr,
 		Original:    r.ORCPT,
@@ -201,14 +201,14 @@ func hostOnly(addr string) string {
 // recordedStatus is the enhanced status of r's last reply: the one the
 // worker settled on (Recipient.Status), else the reply's own; zero if
 // neither parses.
-func recordedStatus(r *queue.Recipient) retry.EnhancedCode {
-	if c, err := retry.ParseEnhanced(r.Status); err == nil {
+func recordedStatus(r *queue.Recipient) smtpreply.EnhancedCode {
+	if c, err := smtpreply.ParseEnhanced(r.Status); err == nil {
 		return c
 	}
-	if reply, err := retry.ParseReply(r.LastReply); err == nil {
+	if reply, err := smtpreply.ParseReply(r.LastReply); err == nil {
 		return reply.Status()
 	}
-	return retry.EnhancedCode{}
+	return smtpreply.EnhancedCode{}
 }
 
 // notifies reports whether a recipient's RFC 3461 NOTIFY parameter asks for

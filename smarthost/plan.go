@@ -4,8 +4,8 @@ import (
 	"sync"
 	"time"
 
+	"relayq/internal/smtpreply"
 	"relayq/queue"
-	"relayq/retry"
 )
 
 // Plan is called for a message about to be queued (the intake wiring in
@@ -37,7 +37,7 @@ func (w *Worker) Plan(env *queue.Envelope) (dest string, queued func(id queue.ID
 		return "", nil
 	}
 	type wait struct {
-		reply *retry.Reply
+		reply *smtpreply.Reply
 		host  string
 		until time.Time
 	}

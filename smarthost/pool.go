@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"relayq/cluster"
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 const (
@@ -316,7 +316,7 @@ type capChange struct {
 // node's, or live, the connections of all nodes (cluster), when more. The
 // slot is given back (l's connection, if any, is the caller's to close),
 // and idle connections beyond the new cap are closed.
-func (p *pool) refused(l *lease, r *retry.Reply, live int) capChange {
+func (p *pool) refused(l *lease, r *smtpreply.Reply, live int) capChange {
 	var stale []Session
 	p.mu.Lock()
 	d := l.dest
@@ -388,7 +388,7 @@ func (p *pool) setMax(n int) {
 }
 
 // note records the last failure of one of dest's hosts, for the status view.
-func (p *pool) note(name string, r *retry.Reply) {
+func (p *pool) note(name string, r *smtpreply.Reply) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d := p.destLocked(name)

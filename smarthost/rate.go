@@ -8,7 +8,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"relayq/config"
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 // minRate is the lowest rate a destination is ever lowered to: one
@@ -181,7 +181,7 @@ type rateChange struct {
 // lower answers a reply saying dest is sent too many messages: its rate
 // becomes half the one in force (or, with none, of the rate observed over
 // the last minute), at least minRate.
-func (p *pacer) lower(dest string, r *retry.Reply) rateChange {
+func (p *pacer) lower(dest string, r *smtpreply.Reply) rateChange {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
@@ -307,7 +307,7 @@ func perHourRate(perSecond float64) config.Rate {
 
 // lowerRate answers a reply saying dest is sent too many messages: its
 // rate is lowered, logged and stored.
-func (w *Worker) lowerRate(ctx context.Context, dest string, r *retry.Reply) {
+func (w *Worker) lowerRate(ctx context.Context, dest string, r *smtpreply.Reply) {
 	ch := w.pacer.lower(dest, r)
 	w.Log.Warn().Str("dest", dest).Float64("rate_per_hour", ch.to*3600).Float64("previous_rate_per_hour", ch.from*3600).
 		Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Error()).

@@ -16,6 +16,7 @@ import (
 
 	"relayq/config"
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/internal/smtptest"
 	"relayq/queue"
 	"relayq/retry"
@@ -161,7 +162,7 @@ func TestRateReplyLowersTheLearnedRate(t *testing.T) {
 func TestPacerLowersRaisesAndForgets(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	p := newPacer(3, func() time.Time { return now })
-	busy := &retry.Reply{Code: 450, Enhanced: retry.EnhancedCode{4, 7, 1}, Text: "sending rate exceeded"}
+	busy := &smtpreply.Reply{Code: 450, Enhanced: smtpreply.EnhancedCode{4, 7, 1}, Text: "sending rate exceeded"}
 
 	// Unconfigured: 120 sent in the last minute, so 60 a minute learned.
 	for range 120 {

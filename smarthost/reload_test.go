@@ -9,6 +9,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -66,7 +67,7 @@ func TestSetMaxConnsPerDestMovesCapsButKeepsLowerLearnedOnes(t *testing.T) {
 	}
 	free := acquire("free", 4)
 	learned := acquire("learned", 3)
-	busy := &retry.Reply{Code: 421, Enhanced: retry.CodeTooManyConns, Text: "too many connections"}
+	busy := &smtpreply.Reply{Code: 421, Enhanced: smtpreply.CodeTooManyConns, Text: "too many connections"}
 	if ch := p.refused(learned[2], busy, 0); ch.to != 2 {
 		t.Fatalf("refused with 3 open: cap %d, want 2", ch.to)
 	}

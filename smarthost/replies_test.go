@@ -18,6 +18,7 @@ import (
 
 	"relayq/internal/explain"
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/internal/smtptest"
 	"relayq/queue"
 	"relayq/retry"
@@ -271,13 +272,13 @@ func TestReplyTableEndToEnd(t *testing.T) {
 			target: func(p *smtptest.Peer) Target { tg := peerTarget(p.Addr); tg.TLS = TLSStartTLS; return tg },
 			want:   []string{"defer 451 4.4.1"}},
 		{name: "a temporary DNS failure defers with 4.4.3", no421: true,
-			fail: map[string]error{"dst.invalid": &retry.Reply{Code: 451, Enhanced: retry.CodeDNSTemp, Text: "DNS lookup failed: SERVFAIL", Local: true}},
+			fail: map[string]error{"dst.invalid": &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeDNSTemp, Text: "DNS lookup failed: SERVFAIL", Local: true}},
 			want: []string{"defer 451 4.4.3"}},
 		{name: "a domain that does not exist bounces with 5.1.2", no421: true, ndrRcpt: 1,
-			fail: map[string]error{"dst.invalid": &retry.Reply{Code: 550, Enhanced: retry.CodeBadDomain, Text: "domain not found: dst.invalid", Local: true}},
+			fail: map[string]error{"dst.invalid": &smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodeBadDomain, Text: "domain not found: dst.invalid", Local: true}},
 			want: []string{"bounce 5.1.2"}},
 		{name: "a null MX bounces with 5.1.10", no421: true, ndrRcpt: 1,
-			fail: map[string]error{"dst.invalid": &retry.Reply{Code: 556, Enhanced: retry.CodeNullMX, Text: "dst.invalid accepts no mail (null MX)", Local: true}},
+			fail: map[string]error{"dst.invalid": &smtpreply.Reply{Code: 556, Enhanced: smtpreply.CodeNullMX, Text: "dst.invalid accepts no mail (null MX)", Local: true}},
 			want: []string{"bounce 5.1.10"}},
 	}
 	for _, tt := range tests {
@@ -460,10 +461,10 @@ func TestExpiryNDRSaysHowLongHowOftenAndTheLastReply(t *testing.T) {
 	}
 	human := humanPart(t, ndr.Data)
 	for _, want := range []string{
-		"Status: " + explain.Summary(retry.CodeExpired),
+		"Status: " + explain.Summary(smtpreply.CodeExpired),
 		fmt.Sprintf("Tried: %d times", n),
 		"Reply: " + last,
-		"What to do: " + explain.Hint(retry.CodeExpired),
+		"What to do: " + explain.Hint(smtpreply.CodeExpired),
 	} {
 		if !strings.Contains(human, want) {
 			t.Errorf("human part lacks %q:\n%s", want, human)

@@ -17,7 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/config"
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 	"relayq/smarthost/smtpclient"
 )
 
@@ -27,7 +27,7 @@ const maxMXAddrs = 10
 
 // codeMXUnusable is 4.4.4 "unable to route" (RFC 3463): MX records exist
 // but none of their hosts has an address.
-var codeMXUnusable = retry.EnhancedCode{4, 4, 4}
+var codeMXUnusable = smtpreply.EnhancedCode{4, 4, 4}
 
 // ConfigRouter routes by the [delivery] section of the configuration: the
 // first matching [[delivery.route]], else the smart host, else MX. The
@@ -76,7 +76,7 @@ func (r *ConfigRouter) Route(ctx context.Context, sender, domain string) (*Route
 	rt := d.RouteFor(sender, domain)
 	mode, err := ParseTLSMode(rt.TLS)
 	if err != nil {
-		return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "bad route configuration: " + err.Error(), Local: true}
+		return nil, &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeTempLocal, Text: "bad route configuration: " + err.Error(), Local: true}
 	}
 	rewrite := Rewrite{Sender: rt.RewriteSender, From: rt.RewriteFrom}
 	if rt.Via == config.ViaMX {
@@ -88,7 +88,7 @@ func (r *ConfigRouter) Route(ctx context.Context, sender, domain string) (*Route
 	}
 	password, err := rt.Password()
 	if err != nil {
-		return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeTempLocal, Text: "smart host password: " + err.Error(), Local: true}
+		return nil, &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeTempLocal, Text: "smart host password: " + err.Error(), Local: true}
 	}
 	token := r.tokens.source(rt, r.Log)
 	route := &Route{Destination: smarthostDest(rt.Hosts, rt.Username), Rewrite: rewrite, Rate: rt.Rate}
@@ -150,7 +150,7 @@ func (r *ConfigRouter) mx(ctx context.Context, domain string, port int, mode TLS
 	var hosts []string
 	switch {
 	case len(mxs) == 1 && isNullMX(mxs[0].Host):
-		return nil, &retry.Reply{Code: 556, Enhanced: retry.CodeNullMX, Text: "domain " + domain + " does not accept mail (null MX)", Local: true}
+		return nil, &smtpreply.Reply{Code: 556, Enhanced: smtpreply.CodeNullMX, Text: "domain " + domain + " does not accept mail (null MX)", Local: true}
 	case len(mxs) > 0:
 		// Malformed records come back with err set and the good ones kept:
 		// deliver to those.
@@ -161,7 +161,7 @@ func (r *ConfigRouter) mx(ctx context.Context, domain string, port int, mode TLS
 		addrs, aerr := res.LookupIPAddr(ctx, fqdn)
 		if aerr != nil || len(addrs) == 0 {
 			if aerr == nil || isNotFound(aerr) {
-				return nil, &retry.Reply{Code: 550, Enhanced: retry.CodeBadDomain, Text: "domain " + domain + " does not exist", Local: true}
+				return nil, &smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodeBadDomain, Text: "domain " + domain + " does not exist", Local: true}
 			}
 			return nil, dnsTemp(domain, aerr)
 		}
@@ -194,7 +194,7 @@ func (r *ConfigRouter) mx(ctx context.Context, domain string, port int, mode TLS
 		}
 		// RFC 5321 §5.1: MX records none of which is usable are an error;
 		// a temporary one, as DNS may be fixed before the message expires.
-		return nil, &retry.Reply{Code: 451, Enhanced: codeMXUnusable, Local: true,
+		return nil, &smtpreply.Reply{Code: 451, Enhanced: codeMXUnusable, Local: true,
 			Text: "no MX host of " + domain + " has an address (" + strings.Join(hosts, ", ") + ")"}
 	}
 	return route, nil
@@ -272,6 +272,6 @@ func isNotFound(err error) bool {
 	return errors.As(err, &de) && de.IsNotFound
 }
 
-func dnsTemp(domain string, err error) *retry.Reply {
-	return &retry.Reply{Code: 451, Enhanced: retry.CodeDNSTemp, Text: fmt.Sprintf("DNS lookup for %s failed: %v", domain, err), Local: true}
+func dnsTemp(domain string, err error) *smtpreply.Reply {
+	return &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeDNSTemp, Text: fmt.Sprintf("DNS lookup for %s failed: %v", domain, err), Local: true}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/config"
+	"relayq/internal/smtpreply"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -67,7 +68,7 @@ type Route struct {
 
 // Router picks the route for the recipients at a domain of mail from a
 // sender. It is asked at every attempt, so configuration changes apply to
-// queued mail. Its errors are (or wrap) a *retry.Reply: 451 4.4.3 for a
+// queued mail. Its errors are (or wrap) a *smtpreply.Reply: 451 4.4.3 for a
 // temporary DNS failure, 550 5.1.2 for a domain that does not exist, 556
 // 5.1.10 for a null MX.
 type Router interface {
@@ -611,7 +612,7 @@ func (w *Worker) read(j *job) (*queue.Message, uint64, error) {
 // operatorBounce returns every pending recipient of m to its sender, as an
 // operator asked with `relayq queue bounce`: an NDR like any other bounce.
 func (w *Worker) operatorBounce(ctx context.Context, m *queue.Message, now time.Time) {
-	reply := &retry.Reply{Code: 550, Enhanced: retry.CodePermGeneric, Local: true,
+	reply := &smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodePermGeneric, Local: true,
 		Text: "returned to the sender by the relay's operator"}
 	d := retry.Decision{Action: retry.Bounce, Status: reply.Status()}
 	t := newTally(m, now)
@@ -659,7 +660,7 @@ type group struct {
 type outcome struct {
 	idx      int
 	decision retry.Decision
-	reply    *retry.Reply
+	reply    *smtpreply.Reply
 	host     string
 	dsn      bool // the next hop offered DSN (RcptResult.DSN)
 	// notBefore, when set, means no host could be tried (all cooling

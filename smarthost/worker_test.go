@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -479,7 +480,7 @@ func TestOperatorBounceReturnsMessageWithNDR(t *testing.T) {
 type failingRouter struct{}
 
 func (failingRouter) Route(context.Context, string, string) (*Route, error) {
-	return nil, &retry.Reply{Code: 451, Enhanced: retry.CodeDNSTemp, Text: "lookup failed", Local: true}
+	return nil, &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeDNSTemp, Text: "lookup failed", Local: true}
 }
 
 func (failingRouter) SenderClass(string) string { return "" }

@@ -11,7 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"relayq/internal/explain"
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 // runExplain runs `relayq explain args...` and returns its output and exit
@@ -57,7 +57,7 @@ func TestExplainPrintsASummaryForEveryExchangeCode(t *testing.T) {
 	for _, code := range exchangeCodes(t) {
 		out, exit := runExplain(t, code)
 		first, rest, _ := strings.Cut(out, "\n")
-		c, err := retry.ParseEnhanced(code)
+		c, err := smtpreply.ParseEnhanced(code)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -25,7 +25,7 @@ type smtpSubmitter struct {
 var _ maildrop.Submitter = (*smtpSubmitter)(nil)
 
 // Submit implements maildrop.Submitter over one SMTP connection. Every
-// error is a *retry.Reply (a reply, or one retry.FromError made up for a
+// error is a *smtpreply.Reply (a reply, or one retry.FromError made up for a
 // connection failure), or maildrop.RecipientErrors for recipients refused
 // at RCPT.
 func (s *smtpSubmitter) Submit(ctx context.Context, env maildrop.Envelope, body io.Reader, size int64) (string, error) {

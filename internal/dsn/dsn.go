@@ -16,7 +16,6 @@ import (
 
 	"relayq/internal/explain"
 	"relayq/internal/smtpreply"
-	"relayq/retry"
 )
 
 // Action is the Action field of a per-recipient block (RFC 3464 §2.3.3).
@@ -47,7 +46,7 @@ type Recipient struct {
 	Final          string // final recipient address (we write "rfc822;" + addr)
 	Original       string // ORCPT as received ("rfc822;user@x"), xtext-decoded, or ""
 	Action         Action // failed, delayed, delivered or relayed
-	Status         retry.EnhancedCode
+	Status         smtpreply.EnhancedCode
 	RemoteMTA      string    // host that gave the reply, "" for local verdicts
 	Diagnostic     string    // the reply line, remote or local; sanitised (no CR/LF/control chars, at most 1 KiB)
 	LastAttempt    time.Time // zero: no Last-Attempt-Date
@@ -216,17 +215,17 @@ func (d *Report) subject() string {
 
 // status returns the recipient's status, or the generic one of its action
 // when the caller left it zero.
-func (r *Recipient) status() retry.EnhancedCode {
+func (r *Recipient) status() smtpreply.EnhancedCode {
 	if !r.Status.IsZero() {
 		return r.Status
 	}
 	switch r.Action {
 	case ActionFailed:
-		return retry.CodePermGeneric
+		return smtpreply.CodePermGeneric
 	case ActionDelayed:
-		return retry.CodeTempGeneric
+		return smtpreply.CodeTempGeneric
 	}
-	return retry.CodeOK
+	return smtpreply.CodeOK
 }
 
 func (d *Report) humanPart() string {

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"relayq/internal/explain"
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -60,13 +60,13 @@ func sampleNDR(t testing.TB) *Report {
 		Recipients: []Recipient{
 			{
 				Final: "bob@example.org", Original: "rfc822;Bob@Example.org",
-				Action: ActionFailed, Status: retry.CodeBadMailbox,
+				Action: ActionFailed, Status: smtpreply.CodeBadMailbox,
 				RemoteMTA: "mx1.example.org", Diagnostic: "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown",
 				LastAttempt: attempt, Attempts: 1,
 			},
 			{
 				Final:  "carol@nx.invalid",
-				Action: ActionFailed, Status: retry.CodeBadDomain,
+				Action: ActionFailed, Status: smtpreply.CodeBadDomain,
 				Diagnostic:  "550 5.1.2 domain not found: nx.invalid",
 				LastAttempt: attempt, Attempts: 1,
 			},
@@ -86,7 +86,7 @@ func sampleDelayed(t testing.TB) *Report {
 		Arrival:      arrival,
 		Recipients: []Recipient{{
 			Final:  "dave@busy.example",
-			Action: ActionDelayed, Status: retry.CodeTempResources,
+			Action: ActionDelayed, Status: smtpreply.CodeTempResources,
 			RemoteMTA: "mx.busy.example", Diagnostic: "452 4.3.1 Insufficient system resources",
 			LastAttempt:    arrival.Add(4 * time.Hour).Add(-time.Minute),
 			WillRetryUntil: arrival.Add(120 * time.Hour),
@@ -105,7 +105,7 @@ func sampleExpired(t testing.TB) *Report {
 	d.Date = arrival.Add(120*time.Hour + time.Second)
 	d.EnvID = "QQ271828"
 	r := &d.Recipients[0]
-	r.Action, r.Status, r.WillRetryUntil = ActionFailed, retry.CodeExpired, time.Time{}
+	r.Action, r.Status, r.WillRetryUntil = ActionFailed, smtpreply.CodeExpired, time.Time{}
 	r.LastAttempt = arrival.Add(119*time.Hour + 35*time.Minute)
 	r.Attempts = 124
 	r.Original = "rfc822;Dave@Busy.example"
@@ -119,7 +119,7 @@ func sampleRelayed(t *testing.T) *Report {
 	d.MessageID = "dsn-relayed@relay.example.net"
 	d.Recipients = []Recipient{{
 		Final: "bob@example.org", Original: "rfc822;bob@example.org",
-		Action: ActionRelayed, Status: retry.CodeOK,
+		Action: ActionRelayed, Status: smtpreply.CodeOK,
 		RemoteMTA: "smtp.isp.example", Diagnostic: "250 2.0.0 Ok: queued as 4Q7x2",
 		LastAttempt: attempt, Attempts: 1,
 	}}
@@ -321,7 +321,7 @@ func TestDSNParsesBack(t *testing.T) {
 		t.Errorf("original headers part:\n%s", p.headers)
 	}
 	for _, s := range []string{"<bob@example.org>: delivery failed", "mx1.example.org", "Recipient address rejected",
-		"0123456789abcdef01234567", explain.Hint(retry.CodeBadMailbox)[:30], explain.Hint(retry.CodeBadDomain)[:30]} {
+		"0123456789abcdef01234567", explain.Hint(smtpreply.CodeBadMailbox)[:30], explain.Hint(smtpreply.CodeBadDomain)[:30]} {
 		if !strings.Contains(p.human, s) {
 			t.Errorf("human-readable part lacks %q:\n%s", s, p.human)
 		}

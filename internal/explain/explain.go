@@ -67,7 +67,7 @@ var classNames = map[int]string{
 
 // Explanation is what the knowledge base says about one enhanced code.
 type Explanation struct {
-	Code retry.EnhancedCode
+	Code smtpreply.EnhancedCode
 	// Summary is one line: the code, its name and what it means, e.g.
 	// "5.1.1 Bad destination mailbox address: the recipient does not exist
 	// at the destination". NDRs carry it; `relayq explain` prints it first.
@@ -84,7 +84,7 @@ type Explanation struct {
 
 // Lookup looks code up. It never fails: an unknown detail falls back to
 // its subject, an unknown subject to its class.
-func Lookup(code retry.EnhancedCode) Explanation {
+func Lookup(code smtpreply.EnhancedCode) Explanation {
 	e := Explanation{Code: code, Class: classNames[code.Class()]}
 	sub, subOK := subjects[code[1]]
 	if subOK {
@@ -111,7 +111,7 @@ func Lookup(code retry.EnhancedCode) Explanation {
 }
 
 // Summary is Lookup(code).Summary, "" for the zero code.
-func Summary(code retry.EnhancedCode) string {
+func Summary(code smtpreply.EnhancedCode) string {
 	if code.IsZero() {
 		return ""
 	}
@@ -120,7 +120,7 @@ func Summary(code retry.EnhancedCode) string {
 
 // Hint returns a one-sentence "what you can do" for an NDR, "" when there is
 // nothing useful to say (the zero code, success).
-func Hint(code retry.EnhancedCode) string {
+func Hint(code smtpreply.EnhancedCode) string {
 	if code.IsZero() || code.Class() == 2 {
 		return ""
 	}
@@ -174,7 +174,7 @@ var basicCodes = map[int]string{
 
 // treatment says what relayq does with a reply of code r.Code, in one line
 // (docs/design.md "Reply classification"; the table in doc.go).
-func treatment(r *retry.Reply) string {
+func treatment(r *smtpreply.Reply) string {
 	st := r.Status()
 	switch {
 	case r.Code >= 200 && r.Code < 300:
@@ -205,11 +205,11 @@ func treatment(r *retry.Reply) string {
 // an enhanced code is explained by the generic code of its class.
 func Text(arg string) (string, error) {
 	arg = strings.TrimSpace(arg)
-	r, err := retry.ParseReply(arg)
+	r, err := smtpreply.ParseReply(arg)
 	if err != nil {
 		return "", fmt.Errorf("%q: want an enhanced status code (4.4.7), a reply code and one (421 4.3.2) or a reply line", arg)
 	}
-	_, bareErr := retry.ParseEnhanced(strings.Fields(arg)[0]) // arg parsed, so not blank
+	_, bareErr := smtpreply.ParseEnhanced(strings.Fields(arg)[0]) // arg parsed, so not blank
 	bare := bareErr == nil
 	code, why := r.Status(), ""
 	if bare {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"unicode"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 // seedCodes reads testdata/exchange_codes.txt: the codes of Exchange's
@@ -62,7 +62,7 @@ func TestSeedCodeListMatchesSeed(t *testing.T) {
 
 func TestExplainEverySeedCode(t *testing.T) {
 	for _, s := range seedCodes(t) {
-		c, err := retry.ParseEnhanced(s)
+		c, err := smtpreply.ParseEnhanced(s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,7 +95,7 @@ var rfc3463 = [][2]int{
 func TestExplainCoversRFC3463(t *testing.T) {
 	for _, p := range rfc3463 {
 		for _, class := range []int{4, 5} {
-			c := retry.EnhancedCode{class, p[0], p[1]}
+			c := smtpreply.EnhancedCode{class, p[0], p[1]}
 			if e := Lookup(c); !e.Known || e.Subject == "" || e.Class == "" {
 				t.Errorf("%s: %+v", c, e)
 			}
@@ -113,7 +113,7 @@ func TestCodeTableEntriesAreComplete(t *testing.T) {
 	info := map[[2]int]bool{{1, 5}: true, {1, 9}: true, {3, 6}: true, {6, 4}: true} // success or information only
 	for _, p := range codes {
 		in := details[p]
-		name := func() string { return retry.EnhancedCode{5, p[0], p[1]}.String() }
+		name := func() string { return smtpreply.EnhancedCode{5, p[0], p[1]}.String() }
 		if in.name == "" || !unicode.IsUpper(rune(in.name[0])) {
 			t.Errorf("%s: name %q", name(), in.name)
 		}
@@ -129,7 +129,7 @@ func TestCodeTableEntriesAreComplete(t *testing.T) {
 		case !info[p] && (in.hint == "" || !strings.HasSuffix(in.hint, ".")):
 			t.Errorf("%s: hint %q: want one sentence", name(), in.hint)
 		}
-		if s := Summary(retry.EnhancedCode{5, p[0], p[1]}); len(s) > 160 {
+		if s := Summary(smtpreply.EnhancedCode{5, p[0], p[1]}); len(s) > 160 {
 			t.Errorf("%s: summary is %d bytes, too long for one line", name(), len(s))
 		}
 	}
@@ -137,14 +137,14 @@ func TestCodeTableEntriesAreComplete(t *testing.T) {
 
 func TestExplainFallsBackToClassAndSubject(t *testing.T) {
 	tests := []struct {
-		code    retry.EnhancedCode
+		code    smtpreply.EnhancedCode
 		summary string
 		hint    string
 	}{
-		{retry.EnhancedCode{5, 1, 99}, "5.1.99 Unregistered addressing status code: a problem with the recipient's or the sender's address", subjects[1].hint},
-		{retry.EnhancedCode{4, 7, 500}, "4.7.500 Unregistered security or policy status code: the message was refused for security or policy reasons", subjects[7].hint},
-		{retry.EnhancedCode{5, 9, 1}, "5.9.1 Unregistered status code: class 5, permanent failure: the message is not retried as it is", ""},
-		{retry.EnhancedCode{2, 6, 0}, "2.6.0 Success: other or undefined media error", ""},
+		{smtpreply.EnhancedCode{5, 1, 99}, "5.1.99 Unregistered addressing status code: a problem with the recipient's or the sender's address", subjects[1].hint},
+		{smtpreply.EnhancedCode{4, 7, 500}, "4.7.500 Unregistered security or policy status code: the message was refused for security or policy reasons", subjects[7].hint},
+		{smtpreply.EnhancedCode{5, 9, 1}, "5.9.1 Unregistered status code: class 5, permanent failure: the message is not retried as it is", ""},
+		{smtpreply.EnhancedCode{2, 6, 0}, "2.6.0 Success: other or undefined media error", ""},
 	}
 	for _, tt := range tests {
 		e := Lookup(tt.code)
@@ -155,10 +155,10 @@ func TestExplainFallsBackToClassAndSubject(t *testing.T) {
 			t.Errorf("Lookup(%s).Known = %v", tt.code, e.Known)
 		}
 	}
-	if Hint(retry.EnhancedCode{}) != "" || Hint(retry.CodeOK) != "" || Summary(retry.EnhancedCode{}) != "" {
+	if Hint(smtpreply.EnhancedCode{}) != "" || Hint(smtpreply.CodeOK) != "" || Summary(smtpreply.EnhancedCode{}) != "" {
 		t.Error("the zero code and success have no hint and no summary")
 	}
-	if Hint(retry.CodeBadMailbox) != Lookup(retry.CodeBadMailbox).Hint {
+	if Hint(smtpreply.CodeBadMailbox) != Lookup(smtpreply.CodeBadMailbox).Hint {
 		t.Error("Hint and Explain disagree")
 	}
 }
@@ -170,23 +170,23 @@ func TestText(t *testing.T) {
 		contains []string // further lines
 		absent   []string
 	}{
-		{"4.3.2", Summary(retry.CodeTooManyConns),
+		{"4.3.2", Summary(smtpreply.CodeTooManyConns),
 			[]string{"Class:    4.x.x, persistent transient failure", "Likely causes:", "concurrent connections", "What you can do:"},
 			[]string{"Reply:", "relayq:"}},
-		{"421 4.3.2", Summary(retry.CodeTooManyConns),
+		{"421 4.3.2", Summary(smtpreply.CodeTooManyConns),
 			[]string{"Reply:    421 4.3.2", "Code:     421: service not available", "relayq:   closes the connection; with other connections to the destination open, lowers its connection cap"},
 			[]string{"Note:"}},
-		{"  452 4.3.1 Insufficient system resources  ", Summary(retry.CodeTempResources),
+		{"  452 4.3.1 Insufficient system resources  ", Summary(smtpreply.CodeTempResources),
 			[]string{"Reply:    452 4.3.1 Insufficient system resources", "back pressure", "relayq:   defers and retries with backoff"}, nil},
-		{"552 4.3.1 Insufficient system resources", Summary(retry.EnhancedCode{5, 3, 1}),
+		{"552 4.3.1 Insufficient system resources", Summary(smtpreply.EnhancedCode{5, 3, 1}),
 			[]string{"Note:     basic code 552 and enhanced code 4.3.1 disagree in class; the basic code decides, so this is 5.3.1",
 				"relayq:   at RCPT: temporary"}, nil},
-		{"550 5.1.1 <bob@example.org>: Recipient address rejected", Summary(retry.CodeBadMailbox),
+		{"550 5.1.1 <bob@example.org>: Recipient address rejected", Summary(smtpreply.CodeBadMailbox),
 			[]string{"relayq:   bounces the recipient at once"}, nil},
-		{"550 no such user", Summary(retry.CodePermGeneric), []string{"Code:     550: mailbox unavailable"}, nil},
-		{"552 4.3.1 Message size exceeds fixed maximum message", Summary(retry.CodeTooBig),
+		{"550 no such user", Summary(smtpreply.CodePermGeneric), []string{"Code:     550: mailbox unavailable"}, nil},
+		{"552 4.3.1 Message size exceeds fixed maximum message", Summary(smtpreply.CodeTooBig),
 			[]string{"the basic code decides, so this is 5.3.1", "Note:     the text says the message is too big, so relayq reports 5.3.4"}, nil},
-		{"421-4.7.0 busy", Summary(retry.EnhancedCode{4, 7, 0}), []string{"closes the connection without QUIT"}, nil},
+		{"421-4.7.0 busy", Summary(smtpreply.EnhancedCode{4, 7, 0}), []string{"closes the connection without QUIT"}, nil},
 		{"5.1.99", "5.1.99 Unregistered addressing status code: a problem with the recipient's or the sender's address",
 			[]string{"5.1.99 is not in relayq's table", "What you can do:"}, []string{"Likely causes:"}},
 	}

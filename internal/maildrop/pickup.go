@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -33,7 +34,7 @@ type Submitter interface {
 // said why.
 type Refusal struct {
 	Rcpt  string
-	Reply *retry.Reply
+	Reply *smtpreply.Reply
 }
 
 // RecipientErrors is a Submitter's error when recipients were refused one

@@ -14,7 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 // fakeIntake is a Submitter that records what it is given and answers
@@ -79,8 +79,8 @@ func files(t *testing.T, dir string) []string {
 	return names
 }
 
-func reply(code int, enhanced retry.EnhancedCode, text string) *retry.Reply {
-	return &retry.Reply{Code: code, Enhanced: enhanced, Text: text}
+func reply(code int, enhanced smtpreply.EnhancedCode, text string) *smtpreply.Reply {
+	return &smtpreply.Reply{Code: code, Enhanced: enhanced, Text: text}
 }
 
 func TestScanSubmitsEachFileOnceOldestFirstAndRemovesIt(t *testing.T) {
@@ -112,7 +112,7 @@ func TestScanLeavesTheFileAndStopsWhenRelayqIsBusy(t *testing.T) {
 	busy := true
 	intake := &fakeIntake{answer: func(Envelope) error {
 		if busy {
-			return reply(452, retry.CodeTempResources, "Insufficient system resources")
+			return reply(452, smtpreply.CodeTempResources, "Insufficient system resources")
 		}
 		return nil
 	}}
@@ -165,9 +165,9 @@ func TestScanKeepsRefusedRecipientsAsideAndRetriesTheTemporaryOnes(t *testing.T)
 		for _, to := range env.To {
 			switch to {
 			case "gone@y":
-				errs = append(errs, Refusal{to, reply(550, retry.CodeBadMailbox, "no such user")})
+				errs = append(errs, Refusal{to, reply(550, smtpreply.CodeBadMailbox, "no such user")})
 			case "later@y":
-				errs = append(errs, Refusal{to, reply(450, retry.EnhancedCode{4, 7, 1}, "rate limit")})
+				errs = append(errs, Refusal{to, reply(450, smtpreply.EnhancedCode{4, 7, 1}, "rate limit")})
 			}
 		}
 		if errs == nil {
@@ -258,12 +258,12 @@ func TestSortFollowsRetryClassification(t *testing.T) {
 		later, refused int
 	}{
 		{"queued", nil, 0, 0},
-		{"connection refused", reply(451, retry.CodeNoAnswer, "connection refused"), 2, 0},
-		{"back pressure", reply(452, retry.CodeTempResources, ""), 2, 0},
-		{"size", reply(552, retry.CodeTooBig, ""), 0, 2},
-		{"policy", reply(550, retry.CodeRelayDenied, ""), 0, 2},
-		{"too many recipients is for now", RecipientErrors{{"c@y", reply(452, retry.CodeTooManyRcpts, "")}}, 1, 0},
-		{"one bad mailbox", RecipientErrors{{"c@y", reply(550, retry.CodeBadMailbox, "")}}, 0, 1},
+		{"connection refused", reply(451, smtpreply.CodeNoAnswer, "connection refused"), 2, 0},
+		{"back pressure", reply(452, smtpreply.CodeTempResources, ""), 2, 0},
+		{"size", reply(552, smtpreply.CodeTooBig, ""), 0, 2},
+		{"policy", reply(550, smtpreply.CodeRelayDenied, ""), 0, 2},
+		{"too many recipients is for now", RecipientErrors{{"c@y", reply(452, smtpreply.CodeTooManyRcpts, "")}}, 1, 0},
+		{"one bad mailbox", RecipientErrors{{"c@y", reply(550, smtpreply.CodeBadMailbox, "")}}, 0, 1},
 	} {
 		res := Sort(env, tc.err)
 		if len(res.Later) != tc.later || len(res.Refused) != tc.refused {
@@ -275,7 +275,7 @@ func TestSortFollowsRetryClassification(t *testing.T) {
 // A message refused for every recipient is not logged as submitted.
 func TestScanDoesNotLogAMessageRefusedForAllAsSubmitted(t *testing.T) {
 	intake := &fakeIntake{answer: func(env Envelope) error {
-		return reply(552, retry.CodeTooBig, "Max message size exceeded")
+		return reply(552, smtpreply.CodeTooBig, "Max message size exceeded")
 	}}
 	p, log := newPickup(t, intake)
 	writeTest(t, p.Dir, Envelope{From: "a@x", To: []string{"b@y", "c@y"}}, "msg\r\n")

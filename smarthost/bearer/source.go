@@ -15,7 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 	"relayq/smarthost/smtpclient"
 )
 
@@ -102,7 +102,7 @@ func (s *Source) Token(ctx context.Context) (string, error) {
 // the file's if it now holds another one, or the command's (run again
 // unless another delivery already replaced tok). It returns "" when there
 // is none newer.
-func (s *Source) Refused(ctx context.Context, tok string, r *retry.Reply) (string, error) {
+func (s *Source) Refused(ctx context.Context, tok string, r *smtpreply.Reply) (string, error) {
 	ev := s.o.Log.Warn().Str("route", s.o.Name).Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Error())
 	if s.o.File != "" {
 		fresh, err := s.fromFile(true)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"relayq/retry"
+	"relayq/internal/smtpreply"
 )
 
 func testCtx(t *testing.T) context.Context {
@@ -82,7 +82,7 @@ func newSource(t *testing.T, o Options) (*Source, *syncBuffer) {
 	return New(o), &logs
 }
 
-var refused535 = &retry.Reply{Code: 535, Enhanced: retry.EnhancedCode{5, 7, 3}, Text: "Authentication unsuccessful"}
+var refused535 = &smtpreply.Reply{Code: 535, Enhanced: smtpreply.EnhancedCode{5, 7, 3}, Text: "Authentication unsuccessful"}
 
 func TestTokenFileIsReadAgainWhenItChanges(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "token")

@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -44,7 +45,7 @@ type TokenSource interface {
 	// error challenge and then whatever final reply). It returns a newer
 	// token to try once more on the same connection, or "" when it has
 	// none newer than tok.
-	Refused(ctx context.Context, tok string, r *retry.Reply) (string, error)
+	Refused(ctx context.Context, tok string, r *smtpreply.Reply) (string, error)
 }
 
 // auth authenticates as t.Auth says: PLAIN, or LOGIN when only LOGIN is

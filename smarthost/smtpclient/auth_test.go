@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/internal/smtptest"
 	"relayq/retry"
 )
@@ -36,7 +37,7 @@ func (s *tokens) Token(context.Context) (string, error) {
 	return s.current, s.err
 }
 
-func (s *tokens) Refused(_ context.Context, tok string, r *retry.Reply) (string, error) {
+func (s *tokens) Refused(_ context.Context, tok string, r *smtpreply.Reply) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refused = append(s.refused, tok+" "+r.Error())

@@ -16,6 +16,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -74,12 +75,12 @@ const (
 // caller can classify it with retry.Classify(e.Stage, e.Reply).
 type DialError struct {
 	Stage retry.Stage
-	Reply *retry.Reply
+	Reply *smtpreply.Reply
 }
 
 func (e *DialError) Error() string { return e.Reply.Error() }
 
-// Unwrap makes errors.As(err, &reply) find the *retry.Reply.
+// Unwrap makes errors.As(err, &reply) find the *smtpreply.Reply.
 func (e *DialError) Unwrap() error { return e.Reply }
 
 // Conn is an open, greeted (and, as configured, TLS-protected and
@@ -119,12 +120,12 @@ type Conn struct {
 //   - starttls: STARTTLS required and verified unless t.InsecureSkipVerify.
 //   - implicit: TLS from the first byte, verified unless t.InsecureSkipVerify.
 //
-// Every error is a *DialError wrapping a *retry.Reply: the remote's reply
+// Every error is a *DialError wrapping a *smtpreply.Reply: the remote's reply
 // (e.g. a 421 greeting or a 535 to AUTH), or a local one: 451 4.4.1 for a
 // failed dial or TLS handshake, 451 4.4.2 for a dropped connection, 530 5.7.0
 // when AUTH is configured but not offered. ctx bounds the whole of Dial.
 func Dial(ctx context.Context, d Dialer, t Target, hello string) (*Conn, error) {
-	fail := func(stage retry.Stage, r *retry.Reply) (*Conn, error) {
+	fail := func(stage retry.Stage, r *smtpreply.Reply) (*Conn, error) {
 		return nil, &DialError{Stage: stage, Reply: r}
 	}
 	switch t.TLS {
@@ -387,8 +388,8 @@ type RcptDSN struct {
 // RcptResult is the reply that decided one recipient.
 type RcptResult struct {
 	Rcpt  string
-	Reply *retry.Reply // never nil: 2xx too
-	Stage retry.Stage  // where it was decided
+	Reply *smtpreply.Reply // never nil: 2xx too
+	Stage retry.Stage      // where it was decided
 	// DSN is true when the next hop offered the DSN extension, so that it
 	// received NOTIFY, ORCPT, RET and ENVID and answers for success and
 	// failure reports from there on. A recipient delivered with DSN false
@@ -427,7 +428,7 @@ type RcptResult struct {
 //     "." applies to every accepted recipient; a refused DATA applies to
 //     them at StageData.
 //
-// A non-nil error (a *retry.Reply) means the connection is unusable: a 421
+// A non-nil error (a *smtpreply.Reply) means the connection is unusable: a 421
 // at any stage, an I/O error, a timeout, a reply out of step, a read error
 // on r, or ctx done. The results are still complete, the recipients not
 // yet decided carrying that error; the caller must Close and not reuse the
@@ -554,7 +555,7 @@ func printableASCII(s string) bool {
 
 // precheck returns the local reply that stops the whole of env before MAIL,
 // or nil.
-func (c *Conn) precheck(env Envelope) *retry.Reply {
+func (c *Conn) precheck(env Envelope) *smtpreply.Reply {
 	if strings.ContainsAny(env.From, "\r\n<>") {
 		return localReply(501, 5, 1, 7, "bad sender address syntax")
 	}
@@ -570,7 +571,7 @@ func (c *Conn) precheck(env Envelope) *retry.Reply {
 
 // rcptCheck returns the local reply that stops one recipient before RCPT,
 // or nil.
-func (c *Conn) rcptCheck(rcpt string) *retry.Reply {
+func (c *Conn) rcptCheck(rcpt string) *smtpreply.Reply {
 	if rcpt == "" || strings.ContainsAny(rcpt, "\r\n<>") {
 		return localReply(501, 5, 1, 3, "bad recipient address syntax")
 	}
@@ -618,14 +619,14 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// reply turns err into a *retry.Reply and marks the connection broken when
+// reply turns err into a *smtpreply.Reply and marks the connection broken when
 // the session can no longer be trusted: a 421 (RFC 5321 §3.8, the server is
 // closing), or an error that is no reply (I/O, timeout). ctxErr is the
 // error of the ctx whose end closes the connection under us, if any.
-func (c *Conn) reply(ctxErr error, stage retry.Stage, err error) *retry.Reply {
+func (c *Conn) reply(ctxErr error, stage retry.Stage, err error) *smtpreply.Reply {
 	var se *smtp.SMTPError
 	var te *textproto.Error
-	var rep *retry.Reply
+	var rep *smtpreply.Reply
 	inStep := errors.As(err, &se) || errors.As(err, &te) || errors.As(err, &rep)
 	if !inStep && ctxErr != nil {
 		// The connection was closed under us: report why, not "closed".
@@ -646,25 +647,25 @@ func protoErr(err error) error {
 		return err
 	}
 	line := strings.SplitN(te.Msg, "\n", 2)[0]
-	r, perr := retry.ParseReply(strconv.Itoa(te.Code) + " " + line)
+	r, perr := smtpreply.ParseReply(strconv.Itoa(te.Code) + " " + line)
 	if perr != nil {
-		return &retry.Reply{Code: te.Code, Text: line}
+		return &smtpreply.Reply{Code: te.Code, Text: line}
 	}
 	return r
 }
 
 // okReply is the 2xx after the final "." with the remote's text (its queue
 // ID, usually), kept for the log and the success DSN.
-func okReply(code int, text string) *retry.Reply {
-	r, err := retry.ParseReply(strconv.Itoa(code) + " " + strings.ReplaceAll(strings.TrimSpace(text), "\n", "; "))
+func okReply(code int, text string) *smtpreply.Reply {
+	r, err := smtpreply.ParseReply(strconv.Itoa(code) + " " + strings.ReplaceAll(strings.TrimSpace(text), "\n", "; "))
 	if err != nil {
-		return &retry.Reply{Code: code, Enhanced: retry.CodeOK}
+		return &smtpreply.Reply{Code: code, Enhanced: smtpreply.CodeOK}
 	}
 	return r
 }
 
-func localReply(code, class, subject, detail int, text string) *retry.Reply {
-	return &retry.Reply{Code: code, Enhanced: retry.EnhancedCode{class, subject, detail}, Text: text, Local: true}
+func localReply(code, class, subject, detail int, text string) *smtpreply.Reply {
+	return &smtpreply.Reply{Code: code, Enhanced: smtpreply.EnhancedCode{class, subject, detail}, Text: text, Local: true}
 }
 
 func asciiEnvelope(env Envelope) bool {

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/internal/smtptest"
 	"relayq/retry"
 )
@@ -83,11 +84,11 @@ func checkResults(t *testing.T, res []RcptResult, wants ...want) {
 	}
 }
 
-func checkReply(t *testing.T, err error, code int, enhanced string, local bool) *retry.Reply {
+func checkReply(t *testing.T, err error, code int, enhanced string, local bool) *smtpreply.Reply {
 	t.Helper()
-	var r *retry.Reply
+	var r *smtpreply.Reply
 	if !errors.As(err, &r) {
-		t.Fatalf("error %v (%T) is no *retry.Reply", err, err)
+		t.Fatalf("error %v (%T) is no *smtpreply.Reply", err, err)
 	}
 	if r.Code != code || r.Enhanced.String() != enhanced || r.Local != local {
 		t.Fatalf("got %v (local %v), want %d %s (local %v)", r, r.Local, code, enhanced, local)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"relayq/internal/smtpreply"
 	"relayq/retry"
 )
 
@@ -54,7 +55,7 @@ const endOfData = "\r\n.\r\n"
 // then writes c.out. Each write has its own deadline (RFC
 // 5321 §4.5.3.2.5: a timeout per chunk sent, not for the whole body). It
 // returns nil, or the reply that breaks the connection.
-func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
+func (c *Conn) writeBody(ctx context.Context, r io.Reader) *smtpreply.Reply {
 	buf := bodyBufs.Get().(*bodyBuf)
 	defer bodyBufs.Put(buf)
 	enc := dotStuffer{out: buf.out[:0]}
@@ -62,7 +63,7 @@ func (c *Conn) writeBody(ctx context.Context, r io.Reader) *retry.Reply {
 	// Each encoded chunk is written once the next read has shown that it
 	// is not the last, so that the last one can go out with the final ".".
 	var pending []byte
-	write := func(p []byte) *retry.Reply {
+	write := func(p []byte) *smtpreply.Reply {
 		_ = c.raw.SetWriteDeadline(time.Now().Add(c.timeout))
 		if _, err := c.wire.Write(p); err != nil {
 			return c.reply(ctx.Err(), retry.StageBody, err)

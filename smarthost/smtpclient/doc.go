@@ -13,7 +13,7 @@
 //
 // Invariants and contract:
 //
-//   - Every error is, or wraps, a *retry.Reply: the remote's reply, or a
+//   - Every error is, or wraps, a *smtpreply.Reply: the remote's reply, or a
 //     local one (Local=true) for what no server said: 451 4.4.1 when the
 //     dial or a TLS handshake fails, 451 4.4.2 when the connection drops or
 //     times out, 4.3.5 for a bad Target. Classification is retry's job

@@ -51,10 +51,10 @@ type txn struct {
 	ctx      context.Context
 	env      Envelope
 	res      []RcptResult
-	accepted []int        // recipients whose RCPT got a 2xx
-	unread   int          // RCPTs sent whose reply is not read yet
-	split    *retry.Reply // the first "too many recipients" RCPT reply
-	mailOK   bool         // MAIL got a 2xx
+	accepted []int            // recipients whose RCPT got a 2xx
+	unread   int              // RCPTs sent whose reply is not read yet
+	split    *smtpreply.Reply // the first "too many recipients" RCPT reply
+	mailOK   bool             // MAIL got a 2xx
 	// over is set when no transaction is open and every recipient has its
 	// reply: MAIL was refused, or a 354 with no recipient got just ".".
 	over bool
@@ -77,7 +77,7 @@ func (s sent) stage() retry.Stage {
 }
 
 // decide gives every still undecided recipient in idx (nil: all) rep.
-func (t *txn) decide(idx []int, stage retry.Stage, rep *retry.Reply) {
+func (t *txn) decide(idx []int, stage retry.Stage, rep *smtpreply.Reply) {
 	if idx == nil {
 		idx = rangeFrom(0, len(t.res))
 	}
@@ -90,14 +90,14 @@ func (t *txn) decide(idx []int, stage retry.Stage, rep *retry.Reply) {
 
 // fail decides every undecided recipient with the reply that broke the
 // connection and returns it as Send's error.
-func (t *txn) fail(stage retry.Stage, rep *retry.Reply) error {
+func (t *txn) fail(stage retry.Stage, rep *smtpreply.Reply) error {
 	t.c.broken = true
 	t.decide(nil, stage, rep)
 	return rep
 }
 
 // run speaks the transaction for t.env, the body from r. Its error, a
-// *retry.Reply, means the connection is broken (Send's contract).
+// *smtpreply.Reply, means the connection is broken (Send's contract).
 func (t *txn) run(r io.Reader) error {
 	c := t.c
 	limit := 1
@@ -195,7 +195,7 @@ func (t *txn) answer(s sent) (body bool, err error) {
 		// The dialogue is out of step: nothing more can be said on it.
 		return false, t.fail(stage, unexpected(s.verb, code, msg))
 	}
-	var rep *retry.Reply
+	var rep *smtpreply.Reply
 	if class != success {
 		rep = c.remote(code, msg)
 		if c.broken { // 421 (RFC 5321 §3.8): close, no QUIT
@@ -260,7 +260,7 @@ func (t *txn) body(r io.Reader) error {
 // end writes c.out, which ends the data, and reads the final reply, with
 // twice the command timeout (RFC 5321 §4.5.3.2.6: 10 minutes for the
 // reply to ".", twice the 5 of other commands). A non-nil error is Send's.
-func (t *txn) end(stage retry.Stage) (*retry.Reply, error) {
+func (t *txn) end(stage retry.Stage) (*smtpreply.Reply, error) {
 	c := t.c
 	if err := c.flush(c.timeout); err != nil {
 		return nil, t.fail(stage, c.reply(t.ctx.Err(), stage, err))
@@ -319,7 +319,7 @@ func (c *Conn) reset(ctxErr func() error) error {
 	return nil
 }
 
-func (c *Conn) brokenReply(rep *retry.Reply) error {
+func (c *Conn) brokenReply(rep *smtpreply.Reply) error {
 	c.broken = true
 	return rep
 }
@@ -337,12 +337,12 @@ func (c *Conn) readReply(timeout time.Duration) (code int, msg string, err error
 	return smtpreply.Read(c.r)
 }
 
-// remote is the *retry.Reply for a refusal read from the server, and marks
+// remote is the *smtpreply.Reply for a refusal read from the server, and marks
 // the connection broken on a 421 (RFC 5321 §3.8: the server is closing).
 // The enhanced code is taken from the front of the text and from the
 // front of every further line (RFC 2034 §4), as go-smtp's client does, so
 // the values are those of go-smtp's *SMTPError through retry.FromError.
-func (c *Conn) remote(code int, msg string) *retry.Reply {
+func (c *Conn) remote(code int, msg string) *smtpreply.Reply {
 	se := &smtp.SMTPError{Code: code, Message: msg}
 	if enh, rest, ok := strings.Cut(msg, " "); ok {
 		if ec, ok := parseEnhanced(enh); ok {
@@ -378,7 +378,7 @@ func parseEnhanced(s string) (smtp.EnhancedCode, bool) {
 // 354 to RCPT): the session is out of step and is dropped. It is local and
 // temporary (RFC 3463 X.5.0, other protocol status): a 2xx must never read
 // as a delivery.
-func unexpected(verb string, code int, msg string) *retry.Reply {
+func unexpected(verb string, code int, msg string) *smtpreply.Reply {
 	line, _, _ := strings.Cut(msg, "\n")
 	return localReply(451, 4, 5, 0, fmt.Sprintf("unexpected reply to %s: %d %s", verb, code, line))
 }
