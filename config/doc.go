@@ -18,9 +18,10 @@
 //     errors.Join. A Config that passes it is internally consistent
 //     (min_backoff <= max_backoff, medium thresholds before high ones, an
 //     smtps listener has a certificate, a submission listener can AUTH, no
-//     open admin API off loopback, ...). It does no I/O: certificate and
-//     password files are read by the code that uses them, [[dkim]] key
-//     files by internal/dkimsign (at start and by `relayq config check`).
+//     open admin API off loopback, ...). It does no I/O: certificate,
+//     password and token files are read (and token commands run) by the
+//     code that uses them, [[dkim]] key files by internal/dkimsign (at
+//     start and by `relayq config check`).
 //   - A Config is a plain value: nothing here keeps state or watches files.
 //     Delivery.RouteFor resolves, for one envelope sender and recipient
 //     domain, which [[delivery.route]] applies (first match wins) with

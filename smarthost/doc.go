@@ -40,6 +40,11 @@
 //     destinations. The circuit breaker likewise names a host with the
 //     username it is used with (breakerHost): a refused AUTH cools down
 //     that account at the host only.
+//   - OAuth2 (auth = "xoauth2" or "oauthbearer", tokens.go): one
+//     bearer.Source per account (username and token keys) of the current
+//     configuration, named after its table for the log, handed to every
+//     target of its routes; a reload keeps the sources of accounts whose
+//     keys did not change, with their tokens, and drops the others.
 //
 // # Sender rewriting (rewrite.go)
 //

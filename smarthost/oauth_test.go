@@ -1,6 +1,7 @@
 package smarthost
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,5 +141,35 @@ func TestOAuthTokenFileIsReadAgainAfterItChanges(t *testing.T) {
 	h.waitGone(id)
 	if strings.Contains(logs.String(), "secret-token") {
 		t.Errorf("the log holds a token:\n%s", logs)
+	}
+}
+
+// A reload that keeps an account's keys keeps its token source (and so its
+// token and its run of token_command); one that changes them starts anew.
+func TestOAuthTokenSourceSurvivesAReloadThatKeepsTheAccount(t *testing.T) {
+	cmd, _ := tokenCommand(t)
+	d := config.Default().Delivery
+	d.Routes = []config.Route{{
+		Domains: []string{"dst.invalid"}, Via: config.ViaSmarthost, Hosts: []string{"127.0.0.1:1"},
+		TLS: config.TLSNone, Username: oauthUser, AuthKeys: config.AuthKeys{Mechanism: config.AuthXOAuth2, TokenCommand: cmd},
+	}}
+	router := NewConfigRouter(d, nil)
+	source := func() any {
+		t.Helper()
+		rt, err := router.Route(context.Background(), "a@src.invalid", "dst.invalid")
+		if err != nil || len(rt.Targets) != 1 || rt.Targets[0].Token == nil {
+			t.Fatalf("Route = %+v, %v; want one target with a token source", rt, err)
+		}
+		return rt.Targets[0].Token
+	}
+	first := source()
+	router.Set(d)
+	if source() != first {
+		t.Fatal("a reload with the same keys made a new token source")
+	}
+	d.Routes[0].TokenLifetime = config.Duration(10 * time.Minute)
+	router.Set(d)
+	if source() == first {
+		t.Fatal("a reload with another token_lifetime kept the old token source")
 	}
 }
