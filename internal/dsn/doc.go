@@ -26,6 +26,20 @@
 //   - The message/delivery-status part is ASCII: non-ASCII addresses and
 //     values are written as RFC 6533 \x{HEX} escapes.
 //
+// # MIME
+//
+// mime/multipart writes the delimiter lines, each part's header section
+// (a net/textproto MIMEHeader: Content-Description, Content-Transfer-Encoding
+// when the part is not ASCII, Content-Type) and the closing delimiter, and
+// checks a caller's Boundary (RFC 2046 §5.1.1). The boundary is derived
+// from MessageID, so reports are reproducible, and checked against every
+// part: a delimiter line inside the content would cut the report short.
+// A part that is not ASCII is declared 8bit (RFC 6532 reports carry UTF-8
+// text), and so is the whole message (RFC 2045 §6.4). The report's own
+// header fields are folded here (foldHeader): neither mime nor
+// net/textproto writes folded fields. mime.WordDecoder decodes the
+// original's Subject.
+//
 // The package does no I/O beyond reading the reader OriginalHeaders is
 // handed.
 package dsn
