@@ -63,6 +63,20 @@ func (c *Client) Acquire(ctx context.Context, dest string, cap int) (*Lease, err
 	return l, nil
 }
 
+// Share is how many connections to dest this node may hold now under
+// cap: all of them while Redis counts every node's (the leases decide),
+// its fallback share while degraded, so that connections opened before
+// Redis was lost are not kept beyond it.
+func (c *Client) Share(dest string, cap int) int {
+	cap = max(cap, 1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.mu.degraded {
+		return cap
+	}
+	return c.fallbackCapLocked(dest, cap)
+}
+
 // fallbackCapLocked is this node's share of dest's cap while degraded.
 func (c *Client) fallbackCapLocked(dest string, cap int) int {
 	if e, ok := c.mu.caps[dest]; ok && e.cap > 0 && e.cap < cap {

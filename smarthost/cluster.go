@@ -31,6 +31,10 @@ type Cluster interface {
 	SetCooldown(ctx context.Context, host string, until time.Time)
 	// Cooldown is the end of host's cool-down, zero when it has none.
 	Cooldown(ctx context.Context, host string) time.Time
+	// Share is how many connections to dest under cap this node may hold
+	// now: cap while the nodes share limits, its fallback share while
+	// the shared store is unreachable.
+	Share(dest string, cap int) int
 }
 
 var _ Cluster = (*cluster.Client)(nil)
@@ -40,6 +44,13 @@ var _ Cluster = (*cluster.Client)(nil)
 // A destination with mail waiting reuses its connection at once, so only
 // a node done with a destination lets go of it.
 const clusterIdleTimeout = time.Second
+
+// clusterRaiseHold is how long after a destination's cap was lowered (by
+// any node) no node tries a raise: each node counts its own run of
+// successes, and their probes above the learned cap would otherwise come
+// every few hundred milliseconds, each a connection the destination
+// refuses.
+const clusterRaiseHold = time.Minute
 
 // errAtClusterCap: the other nodes hold every connection the destination
 // allows. The message goes back to the front of its line, which waits
@@ -93,7 +104,8 @@ func (w *Worker) dial(ctx context.Context, l *lease, target Target) (Session, er
 }
 
 // syncCap makes dest's cap the one the cluster learned, when one was
-// published (pool.follow).
+// published (pool.follow), and bounds this node's connections by its share
+// (pool.share).
 func (w *Worker) syncCap(ctx context.Context, dest string) {
 	if w.Cluster == nil {
 		return
@@ -101,6 +113,7 @@ func (w *Worker) syncCap(ctx context.Context, dest string) {
 	if learned := w.Cluster.LearnedCap(ctx, dest); learned > 0 {
 		w.pool.follow(dest, learned)
 	}
+	w.pool.share(dest, w.Cluster.Share)
 }
 
 // sharedSession is a session that holds a cluster lease: closing it, by

@@ -34,6 +34,7 @@ const (
 type pool struct {
 	maxPerDest  int
 	raiseAfter  int
+	raiseHold   time.Duration // no raise this long after the cap was lowered (clusterRaiseHold); 0: none
 	idleTimeout time.Duration
 	now         func() time.Time
 	total       chan struct{} // one token per open connection, all destinations
@@ -64,6 +65,10 @@ type destination struct {
 	// new connection is tried (capOf), only the open ones are used.
 	heldUntil time.Time
 	atCapAt   time.Time // when the cluster last refused a lease
+	lowered   time.Time // when the cap was last lowered (here or by another node)
+	// limit is this node's share of cap (cluster: its fallback share
+	// while Redis is unreachable); 0: all of it.
+	limit int
 
 	open int        // connections open: in use, idle and being dialled
 	idle []idleConn // most recently used last
@@ -154,9 +159,29 @@ func (p *pool) capOf(name string) int {
 	case d == nil:
 		return p.maxPerDest
 	case time.Now().Before(d.heldUntil): // a cadence, like the wake: the real clock
-		return min(d.cap, d.open)
+		return min(d.allowed(), d.open)
+	}
+	return d.allowed()
+}
+
+// allowed is d's cap, or this node's share of it when smaller.
+func (d *destination) allowed() int {
+	if d.limit > 0 {
+		return min(d.cap, d.limit)
 	}
 	return d.cap
+}
+
+// share sets name's limit to shareOf(name, cap) (cluster.Client.Share):
+// idle connections beyond it are closed, busy ones are not reused.
+func (p *pool) share(name string, shareOf func(dest string, cap int) int) {
+	var stale []Session
+	p.mu.Lock()
+	d := p.destLocked(name)
+	d.limit = shareOf(name, d.cap)
+	p.shedLocked(d, &stale)
+	p.mu.Unlock()
+	closeAll(stale)
 }
 
 // hold stops new connections to name for cluster.RetryAtCap: the cluster
@@ -203,6 +228,9 @@ func (p *pool) follow(name string, learned int) {
 	p.mu.Lock()
 	d := p.destLocked(name)
 	if c := min(max(learned, 1), p.maxPerDest); c != d.cap {
+		if c < d.cap {
+			d.lowered = p.now()
+		}
 		d.cap, d.updated = c, p.now()
 		p.shedLocked(d, &stale)
 	}
@@ -210,9 +238,9 @@ func (p *pool) follow(name string, learned int) {
 	closeAll(stale)
 }
 
-// shedLocked moves idle connections of d beyond its cap to stale.
+// shedLocked moves idle connections of d beyond what it allows to stale.
 func (p *pool) shedLocked(d *destination, stale *[]Session) {
-	for d.open > d.cap && len(d.idle) > 0 {
+	for d.open > d.allowed() && len(d.idle) > 0 {
 		*stale = append(*stale, d.idle[0].c)
 		d.idle = d.idle[1:]
 		p.dropLocked(d)
@@ -238,7 +266,7 @@ func (p *pool) takeLocked(d *destination, stale *[]Session) *lease {
 		p.dropLocked(d)
 		*stale = append(*stale, ic.c)
 	}
-	if d.open >= d.cap {
+	if d.open >= d.allowed() {
 		return nil
 	}
 	for {
@@ -283,7 +311,7 @@ func (p *pool) release(l *lease, c Session, reusable bool) {
 	p.mu.Lock()
 	d := l.dest
 	d.used = p.now()
-	if reusable && c != nil && d.open <= d.cap {
+	if reusable && c != nil && d.open <= d.allowed() {
 		d.idle = append(d.idle, idleConn{c: c, since: p.now()})
 		p.mu.Unlock()
 		return
@@ -331,7 +359,7 @@ func (p *pool) refused(l *lease, r *smtpreply.Reply, live int) capChange {
 		}
 		ch.changed = true
 		d.cap = ch.to
-		d.learned, d.reason, d.updated = ch.to, r.Error(), p.now()
+		d.learned, d.reason, d.updated, d.lowered = ch.to, r.Error(), p.now(), p.now()
 	}
 	d.lastReply, d.lastAt = r.Error(), p.now()
 	d.used = p.now()
@@ -353,7 +381,7 @@ func (p *pool) succeeded(l *lease) capChange {
 	d := l.dest
 	ch := capChange{open: d.open, from: d.cap, to: d.cap, max: p.maxPerDest}
 	allInUse := d.open >= d.cap || p.now().Sub(d.atCapAt) < atCapRecent
-	if !allInUse || d.cap >= p.maxPerDest {
+	if !allInUse || d.cap >= p.maxPerDest || p.now().Sub(d.lowered) < p.raiseHold {
 		return ch
 	}
 	if d.successes++; d.successes < d.need {

@@ -420,6 +420,9 @@ func (w *Worker) defaults() {
 	}
 	w.timing.Store(&retryTiming{backoff: w.Backoff, lifetime: w.Lifetime, delayWarning: w.DelayWarning})
 	w.pool = newPool(w.MaxConns, w.MaxConnsPerDest, w.RaiseAfter, w.IdleTimeout, w.Now)
+	if w.Cluster != nil {
+		w.pool.raiseHold = clusterRaiseHold
+	}
 	w.sched = newSched(w.MaxConns)
 	w.pacer = newPacer(w.RaiseAfter, w.Now)
 	w.gate = gate{capOf: w.pool.capOf, pace: func(dest string) (bool, time.Time) { return w.pacer.reserve(dest, w.Now()) }}
