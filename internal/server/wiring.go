@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"relayq/admin"
+	"relayq/config"
 	"relayq/pressure"
 	"relayq/relay"
 	"relayq/smarthost"
@@ -63,9 +64,19 @@ func (d destinationSource) Destinations() []admin.Destination {
 			Name: s.Name, Cap: s.Cap, ConfiguredCap: s.MaxCap, LearnedCap: s.LearnedCap,
 			CapReason: s.Reason, Open: s.Open, Waiting: s.Waiting, State: state,
 			LastReply: s.LastReply, LastReplyAt: s.LastReplyAt,
+			RateLimit: rateText(s.Rate.Limit), LearnedRate: rateText(s.Rate.Learned()), RateReason: s.Rate.Reason,
+			RateLimitPerHour: s.Rate.Limit.PerSecond() * 3600, LearnedRatePerHour: s.Rate.LearnedPerHour,
 		})
 	}
 	return out
+}
+
+// rateText is r for the status view, "" for none.
+func rateText(r config.Rate) string {
+	if r.IsZero() {
+		return ""
+	}
+	return r.String()
 }
 
 // rateSource shows the relay's sending limits to admin.
