@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"github.com/foxcpp/go-mockdns"
 
 	"relayq/config"
+	"relayq/internal/server"
+	"relayq/internal/server/servertest"
 	"relayq/internal/sink"
 )
 
@@ -21,7 +23,7 @@ import (
 // delivers on delivery.mx_port.
 // The names are .invalid: the system resolver could not have answered.
 func TestServeDeliversByMXThroughTheConfiguredDNSServers(t *testing.T) {
-	dst := startSink(t, sink.Options{Addr: "127.0.0.2:0"})
+	dst := servertest.Sink(t, sink.Options{Addr: "127.0.0.2:0"})
 	_, port, err := net.SplitHostPort(dst.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +37,7 @@ func TestServeDeliversByMXThroughTheConfiguredDNSServers(t *testing.T) {
 	}
 	t.Cleanup(func() { dns.Close() })
 
-	cfg := testConfig(t, "127.0.0.1:1")
+	cfg := servertest.Config(t, "127.0.0.1:1")
 	cfg.Delivery.Smarthost = config.Smarthost{TLS: config.TLSStartTLS}
 	cfg.Delivery.DNSServers = []string{dns.LocalAddr().String()}
 	if cfg.Delivery.MXPort, err = strconv.Atoi(port); err != nil {
@@ -44,8 +46,8 @@ func TestServeDeliversByMXThroughTheConfiguredDNSServers(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	in := startRelayq(t, cfg)
-	submit(t, in.Addrs()[0], "a@src.invalid", "b@dst.invalid", []string{"mx-1"}, 100)
+	in := servertest.Start(t, cfg, server.Options{})
+	servertest.Submit(t, in.Addrs()[0], "a@src.invalid", "b@dst.invalid", []string{"mx-1"}, 100)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := dst.Wait(ctx, 1); err != nil {
