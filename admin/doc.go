@@ -5,8 +5,8 @@
 // It knows the rest of relayq only through the small interfaces of
 // server.go (Queue, BackPressureSource, DestinationSource,
 // RateLimitSource, a reload func)
-// and is fed events (deferrals, bounces) through Server.Event; cmd/relayq
-// adapts the real parts to them.
+// and is fed events (deferrals, bounces) through Server.Event;
+// internal/server adapts the real parts to them.
 //
 // # Endpoints
 //
@@ -31,7 +31,7 @@
 //     it, as "Authorization: Bearer <token>" or as the password of HTTP Basic
 //     auth (so a browser can open the status page). Without a token the
 //     server only exists on a loopback address (config validation and
-//     cmd/relayq refuse anything else), and it then also refuses requests
+//     internal/server refuse anything else), and it then also refuses requests
 //     whose Host is not a loopback name (DNS rebinding) and POSTs from
 //     another origin (cross-site request forgery from a browser).
 //   - An action on a filter never acts on everything by accident: an empty

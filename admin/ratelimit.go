@@ -26,7 +26,7 @@ type RateLimits struct {
 }
 
 // RateLimitSource reports the sending limits; the relay's limiter is one
-// (through an adapter in cmd/relayq).
+// (through an adapter in internal/server).
 type RateLimitSource interface {
 	RateLimits() RateLimits
 }

@@ -68,8 +68,8 @@ type Resource struct {
 	Falling bool `json:"falling,omitempty"`
 }
 
-// BackPressureSource reports back pressure; the relay's monitor is one
-// (through an adapter in cmd/relayq).
+// BackPressureSource reports back pressure; pressure.Monitor is one
+// (through an adapter in internal/server).
 type BackPressureSource interface {
 	BackPressure() BackPressure
 }

@@ -79,7 +79,7 @@ func (s *Store) apply(b *writeBatch, opts *pebble.WriteOptions) error {
 // Open: bodies, records, schedule entries, tombstones, as they go to
 // Pebble's log. Back pressure subtracts what was written since its last
 // reading of free space, so that it sees a burst before the next reading
-// (relay.PressureConfig.Written).
+// (pressure.Config.Written).
 func (s *Store) Written() int64 { return s.written.Load() }
 
 // scanHint is where the schedule scan of Due may start.

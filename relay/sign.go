@@ -9,7 +9,7 @@ import (
 
 // Signer signs mail at intake ([[dkim]]), before it is queued, so that a
 // signature is computed once, whatever the number of delivery attempts.
-// internal/dkimsign is the implementation cmd/relayq wires in.
+// internal/dkimsign is the implementation internal/server wires in.
 type Signer interface {
 	// Sign reads msg (the message as it will be queued, without relayq's
 	// Received field) and returns the message to queue in its place:

@@ -8,8 +8,8 @@ import (
 	"relayq/queue"
 )
 
-// Plan is called for a message about to be queued (the intake wiring in
-// cmd/relayq calls it before Put). While a destination is down, the first
+// Plan is called for a message about to be queued (internal/server's
+// plannedQueue calls it before Put). While a destination is down, the first
 // attempt of each new message for it finds every host cooling down and
 // tries nothing; all it does is record why and put the message off, at the
 // cost of reading the message back and rewriting it in a synced batch.

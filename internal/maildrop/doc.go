@@ -55,7 +55,8 @@
 // # How relayq submits the files
 //
 // Pickup calls a Submitter. relayq serve gives it one that speaks SMTP to
-// its own relay listener on loopback (cmd/relayq): a maildrop message then
+// its own relay listener on loopback (internal/server, with cmd/relayq's
+// SMTP client): a maildrop message then
 // goes through exactly the intake every other message goes through —
 // relay policy, size and recipient limits, the hop count and the Received
 // header, bare line-ending handling, back pressure, and the 250 only after
