@@ -53,6 +53,13 @@
 // Classify(stage, FromError(stage, err)) is total; a nil error classifies as
 // Deliver.
 //
+// retry also makes the decisions for recipients no reply decided, so that
+// the delivery side never builds or amends a Decision itself: Unreached
+// (no host of the destination reached: always Defer, with Classify's status
+// for the last failure), Unsplit (a "too many recipients" split off by a
+// peer that took no recipient: Defer, not another split) and
+// OperatorBounce (`relayq queue bounce`: Bounce 5.0.0).
+//
 // # Backoff and expiry
 //
 // Backoff.Delay doubles from Min to Max with jitter; it never overflows and

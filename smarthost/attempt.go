@@ -187,8 +187,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 		}
 		// No transaction reached them: never a bounce, never a prompt
 		// retry, only a deferral.
-		d := retry.Classify(retry.StageConnect, last)
-		d.Action = retry.Defer
+		d := retry.Unreached(last)
 		for _, i := range pending {
 			t.deferDest(i, d, last, lastHop, dest)
 		}
@@ -272,7 +271,7 @@ func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pendi
 			for k, i := range pending {
 				if contains(split, i) {
 					r := results[k].Reply
-					t.record(i, retry.Decision{Action: retry.Defer, Status: r.Status()}, r, conn.Addr())
+					t.record(i, retry.Unsplit(r), r, conn.Addr())
 				}
 			}
 			split, progressed = nil, true

@@ -615,9 +615,7 @@ func (w *Worker) read(j *job) (*queue.Message, uint64, error) {
 // operatorBounce returns every pending recipient of m to its sender, as an
 // operator asked with `relayq queue bounce`: an NDR like any other bounce.
 func (w *Worker) operatorBounce(ctx context.Context, m *queue.Message, now time.Time) {
-	reply := &smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodePermGeneric, Local: true,
-		Text: "returned to the sender by the relay's operator"}
-	d := retry.Decision{Action: retry.Bounce, Status: reply.Status()}
+	d, reply := retry.OperatorBounce()
 	t := newTally(m, now)
 	for _, i := range m.Pending() {
 		t.record(i, d, reply, "")
