@@ -10,7 +10,9 @@
 // connection (on ErrAtCap the destination waits RetryAtCap), Release when
 // the connection is closed (an idle connection keeps its lease), Allow
 // before each message, PublishCap when a 421 4.3.2 lowers the cap or a run
-// of successes raises it, SetCooldown/Cooldown around dials. Degraded,
+// of successes raises it, Live (the leases of all nodes) to learn a cap
+// from a 421, Share (the connections this node may keep: its fallback
+// share while degraded), SetCooldown/Cooldown around dials. Degraded,
 // Episodes, Nodes, Destinations and Held feed status, /readyz and metrics.
 //
 // # Keys

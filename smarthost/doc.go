@@ -149,6 +149,23 @@
 //   - A host that offered STARTTLS and failed the handshake is not tried
 //     again in plaintext within the attempt.
 //
+// # Several nodes (cluster.go; Worker.Cluster, nil without [cluster])
+//
+//   - Every new connection holds a cluster lease from before its dial
+//     until it is closed (sharedSession), however the pool drops it: the
+//     connections of all nodes to a destination never exceed its cap while
+//     they share limits. A refused lease puts the destination on hold for
+//     cluster.RetryAtCap (pool.hold: only the connections open are used);
+//     the message goes back to the front of its line, no attempt counted.
+//   - A 421 4.3.2 counts the connections of all nodes (Cluster.Live) and
+//     publishes the lowered cap; every node follows a published cap
+//     (pool.follow) and holds no more connections than its share
+//     (Cluster.Share: all of the cap, or cap/expected_nodes while Redis is
+//     unreachable; pool.share). No raise within clusterRaiseHold of a
+//     lowering. Cool-downs are published and adopted (breaker.adopt).
+//   - Idle connections are kept at most clusterIdleTimeout: their leases
+//     are other nodes' to take.
+//
 // # Reports (ndr.go, attempt.go: commit, expire)
 //
 //   - Every verdict is committed in one synced batch with the reports it
