@@ -163,6 +163,7 @@ func Start(cfg *config.Config, log zerolog.Logger, opts Options) (_ *Instance, e
 	relayCfg.Accepted = in.accepted
 	relayCfg.Signer = signer
 	router := smarthost.NewConfigRouter(cfg.Delivery, resolver)
+	router.Log = log
 	in.onReload(func(c *config.Config) { router.Set(c.Delivery) })
 	worker := in.newWorker(cfg, router, resolver, signer)
 	if err := in.openCluster(cfg.Cluster, worker); err != nil {
