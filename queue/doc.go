@@ -96,6 +96,12 @@
 //     keeps from taking mail gets its space back as it delivers.
 //   - Written counts the bytes of every batch committed, for back
 //     pressure's estimate of free space between two statfs readings.
+//   - Free space is read with diskspace.Free, the reading back pressure
+//     uses too; ErrNoRoom is diskspace.ErrNoRoom, so intake recognises it
+//     without depending on the queue.
+//   - Options.Events (StorageEvents) is told of write stalls, low disk
+//     space and deleted files, from Pebble's event listener (pebble.go);
+//     nothing of Pebble's types leaves the package.
 //
 // # Invariants
 //
