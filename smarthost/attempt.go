@@ -622,12 +622,12 @@ func (w *Worker) logOutcomes(t *tally) {
 	delay := t.now.Sub(m.Received)
 	for _, v := range t.recorded {
 		r := &m.Recipients[v.idx]
-		ev, msg := w.Log.Warn(), "deferred"
+		ev, res := w.Log.Warn(), ResultDeferred
 		switch r.State {
 		case queue.Delivered:
-			ev, msg = w.Log.Info(), "delivered"
+			ev, res = w.Log.Info(), ResultDelivered
 		case queue.Bounced:
-			ev, msg = w.Log.Error(), "bounced"
+			ev, res = w.Log.Error(), ResultBounced
 		}
 		ev = ev.Str("id", string(m.ID)).Str("from", m.From).Str("rcpt", r.Addr).
 			Str("dest", r.LastHost).Int("attempt", r.Attempts).Dur("delay", delay).
@@ -639,8 +639,8 @@ func (w *Worker) logOutcomes(t *tally) {
 		if !r.State.Final() {
 			ev = ev.Time("next_attempt", m.NextAttempt)
 		}
-		ev.Str("reply", r.LastReply).Msg(msg)
-		w.observe(Outcome{ID: m.ID, Rcpt: r.Addr, Result: msg, Host: r.LastHost, Reply: r.LastReply, Took: w.Now().Sub(t.now),
+		ev.Str("reply", r.LastReply).Msg(res.String())
+		w.observe(Outcome{ID: m.ID, Rcpt: r.Addr, Result: res, Host: r.LastHost, Reply: r.LastReply, Took: w.Now().Sub(t.now),
 			MessageID: m.MessageID, Subject: m.Subject})
 	}
 }
@@ -684,7 +684,7 @@ func (w *Worker) expire(ctx context.Context, m *queue.Message) {
 			Str("enhanced", smtpreply.CodeExpired.String()).Int("attempt", m.Recipients[i].Attempts).
 			Dur("delay", t.now.Sub(m.Received)).Str("reply", m.Recipients[i].LastReply).
 			Str("message_id", m.MessageID).Str("subject", m.Subject).Msg("expired")
-		w.observe(Outcome{ID: m.ID, Rcpt: m.Recipients[i].Addr, Result: "expired", Reply: m.Recipients[i].LastReply,
+		w.observe(Outcome{ID: m.ID, Rcpt: m.Recipients[i].Addr, Result: ResultExpired, Reply: m.Recipients[i].LastReply,
 			MessageID: m.MessageID, Subject: m.Subject})
 	}
 	kinds := make([]dsn.Action, len(news))

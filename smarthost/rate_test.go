@@ -43,7 +43,7 @@ func (o *outcomes) count(result string) int {
 	defer o.mu.Unlock()
 	n := 0
 	for _, x := range o.all {
-		if x.Result == result {
+		if x.Result.String() == result {
 			n++
 		}
 	}

@@ -636,7 +636,7 @@ func (w *Worker) ForgetHostFailures() {
 type Outcome struct {
 	ID     queue.ID
 	Rcpt   string
-	Result string // "delivered", "deferred", "bounced" or "expired"
+	Result Result // delivered, deferred, bounced or expired
 	Host   string // the host that gave Reply, "" for local verdicts
 	Reply  string
 	Took   time.Duration // from the start of the attempt to the commit

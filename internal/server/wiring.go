@@ -23,12 +23,12 @@ func (in *Instance) accepted(took time.Duration) {
 // observe is the worker's Observe callback: one recipient's verdict.
 // Deferrals and bounces also go to the status page's recent events.
 func (in *Instance) observe(o smarthost.Outcome) {
-	in.metrics.Delivery(o.Result, o.Took)
-	if o.Result == admin.ResultDelivered {
+	in.metrics.Delivery(o.Result.String(), o.Took)
+	if o.Result == smarthost.ResultDelivered {
 		return
 	}
 	in.events.Add(admin.Event{
-		Time: time.Now(), Kind: o.Result, ID: string(o.ID), Rcpt: o.Rcpt, Dest: o.Host, Reply: o.Reply,
+		Time: time.Now(), Kind: o.Result.String(), ID: string(o.ID), Rcpt: o.Rcpt, Dest: o.Host, Reply: o.Reply,
 		MessageID: o.MessageID, Subject: o.Subject,
 	})
 }
