@@ -37,7 +37,7 @@ func clusterNodes(t *testing.T, n int, dst *sink.Server, targets []Target, diale
 		// Registered before the worker's: cleanups run last first, so the
 		// client closes after its worker stopped.
 		t.Cleanup(func() { _ = c.Close(context.Background()) })
-		waitUntil(t, "node shares limits through Redis", func() bool { return !c.Degraded() })
+		waitFor(t, "node shares limits through Redis", func() bool { return !c.Degraded() })
 		var own *sink.Server
 		if i == 0 {
 			own = dst // closed with the first node
@@ -51,18 +51,6 @@ func clusterNodes(t *testing.T, n int, dst *sink.Server, targets []Target, diale
 		})
 	}
 	return nodes
-}
-
-// waitUntil polls cond for up to 10 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 10 s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // Three nodes with a cap of 4 each and a backlog each: together they never
