@@ -1,8 +1,9 @@
 // Package retry decides what happens after a delivery attempt: it classifies
 // SMTP replies (remote or made up locally), computes the backoff schedule
 // and tells when a message has expired. Of relayq it imports only
-// internal/smtpreply, the reply it classifies, and it does no I/O, so every
-// decision is a pure function of its inputs and can be tested row by row.
+// internal/smtpreply, the reply it classifies, and config, for the default
+// backoff; it does no I/O, so every decision is a pure function of its
+// inputs and can be tested row by row.
 //
 // # Reply classification (the contract; docs/design.md "Reply classification")
 //
