@@ -1,6 +1,9 @@
 package retry
 
-import "testing"
+import (
+	"relayq/internal/smtpreply"
+	"testing"
+)
 
 // BenchmarkClassify classifies the replies a delivery worker meets most,
 // one sub-benchmark each, and a mix of all of them: it runs once per
@@ -22,9 +25,9 @@ func BenchmarkClassify(b *testing.B) {
 		{"552-size-text-body", StageBody, "552 4.3.1 Message size exceeds fixed maximum message size", false},
 		{"554-no-enhanced-body", StageBody, "554 Transaction failed: spam score too high", false},
 	}
-	replies := make([]*Reply, len(cases))
+	replies := make([]*smtpreply.Reply, len(cases))
 	for i, c := range cases {
-		r, err := ParseReply(c.line)
+		r, err := smtpreply.ParseReply(c.line)
 		if err != nil {
 			b.Fatalf("%s: %v", c.line, err)
 		}

@@ -2,6 +2,7 @@ package retry
 
 import (
 	"fmt"
+	"relayq/internal/smtpreply"
 	"strings"
 	"time"
 )
@@ -69,12 +70,12 @@ func (a Action) String() string {
 // (there is nothing to split off); the caller treats it as Defer.
 type Decision struct {
 	Action    Action
-	Status    EnhancedCode // the code to record and report (the reply's own if consistent, else derived)
-	NextHost  bool         // try the destination's next host before settling (421 at any stage, connection failures)
-	CloseConn bool         // 421: close the connection without QUIT
-	LowerCap  bool         // 421 4.3.2 or text saying too many connections
-	LowerRate bool         // a 4xx whose text says too many messages or a sending rate: lower the destination's rate
-	Note      string       // why, for the log, e.g. "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides"
+	Status    smtpreply.EnhancedCode // the code to record and report (the reply's own if consistent, else derived)
+	NextHost  bool                   // try the destination's next host before settling (421 at any stage, connection failures)
+	CloseConn bool                   // 421: close the connection without QUIT
+	LowerCap  bool                   // 421 4.3.2 or text saying too many connections
+	LowerRate bool                   // a 4xx whose text says too many messages or a sending rate: lower the destination's rate
+	Note      string                 // why, for the log, e.g. "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides"
 }
 
 // Phrases that mark a 421 as a per-source connection limit (as an Exchange
@@ -133,9 +134,9 @@ func containsAny(text string, phrases ...string) bool {
 // Classify decides what a reply received at stage means for the recipients it
 // concerns; see the table in the package documentation. A nil reply (no
 // error) is Deliver.
-func Classify(stage Stage, r *Reply) Decision {
+func Classify(stage Stage, r *smtpreply.Reply) Decision {
 	if r == nil {
-		return Decision{Action: Deliver, Status: CodeOK}
+		return Decision{Action: Deliver, Status: smtpreply.CodeOK}
 	}
 	d := classify(stage, r)
 	if r.ClassMismatch() {
@@ -145,7 +146,7 @@ func Classify(stage Stage, r *Reply) Decision {
 	return d
 }
 
-func classify(stage Stage, r *Reply) Decision {
+func classify(stage Stage, r *smtpreply.Reply) Decision {
 	st := r.Status()
 	// Subject and detail, class ignored: X.5.3 is "too many recipients"
 	// whatever class the peer put in front (RFC 3463 §3.6).
@@ -162,7 +163,7 @@ func classify(stage Stage, r *Reply) Decision {
 		d := Decision{Action: Defer, Status: st, CloseConn: true, NextHost: true,
 			Note: "421: service closing the channel"}
 		switch {
-		case st == CodeTooManyConns || containsAny(r.Text, tooManyConnsPhrases...):
+		case st == smtpreply.CodeTooManyConns || containsAny(r.Text, tooManyConnsPhrases...):
 			d.Action, d.LowerCap = RetryNow, true
 			d.Note = "421: too many connections; lower the destination cap and retry when a slot frees"
 		case containsAny(r.Text, ratePhrases...):
@@ -174,7 +175,7 @@ func classify(stage Stage, r *Reply) Decision {
 	case tooManyRcpts && (r.Temporary() || r.Permanent()):
 		// RFC 5321 §4.5.3.1.10 and RFC 3463 X.5.3: the recipients so far
 		// stand, the rest go in a new transaction. This is no failure.
-		return Decision{Action: Split, Status: EnhancedCode{4, 5, 3},
+		return Decision{Action: Split, Status: smtpreply.EnhancedCode{4, 5, 3},
 			Note: "too many recipients in one transaction; send the rest in a new one"}
 
 	case r.Temporary() && containsAny(r.Text, ratePhrases...):
@@ -182,7 +183,7 @@ func classify(stage Stage, r *Reply) Decision {
 
 	case r.Temporary():
 		d := Decision{Action: Defer, Status: st}
-		if r.Local && (st == CodeNoAnswer || st == CodeConnDropped) {
+		if r.Local && (st == smtpreply.CodeNoAnswer || st == smtpreply.CodeConnDropped) {
 			d.NextHost = true
 			d.Note = "connection failure; try the next host"
 		}
@@ -192,16 +193,16 @@ func classify(stage Stage, r *Reply) Decision {
 		// RFC 4954 §6: AUTH refused the relay's own credentials (a wrong
 		// password, an expired or revoked OAuth2 token). No message is at
 		// fault: all wait for the operator's fix rather than bounce.
-		return Decision{Action: Defer, Status: EnhancedCode{4, st[1], st[2]},
+		return Decision{Action: Defer, Status: smtpreply.EnhancedCode{4, st[1], st[2]},
 			Note: "the next hop refused the relay's credentials; the mail waits for them to be fixed"}
 
 	case r.Code == 552 && stage == StageRcpt:
 		// RFC 5321 §4.5.3.1.10: old servers used 552 for "too many
 		// recipients"; at RCPT it is to be treated as temporary.
-		return Decision{Action: Defer, Status: EnhancedCode{4, st[1], st[2]},
+		return Decision{Action: Defer, Status: smtpreply.EnhancedCode{4, st[1], st[2]},
 			Note: "552 at RCPT is temporary (RFC 5321 §4.5.3.1.10)"}
 
-	case r.Code == 552 && stage == StageBody && (st == CodeTooBig || st == CodeMailboxFull):
+	case r.Code == 552 && stage == StageBody && (st == smtpreply.CodeTooBig || st == smtpreply.CodeMailboxFull):
 		return Decision{Action: Bounce, Status: st,
 			Note: "the remote's message size limit is exceeded"}
 
@@ -209,7 +210,7 @@ func classify(stage Stage, r *Reply) Decision {
 		// Seed 000: "552 4.3.1 Message size exceeds fixed maximum message
 		// size". The basic code makes it permanent; the text, not the
 		// mismatched enhanced code, says what it is about.
-		return Decision{Action: Bounce, Status: CodeTooBig,
+		return Decision{Action: Bounce, Status: smtpreply.CodeTooBig,
 			Note: "the remote's message size limit is exceeded (said in the text; reported as 5.3.4)"}
 
 	case r.Permanent():
@@ -217,7 +218,7 @@ func classify(stage Stage, r *Reply) Decision {
 	}
 	// 1xx, 3xx or garbage where a final reply was due: the dialogue is out
 	// of step, so nothing more can be said on this connection.
-	return Decision{Action: Defer, Status: EnhancedCode{4, 5, 0}, CloseConn: true,
+	return Decision{Action: Defer, Status: smtpreply.EnhancedCode{4, 5, 0}, CloseConn: true,
 		Note: fmt.Sprintf("unexpected reply code %d at %s", r.Code, stage)}
 }
 
@@ -225,14 +226,14 @@ func classify(stage Stage, r *Reply) Decision {
 // messages: the destination's rate is lowered and the message waits for it
 // in the destination's line; no attempt is counted, no backoff is taken,
 // and no other host is tried (the rate is the destination's).
-func rateLimited(st EnhancedCode) Decision {
+func rateLimited(st smtpreply.EnhancedCode) Decision {
 	return Decision{Action: RetryNow, Status: st, LowerRate: true,
 		Note: "too many messages: lower the destination's rate and send when it allows"}
 }
 
 // authRefused reports whether r is a permanent refusal of AUTH (RFC 4954
 // §6: 530, 534, 535, 538, or an x.7.8 "credentials invalid").
-func authRefused(r *Reply) bool {
+func authRefused(r *smtpreply.Reply) bool {
 	switch {
 	case !r.Permanent():
 		return false

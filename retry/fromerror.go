@@ -33,31 +33,31 @@ import (
 //     than bounced: an error nobody understood must not lose mail.
 //
 // Local replies have Local=true and short, single-line text.
-func FromError(stage Stage, err error) *Reply {
+func FromError(stage Stage, err error) *smtpreply.Reply {
 	if err == nil {
 		return nil
 	}
-	var r *Reply
+	var r *smtpreply.Reply
 	if errors.As(err, &r) {
 		return r
 	}
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		return &Reply{Code: se.Code, Enhanced: validEnhanced(se.EnhancedCode), Text: oneLine(se.Message)}
+		return &smtpreply.Reply{Code: se.Code, Enhanced: validEnhanced(se.EnhancedCode), Text: oneLine(se.Message)}
 	}
-	local := func(code int, c EnhancedCode, text string) *Reply {
-		return &Reply{Code: code, Enhanced: c, Text: smtpreply.Truncate(oneLine(text), maxLocalText), Local: true}
+	local := func(code int, c smtpreply.EnhancedCode, text string) *smtpreply.Reply {
+		return &smtpreply.Reply{Code: code, Enhanced: c, Text: smtpreply.Truncate(oneLine(text), maxLocalText), Local: true}
 	}
 
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {
 		if dnsErr.IsNotFound {
-			return local(550, CodeBadDomain, "domain not found: "+dnsErr.Name)
+			return local(550, smtpreply.CodeBadDomain, "domain not found: "+dnsErr.Name)
 		}
-		return local(451, CodeDNSTemp, "DNS lookup failed: "+dnsErr.Err)
+		return local(451, smtpreply.CodeDNSTemp, "DNS lookup failed: "+dnsErr.Err)
 	}
 	if isTLSError(err) {
-		return local(451, CodeNoAnswer, "TLS failed: "+err.Error())
+		return local(451, smtpreply.CodeNoAnswer, "TLS failed: "+err.Error())
 	}
 
 	timeout := errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)
@@ -68,30 +68,30 @@ func FromError(stage Stage, err error) *Reply {
 	if stage == StageConnect && (isDialError(err) || timeout || errors.Is(err, context.Canceled)) {
 		switch {
 		case errors.Is(err, syscall.ECONNREFUSED):
-			return local(451, CodeNoAnswer, "connection refused")
+			return local(451, smtpreply.CodeNoAnswer, "connection refused")
 		case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-			return local(451, CodeNoAnswer, "host unreachable")
+			return local(451, smtpreply.CodeNoAnswer, "host unreachable")
 		case timeout:
-			return local(451, CodeNoAnswer, "connection timed out")
+			return local(451, smtpreply.CodeNoAnswer, "connection timed out")
 		}
-		return local(451, CodeNoAnswer, "no answer from host: "+err.Error())
+		return local(451, smtpreply.CodeNoAnswer, "no answer from host: "+err.Error())
 	}
 	switch {
 	case timeout:
-		return local(451, CodeConnDropped, "connection timed out")
+		return local(451, smtpreply.CodeConnDropped, "connection timed out")
 	case errors.Is(err, context.Canceled):
-		return local(451, CodeConnDropped, "delivery cancelled")
+		return local(451, smtpreply.CodeConnDropped, "delivery cancelled")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, net.ErrClosed), errors.Is(err, syscall.EPIPE):
-		return local(451, CodeConnDropped, "connection closed by remote")
+		return local(451, smtpreply.CodeConnDropped, "connection closed by remote")
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNABORTED):
-		return local(451, CodeConnDropped, "connection reset by remote")
+		return local(451, smtpreply.CodeConnDropped, "connection reset by remote")
 	}
 	var opErr *net.OpError
 	if errors.As(err, &opErr) {
-		return local(451, CodeConnDropped, "connection failed: "+err.Error())
+		return local(451, smtpreply.CodeConnDropped, "connection failed: "+err.Error())
 	}
-	return local(451, CodeTempGeneric, err.Error())
+	return local(451, smtpreply.CodeTempGeneric, err.Error())
 }
 
 func isDialError(err error) bool {
@@ -117,11 +117,11 @@ func isTLSError(err error) bool {
 
 // validEnhanced keeps a go-smtp enhanced code only when it is a real one
 // (go-smtp uses {-1,-1,-1} and {0,0,0} for "none").
-func validEnhanced(c smtp.EnhancedCode) EnhancedCode {
+func validEnhanced(c smtp.EnhancedCode) smtpreply.EnhancedCode {
 	if (c[0] == 2 || c[0] == 4 || c[0] == 5) && c[1] >= 0 && c[1] <= 999 && c[2] >= 0 && c[2] <= 999 {
-		return EnhancedCode(c)
+		return smtpreply.EnhancedCode(c)
 	}
-	return EnhancedCode{}
+	return smtpreply.EnhancedCode{}
 }
 
 // maxLocalText bounds the text of a local reply: it is logged, stored with

@@ -77,32 +77,32 @@ func TestFromErrorRealNetworkErrors(t *testing.T) {
 		stage  Stage
 		err    func(t *testing.T) error
 		code   int
-		status EnhancedCode
+		status smtpreply.EnhancedCode
 		text   string
 	}{
 		{"connection refused at connect is 4.4.1", StageConnect, func(t *testing.T) error {
 			_, err := net.DialTimeout("tcp", closedPort(t), 5*time.Second)
 			return err
-		}, 451, CodeNoAnswer, "connection refused"},
+		}, 451, smtpreply.CodeNoAnswer, "connection refused"},
 		{"dial with expired context at connect is 4.4.1", StageConnect, func(t *testing.T) error {
 			ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 			defer cancel()
 			var d net.Dialer
 			_, err := d.DialContext(ctx, "tcp", closedPort(t))
 			return err
-		}, 451, CodeNoAnswer, "timed out"},
+		}, 451, smtpreply.CodeNoAnswer, "timed out"},
 		{"greeting timeout at connect is 4.4.1", StageConnect, func(t *testing.T) error {
 			c := dial(t, serve(t, func(c net.Conn) { io.Copy(io.Discard, c) }))
 			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 			_, err := c.Read(make([]byte, 1))
 			return err
-		}, 451, CodeNoAnswer, "timed out"},
+		}, 451, smtpreply.CodeNoAnswer, "timed out"},
 		{"server closing after accept is 4.4.2", StageConnect, func(t *testing.T) error {
 			return readErr(dial(t, serve(t, func(c net.Conn) { c.Close() })))
-		}, 451, CodeConnDropped, "closed"},
+		}, 451, smtpreply.CodeConnDropped, "closed"},
 		{"EOF after the body is 4.4.2", StageBody, func(t *testing.T) error {
 			return readErr(dial(t, serve(t, func(c net.Conn) { c.Close() })))
-		}, 451, CodeConnDropped, "closed"},
+		}, 451, smtpreply.CodeConnDropped, "closed"},
 		{"reset by peer is 4.4.2", StageRcpt, func(t *testing.T) error {
 			c := dial(t, serve(t, func(c net.Conn) {
 				c.Read(make([]byte, 1))       // the client is surely connected
@@ -113,18 +113,18 @@ func TestFromErrorRealNetworkErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			return readErr(c)
-		}, 451, CodeConnDropped, "reset"},
+		}, 451, smtpreply.CodeConnDropped, "reset"},
 		{"read timeout after the body is 4.4.2", StageBody, func(t *testing.T) error {
 			c := dial(t, serve(t, func(c net.Conn) { io.Copy(io.Discard, c) }))
 			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 			_, err := c.Read(make([]byte, 1))
 			return err
-		}, 451, CodeConnDropped, "timed out"},
+		}, 451, smtpreply.CodeConnDropped, "timed out"},
 		{"TLS to a plain SMTP server is 4.4.1 TLS", StageHello, func(t *testing.T) error {
 			c := dial(t, serve(t, func(c net.Conn) { c.Write([]byte("220 plain.example ESMTP\r\n")); c.Close() }))
 			c.SetDeadline(time.Now().Add(5 * time.Second))
 			return tls.Client(c, &tls.Config{ServerName: "plain.example"}).Handshake()
-		}, 451, CodeNoAnswer, "TLS"},
+		}, 451, smtpreply.CodeNoAnswer, "TLS"},
 		{"untrusted certificate is 4.4.1 TLS", StageHello, func(t *testing.T) error {
 			srv := httptest.NewUnstartedServer(http.NotFoundHandler())
 			srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the failed handshake is the point
@@ -133,7 +133,7 @@ func TestFromErrorRealNetworkErrors(t *testing.T) {
 			c := dial(t, srv.Listener.Addr().String())
 			c.SetDeadline(time.Now().Add(5 * time.Second))
 			return tls.Client(c, &tls.Config{ServerName: "example.com"}).Handshake()
-		}, 451, CodeNoAnswer, "TLS"},
+		}, 451, smtpreply.CodeNoAnswer, "TLS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,36 +156,36 @@ func TestFromErrorRealNetworkErrors(t *testing.T) {
 }
 
 func TestFromError(t *testing.T) {
-	remote := &Reply{Code: 550, Enhanced: CodeBadMailbox, Text: "no such user"}
+	remote := &smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodeBadMailbox, Text: "no such user"}
 	tests := []struct {
 		name  string
 		stage Stage
 		err   error
-		want  *Reply
+		want  *smtpreply.Reply
 	}{
 		{"nil is nil", StageBody, nil, nil},
 		{"wrapped Reply is returned as is", StageRcpt, fmt.Errorf("rcpt: %w", remote), remote},
 		{"go-smtp error becomes a remote reply, lines joined", StageConnect,
 			&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "too busy\nclosing"},
-			&Reply{Code: 421, Enhanced: CodeTooManyConns, Text: "too busy; closing"}},
+			&smtpreply.Reply{Code: 421, Enhanced: smtpreply.CodeTooManyConns, Text: "too busy; closing"}},
 		{"go-smtp error without enhanced code", StageRcpt,
 			fmt.Errorf("x: %w", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.NoEnhancedCode, Message: "nope"}),
-			&Reply{Code: 550, Text: "nope"}},
+			&smtpreply.Reply{Code: 550, Text: "nope"}},
 		{"DNS not found is 5.1.2", StageConnect,
 			&net.DNSError{Err: "no such host", Name: "nx.invalid", IsNotFound: true},
-			&Reply{Code: 550, Enhanced: CodeBadDomain, Text: "domain not found: nx.invalid", Local: true}},
+			&smtpreply.Reply{Code: 550, Enhanced: smtpreply.CodeBadDomain, Text: "domain not found: nx.invalid", Local: true}},
 		{"DNS SERVFAIL is 4.4.3", StageConnect,
 			&net.DNSError{Err: "server misbehaving", Name: "x.invalid", IsTemporary: true},
-			&Reply{Code: 451, Enhanced: CodeDNSTemp, Text: "DNS lookup failed: server misbehaving", Local: true}},
+			&smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeDNSTemp, Text: "DNS lookup failed: server misbehaving", Local: true}},
 		{"DNS timeout is 4.4.3", StageConnect,
 			&net.OpError{Op: "dial", Err: &net.DNSError{Err: "i/o timeout", Name: "x.invalid", IsTimeout: true}},
-			&Reply{Code: 451, Enhanced: CodeDNSTemp, Text: "DNS lookup failed: i/o timeout", Local: true}},
+			&smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeDNSTemp, Text: "DNS lookup failed: i/o timeout", Local: true}},
 		{"cancelled after connect is 4.4.2", StageBody, context.Canceled,
-			&Reply{Code: 451, Enhanced: CodeConnDropped, Text: "delivery cancelled", Local: true}},
+			&smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeConnDropped, Text: "delivery cancelled", Local: true}},
 		{"deadline after connect is 4.4.2", StageMail, fmt.Errorf("mail: %w", context.DeadlineExceeded),
-			&Reply{Code: 451, Enhanced: CodeConnDropped, Text: "connection timed out", Local: true}},
+			&smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeConnDropped, Text: "connection timed out", Local: true}},
 		{"unknown error defers as 4.0.0", StageBody, errors.New("body read: checksum mismatch\nchunk 3"),
-			&Reply{Code: 451, Enhanced: CodeTempGeneric, Text: "body read: checksum mismatch; chunk 3", Local: true}},
+			&smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeTempGeneric, Text: "body read: checksum mismatch; chunk 3", Local: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
