@@ -61,20 +61,14 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 	targets := g.route.Targets
 	pending := g.idx
 	var (
-		last       *smtpreply.Reply
-		lastHop    string
-		cooling    *smtpreply.Reply // why a skipped host is cooling down
-		coolingHop string
-		coolUntil  time.Time // when the first skipped host may be tried
-		stale      int       // reused connections found closed
+		last    hopReply // the last failure's reply
+		cooling skipped  // why skipped hosts are cooling down
+		stale   int      // reused connections found closed
 	)
 	for ti := 0; ti < len(targets) && len(pending) > 0; ti++ {
 		target := targets[ti]
 		if until, r := w.breaker.coolingUntil(breakerHost(target)); r != nil {
-			cooling, coolingHop = r, target.Addr
-			if coolUntil.IsZero() || until.Before(coolUntil) {
-				coolUntil = until
-			}
+			cooling.add(r, target.Addr, until)
 			continue
 		}
 		if ctx.Err() != nil {
@@ -97,28 +91,15 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 		case errors.As(err, &shared):
 			// Another node's cool-down (now also the breaker's): skipped.
 			w.pool.release(l, nil, false)
-			cooling, coolingHop = sharedCoolReply, target.Addr
-			if coolUntil.IsZero() || shared.until.Before(coolUntil) {
-				coolUntil = shared.until
-			}
+			cooling.add(sharedCoolReply, target.Addr, shared.until)
 			continue
 		}
 		if err != nil {
-			reply, stage := dialReply(err)
-			d := retry.Classify(stage, reply)
-			if d.LowerCap {
-				if w.lowerCap(ctx, l, dest, reply) && j.busy < maxBusyRetries {
-					j.busy++
-					return errSentBack
-				}
-			} else {
-				w.pool.release(l, nil, false)
-			}
-			if w.paceBack(ctx, j, dest, d, reply) {
+			reply, back := w.dialFailed(ctx, l, j, m, dest, target, err)
+			if back {
 				return errSentBack
 			}
-			w.hostFailed(ctx, m, dest, breakerHost(target), reply, d, true)
-			last, lastHop = reply, target.Addr
+			last = hopReply{reply, target.Addr}
 			continue
 		}
 		reused := l.conn != nil
@@ -165,36 +146,87 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			continue
 		}
 		w.hostFailed(ctx, m, dest, connHost, broken, d, broken.Code == 421)
-		last, lastHop = broken, conn.Addr()
+		last = hopReply{broken, conn.Addr()}
 	}
-	if len(pending) > 0 {
-		switch {
-		case last == nil && cooling != nil:
-			// Every host is cooling down: no attempt was made. What the
-			// last one said is what the operator needs to see, and the
-			// recipients are due when the first host may be tried again.
-			w.Log.Debug().Str("id", string(m.ID)).Str("dest", dest).Str("reply", cooling.Error()).
-				Time("until", coolUntil).Msg("every host of the destination is cooling down after failing")
-			w.noteCooled(m, pending, dest, targets)
-			for _, i := range pending {
-				t.recordOutcome(outcome{idx: i, reply: cooling, host: coolingHop, notBefore: coolUntil})
-			}
-			t.waitsForDest(dest)
-			w.pool.noteWaiting(dest)
-			return w.commit(ctx, t)
-		case last == nil:
-			last = &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
+	if len(pending) == 0 {
+		return nil
+	}
+	return w.unreached(ctx, t, g, pending, last, cooling)
+}
+
+// dialFailed answers a connection to target that failed with err: a
+// 421 4.3.2 lowers the cap and a rate reply paces the destination, both
+// sending the job back to its line (true); anything else is the host
+// failing.
+func (w *Worker) dialFailed(ctx context.Context, l *lease, j *job, m *queue.Message, dest string, target Target, err error) (*smtpreply.Reply, bool) {
+	reply, stage := dialReply(err)
+	d := retry.Classify(stage, reply)
+	if d.LowerCap {
+		if w.lowerCap(ctx, l, dest, reply) && j.busy < maxBusyRetries {
+			j.busy++
+			return reply, true
 		}
-		// No transaction reached them: never a bounce, never a prompt
-		// retry, only a deferral.
-		d := retry.Unreached(last)
+	} else {
+		w.pool.release(l, nil, false)
+	}
+	if w.paceBack(ctx, j, dest, d, reply) {
+		return reply, true
+	}
+	w.hostFailed(ctx, m, dest, breakerHost(target), reply, d, true)
+	return reply, false
+}
+
+// skipped is why the hosts skipped for their cool-down were put there:
+// the last one's reply, and when the first may be tried again.
+type skipped struct {
+	hopReply
+	until time.Time
+}
+
+func (s *skipped) add(r *smtpreply.Reply, host string, until time.Time) {
+	s.reply, s.host = r, host
+	if s.until.IsZero() || until.Before(s.until) {
+		s.until = until
+	}
+}
+
+// hopReply is a reply and the host that gave it.
+type hopReply struct {
+	reply *smtpreply.Reply
+	host  string
+}
+
+// unreached records the recipients of g that no transaction reached and
+// commits them: deferred with the last reply (a local 451 4.4.1 for a
+// host that did not answer); when every host was cooling down, due again
+// when the first may be tried, with the reply that put it there.
+func (w *Worker) unreached(ctx context.Context, t *tally, g *group, pending []int, last hopReply, cooling skipped) error {
+	m, dest := t.m, g.route.Destination
+	switch {
+	case last.reply == nil && cooling.reply != nil:
+		// Every host is cooling down: no attempt was made. What the
+		// last one said is what the operator needs to see, and the
+		// recipients are due when the first host may be tried again.
+		w.Log.Debug().Str("id", string(m.ID)).Str("dest", dest).Str("reply", cooling.reply.Error()).
+			Time("until", cooling.until).Msg("every host of the destination is cooling down after failing")
+		w.noteCooled(m, pending, dest, g.route.Targets)
 		for _, i := range pending {
-			t.deferDest(i, d, last, lastHop, dest)
+			t.recordOutcome(outcome{idx: i, reply: cooling.reply, host: cooling.host, notBefore: cooling.until})
 		}
+		t.waitsForDest(dest)
 		w.pool.noteWaiting(dest)
 		return w.commit(ctx, t)
+	case last.reply == nil:
+		last.reply = &smtpreply.Reply{Code: 451, Enhanced: smtpreply.CodeNoAnswer, Text: "no host of the destination could be reached", Local: true}
 	}
-	return nil
+	// No transaction reached them: never a bounce, never a prompt retry,
+	// only a deferral.
+	d := retry.Unreached(last.reply)
+	for _, i := range pending {
+		t.deferDest(i, d, last.reply, last.host, dest)
+	}
+	w.pool.noteWaiting(dest)
+	return w.commit(ctx, t)
 }
 
 // dialReply returns the reply that ended a Dial and the stage it came at.
