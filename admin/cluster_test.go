@@ -30,7 +30,7 @@ func (f *fakeCluster) set(st ClusterStatus) {
 // destination and node.
 func TestClusterStateShowsInReadyzMetricsAndStatus(t *testing.T) {
 	cl := &fakeCluster{st: ClusterStatus{State: ClusterOK, Node: "n1",
-		Nodes: []ClusterNode{{Name: "n1", LastSeen: time.Now()}, {Name: "n2", LastSeen: time.Now()}},
+		Nodes:        []ClusterNode{{Name: "n1", LastSeen: time.Now()}, {Name: "n2", LastSeen: time.Now()}},
 		Destinations: []ClusterDestination{{Name: "mx:dest.invalid", LearnedCap: 6, Leases: map[string]int{"n1": 4, "n2": 2}}},
 	}}
 	f := newFixture(t, func(o *Options) { o.Cluster = cl })
