@@ -161,11 +161,19 @@ type Client struct {
 		sync.Mutex
 		seq      uint64
 		degraded bool
-		episodes uint64                         // times degraded was entered
-		leases   map[string]map[*Lease]struct{} // by destination
-		local    local
-		caps     map[string]capEntry
-		closed   bool
+		episodes uint64 // times degraded was entered
+		// The switches between shared and fallback limits take
+		// fallbackGrace to reach every node: until graceUntil a degraded
+		// node opens no more than graceHeld (held when the episode
+		// began), until rejoinUntil a recovered one no more than its
+		// fallback share.
+		graceUntil  time.Time
+		graceHeld   map[string]int
+		rejoinUntil time.Time
+		leases      map[string]map[*Lease]struct{} // by destination
+		local       local
+		caps        map[string]capEntry
+		closed      bool
 	}
 }
 
@@ -315,6 +323,11 @@ func (c *Client) enterDegraded(err error) {
 	c.mu.degraded = true
 	if !was {
 		c.mu.episodes++
+		c.mu.graceUntil = c.graceEnd()
+		c.mu.graceHeld = make(map[string]int, len(c.mu.leases))
+		for dest, set := range c.mu.leases {
+			c.mu.graceHeld[dest] = len(set)
+		}
 	}
 	for _, set := range c.mu.leases {
 		for l := range set {
@@ -326,6 +339,42 @@ func (c *Client) enterDegraded(err error) {
 		c.opt.Log.Warn().Err(err).Str("node", c.opt.Node).Int("expected_nodes", c.opt.ExpectedNodes).
 			Msg("cluster: Redis unreachable; each destination's cap and rate are divided by expected_nodes on this node until it answers")
 	}
+}
+
+// fallbackGrace is how long the switches between shared and fallback
+// limits take to reach every node. With ExpectedNodes above 1 (other
+// nodes are expected, whether this one has seen them yet or not):
+//
+//   - A node that lost Redis opens no more connections than it held when
+//     it lost it. The others may still hold connections Redis granted
+//     them beyond their fallback share: each notices at its next renewal
+//     (every LeaseTTL/3, looked at every CapRefresh, failing within
+//     BackgroundTimeout) and then closes what is beyond its share as soon
+//     as the message in flight on it ends (allowed one more
+//     BackgroundTimeout). Taking its whole share at once, the first node
+//     to notice would push the destination over its cap.
+//   - A node that finds Redis again keeps to its fallback share: the
+//     others may still be degraded, holding leases a restarted Redis does
+//     not count until their own probe (every CapRefresh) registers them,
+//     or their renewal if they never noticed a short outage. Counting
+//     only its own, the first node back would be granted the whole cap.
+//
+// A node started while Redis is down has held nothing yet: it opens no
+// connection for the grace, as the others may hold the whole cap.
+func (c *Client) fallbackGrace() time.Duration {
+	if c.opt.ExpectedNodes <= 1 {
+		return 0
+	}
+	return c.opt.LeaseTTL/3 + c.opt.CapRefresh + 2*c.opt.BackgroundTimeout
+}
+
+// graceEnd is when a switch made now has reached every node; zero
+// without a grace.
+func (c *Client) graceEnd() time.Time {
+	if g := c.fallbackGrace(); g > 0 {
+		return c.opt.Now().Add(g)
+	}
+	return time.Time{}
 }
 
 // loop runs the periodic work until halt: every CapRefresh it refreshes

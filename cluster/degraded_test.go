@@ -11,19 +11,21 @@ import (
 )
 
 // Redis killed: every node turns degraded on its own (no call needed),
-// logs it once, and keeps to cap/expected_nodes counting the leases it
-// already holds. Redis back (empty): the nodes register the leases they
+// logs it once, opens nothing beyond what it holds for the fallback's
+// grace (the others may still hold more than their share), and then keeps
+// to cap/expected_nodes counting the leases it already holds. Redis back (empty): the nodes register the leases they
 // hold and share again, and no new lease is granted while the total is at
 // the cap.
 func TestRedisDownFallbackAndRecovery(t *testing.T) {
 	srv := redistest.Start(t)
 	var logs syncBuffer
-	nodes := newNodes(t, srv, 3, Options{ExpectedNodes: 3, CapRefresh: 50 * time.Millisecond}, &logs)
+	clock := newFakeClock()
+	nodes := newNodes(t, srv, 3, Options{ExpectedNodes: 3, CapRefresh: 50 * time.Millisecond, Now: clock.Now}, &logs)
 	ctx := context.Background()
 	const dest, cap = "mx:exchange.example", 9 // fallback: 3 per node
 	held := make([][]*Lease, len(nodes))
-	for i, n := range nodes {
-		for range 2 {
+	for range 2 {
+		for i, n := range nodes {
 			l, err := n.Acquire(ctx, dest, cap)
 			if err != nil {
 				t.Fatal(err)
@@ -43,6 +45,12 @@ func TestRedisDownFallbackAndRecovery(t *testing.T) {
 	for _, n := range nodes {
 		waitFor(t, n.opt.Node+" degraded after Redis died", 5*time.Second, n.Degraded)
 	}
+	for _, n := range nodes {
+		if more := acquireAll(t, n, dest, cap, 10); len(more) != 0 {
+			t.Errorf("%s degraded, holding 2, others holding theirs: got %d more leases in the fallback's grace, want none", n.opt.Node, len(more))
+		}
+	}
+	clock.Add(nodes[0].fallbackGrace())
 	for i, n := range nodes {
 		more := acquireAll(t, n, dest, cap, 10)
 		if len(more) != 1 {
@@ -69,6 +77,10 @@ func TestRedisDownFallbackAndRecovery(t *testing.T) {
 		t.Fatalf("Acquire at 9 of 9 after recovery = %v, want ErrAtCap", err)
 	}
 	nodes[1].Release(ctx, held[1][0])
+	if _, err := nodes[0].Acquire(ctx, dest, cap); err != ErrAtCap {
+		t.Errorf("Acquire beyond n0's share of 3 right after recovery = %v, want ErrAtCap (others may still be degraded)", err)
+	}
+	clock.Add(nodes[0].fallbackGrace())
 	if _, err := nodes[0].Acquire(ctx, dest, cap); err != nil {
 		t.Errorf("Acquire after another node's Release = %v, want a lease", err)
 	}
@@ -87,7 +99,8 @@ func TestRedisDownFallbackAndRecovery(t *testing.T) {
 // gets a lease from the fallback.
 func TestHungRedisTimesOutToFallback(t *testing.T) {
 	srv := redistest.Start(t)
-	nodes := newNodes(t, srv, 1, Options{ExpectedNodes: 2, CapRefresh: 50 * time.Millisecond, Timeout: DefaultTimeout})
+	// One expected node: no grace (TestFallbackWaitsForTheOthersToShed).
+	nodes := newNodes(t, srv, 1, Options{ExpectedNodes: 1, CapRefresh: 50 * time.Millisecond, Timeout: DefaultTimeout})
 	n := nodes[0]
 	srv.Pause()
 	start := time.Now()
@@ -103,12 +116,13 @@ func TestHungRedisTimesOutToFallback(t *testing.T) {
 	waitFor(t, "shared again after Redis resumed", 5*time.Second, func() bool { return !n.Degraded() })
 }
 
-// A client started while Redis is down works degraded from the start and
-// shares once Redis is up.
+// A client started while Redis is down works degraded from the start
+// (after the fallback's grace) and shares once Redis is up.
 func TestStartWithRedisDown(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Kill()
-	c, err := New(context.Background(), Options{URL: srv.URL(), Node: "late", ExpectedNodes: 2, CapRefresh: 50 * time.Millisecond})
+	clock := newFakeClock()
+	c, err := New(context.Background(), Options{URL: srv.URL(), Node: "late", ExpectedNodes: 2, CapRefresh: 50 * time.Millisecond, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +130,10 @@ func TestStartWithRedisDown(t *testing.T) {
 	if !c.Degraded() {
 		t.Fatal("not degraded with Redis down")
 	}
+	if got := len(acquireAll(t, c, "d", 4, 10)); got != 0 {
+		t.Errorf("started with Redis down: %d leases at once, want none for the grace (the other node may hold the whole cap)", got)
+	}
+	clock.Add(c.fallbackGrace())
 	if got := len(acquireAll(t, c, "d", 4, 10)); got != 2 {
 		t.Errorf("degraded with expected_nodes 2: %d leases of cap 4, want 2", got)
 	}
@@ -158,7 +176,8 @@ func TestCooldownsShared(t *testing.T) {
 // lower cap was learned before Redis went away.
 func TestFallbackUsesLearnedCap(t *testing.T) {
 	srv := redistest.Start(t)
-	nodes := newNodes(t, srv, 2, Options{ExpectedNodes: 3, CapRefresh: 50 * time.Millisecond})
+	clock := newFakeClock()
+	nodes := newNodes(t, srv, 2, Options{ExpectedNodes: 3, CapRefresh: 50 * time.Millisecond, Now: clock.Now})
 	ctx := context.Background()
 	nodes[0].PublishCap(ctx, "d", 6)
 	if got := nodes[1].LearnedCap(ctx, "d"); got != 6 {
@@ -166,6 +185,7 @@ func TestFallbackUsesLearnedCap(t *testing.T) {
 	}
 	srv.Kill()
 	waitFor(t, "degraded", 5*time.Second, nodes[1].Degraded)
+	clock.Add(nodes[1].fallbackGrace()) // n0 was seen: n1's fallback starts with a grace
 	if got := len(acquireAll(t, nodes[1], "d", 20, 30)); got != 2 {
 		t.Errorf("degraded with a learned cap of 6 over 3 nodes: %d leases, want 2", got)
 	}
@@ -245,5 +265,36 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 		if len(v.Leases) != 0 {
 			t.Errorf("leases left in Redis after every Release: %v", v.Leases)
 		}
+	}
+}
+
+// The first node to lose Redis does not take its whole fallback share
+// while the others still hold the connections Redis granted them: a node
+// holding 1 of a cap of 9 (the others 4 each) opens none more for the
+// grace, then up to its share of 3.
+func TestFallbackWaitsForTheOthersToShed(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := newFakeClock()
+	nodes := newNodes(t, srv, 3, Options{ExpectedNodes: 3, CapRefresh: 50 * time.Millisecond, Now: clock.Now})
+	const dest, cap = "mx:exchange.example", 9
+	for i, want := range []int{1, 4, 4} {
+		for range want {
+			if _, err := nodes[i].Acquire(context.Background(), dest, cap); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	srv.Kill()
+	waitFor(t, "n0 degraded", 5*time.Second, nodes[0].Degraded)
+	if got := acquireAll(t, nodes[0], dest, cap, 10); len(got) != 0 {
+		t.Errorf("n0 holding 1 took %d more at once while n1 and n2 hold 8 of 9: the destination would see %d", len(got), 9+len(got))
+	}
+	clock.Add(nodes[0].fallbackGrace() - time.Millisecond)
+	if got := acquireAll(t, nodes[0], dest, cap, 10); len(got) != 0 {
+		t.Errorf("n0 took %d more before its grace ended", len(got))
+	}
+	clock.Add(time.Millisecond)
+	if got := acquireAll(t, nodes[0], dest, cap, 10); len(got) != 2 {
+		t.Errorf("after the grace n0 took %d more, want 2 (its share of 3)", len(got))
 	}
 }

@@ -54,6 +54,15 @@
 //     expected_nodes), paces messages at rate/expected_nodes, and keeps its
 //     own cool-downs. With expected_nodes at least the number of nodes and
 //     all of them degraded, their total stays within the cap.
+//   - The switches take fallbackGrace (LeaseTTL/3 + CapRefresh + 2 ×
+//     BackgroundTimeout; none with expected_nodes 1) to reach every node,
+//     and meanwhile the nodes are in both modes at once. For that long a
+//     node that lost Redis opens no more connections than it held when it
+//     lost it (the others may still hold what Redis granted them), and one
+//     that found Redis again no more than its fallback share (the others
+//     may still hold fallback leases that a restarted Redis does not
+//     count). Without it, the first node to switch was granted its whole
+//     share or the whole cap, on top of the others'.
 //   - Back to shared: the loop pings Redis every CapRefresh; when it
 //     answers, every lease the node holds is written into Redis again,
 //     whatever the count (a connection that exists is counted, even above

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -29,8 +30,11 @@ func (c *Client) Acquire(ctx context.Context, dest string, cap int) (*Lease, err
 		return nil, err
 	}
 	cap = max(cap, 1) // a destination with no connection at all would never drain
-	l := c.newLease(dest)
 	now := c.opt.Now()
+	if c.rejoining(now, dest, cap) {
+		return nil, ErrAtCap
+	}
+	l := c.newLease(dest)
 	granted := false
 	err := c.do(ctx, func(ctx context.Context) error {
 		res, err := acquireScript.Run(ctx, c.rdb, []string{c.keys.leases(dest), c.keys.cap(dest)},
@@ -56,11 +60,23 @@ func (c *Client) Acquire(ctx context.Context, dest string, cap int) (*Lease, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.mu.leases[dest]) >= c.fallbackCapLocked(dest, cap) {
+	limit := c.fallbackCapLocked(dest, cap)
+	if now.Before(c.mu.graceUntil) {
+		limit = min(limit, c.mu.graceHeld[dest]) // fallbackGrace: the others may not have noticed yet
+	}
+	if len(c.mu.leases[dest]) >= limit {
 		return nil, ErrAtCap
 	}
 	c.addLocked(l)
 	return l, nil
+}
+
+// rejoining reports whether this node came back from an episode less than
+// fallbackGrace ago and already holds its fallback share of dest.
+func (c *Client) rejoining(now time.Time, dest string, cap int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.mu.degraded && now.Before(c.mu.rejoinUntil) && len(c.mu.leases[dest]) >= c.fallbackCapLocked(dest, cap)
 }
 
 // Share is how many connections to dest this node may hold now under
@@ -260,6 +276,7 @@ func (c *Client) recover(ctx context.Context) {
 		missing := c.heldLocked(true)
 		if len(missing) == 0 {
 			c.mu.degraded = false
+			c.mu.rejoinUntil = c.graceEnd()
 			c.mu.Unlock()
 			c.opt.Log.Info().Str("node", c.opt.Node).Msg("cluster: Redis answers again; destination limits are shared again")
 			_ = c.doBG(ctx, c.heartbeat)

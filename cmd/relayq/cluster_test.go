@@ -209,6 +209,18 @@ func logClusterEvents(t *testing.T, nodes []*clusterNode) {
 	}
 }
 
+// logDestinations logs each node's view of its destinations (cap, open
+// connections, waiting mail): what a wait for leases needs explained.
+func logDestinations(t *testing.T, nodes []*clusterNode) {
+	for _, nd := range nodes {
+		var st admin.Status
+		api(t, nd.admin, "/api/status", &st)
+		for _, d := range st.Destinations {
+			t.Logf("%s: %+v", nd.name, d)
+		}
+	}
+}
+
 // unexpectedEpisodes sums the times the nodes lost Redis beyond expected
 // (per node): on a loaded machine a call can miss its 50 ms. A node that
 // falls back while the others share may hold its fallback share on top of
@@ -378,10 +390,16 @@ func TestClusterRidesOutRedisAndANodeDying(t *testing.T) {
 	t.Logf("n2 held %d leases; gone %s after SIGKILL (lease TTL %s)", before["n2"], time.Since(killed).Round(10*time.Millisecond), clusterLeaseTTL)
 	// 30 s: on a loaded machine a node may lose Redis for a moment (a call
 	// over 50 ms) and hold only its fallback share meanwhile.
-	waitFor(t, 30*time.Second, func() bool {
+	took := false
+	for deadline := time.Now().Add(30 * time.Second); !took && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		ls := nodes[0].leases(t)
-		return ls["n0"]+ls["n1"] > before["n0"]+before["n1"]
-	}, "n0 and n1 taking n2's share")
+		took = ls["n0"]+ls["n1"] > before["n0"]+before["n1"]
+	}
+	if !took {
+		logDestinations(t, nodes[:2])
+		logClusterEvents(t, nodes[:2])
+		t.Fatalf("n0 and n1 did not take n2's share within 30 s: before %v, now %v", before, nodes[0].leases(t))
+	}
 
 	// n2 comes back for its queued mail; the senders stop; all arrives.
 	delay.Store(int64(clusterSinkDelay))
