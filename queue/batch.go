@@ -62,12 +62,7 @@ func (b *writeBatch) schedule(due time.Time, id ID) error {
 func (s *Store) apply(b *writeBatch, opts *pebble.WriteOptions) error {
 	s.scan.mu.RLock()
 	defer s.scan.mu.RUnlock()
-	for {
-		cur := s.scan.minDue.Load()
-		if b.minDue >= cur || s.scan.minDue.CompareAndSwap(cur, b.minDue) {
-			break
-		}
-	}
+	s.scan.noteLocked(b.minDue)
 	if err := b.Commit(opts); err != nil {
 		return err
 	}
@@ -88,6 +83,24 @@ type scanHint struct {
 	minDue atomic.Int64 // earliest due written since the last begin (Unix ns)
 	from   []byte       // first live key the last scan met; nil = start of the index
 	fromMu sync.Mutex
+}
+
+// note records that an entry due at due (Unix ns) is to be seen by the
+// next scan.
+func (h *scanHint) note(due int64) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	h.noteLocked(due)
+}
+
+// noteLocked is note for a caller holding h.mu's shared side.
+func (h *scanHint) noteLocked(due int64) {
+	for {
+		cur := h.minDue.Load()
+		if due >= cur || h.minDue.CompareAndSwap(cur, due) {
+			return
+		}
+	}
 }
 
 // take takes the notes (the earliest due written since, MaxInt64 if none)

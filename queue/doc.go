@@ -115,7 +115,8 @@
 //     only for Message.WaitsFor.
 //   - DueAfter scans from a cursor; an entry committed since with an
 //     earlier due time is still found (the scan starts at the earliest
-//     noted write, as Due's does).
+//     noted write, as Due's does), and so is one Recheck found still in
+//     place (a scan passed over it while its message was in flight).
 //   - A storage error Pebble cannot go on from (a failed write or sync of
 //     its WAL or MANIFEST) ends the process (fatal.go): one log line at
 //     fatal level, then Options.Exit(1). The commit that failed never

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -17,16 +18,24 @@ type Cursor struct{ key []byte }
 // IsZero reports whether c is the start of the schedule.
 func (c Cursor) IsZero() bool { return c.key == nil }
 
+// Entry is a message's schedule entry: its ID and when it is due.
+type Entry struct {
+	ID  ID
+	Due time.Time
+}
+
 // DueAfter is Due from c on: the due messages whose schedule entry comes
 // after c (all of them for the zero Cursor), and the cursor after the last
 // one returned (c itself if none). A scheduler that keeps many messages in
 // memory (and so skips them) walks them once, not at every call. An entry
 // written since the last scan with an earlier due time than c's (a Put
 // whose commit came after a later one's) is still found: the scan starts
-// at the earliest such entry, as Due's does. What a cursor cannot see is a
-// message left as it was before c (an attempt that wrote nothing): a scan
-// from the zero Cursor now and then finds it.
-func (s *Store) DueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool) (ids []ID, next time.Time, cur Cursor, err error) {
+// at the earliest such entry, as Due's does. What a cursor cannot see by
+// itself is an entry it passed over (skipped: its message was in flight)
+// that is still in place when the attempt ends without writing it (a
+// commit that failed, a delivery cut short): Recheck shows it to the next
+// scan.
+func (s *Store) DueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool) (es []Entry, next time.Time, cur Cursor, err error) {
 	var (
 		it    *pebble.Iterator
 		start []byte
@@ -40,7 +49,7 @@ func (s *Store) DueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool)
 		return nil, time.Time{}, c, fmt.Errorf("queue: due: %w", err)
 	}
 	defer it.Close()
-	ids, next, last, firstLive, err := dueScan(it, start, now, limit, skip)
+	es, next, last, firstLive, err := dueScan(it, start, now, limit, skip)
 	if c.IsZero() {
 		// Only a scan from the start knows where the first live entry is.
 		s.scan.end(firstLive)
@@ -48,13 +57,31 @@ func (s *Store) DueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool)
 	if last != nil {
 		c = Cursor{key: last}
 	}
-	return ids, next, c, err
+	return es, next, c, err
+}
+
+// Recheck makes the next scan (Due, DueAfter from any cursor) start no
+// later than e when e is still in the schedule: a scheduler calls it for
+// a message it had in flight, so passed over, whose attempt ended without
+// writing it. An entry that was moved or deleted is not looked for (its
+// new one, if any, was noted when it was written).
+func (s *Store) Recheck(e Entry) error {
+	_, closer, err := s.db.Get(scheduleKey(e.Due, e.ID))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("queue: recheck: %w", err)
+	}
+	closer.Close()
+	s.scan.note(e.Due.UnixNano())
+	return nil
 }
 
 // dueScan walks the schedule from start (see Due). last is the key of the
 // last entry returned, nil if none; firstLive the first key met
 // (prefixEnd of the schedule if none).
-func dueScan(it *pebble.Iterator, start []byte, now time.Time, limit int, skip func(ID) bool) (ids []ID, next time.Time, last, firstLive []byte, err error) {
+func dueScan(it *pebble.Iterator, start []byte, now time.Time, limit int, skip func(ID) bool) (es []Entry, next time.Time, last, firstLive []byte, err error) {
 	firstLive = prefixEnd(prefixSchedule) // if the scan meets nothing
 	for ok, first := it.SeekGE(start), true; ok; ok, first = it.Next(), false {
 		if first {
@@ -62,21 +89,21 @@ func dueScan(it *pebble.Iterator, start []byte, now time.Time, limit int, skip f
 		}
 		due, id, err := parseScheduleKey(it.Key())
 		if err != nil {
-			return ids, next, last, firstLive, err
+			return es, next, last, firstLive, err
 		}
 		if skip != nil && skip(id) {
 			continue
 		}
 		if due.After(now) {
-			return ids, due, last, firstLive, it.Error()
+			return es, due, last, firstLive, it.Error()
 		}
-		if len(ids) == limit {
-			return ids, now, last, firstLive, it.Error()
+		if len(es) == limit {
+			return es, now, last, firstLive, it.Error()
 		}
-		ids = append(ids, id)
+		es = append(es, Entry{ID: id, Due: due})
 		last = append(last[:0], it.Key()...)
 	}
-	return ids, time.Time{}, last, firstLive, it.Error()
+	return es, time.Time{}, last, firstLive, it.Error()
 }
 
 // beginAfter is begin for a scan from after: it takes the notes and opens

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -28,17 +29,17 @@ func TestDueAfterResumesAtItsCursorAndSeesLateCommits(t *testing.T) {
 	a, b, c := put(base), put(base.Add(time.Second)), put(base.Add(2*time.Second))
 	now := base.Add(time.Minute)
 	ids, _, cur, err := s.DueAfter(now, Cursor{}, 2, nil)
-	if err != nil || len(ids) != 2 || ids[0] != a || ids[1] != b {
+	if err != nil || len(ids) != 2 || ids[0].ID != a || ids[1].ID != b {
 		t.Fatalf("first scan: %v, %v; want [%s %s]", ids, err, a, b)
 	}
 	ids, _, cur, err = s.DueAfter(now, cur, 10, nil)
-	if err != nil || len(ids) != 1 || ids[0] != c {
+	if err != nil || len(ids) != 1 || ids[0].ID != c {
 		t.Fatalf("from the cursor: %v, %v; want [%s]", ids, err, c)
 	}
 	// Committed now, due before the cursor.
 	late := put(base.Add(-time.Second))
 	ids, _, cur, err = s.DueAfter(now, cur, 10, func(id ID) bool { return id == a || id == b || id == c })
-	if err != nil || len(ids) != 1 || ids[0] != late {
+	if err != nil || len(ids) != 1 || ids[0].ID != late || !ids[0].Due.Equal(base.Add(-time.Second)) {
 		t.Fatalf("after a late commit: %v, %v; want [%s]", ids, err, late)
 	}
 	// A cursor scan that passes over a new entry (skip) took its note;
@@ -47,7 +48,66 @@ func TestDueAfterResumesAtItsCursorAndSeesLateCommits(t *testing.T) {
 	if ids, _, _, err = s.DueAfter(now, cur, 10, func(ID) bool { return true }); err != nil || len(ids) != 0 {
 		t.Fatalf("cursor scan skipping the new entry: %v, %v", ids, err)
 	}
-	if ids, _, err = s.Due(now, 10, nil); err != nil || len(ids) != 5 || ids[0] != later {
-		t.Fatalf("full scan: %v, %v; want all 5, %s first", ids, err, later)
+	if all, _, err := s.Due(now, 10, nil); err != nil || len(all) != 5 || all[0] != later {
+		t.Fatalf("full scan: %v, %v; want all 5, %s first", all, err, later)
+	}
+}
+
+// TestRecheckShowsAnEntryPassedOver: a scan from a cursor passes over an
+// entry before it (its message was in flight); the attempt writes
+// nothing, so the next scan from the cursor does not see it, unless
+// Recheck says it is still there. An entry rewritten since (rescheduled)
+// is not brought back by a Recheck of its old place.
+func TestRecheckShowsAnEntryPassedOver(t *testing.T) {
+	ctx := context.Background()
+	clock := time.Date(2026, 1, 1, 0, 0, 20, 0, time.UTC)
+	s := openTest(t, Options{Now: func() time.Time { return clock }})
+	var ids []ID
+	for range 3 {
+		clock = clock.Add(time.Second)
+		id := s.NewID()
+		if err := s.Put(ctx, id, envelope("a@x.invalid", "b@y.invalid"), strings.NewReader("hi")); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	now := clock.Add(time.Minute)
+	inFlight := func(id ID) bool { return id == ids[0] }
+	es, _, cur, err := s.DueAfter(now, Cursor{}, 10, inFlight)
+	if err != nil || len(es) != 2 {
+		t.Fatalf("first scan: %v, %v; want the 2 not in flight", es, err)
+	}
+	first, _, _, err := s.DueAfter(now, Cursor{}, 1, nil)
+	if err != nil || len(first) != 1 || first[0].ID != ids[0] {
+		t.Fatalf("entry of the message in flight: %v, %v", first, err)
+	}
+	if again, _, _, _ := s.DueAfter(now, cur, 10, nil); len(again) != 0 {
+		t.Fatalf("from the cursor without a recheck: %v; want nothing (the test proves nothing otherwise)", again)
+	}
+	if err := s.Recheck(first[0]); err != nil {
+		t.Fatal(err)
+	}
+	again, _, cur, err := s.DueAfter(now, cur, 10, func(id ID) bool { return id != ids[0] })
+	if err != nil || len(again) != 1 || again[0].ID != ids[0] {
+		t.Fatalf("from the cursor after Recheck: %v, %v; want [%s]", again, err, ids[0])
+	}
+
+	// Rescheduled since: its old entry is gone, Recheck notes nothing.
+	m, err := s.Get(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.NextAttempt = now.Add(time.Hour)
+	if err := s.Update(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := s.DueAfter(now, cur, 10, nil); err != nil { // takes the Update's note
+		t.Fatal(err)
+	}
+	if err := s.Recheck(first[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.scan.minDue.Load(); got != math.MaxInt64 {
+		t.Errorf("Recheck of a moved entry noted %v", time.Unix(0, got))
 	}
 }

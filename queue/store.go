@@ -569,7 +569,10 @@ func (r *bodyReader) Close() error {
 // walks the tombstones that delivered messages leave at the front of the
 // index, which would make every call cost as much as the history.
 func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, next time.Time, err error) {
-	ids, next, _, err = s.DueAfter(now, Cursor{}, limit, skip)
+	es, next, _, err := s.DueAfter(now, Cursor{}, limit, skip)
+	for _, e := range es {
+		ids = append(ids, e.ID)
+	}
 	return ids, next, err
 }
 

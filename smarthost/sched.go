@@ -62,7 +62,10 @@ type line struct {
 
 // job is a message waiting in (or taken from) a line.
 type job struct {
-	id   queue.ID
+	id queue.ID
+	// due is the message's schedule entry as the scan found it (zero for
+	// a job made otherwise): Worker.recheck looks for it after an attempt.
+	due  time.Time
 	busy int // 421 4.3.2s it met in a row (maxBusyRetries)
 	// m, when set, is the message as read by the routing that put the job
 	// in its destination's line, with nothing committed since, and changes
@@ -97,13 +100,13 @@ func (s *sched) knows(id queue.ID) bool {
 }
 
 // add puts due messages in the routing line.
-func (s *sched) add(ids []queue.ID) {
+func (s *sched) add(es []queue.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, id := range ids {
-		if !s.mu.known[id] {
-			s.mu.known[id] = true
-			s.pushLocked("", &job{id: id}, false)
+	for _, e := range es {
+		if !s.mu.known[e.ID] {
+			s.mu.known[e.ID] = true
+			s.pushLocked("", &job{id: e.ID, due: e.Due}, false)
 		}
 	}
 }

@@ -20,11 +20,15 @@ import (
 
 // Queue is what the worker needs of the store; *queue.Store is one.
 type Queue interface {
-	// DueAfter returns up to limit due IDs not skipped whose schedule
-	// entry comes after the cursor (all for the zero Cursor), when the
-	// next non-skipped one is due (zero if none), and the cursor after
-	// the last one returned.
-	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.ID, time.Time, queue.Cursor, error)
+	// DueAfter returns up to limit due schedule entries not skipped that
+	// come after the cursor (all for the zero Cursor), when the next
+	// non-skipped one is due (zero if none), and the cursor after the
+	// last one returned.
+	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.Entry, time.Time, queue.Cursor, error)
+	// Recheck shows the next scan an entry a scan passed over (its
+	// message was in flight) if it is still in place: the attempt ended
+	// without writing it.
+	Recheck(e queue.Entry) error
 	// Get returns the stored message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
 	// Changes counts the changes of operator state (hold, release of a
@@ -179,11 +183,14 @@ const runnerIdle = 10 * time.Second
 const doneRecheck = 100 * time.Millisecond
 
 // fullScanEvery is how often the schedule is scanned from its start
-// rather than from where the last scan stopped (queue.Cursor): that finds
-// the rare message rescheduled to before the cursor (a commit that
-// failed, an attempt cut short) without walking every message in memory
-// at every scan.
-const fullScanEvery = time.Second
+// rather than from where the last scan stopped (queue.Cursor). Such a scan
+// walks every message held in the lines (up to maxKnown), which a scan
+// from the cursor passes only once; an entry left before the cursor by an
+// attempt that wrote nothing is shown to the next scan by recheck, so this
+// is only the net under a recheck that failed. At once a second, the
+// walk took 40 % of the worker's CPU with 100,000 messages in the lines
+// (docs/performance.md).
+const fullScanEvery = time.Minute
 
 // task is a job handed to a runner, and the line it was taken from.
 type task struct {
@@ -220,7 +227,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		idle := time.NewTimer(runnerIdle)
 		defer idle.Stop()
 		for {
-			w.sched.finish(tk.from, tk.j, w.attempt(attemptCtx, tk.j, tk.from))
+			requeued := w.attempt(attemptCtx, tk.j, tk.from)
+			w.sched.finish(tk.from, tk.j, requeued)
+			if !requeued {
+				w.recheck(tk.j)
+			}
 			select {
 			case done <- struct{}{}:
 			default:
@@ -324,14 +335,14 @@ func (w *Worker) scan(st *scanState) {
 	}
 	limit := min(w.sched.room(), scanBatch)
 	var (
-		ids []queue.ID
+		es  []queue.Entry
 		err error
 	)
 	if limit > 0 {
-		ids, st.next, st.cursor, err = w.Queue.DueAfter(w.Now(), st.cursor, limit, w.sched.knows)
-		w.sched.add(ids)
+		es, st.next, st.cursor, err = w.Queue.DueAfter(w.Now(), st.cursor, limit, w.sched.knows)
+		w.sched.add(es)
 	}
-	st.more, st.recheckAt = len(ids) == limit, time.Time{}
+	st.more, st.recheckAt = len(es) == limit, time.Time{}
 	if err != nil {
 		w.Log.Error().Err(err).Msg("reading the schedule")
 		st.next, st.more = w.Now().Add(time.Second), false
@@ -540,6 +551,7 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 	}
 	if err != nil {
 		w.Log.Error().Err(err).Str("id", string(j.id)).Msg("reading a queued message")
+		j.due = time.Time{} // no recheck: a record that cannot be read waits for the next full scan, not 100 ms
 		return false
 	}
 	if m.Held {
@@ -573,7 +585,7 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 		w.pacer.configure(dest, g.route.Rate)
 		held := dest == from
 		if !held && !w.sched.enter(dest, w.gate) {
-			next := &job{id: j.id}
+			next := &job{id: j.id, due: j.due}
 			if asRead {
 				next.m, next.changes = m, changes
 			}
@@ -594,6 +606,19 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 		}
 	}
 	return false
+}
+
+// recheck makes the next scan see j's schedule entry again if the attempt
+// that just ended left it in place (nothing committed: a failed commit, a
+// delivery cut short): the scan passed over it while j was in flight, and
+// from its cursor it would not come back to it.
+func (w *Worker) recheck(j *job) {
+	if j.due.IsZero() {
+		return
+	}
+	if err := w.Queue.Recheck(queue.Entry{ID: j.id, Due: j.due}); err != nil {
+		w.Log.Error().Err(err).Str("id", string(j.id)).Msg("rechecking a schedule entry; the next full scan finds it")
+	}
 }
 
 // read returns the message of j and the queue's Changes from before it

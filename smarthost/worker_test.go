@@ -547,7 +547,10 @@ func TestInstantAttemptsNeverExceedMaxConnsAndStop(t *testing.T) {
 
 // An attempt whose commit failed leaves its message due, and nothing
 // wakes the scheduler for it: the loop must look again by itself
-// (doneRecheck), not wait for the next message or its timer.
+// (doneRecheck), not wait for the next message or its timer, and the
+// scan from its cursor must see the entry it passed over while the
+// message was in flight (Worker.recheck), not wait for the scan from the
+// start (fullScanEvery, a minute: beyond waitGone's 10 s).
 func TestAttemptWhoseCommitFailedIsTriedAgain(t *testing.T) {
 	var failed atomic.Bool
 	h := newHarness(t, sink.Options{}, func(w *Worker) {
