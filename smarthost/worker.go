@@ -210,52 +210,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelAttempts()
 
-	var (
-		// done wakes the loop when an attempt ends. It is a signal, not a
-		// count, so a send that finds one pending is dropped.
-		done = make(chan struct{}, 1)
-		wg   sync.WaitGroup
-	)
-	// Attempts run on runners: goroutines that, done with one, wait a
-	// while for the next. A new goroutine per attempt would grow its stack
-	// anew in every Pebble read (a tenth of the worker's CPU went there).
-	// There are never more runners than attempts in flight at a time.
-	tasks := make(chan task) // unbuffered: a send succeeds only into an idle runner
-	stop := make(chan struct{})
-	runner := func(tk task) {
-		defer wg.Done()
-		idle := time.NewTimer(runnerIdle)
-		defer idle.Stop()
-		for {
-			requeued := w.attempt(attemptCtx, tk.j, tk.from)
-			w.sched.finish(tk.from, tk.j, requeued)
-			if !requeued {
-				w.recheck(tk.j)
-			}
-			select {
-			case done <- struct{}{}:
-			default:
-			}
-			// The slot just freed is most likely its own line's: take the
-			// next job at once rather than through the loop, which may be
-			// busy scanning the schedule.
-			if j, from := w.sched.next(w.gate); j != nil && ctx.Err() == nil {
-				tk = task{j: j, from: from}
-				continue
-			} else if j != nil { // shutting down: back where it was
-				w.sched.requeue(from, j, true)
-				w.sched.finish(from, j, true)
-			}
-			idle.Reset(runnerIdle)
-			select {
-			case tk = <-tasks:
-			case <-idle.C:
-				return
-			case <-stop:
-				return
-			}
-		}
-	}
+	r := &runners{w: w, ctx: ctx, attemptCtx: attemptCtx,
+		tasks: make(chan task), stop: make(chan struct{}), done: make(chan struct{}, 1)}
 	reap := time.NewTicker(max(w.IdleTimeout/2, 100*time.Millisecond))
 	defer reap.Stop()
 	timer := time.NewTimer(0)
@@ -276,14 +232,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.scan(&st)
 			scan = false
 		}
-		w.dispatch(tasks, func(tk task) { wg.Add(1); go runner(tk) })
+		w.dispatch(r.tasks, r.start)
 		timer.Reset(st.wait(w.Now()))
 		paced.Reset(w.sched.pacedWait(w.Now()))
 		select {
 		case <-ctx.Done():
 		case <-w.Queue.Wake():
 			scan = true
-		case <-done:
+		case <-r.done:
 			st.behind = true
 			if st.more {
 				scan = true
@@ -300,20 +256,85 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 
-	close(stop)
-	finished := make(chan struct{})
-	go func() { wg.Wait(); close(finished) }()
-	select {
-	case <-finished:
-	case <-time.After(w.Grace):
-		w.Log.Warn().Dur("grace", w.Grace).Msg("deliveries still running at shutdown; interrupting them")
-		cancelAttempts()
-		<-finished
-	}
-	cancelAttempts() // and the releases of mail for destinations back
+	r.end(cancelAttempts)
 	w.releases.Wait()
 	w.pool.closeIdle()
 	return nil
+}
+
+// runners run the attempts: goroutines that, done with one, wait a while
+// for the next. A new goroutine per attempt would grow its stack anew in
+// every Pebble read (a tenth of the worker's CPU went there). There are
+// never more runners than attempts in flight at a time.
+type runners struct {
+	w          *Worker
+	ctx        context.Context // Run's: once it is done, no job is taken
+	attemptCtx context.Context // cancelled when the grace at shutdown is over
+	tasks      chan task       // unbuffered: a send succeeds only into an idle runner
+	stop       chan struct{}
+	// done wakes Run's loop when an attempt ends. It is a signal, not a
+	// count, so a send that finds one pending is dropped.
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func (r *runners) start(tk task) {
+	r.wg.Add(1)
+	go r.run(tk)
+}
+
+func (r *runners) run(tk task) {
+	defer r.wg.Done()
+	w := r.w
+	idle := time.NewTimer(runnerIdle)
+	defer idle.Stop()
+	for {
+		requeued := w.attempt(r.attemptCtx, tk.j, tk.from)
+		w.sched.finish(tk.from, tk.j, requeued)
+		if !requeued {
+			w.recheck(tk.j)
+		}
+		select {
+		case r.done <- struct{}{}:
+		default:
+		}
+		// The slot just freed is most likely its own line's: take the
+		// next job at once rather than through the loop, which may be
+		// busy scanning the schedule.
+		if j, from := w.sched.next(w.gate); j != nil && r.ctx.Err() == nil {
+			tk = task{j: j, from: from}
+			continue
+		} else if j != nil { // shutting down: back where it was
+			w.sched.requeue(from, j, true)
+			w.sched.finish(from, j, true)
+		}
+		idle.Reset(runnerIdle)
+		select {
+		case tk = <-r.tasks:
+		case <-idle.C:
+			return
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// end stops the idle runners and waits for the attempts in flight, for
+// Grace at most; then it interrupts them (cancelAttempts) and waits for
+// them to commit what they reached. It cancels the attempts' context in
+// any case: the releases of mail for destinations back use it too.
+func (r *runners) end(cancelAttempts context.CancelFunc) {
+	close(r.stop)
+	finished := make(chan struct{})
+	go func() { r.wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(r.w.Grace):
+		r.w.Log.Warn().Dur("grace", r.w.Grace).Msg("deliveries still running at shutdown; interrupting them")
+		cancelAttempts()
+		<-finished
+	}
+	cancelAttempts()
 }
 
 // scanState is where Run's scans of the schedule stand.
