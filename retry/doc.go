@@ -57,7 +57,8 @@
 // retry also makes the decisions for recipients no reply decided, so that
 // the delivery side never builds or amends a Decision itself: Unreached
 // (no host of the destination reached: always Defer, with Classify's status
-// for the last failure), Unsplit (a "too many recipients" split off by a
+// for the last failure made transient: a 535 5.7.8 to AUTH is recorded as
+// 4.7.8), Unsplit (a "too many recipients" split off by a
 // peer that took no recipient: Defer, not another split) and
 // OperatorBounce (`relayq queue bounce`: Bounce 5.0.0).
 //

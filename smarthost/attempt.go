@@ -478,11 +478,14 @@ func (t *tally) note(i int, d retry.Decision, reply *smtpreply.Reply, host strin
 // wait records that no host of recipient i's destination could be tried
 // before until, every one cooling down after failing: not an attempt, so
 // not counted; the recipient is due again after its backoff, and not
-// before the first host may be tried again.
+// before the first host may be tried again. Its status is the transient
+// one retry.Unreached gives reply: the recipient waits, so a smart host's
+// 535 5.7.8 to AUTH is kept as 4.7.8, as for the attempt that failed.
 func (t *tally) wait(i int, reply *smtpreply.Reply, host string, until time.Time) {
 	r := &t.m.Recipients[i]
-	r.LastReply, r.LastHost, r.Status = reply.Error(), host, reply.Status().String()
-	t.recorded = append(t.recorded, verdict{idx: i, code: reply.Code, status: reply.Status()})
+	st := retry.Unreached(reply).Status
+	r.LastReply, r.LastHost, r.Status = reply.Error(), host, st.String()
+	t.recorded = append(t.recorded, verdict{idx: i, code: reply.Code, status: st})
 	if t.waitUntil.IsZero() || until.Before(t.waitUntil) {
 		t.waitUntil = until
 	}

@@ -25,16 +25,20 @@ func (l *logBuffer) String() string {
 const oauthUser = "relay@example.net"
 
 // oauthHarness runs a worker whose only route, [[delivery.route]] 0 for
-// dst.invalid, authenticates to a sink with XOAUTH2 and auth's token
-// source; the sink takes the tokens accept says it takes. Worker and
-// router log at trace level into the returned buffer.
-func oauthHarness(t *testing.T, auth config.AuthKeys, accept func(token string) bool) (*harness, *logBuffer) {
+// dst.invalid, authenticates to a sink with auth's mechanism (XOAUTH2 when
+// unset) and token source; the sink, started with opts, takes the tokens
+// accept says it takes. Worker and router log at trace level into the
+// returned buffer.
+func oauthHarness(t *testing.T, opts sink.Options, auth config.AuthKeys, accept func(token string) bool) (*harness, *logBuffer) {
 	t.Helper()
-	dst, err := sink.Start(sink.Options{Bearer: func(user, token string) bool { return user == oauthUser && accept(token) }})
+	opts.Bearer = func(user, token string) bool { return user == oauthUser && accept(token) }
+	dst, err := sink.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth.Mechanism = config.AuthXOAuth2
+	if auth.Mechanism == "" {
+		auth.Mechanism = config.AuthXOAuth2
+	}
 	d := config.Default().Delivery
 	d.Routes = []config.Route{{
 		Domains: []string{"dst.invalid"}, Via: config.ViaSmarthost, Hosts: []string{dst.Addr()},
@@ -71,7 +75,7 @@ func tokenCommand(t *testing.T) (config.Command, func() int) {
 // same attempt delivers with the new token.
 func TestOAuthTokenCommandRunsAgainAfter535(t *testing.T) {
 	cmd, runs := tokenCommand(t)
-	h, logs := oauthHarness(t, config.AuthKeys{TokenCommand: cmd, TokenLifetime: config.Duration(time.Hour)},
+	h, logs := oauthHarness(t, sink.Options{}, config.AuthKeys{TokenCommand: cmd, TokenLifetime: config.Duration(time.Hour)},
 		func(tok string) bool { return tok == "secret-token-2" })
 	id := h.put("a@src.invalid", "b@dst.invalid")
 	h.waitSink(1)
@@ -95,29 +99,73 @@ func TestOAuthTokenCommandRunsAgainAfter535(t *testing.T) {
 }
 
 // A token the smart host keeps refusing defers the mail with the host's
-// reply (no bounce, no NDR), logs a warning naming the route, and no log
-// line at any level holds the token.
+// reply (no bounce, no NDR) and the transient form of its status (the
+// README: "A failing token defers the mail with the server's reply"), logs
+// a warning naming the route, and no log line at any level holds the
+// token. Google answers XOAUTH2 and OAUTHBEARER with an error challenge
+// and 535 5.7.8, Microsoft 365 XOAUTH2 with 535 5.7.3 at once.
 func TestOAuthRefusedTokenDefersAndWarnsNamingTheRoute(t *testing.T) {
-	cmd, _ := tokenCommand(t)
-	h, logs := oauthHarness(t, config.AuthKeys{TokenCommand: cmd}, func(string) bool { return false })
-	id := h.put("a@src.invalid", "b@dst.invalid")
-	m := h.waitAttempts(id, 2)
-	if r := m.Recipients[0]; r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "535 5.7.8") {
-		t.Fatalf("recipient %s with %q, want pending with the smart host's 535", r.State, r.LastReply)
+	for _, c := range []struct {
+		name      string
+		mech      string
+		microsoft bool
+		reply, st string
+	}{
+		{"xoauth2 Google", config.AuthXOAuth2, false, "535 5.7.8", "4.7.8"},
+		{"xoauth2 Microsoft", config.AuthXOAuth2, true, "535 5.7.3", "4.7.3"},
+		{"oauthbearer", config.AuthOAuthBearer, false, "535 5.7.8", "4.7.8"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cmd, _ := tokenCommand(t)
+			h, logs := oauthHarness(t, sink.Options{NoBearerChallenge: c.microsoft},
+				config.AuthKeys{Mechanism: c.mech, TokenCommand: cmd}, func(string) bool { return false })
+			id := h.put("a@src.invalid", "b@dst.invalid")
+			m := h.waitAttempts(id, 2)
+			r := m.Recipients[0]
+			if r.State != queue.Pending || !strings.HasPrefix(r.LastReply, c.reply) {
+				t.Fatalf("recipient %s with %q, want pending with the smart host's %s", r.State, r.LastReply, c.reply)
+			}
+			if r.Status != c.st {
+				t.Errorf("deferred recipient recorded with status %s, want the transient %s", r.Status, c.st)
+			}
+			if n := h.ndrs(id); n != 0 {
+				t.Fatalf("%d NDRs for a refused token", n)
+			}
+			checkOAuthLog(t, logs.String(), c.st)
+		})
 	}
-	if n := h.ndrs(id); n != 0 {
-		t.Fatalf("%d NDRs for a refused token", n)
-	}
-	var warned bool
-	for _, line := range strings.Split(logs.String(), "\n") {
+}
+
+// checkOAuthLog fails t unless log warns that the token of
+// delivery.route[0] was refused and logs each deferral with status st
+// (never the 5.x.x of the server's reply), and fails it if any line holds
+// a token.
+func checkOAuthLog(t *testing.T, log, st string) {
+	t.Helper()
+	var warned, deferred bool
+	for _, line := range strings.Split(log, "\n") {
 		warned = warned || strings.Contains(line, `"level":"warn"`) &&
 			strings.Contains(line, `"route":"delivery.route[0]"`) && strings.Contains(line, "refused the OAuth2 token")
+		if !strings.Contains(line, `"message":"deferred"`) {
+			continue
+		}
+		deferred = true
+		if !strings.Contains(line, `"enhanced":"`+st+`"`) {
+			t.Errorf("a deferral logged without the status %s: %s", st, line)
+		}
 	}
 	if !warned {
-		t.Errorf("no warning naming delivery.route[0]:\n%s", logs)
+		t.Errorf("no warning naming delivery.route[0]:\n%s", log)
 	}
-	if strings.Contains(logs.String(), "secret-token") {
-		t.Errorf("the log holds a token:\n%s", logs)
+	if !deferred {
+		t.Errorf("no deferral logged:\n%s", log)
+	}
+	// The token, or an AUTH exchange carrying it in base64: XOAUTH2's
+	// initial response starts "user=", OAUTHBEARER's GS2 header "n,a=".
+	for _, s := range []string{"secret-token", "dXNlcj1", "bixhP"} {
+		if strings.Contains(log, s) {
+			t.Errorf("the log holds a token (%q):\n%s", s, log)
+		}
 	}
 }
 
@@ -128,7 +176,7 @@ func TestOAuthTokenFileIsReadAgainAfterItChanges(t *testing.T) {
 	if err := os.WriteFile(file, []byte("secret-token-old\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h, logs := oauthHarness(t, config.AuthKeys{TokenFile: file}, func(tok string) bool { return tok == "secret-token-new" })
+	h, logs := oauthHarness(t, sink.Options{}, config.AuthKeys{TokenFile: file}, func(tok string) bool { return tok == "secret-token-new" })
 	id := h.put("a@src.invalid", "b@dst.invalid")
 	h.waitAttempts(id, 1)
 	if h.sink.Count() != 0 {

@@ -246,9 +246,10 @@ var protocolCodes = map[[2]int]info{
 		name:   "Authentication credentials invalid",
 		means:  "the user name or password was refused (RFC 4954)",
 		hint:   "The server refused the relay's credentials; the operators must fix the smart host user name or password.",
-		causes: []string{"a wrong or expired password", "the account is locked or needs an app password"},
+		causes: []string{"a wrong or expired password, or an expired or revoked OAuth2 token", "the account is locked or needs an app password"},
 		fixes: []string{
-			"operators: check delivery.smarthost.username and password_file / password_env",
+			"operators: check delivery.smarthost.username and password_file / password_env (or the route's)",
+			"with auth = \"xoauth2\" or \"oauthbearer\": check the token that token_file or token_command gives",
 			"relayq defers rather than bounces on 535, so queued mail waits for the fix",
 		},
 	},

@@ -191,6 +191,12 @@ func treatment(r *smtpreply.Reply) string {
 		return "defers and retries with backoff (retry.min_backoff … retry.max_backoff) until retry.max_queue_lifetime, then bounces with 4.4.7"
 	case r.Code == 552:
 		return "at RCPT: temporary, retried (RFC 5321 §4.5.3.1.10); after the message data: bounced at once with an NDR"
+	case r.Permanent() && retry.Classify(retry.StageHello, r).Action == retry.Defer:
+		// A 530, 534, 535 or 538 (or x.7.8) to AUTH refuses the relay's
+		// own credentials or OAuth2 token (retry.Unreached; the README:
+		// "A failing token defers the mail with the server's reply").
+		return "to AUTH (the smart host refused the relay's credentials or OAuth2 token): defers the mail through that smart host or route, recorded as " +
+			retry.Unreached(r).Status.String() + ", until the operators fix them; never bounced. At MAIL or RCPT: bounces the recipient"
 	case r.Permanent():
 		return "bounces the recipient at once and sends an NDR to the sender (none for a <> sender or NOTIFY=NEVER)"
 	}
