@@ -38,6 +38,13 @@ type Limits interface {
 	// LearnedCap is the cap published for dest by any node, 0 for none. It
 	// is at most CapRefresh old.
 	LearnedCap(ctx context.Context, dest string) int
+	// PublishRate records the rate learned for dest (a reply saying we
+	// send too many messages), in messages a second, for every node;
+	// perSecond <= 0 forgets it.
+	PublishRate(ctx context.Context, dest string, perSecond float64)
+	// LearnedRate is the rate published for dest by any node, in messages
+	// a second, 0 for none. It is at most CapRefresh old.
+	LearnedRate(ctx context.Context, dest string) float64
 	// Allow reports whether one message may go to dest now under rate r
 	// (shared by all nodes): 0, or how long to wait before asking again.
 	// A zero wait consumes the message's place.
@@ -100,19 +107,19 @@ type Options struct {
 	// Tests that check invariants under load, not latency, raise it.
 	Timeout time.Duration
 	// BackgroundTimeout bounds the calls of the background loop (probes,
-	// renewals, heartbeats, learned caps) and of status, and the dialling
-	// of connections, which the loop does ahead of deliveries (a TLS
-	// handshake may take more than Timeout). 0 = 1 s.
+	// renewals, heartbeats, learned caps and rates) and of status, and
+	// the dialling of connections, which the loop does ahead of
+	// deliveries (a TLS handshake may take more than Timeout). 0 = 1 s.
 	BackgroundTimeout time.Duration
 	// LeaseTTL is how long a lease outlives its last renewal (a dead
 	// node's connections are forgotten after it); renewed every third of
 	// it. 0 = 30 s.
 	LeaseTTL time.Duration
-	// CapTTL is how long a published cap lives without being published
-	// again. 0 = 24 h.
+	// CapTTL is how long a published cap or rate lives without being
+	// published again. 0 = 24 h.
 	CapTTL time.Duration
-	// CapRefresh is how often learned caps are read back and, while
-	// degraded, Redis is probed. 0 = 500 ms.
+	// CapRefresh is how often learned caps and rates are read back and,
+	// while degraded, Redis is probed. 0 = 500 ms.
 	CapRefresh time.Duration
 	// Now is the clock for lease expiries, rates and cool-downs; nil =
 	// time.Now. Nodes' clocks must agree to well under LeaseTTL (NTP).
@@ -172,20 +179,15 @@ type Client struct {
 		rejoinUntil time.Time
 		leases      map[string]map[*Lease]struct{} // by destination
 		local       local
-		caps        map[string]capEntry
+		learned     map[string]learned // learned.go
 		closed      bool
 	}
 }
 
-type capEntry struct {
-	cap   int
-	asked time.Time // wall time of the last LearnedCap, for capWatch
-}
-
 // New connects to Redis and starts the background loop (renewals,
-// heartbeat, learned caps, probes). It does not fail when Redis is down:
-// the client starts degraded and switches to shared limits once Redis
-// answers. It fails only on a bad URL.
+// heartbeat, learned caps and rates, probes). It does not fail when Redis
+// is down: the client starts degraded and switches to shared limits once
+// Redis answers. It fails only on a bad URL.
 func New(ctx context.Context, o Options) (*Client, error) {
 	o.fill()
 	if o.Node == "" {
@@ -225,7 +227,7 @@ func New(ctx context.Context, o Options) (*Client, error) {
 	}
 	c.mu.leases = map[string]map[*Lease]struct{}{}
 	c.mu.local = newLocal()
-	c.mu.caps = map[string]capEntry{}
+	c.mu.learned = map[string]learned{}
 	_ = c.doBG(ctx, c.heartbeat) // a failure makes the client start degraded
 	go c.loop()
 	return c, nil
@@ -378,8 +380,9 @@ func (c *Client) graceEnd() time.Time {
 }
 
 // loop runs the periodic work until halt: every CapRefresh it refreshes
-// learned caps (or probes Redis while degraded); every third of LeaseTTL
-// it renews the leases; every heartbeatEvery it writes the heartbeat.
+// learned caps and rates (or probes Redis while degraded); every third of
+// LeaseTTL it renews the leases; every heartbeatEvery it writes the
+// heartbeat.
 func (c *Client) loop() {
 	defer close(c.done)
 	ctx, cancel := context.WithCancel(c.base)
@@ -397,7 +400,7 @@ func (c *Client) loop() {
 			c.recover(ctx)
 			continue
 		}
-		c.refreshCaps(ctx)
+		c.refreshLearned(ctx)
 		if time.Since(lastRenew) >= c.opt.LeaseTTL/3 {
 			c.renew(ctx)
 			lastRenew = time.Now()

@@ -1,6 +1,7 @@
 // Package cluster lets several relayq nodes share each destination's
 // limits through one Redis (or Valkey) server: connection leases under the
-// destination's cap, the cap learned from 421 4.3.2, message rates and the
+// destination's cap, the cap learned from 421 4.3.2, message rates, the
+// rate learned from a reply saying we send too many messages, and the
 // cool-downs of failing hosts. Each node keeps its own queue; only limits
 // are shared. Without [cluster] in the configuration this package is not
 // used at all.
@@ -9,11 +10,14 @@
 // scheduler talks to it through Limits: Acquire before opening a
 // connection (on ErrAtCap the destination waits RetryAtCap), Release when
 // the connection is closed (an idle connection keeps its lease), Allow
-// before each message, PublishCap when a 421 4.3.2 lowers the cap or a run
-// of successes raises it, Live (the leases of all nodes) to learn a cap
-// from a 421, Share (the connections this node may keep: its fallback
-// share while degraded), SetCooldown/Cooldown around dials. Degraded,
-// Episodes, Nodes, Destinations and Held feed status, /readyz and metrics.
+// before each message to a paced destination (with the rate in force
+// there, configured or learned), PublishCap when a 421 4.3.2 lowers the
+// cap or a run of successes raises it and PublishRate likewise for the
+// learned rate, LearnedCap and LearnedRate to follow the other nodes'
+// lessons, Live (the leases of all nodes) to learn a cap from a 421, Share
+// (the connections this node may keep: its fallback share while
+// degraded), SetCooldown/Cooldown around dials. Degraded, Episodes, Nodes,
+// Destinations and Held feed status, /readyz and metrics.
 //
 // # Keys
 //
@@ -24,6 +28,9 @@
 //	dest:<id>:leases  sorted set, member node|token-seq, score = expiry (ms);
 //	                  expires 2×LeaseTTL after the last Acquire or renewal
 //	dest:<id>:cap     the learned cap; CapTTL (24 h) after the last publish
+//	dest:<id>:learned_rate
+//	                  the learned rate (messages a second, a float);
+//	                  CapTTL after the last publish
 //	dest:<id>:rate    GCRA's theoretical arrival time (µs); 1 s after it
 //	host:<h>:cooldown end of the cool-down (ms); expires at it
 //	nodes             sorted set, node → last heartbeat (ms); 2×NodeWindow
@@ -79,6 +86,17 @@
 //     cap bounds every node's next lease at once; LearnedCap answers from a
 //     cache read back every CapRefresh (500 ms) for the destinations asked
 //     in the last 10 minutes. A cap published while degraded stays local.
+//   - Learned rates: LearnedRate answers from the same cache (a
+//     destination's cap and rate are read back in one MGET). A node's own
+//     publish is in its cache at once, and a read that began before it
+//     does not undo it. A rate published while degraded stays local, and
+//     Redis's value (none, after a restart of Redis) replaces it once
+//     Redis answers.
+//   - Message rates: Allow runs gcraScript, one limiter per destination
+//     whatever the number of nodes, at the rate the caller passes (each
+//     node's rate in force: the same on all once they follow the learned
+//     one). A refusal consumes nothing; it says how long to wait. Degraded,
+//     a local GCRA at rate/expected_nodes answers.
 //   - Clocks: lease expiries, rates and cool-downs use the nodes' clocks
 //     (Options.Now), which must agree to well under LeaseTTL (NTP). A skew
 //     of d moves a lease's expiry by d and a rate by d's worth of messages.

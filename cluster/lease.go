@@ -95,7 +95,7 @@ func (c *Client) Share(dest string, cap int) int {
 
 // fallbackCapLocked is this node's share of dest's cap while degraded.
 func (c *Client) fallbackCapLocked(dest string, cap int) int {
-	if e, ok := c.mu.caps[dest]; ok && e.cap > 0 && e.cap < cap {
+	if e, ok := c.mu.learned[dest]; ok && e.cap > 0 && e.cap < cap {
 		cap = e.cap
 	}
 	return max(1, cap/c.opt.ExpectedNodes)

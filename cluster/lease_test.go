@@ -139,7 +139,7 @@ func TestLearnedCapSharedByAllNodes(t *testing.T) {
 	if got := len(acquireAll(t, nodes[1], dest, 20, 30)); got != 2 {
 		t.Errorf("after a published cap of 2, a node got %d leases of configured cap 20", got)
 	}
-	nodes[2].refreshCaps(ctx)
+	nodes[2].refreshLearned(ctx)
 	if got := nodes[2].LearnedCap(ctx, dest); got != 2 {
 		t.Errorf("LearnedCap after one refresh = %d, want 2", got)
 	}

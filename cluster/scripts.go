@@ -14,6 +14,9 @@ type keys struct{ prefix string }
 func (k keys) leases(dest string) string { return k.prefix + "dest:" + dest + ":leases" }
 func (k keys) cap(dest string) string    { return k.prefix + "dest:" + dest + ":cap" }
 func (k keys) rate(dest string) string   { return k.prefix + "dest:" + dest + ":rate" }
+func (k keys) learnedRate(dest string) string {
+	return k.prefix + "dest:" + dest + ":learned_rate"
+}
 func (k keys) cooldown(host string) string {
 	return k.prefix + "host:" + host + ":cooldown"
 }
