@@ -146,6 +146,17 @@ func Classify(stage Stage, r *smtpreply.Reply) Decision {
 	return d
 }
 
+// TooManyRecipients reports whether r, the refusal of a RCPT, says that
+// the transaction takes no more recipients: Classify's Split at StageRcpt
+// (x.5.3 or "too many recipients", 4xx or 5xx, not 421; RFC 5321
+// §4.5.3.1.10). The delivery side hands it to the SMTP client
+// (smtpclient.Envelope.EndsRcpts), which then sends no further RCPT in
+// the transaction; the recipients refused with r and those not sent go in
+// a new one.
+func TooManyRecipients(r *smtpreply.Reply) bool {
+	return Classify(StageRcpt, r).Action == Split
+}
+
 func classify(stage Stage, r *smtpreply.Reply) Decision {
 	st := r.Status()
 	// Subject and detail, class ignored: X.5.3 is "too many recipients"

@@ -218,3 +218,33 @@ func TestStageAndActionNames(t *testing.T) {
 		}
 	}
 }
+
+// TestTooManyRecipientsEndsOnlyOnASplitAtRCPT: the refusals after which
+// the client sends no further RCPT are exactly Classify's Split at RCPT.
+func TestTooManyRecipientsEndsOnlyOnASplitAtRCPT(t *testing.T) {
+	for _, c := range []struct {
+		reply string
+		want  bool
+	}{
+		{"452 4.5.3 Too many recipients", true},
+		{"452 Too many recipients", true}, // the text alone
+		{"451 4.5.3 slow down", true},     // the code alone
+		{"552 5.5.3 too many recipients", true},
+		{"550 5.5.3 Too many recipients", true},
+		{"452 4.3.1 Insufficient system resources", false},
+		{"550 5.1.1 no such user", false},
+		{"552 5.2.2 mailbox full", false},
+		{"450 4.7.1 sending rate exceeded", false},
+		// 421 closes the channel (RFC 5321 §3.8): never a split.
+		{"421 4.5.3 too many recipients, closing", false},
+		{"250 2.1.5 ok", false},
+	} {
+		r, err := smtpreply.ParseReply(c.reply)
+		if err != nil {
+			t.Fatalf("ParseReply(%q): %v", c.reply, err)
+		}
+		if got := TooManyRecipients(r); got != c.want {
+			t.Errorf("TooManyRecipients(%q) = %v, want %v", c.reply, got, c.want)
+		}
+	}
+}

@@ -377,6 +377,14 @@ type Envelope struct {
 	Ret   string    // RET: "FULL" or "HDRS"; "" for none
 	EnvID string    // ENVID, decoded (it is xtext-encoded on the wire)
 	DSN   []RcptDSN // per recipient, parallel to Rcpts; missing entries mean none
+
+	// EndsRcpts says whether a RCPT refused with the given reply ends
+	// the recipients of this transaction: no further RCPT is sent in it,
+	// and the recipients not yet sent get that reply (Send). The client
+	// only acts on the answer; the delivery side passes
+	// retry.TooManyRecipients ("too many recipients", RFC 5321
+	// §4.5.3.1.10). nil: every recipient's RCPT is sent.
+	EndsRcpts func(refusal *smtpreply.Reply) bool
 }
 
 // RcptDSN is one recipient's RFC 3461 parameters, as relay stored them.
@@ -414,11 +422,12 @@ type RcptResult struct {
 //     waits for its reply. A refused MAIL decides every recipient (the
 //     replies to its RCPTs and DATA are read and ignored); each RCPT reply
 //     decides its recipient.
-//   - When a RCPT is refused with "too many recipients" (what
-//     retry.Classify calls Split: x.5.3 or that text), no more RCPTs are
-//     sent; it and every later recipient not yet sent get that reply, to
-//     be sent in the next transaction (RFC 5321 §4.5.3.1.10). A recipient
-//     already sent in the same group is decided by its own reply.
+//   - When a RCPT is refused with a reply env.EndsRcpts says ends the
+//     recipients ("too many recipients", RFC 5321 §4.5.3.1.10, for the
+//     delivery side), no more RCPTs are sent; it and every later recipient
+//     not yet sent get that reply, for the caller to send in the next
+//     transaction. A recipient already sent in the same group is decided
+//     by its own reply. Send itself never classifies a reply.
 //   - No recipient accepted: no DATA when that is known before DATA is
 //     due (no MAIL either when every recipient is refused locally), else
 //     DATA is refused (typically 554), or, if the remote says 354 anyway,

@@ -46,8 +46,11 @@ func mustDial(t *testing.T, tg Target) *Conn {
 	return c
 }
 
+// env is an envelope for rcpts whose recipients end at a "too many
+// recipients", as the delivery side's are.
 func env(rcpts ...string) Envelope {
-	return Envelope{From: "a@example.org", Rcpts: rcpts, Size: int64(len(msgBody))}
+	return Envelope{From: "a@example.org", Rcpts: rcpts, Size: int64(len(msgBody)),
+		EndsRcpts: retry.TooManyRecipients}
 }
 
 func send(t *testing.T, c *Conn, e Envelope) ([]RcptResult, error) {
@@ -264,6 +267,25 @@ func TestTooManyRecipientsLeavesTheRestForTheNextTransaction(t *testing.T) {
 		checkResults(t, res, delivered(), delivered())
 		if msgs := p.Wait(2); strings.Join(msgs[1].To, ",") != "3@x.example,4@x.example" {
 			t.Errorf("the peer got %+v", msgs)
+		}
+	})
+	t.Run("lock-step, no rule given: the client decides nothing, every RCPT is sent", func(t *testing.T) {
+		p := smtptest.StartPeer(t, nil, func(tu smtptest.Turn) string {
+			if tu.Verb == "RCPT" && tu.Rcpts >= 2 {
+				return "452 4.5.3 Too many recipients"
+			}
+			return ""
+		})
+		c := mustDial(t, peerTarget(p.Addr))
+		e := env(rcpts...)
+		e.EndsRcpts = nil
+		res, err := send(t, c, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResults(t, res, delivered(), delivered(), tooMany, tooMany)
+		if got := strings.Join(verbs(p, 1), " "); got != "MAIL RCPT RCPT RCPT RCPT DATA" {
+			t.Errorf("the peer read %s, want every RCPT", got)
 		}
 	})
 	t.Run("pipelined: every RCPT sent in the group", func(t *testing.T) {

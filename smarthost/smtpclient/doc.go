@@ -56,10 +56,12 @@
 //   - SIZE (RFC 1870): a message larger than the remote's advertised limit is
 //     not sent at all; every recipient gets a local 552 5.3.4 that names both
 //     sizes, so the NDR can tell the sender the remote's limit.
-//   - "Too many recipients" at RCPT (x.5.3, RFC 5321 §4.5.3.1.10): no further
-//     RCPT is sent; the recipients refused with it and the later ones not
-//     yet sent carry the reply and go in the caller's next transaction on
-//     the same Conn.
+//   - "Too many recipients" at RCPT (RFC 5321 §4.5.3.1.10): which refusal
+//     ends a transaction's recipients is the caller's rule
+//     (Envelope.EndsRcpts; the delivery side passes
+//     retry.TooManyRecipients). After one, no further RCPT is sent; the
+//     recipients refused with it and the later ones not yet sent carry the
+//     reply and go in the caller's next transaction on the same Conn.
 //   - TLS: opportunistic mode (RFC 7435) does STARTTLS when offered without
 //     verifying the certificate and continues in plaintext only when
 //     STARTTLS is not offered; a refused STARTTLS or a failed handshake

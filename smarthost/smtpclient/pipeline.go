@@ -53,7 +53,7 @@ type txn struct {
 	res      []RcptResult
 	accepted []int            // recipients whose RCPT got a 2xx
 	unread   int              // RCPTs sent whose reply is not read yet
-	split    *smtpreply.Reply // the first "too many recipients" RCPT reply
+	ended    *smtpreply.Reply // the first RCPT refusal env.EndsRcpts said ends the recipients
 	mailOK   bool             // MAIL got a 2xx
 	// over is set when no transaction is open and every recipient has its
 	// reply: MAIL was refused, or a 354 with no recipient got just ".".
@@ -145,9 +145,9 @@ func (t *txn) fill(group []sent, next, limit int) ([]sent, int) {
 			group = append(group, sent{verb: "MAIL"})
 		case next < n:
 			i := next
-			if t.split != nil {
+			if t.ended != nil {
 				// RFC 5321 §4.5.3.1.10: the rest go in the next transaction.
-				t.res[i].Reply, t.res[i].Stage = t.split, retry.StageRcpt
+				t.res[i].Reply, t.res[i].Stage = t.ended, retry.StageRcpt
 				continue
 			}
 			if rep := c.rcptCheck(t.env.Rcpts[i]); rep != nil {
@@ -218,8 +218,8 @@ func (t *txn) answer(s sent) (body bool, err error) {
 		// those after a "too many recipients" were sent too, and one the
 		// server accepted anyway is in this transaction.
 		t.res[s.idx].Reply, t.res[s.idx].Stage = rep, retry.StageRcpt
-		if t.split == nil && retry.Classify(retry.StageRcpt, rep).Action == retry.Split {
-			t.split = rep
+		if t.ended == nil && t.env.EndsRcpts != nil && t.env.EndsRcpts(rep) {
+			t.ended = rep
 		}
 	case rep != nil: // DATA refused
 		t.decide(t.accepted, retry.StageData, rep)
