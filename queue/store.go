@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -214,105 +213,140 @@ func (s *Store) put(ctx context.Context, id ID, env *Envelope, body io.Reader, d
 	}
 	bufp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bufp)
-	buf := *bufp
+	p := putting{id: id, buf: *bufp, b: s.newBatch()}
+	defer func() { p.b.Close() }()
+	if err := s.putBody(ctx, &p, body); err != nil {
+		return s.abandon(id, p.spilled, err)
+	}
+	if err := s.putEnvelope(&p, env, dest); err != nil {
+		return s.abandon(id, p.spilled, err)
+	}
+	s.recent.committed(id)
+	s.messages.Add(1)
+	s.bytes.Add(p.size)
+	s.signal()
+	return nil
+}
 
-	b := s.newBatch()
-	defer func() { b.Close() }()
-	var (
-		chunks  uint32
-		size    int64
-		spilled bool
-		n       int    // the bytes of buf the last read filled
-		whole   []byte // a body of several chunks so far, for the recent cache while it fits
-	)
+// putting is a Put in progress.
+type putting struct {
+	id      ID
+	buf     []byte      // one chunk, read into again for each
+	b       *writeBatch // what is not committed yet
+	chunks  uint32
+	size    int64
+	spilled bool   // chunks were committed before the envelope (p/ marker)
+	n       int    // the bytes of buf the last read filled
+	whole   []byte // a body of several chunks so far, for the recent cache while it fits
+}
+
+// putBody reads body into p's batch, chunk by chunk, committing it
+// without sync (spilling) whenever it holds spillBytes, the first time
+// with the p/ marker that makes the chunks orphans until the envelope
+// commits. An error leaves what was spilled for abandon.
+func (s *Store) putBody(ctx context.Context, p *putting, body io.Reader) error {
+	id, buf := p.id, p.buf
 	for {
 		if err := ctx.Err(); err != nil {
-			return s.abandon(id, spilled, err)
+			return err
 		}
 		var rerr error
-		n, rerr = io.ReadFull(body, buf)
-		if n > 0 {
-			if err := b.Set(bodyKey(id, chunks), buf[:n], nil); err != nil {
-				return s.abandon(id, spilled, fmt.Errorf("queue: batch: %w", err))
+		p.n, rerr = io.ReadFull(body, buf)
+		if p.n > 0 {
+			if err := p.b.Set(bodyKey(id, p.chunks), buf[:p.n], nil); err != nil {
+				return fmt.Errorf("queue: batch: %w", err)
 			}
-			chunks++
-			size += int64(n)
+			p.chunks++
+			p.size += int64(p.n)
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
+			return nil
 		}
 		if rerr != nil {
-			return s.abandon(id, spilled, fmt.Errorf("queue: reading body: %w", rerr))
+			return fmt.Errorf("queue: reading body: %w", rerr)
 		}
 		// buf is read into again next: a body longer than a chunk is
 		// copied for the recent cache as long as it may fit there (size
 		// only grows: once it does not, it never will).
-		if s.recent.fits(size) {
-			if whole == nil {
-				whole = make([]byte, 0, 2*len(buf))
+		if s.recent.fits(p.size) {
+			if p.whole == nil {
+				p.whole = make([]byte, 0, 2*len(buf))
 			}
-			whole = append(whole, buf[:n]...)
+			p.whole = append(p.whole, buf[:p.n]...)
 		} else {
-			whole = nil
+			p.whole = nil
 		}
-		if b.Len() >= spillBytes {
-			if err := s.checkRoom(int64(b.Len())); err != nil {
-				return s.abandon(id, spilled, err)
+		if p.b.Len() >= spillBytes {
+			if err := s.spillBody(p); err != nil {
+				return err
 			}
-			if !spilled {
-				// Marks the chunks as orphans until the envelope commits, so
-				// recovery can remove them after a crash.
-				if err := b.Set(partialKey(id), nil, nil); err != nil {
-					return s.abandon(id, spilled, err)
-				}
-				spilled = true
-			}
-			if err := s.commit(b, unsynced); err != nil {
-				return s.abandon(id, spilled, fmt.Errorf("queue: commit body: %w", err))
-			}
-			b = s.spillBatch(b)
 		}
 	}
+}
+
+// spillBody commits p's batch without sync and goes on in a new one.
+func (s *Store) spillBody(p *putting) error {
+	if err := s.checkRoom(int64(p.b.Len())); err != nil {
+		return err
+	}
+	if !p.spilled {
+		// Marks the chunks as orphans until the envelope commits, so
+		// recovery can remove them after a crash.
+		if err := p.b.Set(partialKey(p.id), nil, nil); err != nil {
+			return err
+		}
+		p.spilled = true
+	}
+	if err := s.commit(p.b, unsynced); err != nil {
+		return fmt.Errorf("queue: commit body: %w", err)
+	}
+	p.b = s.spillBatch(p.b)
+	return nil
+}
+
+// putEnvelope completes env (Received, Size, NextAttempt) and commits it,
+// with pebble.Sync, in the batch of the body's last chunks, with its
+// schedule entry and, when dest is set, its waiting entry; the p/ marker
+// of a spilled body goes in the same commit. The message and its body
+// are in the recent cache once the commit succeeds.
+func (s *Store) putEnvelope(p *putting, env *Envelope, dest string) error {
+	id, b := p.id, p.b
 	if err := s.checkRoom(int64(b.Len())); err != nil {
-		return s.abandon(id, spilled, err)
+		return err
 	}
 	env.Received = s.now()
-	env.Size = size
+	env.Size = p.size
 	if env.NextAttempt.IsZero() {
 		env.NextAttempt = env.Received
 	}
-	rec := &record{Envelope: *env, Chunks: chunks}
+	rec := &record{Envelope: *env, Chunks: p.chunks}
 	enc, err := appendRecord(nil, rec) // kept by the recent cache
 	if err != nil {
-		return s.abandon(id, spilled, err)
+		return err
 	}
 	if err := s.setEncoded(b, id, rec, enc); err != nil {
-		return s.abandon(id, spilled, err)
+		return err
 	}
 	if dest != "" && !rec.Held {
 		if err := s.indexWait(b, id, rec.NextAttempt, dest); err != nil {
-			return s.abandon(id, spilled, err)
+			return err
 		}
 	}
-	if spilled {
+	if p.spilled {
 		if err := b.Delete(partialKey(id), nil); err != nil {
-			return s.abandon(id, spilled, err)
+			return err
 		}
 	}
 	switch {
-	case chunks <= 1:
-		s.recent.add(id, enc, buf[:size]) // the body is all in buf
-	case s.recent.fits(size): // so did every size before: whole holds the rest
-		s.recent.addOwned(id, enc, append(whole, buf[:n]...))
+	case p.chunks <= 1:
+		s.recent.add(id, enc, p.buf[:p.size]) // the body is all in buf
+	case s.recent.fits(p.size): // so did every size before: whole holds the rest
+		s.recent.addOwned(id, enc, append(p.whole, p.buf[:p.n]...))
 	}
 	if err := s.commit(b, synced); err != nil {
 		s.recent.drop(id)
-		return s.abandon(id, spilled, fmt.Errorf("queue: commit: %w", err))
+		return fmt.Errorf("queue: commit: %w", err)
 	}
-	s.recent.committed(id)
-	s.messages.Add(1)
-	s.bytes.Add(size)
-	s.signal()
 	return nil
 }
 
@@ -420,143 +454,6 @@ func (s *Store) Get(id ID) (*Message, error) {
 		return nil, err
 	}
 	return &Message{ID: id, Envelope: r.Envelope, Scheduled: r.NextAttempt}, nil
-}
-
-// Body returns a reader of the body of id, streamed chunk by chunk: memory
-// use does not depend on the message size. Close it when done. Body of an
-// unknown or invalid ID (such as a message deleted after its Get) returns
-// ErrNotFound: a deleted message's body must never pass for an empty one.
-// A body found shorter than its record says, or whose message is deleted
-// while it is read, gives an error (from Body or Read), never a truncated
-// body.
-//
-// Chunks are point reads of b/<id>/0, 1, …, each copied into a buffer and
-// released at once, so no Pebble memory stays pinned between Reads. Every
-// chunk but the last is exactly the chunk size (Put fills them with
-// io.ReadFull), so a shorter one ends the body without another lookup;
-// the record is read only when a lookup finds no chunk, to tell the end of
-// the body from a missing chunk. The first chunk is read before Body
-// returns: once a body has started it reads whole or fails.
-func (s *Store) Body(id ID) (io.ReadCloser, error) {
-	if len(id) != idLen {
-		// Put stores nothing under an invalid ID. The length is all the
-		// key needs: an ID of this length that is not hex has no chunks
-		// and no record either, and so is not found.
-		return nil, ErrNotFound
-	}
-	r := &bodyReader{s: s, id: id}
-	if rc := s.recent.body(id); rc != nil {
-		return rc, nil
-	}
-	r.key = append(r.keyBuf[:0], bodyKey(id, 0)...)
-	if err := r.fill(); err != nil {
-		r.Close()
-		return nil, err
-	}
-	return r, nil
-}
-
-type bodyReader struct {
-	s      *Store
-	id     ID
-	keyBuf [len(prefixBody) + idLen + 1 + 4]byte
-	key    []byte  // b/<id>/<chunk>, in keyBuf; fill rewrites the chunk number
-	next   uint32  // the chunk fill reads next
-	bufp   *[]byte // from s.bufs while a chunk is held
-	rest   []byte  // what Read has not returned of the last chunk read
-	done   bool    // no chunk after rest
-	exact  bool    // a chunk longer than the chunk size was seen: only a lookup that finds nothing ends the body
-	err    error   // sticky, from fill
-}
-
-// fill reads chunk r.next into rest, or sets done if the body has ended.
-func (r *bodyReader) fill() error {
-	binary.BigEndian.PutUint32(r.key[len(r.key)-4:], r.next)
-	v, closer, err := r.s.db.Get(r.key)
-	if errors.Is(err, pebble.ErrNotFound) {
-		r.done = true
-		return r.s.checkBodyEnd(r.id, r.next)
-	}
-	if err != nil {
-		return fmt.Errorf("queue: reading body of %s: %w", r.id, err)
-	}
-	if r.bufp == nil {
-		r.bufp = r.s.bufs.Get().(*[]byte)
-	}
-	buf := *r.bufp
-	if len(v) > len(buf) {
-		// Written with a larger chunk size (Options.ChunkSize changed):
-		// the short-chunk rule no longer tells the last chunk.
-		r.exact = true
-		buf = make([]byte, len(v))
-	}
-	n := copy(buf, v)
-	closer.Close()
-	r.rest = buf[:n]
-	r.next++
-	if !r.exact && n < r.s.chunkSize {
-		r.done = true
-	}
-	return nil
-}
-
-// checkBodyEnd is called when id has no chunk k: it returns nil if its
-// body ends there, and an error if the record says there are more chunks
-// or the message went away after chunk 0 was read.
-func (s *Store) checkBodyEnd(id ID, k uint32) error {
-	v, closer, err := s.db.Get(metaKey(id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		if k == 0 {
-			return ErrNotFound // no such message (deleted since its Get)
-		}
-		return fmt.Errorf("queue: body of %s: %w while it was read", id, ErrNotFound)
-	}
-	if err != nil {
-		return fmt.Errorf("queue: body of %s: %w", id, err)
-	}
-	chunks, err := recordChunks(v)
-	closer.Close()
-	if err != nil {
-		return fmt.Errorf("queue: body of %s: %w", id, err)
-	}
-	if chunks != k {
-		return fmt.Errorf("queue: body of %s: chunk %d of %d is missing", id, k, chunks)
-	}
-	return nil
-}
-
-func (r *bodyReader) Read(p []byte) (int, error) {
-	for len(r.rest) == 0 {
-		switch {
-		case r.err != nil:
-			return 0, r.err
-		case r.done:
-			r.release()
-			return 0, io.EOF
-		}
-		r.err = r.fill()
-	}
-	n := copy(p, r.rest)
-	r.rest = r.rest[n:]
-	if len(r.rest) == 0 && r.done {
-		r.release() // the next Read says io.EOF; no need to hold the buffer till then
-	}
-	return n, nil
-}
-
-// release returns the chunk buffer to the pool.
-func (r *bodyReader) release() {
-	r.rest = nil
-	if r.bufp != nil {
-		r.s.bufs.Put(r.bufp)
-		r.bufp = nil
-	}
-}
-
-func (r *bodyReader) Close() error {
-	r.done = true
-	r.release()
-	return nil
 }
 
 // Due returns up to limit IDs of messages due at now, oldest due first,
