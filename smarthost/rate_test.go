@@ -92,7 +92,7 @@ func TestDestinationIsPacedByItsRate(t *testing.T) {
 // for our rate (450 4.7.1 at RCPT, or 421 4.7.0 at MAIL) halves its rate,
 // which is stored; the message waits for the rate in the line and is
 // delivered at the next turn, not after a backoff (an hour here), with no
-// attempt counted.
+// attempt counted. A restarted worker has the learned rate back.
 func TestRateReplyLowersTheLearnedRate(t *testing.T) {
 	tooFast := &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "sending rate exceeded, slow down"}
 	closing := &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "rate limited, try later"}
@@ -149,6 +149,19 @@ func TestRateReplyLowersTheLearnedRate(t *testing.T) {
 			var stored destState
 			if err := json.Unmarshal(v, &stored); err != nil || stored.LearnedPerHour != 3000*60 {
 				t.Fatalf("stored state %s (%v): want the learned rate", v, err)
+			}
+
+			// A restart: a new worker over the queue reads the learned
+			// rate and its reply back.
+			h.stop()
+			store, err := queue.Open(h.dir, queue.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			w := &Worker{Queue: store, State: store, Log: zerolog.New(zerolog.NewTestWriter(t))}
+			if after := destStatus(t, w, dest).Rate; after.LearnedPerHour != st.LearnedPerHour || after.Reason != st.Reason {
+				t.Fatalf("after a restart: rate %+v, want %.0f an hour learned from %q as before", after, st.LearnedPerHour, st.Reason)
 			}
 		})
 	}
