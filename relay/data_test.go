@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"relayq/queue"
+	"relayq/queued"
 )
 
 // receivedEnd returns the stored body after relay's Received header.
@@ -124,7 +124,7 @@ type streamQueue struct {
 	head    []byte // the first bytes, read before n is stored
 }
 
-func (q *streamQueue) Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error {
+func (q *streamQueue) Put(ctx context.Context, id queued.ID, env *queued.Envelope, body io.Reader) error {
 	buf := make([]byte, 64<<10)
 	var n int64
 	for {

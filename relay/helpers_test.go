@@ -21,7 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/internal/sink"
-	"relayq/queue"
+	"relayq/queued"
 )
 
 // testTimeout bounds every network wait in these tests.
@@ -29,8 +29,8 @@ const testTimeout = 10 * time.Second
 
 // stored is one message a fake queue committed.
 type stored struct {
-	id   queue.ID
-	env  queue.Envelope
+	id   queued.ID
+	env  queued.Envelope
 	body []byte
 }
 
@@ -47,14 +47,14 @@ type memQueue struct {
 
 var _ Queue = (*memQueue)(nil)
 
-func (q *memQueue) NewID() queue.ID {
+func (q *memQueue) NewID() queued.ID {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.next++
-	return queue.ID(fmt.Sprintf("%024x", q.next))
+	return queued.ID(fmt.Sprintf("%024x", q.next))
 }
 
-func (q *memQueue) Put(ctx context.Context, id queue.ID, env *queue.Envelope, body io.Reader) error {
+func (q *memQueue) Put(ctx context.Context, id queued.ID, env *queued.Envelope, body io.Reader) error {
 	var buf bytes.Buffer
 	n, err := io.Copy(&buf, body)
 	if err != nil {

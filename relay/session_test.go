@@ -12,7 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"relayq/queue"
+	"relayq/queued"
 )
 
 func TestEHLOAdvertisesExtensions(t *testing.T) {
@@ -73,9 +73,9 @@ func TestAcceptedMessageReachesQueueWithReceivedAndEnvelope(t *testing.T) {
 	if want := "2.0.0 OK queued as " + string(got.id); resp.StatusText != want {
 		t.Errorf("reply %q, want %q", resp.StatusText, want)
 	}
-	wantEnv := queue.Envelope{
+	wantEnv := queued.Envelope{
 		From: "sender@example.org",
-		Recipients: []queue.Recipient{
+		Recipients: []queued.Recipient{
 			{Addr: "a@example.com", Notify: "SUCCESS,FAILURE", ORCPT: "rfc822;orig+tag@example.net"},
 			{Addr: "b@example.com", Notify: "NEVER"},
 		},
