@@ -192,7 +192,7 @@ func TestRewriteSenderChangesMailFromButNDRGoesToTheOriginalSender(t *testing.T)
 // with the original display name; reply-to also moves the original From:
 // to Reply-To:, unless there is one. relayq's intake signature, which the
 // rewrite breaks, is gone, and the message is signed for the rewritten
-// domain.
+// domain. keep sends the message and its intake signature as queued.
 func TestRewriteFromKeepsTheNameAndSignsForTheRewrittenDomain(t *testing.T) {
 	dir := t.TempDir()
 	key := func(domain string) (config.DKIM, string) {
@@ -225,12 +225,15 @@ func TestRewriteFromKeepsTheNameAndSignsForTheRewrittenDomain(t *testing.T) {
 	}
 
 	tests := []struct {
-		mode, from, replyTo string
-		wantName, wantReply string // the display name From: keeps; Reply-To: as it should read
+		mode, from, replyTo  string
+		wantName, wantReply  string // the display name From: keeps; Reply-To: as it should read
+		wantFrom, wantSigner string // From:'s address; the one signature's domain
 	}{
-		{config.RewriteFromReplyTo, `"Alice Example" <alice@sales.example>`, "", "Alice Example", `"Alice Example" <alice@sales.example>`},
-		{config.RewriteFromReplyTo, "alice@sales.example", "team@sales.example", "", "team@sales.example"},
-		{config.RewriteFromReplace, "=?utf-8?q?Zo=C3=AB?= <zoe@sales.example>", "", "Zoë", ""},
+		{config.RewriteFromReplyTo, `"Alice Example" <alice@sales.example>`, "", "Alice Example", `"Alice Example" <alice@sales.example>`,
+			"relay@example.net", "example.net"},
+		{config.RewriteFromReplyTo, "alice@sales.example", "team@sales.example", "", "team@sales.example", "relay@example.net", "example.net"},
+		{config.RewriteFromReplace, "=?utf-8?q?Zo=C3=AB?= <zoe@sales.example>", "", "Zoë", "", "relay@example.net", "example.net"},
+		{config.RewriteFromKeep, `"Alice Example" <alice@sales.example>`, "", "Alice Example", "", "alice@sales.example", "sales.example"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mode+" "+tt.from, func(t *testing.T) {
@@ -261,8 +264,8 @@ func TestRewriteFromKeepsTheNameAndSignsForTheRewrittenDomain(t *testing.T) {
 				t.Fatal(err)
 			}
 			from, err := msg.Header.AddressList("From")
-			if err != nil || len(from) != 1 || from[0].Address != "relay@example.net" || from[0].Name != tt.wantName {
-				t.Errorf("From: %v (%v), want %q <relay@example.net>", from, err, tt.wantName)
+			if err != nil || len(from) != 1 || from[0].Address != tt.wantFrom || from[0].Name != tt.wantName {
+				t.Errorf("From: %v (%v), want %q <%s>", from, err, tt.wantName, tt.wantFrom)
 			}
 			if r := msg.Header["Reply-To"]; tt.wantReply == "" && len(r) != 0 || tt.wantReply != "" && !slices.Equal(r, []string{tt.wantReply}) {
 				t.Errorf("Reply-To: %q, want %q", r, tt.wantReply)
@@ -271,13 +274,16 @@ func TestRewriteFromKeepsTheNameAndSignsForTheRewrittenDomain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(vs) != 1 || vs[0].Domain != "example.net" || vs[0].Err != nil {
+			if len(vs) != 1 || vs[0].Domain != tt.wantSigner || vs[0].Err != nil {
 				for _, v := range vs {
 					t.Errorf("signature of %s: %v", v.Domain, v.Err)
 				}
-				t.Fatalf("%d signatures, want one by example.net that verifies:\n%s", len(vs), got)
+				t.Fatalf("%d signatures, want one by %s that verifies:\n%s", len(vs), tt.wantSigner, got)
 			}
-			if !bytes.HasSuffix(got, []byte("\r\n\r\nbody\r\n")) || !bytes.Contains(got, []byte("\r\nReceived: by relay.test.invalid;")) {
+			if m := h.sink.Messages()[0]; m.From != "relay@example.net" {
+				t.Errorf("MAIL FROM %q, want the rewritten sender", m.From)
+			}
+			if !bytes.HasSuffix(got, []byte("\r\n\r\nbody\r\n")) || !bytes.Contains(got, []byte("Received: by relay.test.invalid;")) {
 				t.Errorf("body or trace field not passed on:\n%s", got)
 			}
 		})
@@ -394,4 +400,38 @@ func TestPlanPutsOffOnlyTheSendersWhoseRouteCoolsDown(t *testing.T) {
 	if dest, f := h.worker.Plan(env("app@example.net")); f != nil {
 		t.Fatalf("Plan put off mail of a sender routed to the smart host, for %q", dest)
 	}
+}
+
+// Rewriting happens at each attempt, never in the queue: mail deferred
+// through a route that did not rewrite goes, once a reload adds
+// rewrite_sender and rewrite_from to the route, as the account (MAIL FROM
+// and From:), and its queue record keeps the original sender meanwhile.
+func TestRewriteAppliesToMailQueuedBeforeTheRouteChanged(t *testing.T) {
+	dst, err := sink.Start(sink.Options{OnMail: func(from string) error {
+		if from != "relay@example.net" { // as a provider that relays only its account's mail
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "send as relay@example.net"}
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := config.Route{Senders: []string{"*@sales.example"}, Via: config.ViaSmarthost, Hosts: []string{dst.Addr()}, TLS: config.TLSNone}
+	router := smarthostRouter(nil, route)
+	h := startHarness(t, dst, router, nil)
+	id := h.putMessage("alice@sales.example", "From: Alice <alice@sales.example>\r\nSubject: s\r\n\r\nbody\r\n", "x@dst.example")
+	m := h.waitAttempts(id, 1)
+	if r := m.Recipients[0]; m.From != "alice@sales.example" || r.State != queue.Pending || !strings.HasPrefix(r.LastReply, "451 4.7.1") {
+		t.Fatalf("before the change: from %q, %s with %q; want alice's mail pending with the 451", m.From, r.State, r.LastReply)
+	}
+
+	route.RewriteSender, route.RewriteFrom = "relay@example.net", config.RewriteFromReplace
+	d := config.Default().Delivery
+	d.Routes = []config.Route{route}
+	router.Set(d)
+	got := h.waitSink(1)[0]
+	if got.From != "relay@example.net" || !bytes.HasPrefix(got.Data, []byte("From: \"Alice\" <relay@example.net>\r\n")) {
+		t.Fatalf("after the change: MAIL FROM %q, message\n%s\nwant both rewritten", got.From, got.Data)
+	}
+	h.waitGone(id)
 }
