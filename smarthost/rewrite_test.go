@@ -3,10 +3,13 @@ package smarthost
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"io"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-message/textproto"
+	"github.com/rs/zerolog"
 
 	"relayq/config"
 )
@@ -72,4 +75,56 @@ func otherFields(t *testing.T, h textproto.Header) string {
 		b.Write(raw)
 	}
 	return b.String()
+}
+
+// A header section longer than a route rewrites (64 KiB) goes out as it
+// was queued, From: and all, with its stored size, and the log says so
+// (README: "a message whose header section is longer goes out with its
+// From: as it is"); one just within it is rewritten.
+func TestRewriteLeavesAnOverlongHeaderSectionAsItIs(t *testing.T) {
+	logs := &logBuffer{}
+	h := pausedHarness(t, nil, &Static{Destination: "unused"}, func(w *Worker) { w.Log = zerolog.New(logs) })
+	h.worker.init()
+	rw := Rewrite{Sender: "relay@example.net", From: config.RewriteFromReplyTo}
+	message := func(headerLen int) string {
+		var b strings.Builder
+		b.WriteString("From: Alice <alice@sales.example>\r\n")
+		for b.Len() < headerLen-len("X-Pad: \r\n\r\n")-70 {
+			b.WriteString("X-Filler: " + strings.Repeat("x", 60) + "\r\n")
+		}
+		b.WriteString("X-Pad: " + strings.Repeat("y", headerLen-b.Len()-len("X-Pad: \r\n\r\n")) + "\r\n\r\nbody\r\n")
+		return b.String()
+	}
+	for _, c := range []struct {
+		headerLen int
+		rewritten bool
+	}{{maxRewriteHeader, true}, {maxRewriteHeader + 1, false}} {
+		data := message(c.headerLen)
+		if end := headerEnd([]byte(data)); end != c.headerLen {
+			t.Fatalf("test message's header section is %d bytes, want %d", end, c.headerLen)
+		}
+		id := h.putMessage("alice@sales.example", data, "x@dst.example")
+		m, err := h.store.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, size, err := h.worker.outgoing(context.Background(), m, rw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(r)
+		r.Close()
+		if err != nil || int64(len(got)) != size {
+			t.Fatalf("header of %d bytes: read %d bytes (%v), outgoing said %d", c.headerLen, len(got), err, size)
+		}
+		if rewritten := strings.HasPrefix(string(got), `From: "Alice" <relay@example.net>`+"\r\n"); rewritten != c.rewritten {
+			t.Errorf("header of %d bytes: rewritten %v, want %v", c.headerLen, rewritten, c.rewritten)
+		}
+		if !c.rewritten && string(got) != data {
+			t.Errorf("header of %d bytes: not sent as queued", c.headerLen)
+		}
+	}
+	if n := strings.Count(logs.String(), "too long to rewrite"); n != 1 {
+		t.Errorf("%d log lines say a header section was too long to rewrite, want 1:\n%s", n, logs.String())
+	}
 }
