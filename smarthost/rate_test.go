@@ -286,3 +286,36 @@ func BenchmarkRate60At600PerMinute(b *testing.B) {
 		b.ReportMetric(float64(seen.count("deferred")), "deferred")
 	}
 }
+
+// TestRateRepliesInARowEndInADeferral: a destination that refuses every
+// message for our rate halves the rate at each refusal and gets the
+// message back at the lowered rate, with no attempt counted, until eight
+// such replies in a row (maxBusyRetries); the next one defers it as any
+// temporary reply does: one attempt, its status, a backoff (README
+// "Message rates per destination").
+func TestRateRepliesInARowEndInADeferral(t *testing.T) {
+	var rcpts atomic.Int32
+	dst := smtptest.StartSink(t, sink.Options{OnRcpt: func(string) error {
+		rcpts.Add(1)
+		return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "sending rate exceeded"}
+	}})
+	// 1000 a second: the eight halvings make it wait about 0.5 s in all.
+	route := config.Route{Domains: []string{"dst.invalid"}, Via: "smarthost", Hosts: []string{dst.Addr()},
+		TLS: config.TLSNone, Rate: config.Rate{PerMinute: 60000}}
+	h := startHarness(t, nil, smarthostRouter(nil, route), func(w *Worker) {
+		w.Backoff = retry.Backoff{Min: time.Hour, Max: time.Hour}
+	})
+	start := time.Now()
+	id := h.put("a@src.invalid", "b@dst.invalid")
+	m := h.waitAttempts(id, 1)
+	r := m.Recipients[0]
+	if n := rcpts.Load(); n != maxBusyRetries+1 {
+		t.Errorf("the destination refused %d RCPTs before the deferral, want %d", n, maxBusyRetries+1)
+	}
+	if r.State != queue.Pending || r.Attempts != 1 || r.Status != "4.7.1" || !strings.HasPrefix(r.LastReply, "450 4.7.1") {
+		t.Errorf("recipient %s, %d attempts, status %s, %q; want pending after one attempt with the 450", r.State, r.Attempts, r.Status, r.LastReply)
+	}
+	if m.NextAttempt.Before(start.Add(time.Hour - time.Minute)) {
+		t.Errorf("next attempt at %s, want after the hour's backoff", m.NextAttempt)
+	}
+}
