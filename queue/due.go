@@ -35,7 +35,26 @@ type Entry struct {
 // that is still in place when the attempt ends without writing it (a
 // commit that failed, a delivery cut short): Recheck shows it to the next
 // scan.
+//
+// DueAfter looks no further than lookAhead past now for when the next
+// message is due: next is at most now+lookAhead while entries remain (then
+// it may be a time with nothing due, to look again at).
 func (s *Store) DueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool) (es []Entry, next time.Time, cur Cursor, err error) {
+	return s.dueAfter(now, c, limit, skip, lookAhead)
+}
+
+// lookAhead bounds the part of the schedule after now that DueAfter walks
+// to find when the next message is due. Past now lie the deferred
+// messages; a flush of many (or a release of a destination's waiting
+// mail) leaves a tombstone in front of them for each one it made due, and
+// an unbounded look for the next live entry walked them all at every scan
+// (a third of relayq's CPU while 100,000 of a million queued drained,
+// docs/performance.md). Within lookAhead it walks a second's worth.
+const lookAhead = time.Second
+
+// dueAfter is DueAfter looking ahead at most ahead for the next due time
+// (0: as far as it takes, for Due's exact next).
+func (s *Store) dueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool, ahead time.Duration) (es []Entry, next time.Time, cur Cursor, err error) {
 	var (
 		it    *pebble.Iterator
 		start []byte
@@ -49,7 +68,7 @@ func (s *Store) DueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool)
 		return nil, time.Time{}, c, fmt.Errorf("queue: due: %w", err)
 	}
 	defer it.Close()
-	es, next, last, firstLive, err := dueScan(it, start, now, limit, skip)
+	es, next, last, firstLive, err := dueScan(it, start, now, limit, skip, ahead)
 	if c.IsZero() {
 		// Only a scan from the start knows where the first live entry is.
 		s.scan.end(firstLive)
@@ -78,12 +97,20 @@ func (s *Store) Recheck(e Entry) error {
 	return nil
 }
 
-// dueScan walks the schedule from start (see Due). last is the key of the
-// last entry returned, nil if none; firstLive the first key met
-// (prefixEnd of the schedule if none).
-func dueScan(it *pebble.Iterator, start []byte, now time.Time, limit int, skip func(ID) bool) (es []Entry, next time.Time, last, firstLive []byte, err error) {
+// dueScan walks the schedule from start (see Due), up to now+ahead when
+// ahead > 0 (then next is that time if nothing live came before it).
+// last is the key of the last entry returned, nil if none; firstLive the
+// first key met (prefixEnd of the schedule if none, the bound if the walk
+// stopped there: nothing live comes before it).
+func dueScan(it *pebble.Iterator, start []byte, now time.Time, limit int, skip func(ID) bool, ahead time.Duration) (es []Entry, next time.Time, last, firstLive []byte, err error) {
 	firstLive = prefixEnd(prefixSchedule) // if the scan meets nothing
-	for ok, first := it.SeekGE(start), true; ok; ok, first = it.Next(), false {
+	var bound []byte                      // nil: no bound
+	if ahead > 0 {
+		bound = scheduleKey(now.Add(ahead), "")
+	}
+	first := true
+	st := it.SeekGEWithLimit(start, bound)
+	for ; st == pebble.IterValid; st, first = it.NextWithLimit(bound), false {
 		if first {
 			firstLive = slices.Clone(it.Key())
 		}
@@ -102,6 +129,12 @@ func dueScan(it *pebble.Iterator, start []byte, now time.Time, limit int, skip f
 		}
 		es = append(es, Entry{ID: id, Due: due})
 		last = append(last[:0], it.Key()...)
+	}
+	if st == pebble.IterAtLimit {
+		if first {
+			firstLive = bound
+		}
+		return es, now.Add(ahead), last, firstLive, it.Error()
 	}
 	return es, time.Time{}, last, firstLive, it.Error()
 }

@@ -466,7 +466,7 @@ func (s *Store) Get(id ID) (*Message, error) {
 // walks the tombstones that delivered messages leave at the front of the
 // index, which would make every call cost as much as the history.
 func (s *Store) Due(now time.Time, limit int, skip func(ID) bool) (ids []ID, next time.Time, err error) {
-	es, next, _, err := s.DueAfter(now, Cursor{}, limit, skip)
+	es, next, _, err := s.dueAfter(now, Cursor{}, limit, skip, 0)
 	for _, e := range es {
 		ids = append(ids, e.ID)
 	}

@@ -54,7 +54,7 @@ func main() {
 		drain  = flag.Int("drain", 100_000, "messages to time while draining")
 		keep   = flag.Bool("keep", false, "keep the temporary directory")
 		reuse  = flag.String("dir", "", "use this directory (and keep it) instead of a new temporary one; with -n 0, the restart and 50 MB figures of a queue kept by -keep")
-		prof   = flag.String("profile", "", "directory for profiles of relayq taken over its admin API: CPU with a near-empty and with a full queue (each an extra load phase of -profile-seconds), heap around the 50 MB message")
+		prof   = flag.String("profile", "", "directory for profiles of relayq taken over its admin API: CPU with a near-empty and with a full queue (each an extra load phase of -profile-seconds), heap around the 50 MB message, CPU over the first -profile-seconds of the drain")
 		psecs  = flag.Int("profile-seconds", 15, "length of each CPU profile")
 		only   = flag.Bool("enqueue-only", false, "stop after the enqueue figures")
 		settle = flag.Bool("settle", true, "before the 50 MB message, wait until relayq has counted the queue it restarted with (false: send it right after the restart, so that its figure includes that count)")
@@ -130,6 +130,10 @@ func main() {
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() { drained <- dst.Wait(ctx, *drain) }()
+	if *prof != "" {
+		// A CPU profile of the drain's start (the flush beside it).
+		go r.fetch(*prof, "drain", fmt.Sprintf("/debug/pprof/profile?seconds=%d", *psecs))
+	}
 	select {
 	case err := <-flushed:
 		check(err)
