@@ -115,6 +115,13 @@ func main() {
 	fmt.Printf("50 MB message: RSS %.1f → %.1f MB (peak %.1f MB, +%.1f MB)\n", mb(before), mb(r.rss()), mb(r.peakRSS.Load()), mb(r.peakRSS.Load()-before))
 	fmt.Printf("               anonymous %.1f → peak %.1f MB (+%.1f MB), file-backed %.1f → %.1f MB\n", mb(beforeAnon), mb(r.peakAnon.Load()), mb(r.peakAnon.Load()-beforeAnon), mb(beforeFile), mb(r.status("RssFile")))
 
+	r.drain(*drain, *prof, *psecs)
+}
+
+// drain brings the destination up, flushes the queue and times the
+// delivery of its first n messages; with prof, it profiles the first psecs
+// seconds of it.
+func (r *run) drain(n int, prof string, psecs int) {
 	dst, err := sink.Start(sink.Options{Addr: r.dest, Discard: true})
 	check(err)
 	defer dst.Close()
@@ -129,10 +136,10 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	drained := make(chan error, 1)
-	go func() { drained <- dst.Wait(ctx, *drain) }()
-	if *prof != "" {
+	go func() { drained <- dst.Wait(ctx, n) }()
+	if prof != "" {
 		// A CPU profile of the drain's start (the flush beside it).
-		go r.fetch(*prof, "drain", fmt.Sprintf("/debug/pprof/profile?seconds=%d", *psecs))
+		go r.fetch(prof, "drain", fmt.Sprintf("/debug/pprof/profile?seconds=%d", psecs))
 	}
 	select {
 	case err := <-flushed:
@@ -143,9 +150,9 @@ func main() {
 		// under it.
 		check(err)
 	}
-	took = time.Since(start)
+	took := time.Since(start)
 	fmt.Printf("drain: %d deferred messages delivered in %s: %.0f msgs/s (relayq CPU %.3f ms/msg, the flush included; peak RSS %.1f MB)\n",
-		*drain, took.Round(time.Millisecond), float64(*drain)/took.Seconds(), ms((r.cpuTime()-cpu)/time.Duration(*drain)), mb(r.peakRSS.Load()))
+		n, took.Round(time.Millisecond), float64(n)/took.Seconds(), ms((r.cpuTime()-cpu)/time.Duration(n)), mb(r.peakRSS.Load()))
 }
 
 type run struct {
