@@ -51,7 +51,10 @@ const maxStaleRetries = 4
 //     nodes together hold every connection the destination allows, the
 //     recipients go back to the front of the line, which waits
 //     cluster.RetryAtCap: no backoff, no attempt counted. A host another
-//     node put in its cool-down is skipped like one of this node's.
+//     node put in its cool-down is skipped like one of this node's. A
+//     paced destination's rate is shared too (clusterPaced): when the
+//     nodes used it, the recipients go back to the front of the line,
+//     which waits for it (pacer.hold), no attempt counted.
 //   - Recipients no host took are deferred with the last reply (a local
 //     451 4.4.1 for a host that did not answer); when every host was
 //     cooling down, with the reply that put the last one there.
@@ -60,6 +63,9 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 	dest := g.route.Destination
 	targets := g.route.Targets
 	pending := g.idx
+	if w.clusterPaced(ctx, dest) {
+		return errSentBack // the nodes used the shared rate: the line waits for it
+	}
 	var (
 		last    hopReply // the last failure's reply
 		cooling skipped  // why skipped hosts are cooling down

@@ -10,9 +10,10 @@ import (
 )
 
 // Cluster shares destination limits with other relayq nodes ([cluster],
-// package cluster); *cluster.Client is one. Every method answers even when
-// the shared store is gone (from a local fallback); the only errors are
-// cluster.ErrAtCap and the caller's own context's.
+// package cluster): connection leases, learned caps and rates, message
+// rates and cool-downs; *cluster.Client is one. Every method answers even
+// when the shared store is gone (from a local fallback); the only errors
+// are cluster.ErrAtCap and the caller's own context's.
 type Cluster interface {
 	// Acquire takes a connection lease for dest while the connections of
 	// all nodes are below min(cap, the learned cap); cluster.ErrAtCap
@@ -35,6 +36,20 @@ type Cluster interface {
 	// now: cap while the nodes share limits, its fallback share while
 	// the shared store is unreachable.
 	Share(dest string, cap int) int
+	// Allow says whether one message may go to dest now under rate r,
+	// shared by all nodes (r/expected_nodes on this node alone while the
+	// shared store is unreachable): 0, or how long to wait. A zero wait
+	// takes the message's place.
+	Allow(ctx context.Context, dest string, r cluster.Rate) (time.Duration, error)
+	// PublishRate records the rate learned for dest (messages a second)
+	// for every node; 0 forgets it.
+	PublishRate(ctx context.Context, dest string, perSecond float64)
+	// LearnedRate is the rate published for dest by any node (messages a
+	// second), 0 for none.
+	LearnedRate(ctx context.Context, dest string) float64
+	// Degraded reports whether the shared store is unreachable: what
+	// LearnedRate answers may then be this node's own or out of date.
+	Degraded() bool
 }
 
 var _ Cluster = (*cluster.Client)(nil)
@@ -114,6 +129,73 @@ func (w *Worker) syncCap(ctx context.Context, dest string) {
 		w.pool.follow(dest, learned)
 	}
 	w.pool.share(dest, w.Cluster.Share)
+}
+
+// clusterPaced asks the cluster whether a delivery to dest that the
+// pacer let start may go now under dest's rate in force (configured or
+// learned), which all nodes share; it reports true when it may not. Then
+// the pacer holds dest until the cluster allows the next message, and the
+// caller sends the recipients back to the front of the line: no
+// deferral, no attempt counted, no backoff. It first follows the rate the
+// cluster learned (syncRate). It asks Redis outside the scheduler's lock:
+// pacer.reserve, under it, never does.
+func (w *Worker) clusterPaced(ctx context.Context, dest string) bool {
+	if w.Cluster == nil {
+		return false
+	}
+	w.syncRate(ctx, dest)
+	perSecond := w.pacer.perSecond(dest)
+	if perSecond <= 0 {
+		return false
+	}
+	wait, err := w.Cluster.Allow(ctx, dest, clusterRate(perSecond))
+	switch {
+	case err != nil:
+		return false // shutting down: the caller sees ctx
+	case wait <= 0:
+		w.pacer.allowed(dest, w.Now())
+		return false
+	}
+	w.pacer.hold(dest, w.Now().Add(wait))
+	return true
+}
+
+// clusterRate is a rate in messages a second as the cluster's Rate: one
+// message per interval, evenly spaced like the pacer's limiter (burst 1).
+func clusterRate(perSecond float64) cluster.Rate {
+	return cluster.Rate{Messages: 1, Per: time.Duration(float64(time.Second) / perSecond)}
+}
+
+// syncRate makes dest's learned rate the one the cluster shows when that
+// changed (pacer.follow): one node's lesson applies to all within the
+// cluster's refresh (cluster.Options.CapRefresh). While the shared store
+// is unreachable each node keeps its own, and a lesson learned meanwhile
+// is published when it answers again.
+func (w *Worker) syncRate(ctx context.Context, dest string) {
+	if w.Cluster.Degraded() {
+		return
+	}
+	if perSecond, ok := w.pacer.takeUnshared(dest); ok {
+		w.publishRate(ctx, dest, perSecond)
+	}
+	ch := w.pacer.follow(dest, w.Cluster.LearnedRate(ctx, dest))
+	if ch.changed {
+		w.Log.Info().Str("dest", dest).Float64("rate_per_hour", ch.to*3600).Float64("previous_rate_per_hour", ch.from*3600).
+			Msg("destination's learned rate follows another relayq node's (0: none learned)")
+	}
+}
+
+// publishRate tells the other nodes that dest's learned rate is now
+// perSecond (0: none). If the cluster is unreachable, syncRate publishes
+// it once it answers.
+func (w *Worker) publishRate(ctx context.Context, dest string, perSecond float64) {
+	if w.Cluster == nil {
+		return
+	}
+	w.Cluster.PublishRate(ctx, dest, perSecond)
+	if w.Cluster.Degraded() {
+		w.pacer.markUnshared(dest)
+	}
 }
 
 // sharedSession is a session that holds a cluster lease: closing it, by

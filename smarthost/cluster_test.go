@@ -3,12 +3,17 @@ package smarthost
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
 	"relayq/cluster"
+	"relayq/config"
 	"relayq/internal/redistest"
 	"relayq/internal/sink"
 	"relayq/internal/smtptest"
@@ -167,5 +172,188 @@ func TestClusterCooldownSkipsAHostAnotherNodeFoundDead(t *testing.T) {
 		if addr == down {
 			t.Errorf("node 1 dialled %s, which node 0 found dead a moment ago", down)
 		}
+	}
+}
+
+// pacedNodes is the rate tests' setup: two workers paced at perMinute for
+// one destination (a sink), each with a backlog of messages to
+// recipients named n<node>-<k>, sharing limits through one Redis when
+// shared is set; hooks script the sink.
+func pacedNodes(t *testing.T, shared bool, perMinute, backlog int, hooks sink.Options) (*sink.Server, []*harness) {
+	t.Helper()
+	dst, err := sink.Start(hooks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := []Target{{Addr: dst.Addr(), TLS: TLSNone, Timeout: 5 * time.Second}}
+	paced := func(w *Worker) {
+		w.Router = &Static{Destination: "sink", Targets: targets, Rate: config.Rate{PerMinute: perMinute}}
+		w.RaiseAfter = 1000 // no raise of a learned rate within a test
+	}
+	var nodes []*harness
+	if shared {
+		nodes = clusterNodes(t, 2, dst, targets, &recordingDialer{}, paced)
+	} else {
+		nodes = []*harness{pausedHarness(t, dst, nil, paced), pausedHarness(t, nil, nil, paced)}
+	}
+	for i, h := range nodes {
+		for k := range backlog {
+			h.put("a@src.invalid", fmt.Sprintf("n%d-%d@dst.invalid", i, k))
+		}
+		h.start()
+	}
+	return dst, nodes
+}
+
+// arrivals returns when msgs arrived, in order, and which of two nodes
+// sent each (by recipient prefix).
+func arrivals(msgs []sink.Message) ([]time.Time, []int) {
+	msgs = slices.Clone(msgs)
+	slices.SortFunc(msgs, func(a, b sink.Message) int { return a.At.Compare(b.At) })
+	at, from := make([]time.Time, len(msgs)), make([]int, len(msgs))
+	for i, m := range msgs {
+		at[i] = m.At
+		if strings.HasPrefix(m.To[0], "n1-") {
+			from[i] = 1
+		}
+	}
+	return at, from
+}
+
+// byNode counts the arrivals of each of two nodes.
+func byNode(from []int) [2]int {
+	var n [2]int
+	for _, i := range from {
+		n[i]++
+	}
+	return n
+}
+
+// mostWithin is the most arrivals in any window of d.
+func mostWithin(at []time.Time, d time.Duration) int {
+	most, lo := 0, 0
+	for hi := range at {
+		for at[hi].Sub(at[lo]) >= d {
+			lo++
+		}
+		most = max(most, hi-lo+1)
+	}
+	return most
+}
+
+// Two nodes with a backlog each for a destination of 600 messages a
+// minute (one every 100 ms) send at most that together: 50 messages span
+// at least 4.9 s of the shared limiter's turns (asserted: 4 s, for
+// delivery jitter) and no 2 s window holds more than 21 (+2). The nodes
+// share the turns as they come (each has a part of the first half), not
+// one after the other. Without the cluster each node paces alone and the
+// two send twice the rate; the control run shows that the bounds would
+// catch it.
+func TestClusterNodesShareTheDestinationRate(t *testing.T) {
+	const perMinute, backlog = 600, 25
+	const n = 2 * backlog
+	run := func(t *testing.T, shared bool) (span time.Duration, most int, firstHalf [2]int) {
+		dst, _ := pacedNodes(t, shared, perMinute, backlog, sink.Options{})
+		at, from := arrivals(waitCount(t, dst, n, 30*time.Second))
+		span, most, firstHalf = at[n-1].Sub(at[0]), mostWithin(at, 2*time.Second), byNode(from[:n/2])
+		t.Logf("shared %v: %d messages in %s (%.1f/s), at most %d in 2 s; the first %d: %v from each node",
+			shared, n, span.Round(time.Millisecond), float64(n-1)/span.Seconds(), most, n/2, firstHalf)
+		return span, most, firstHalf
+	}
+	span, most, firstHalf := run(t, true)
+	if span < 4*time.Second || most > 23 {
+		t.Errorf("two nodes sharing 600/min sent %d messages in %s, at most %d in 2 s: faster than the rate", n, span, most)
+	}
+	if firstHalf[0] < n/8 || firstHalf[1] < n/8 {
+		t.Errorf("the first %d messages came %v from each node; want the nodes to share the turns", n/2, firstHalf)
+	}
+	t.Run("control without the cluster", func(t *testing.T) {
+		span, most, _ := run(t, false)
+		if span >= 4*time.Second && most <= 23 {
+			t.Errorf("two nodes pacing alone sent %d messages in %s, at most %d in 2 s: the shared run's bounds would not catch twice the rate", n, span, most)
+		}
+	})
+}
+
+// A rate one node lowers on a reply saying it sends too fast (450 4.7.1)
+// is the other's within about a second (the cluster's refresh, 500 ms,
+// then its next delivery), and both then keep to it together: ten more
+// messages take at least 1.4 s (the halved rate's 1.8 s, less jitter;
+// 0.9 s at the old rate). Both nodes deliver before the refusal, and no
+// run of successes raises the rate within the test (RaiseAfter).
+func TestClusterLearnedRateReachesEveryNode(t *testing.T) {
+	const perMinute, backlog = 600, 60
+	var rcpts, refusedAt atomic.Int64
+	tooFast := &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "sending rate exceeded, slow down"}
+	dst, nodes := pacedNodes(t, true, perMinute, backlog, sink.Options{OnRcpt: func(to string) error {
+		// Once both nodes are under way, node 0's next message is refused.
+		if rcpts.Add(1) > 10 && strings.HasPrefix(to, "n0-") && refusedAt.CompareAndSwap(0, time.Now().UnixNano()) {
+			return tooFast
+		}
+		return nil
+	}})
+	const lowered = perMinute / 2 * 60 // messages an hour
+	learned := func(i int) func() bool {
+		return func() bool {
+			for _, d := range nodes[i].worker.Destinations() {
+				if d.Name == "sink" {
+					return d.Rate.LearnedPerHour == lowered
+				}
+			}
+			return false // no delivery to it yet
+		}
+	}
+	waitFor(t, "node 0 lowers the rate on the destination's 450 4.7.1", learned(0))
+	waitFor(t, "node 1 follows node 0's lowered rate", learned(1))
+	took := time.Since(time.Unix(0, refusedAt.Load()))
+	t.Logf("node 1 paced at node 0's learned rate %s after the refusal", took.Round(time.Millisecond))
+	if took > 1500*time.Millisecond {
+		t.Errorf("node 1 followed the rate node 0 learned %s after the refusal; want about a second", took)
+	}
+	if r := destStatus(t, nodes[1].worker, "sink").Rate; !strings.Contains(r.Reason, "another relayq node") {
+		t.Errorf("node 1's rate status %+v; want it to say another node learned it", r)
+	}
+
+	base := dst.Count()
+
+	at, _ := arrivals(waitCount(t, dst, base+10, 30*time.Second)[base:])
+	if span := at[len(at)-1].Sub(at[0]); span < 1400*time.Millisecond {
+		t.Errorf("10 messages in %s after both nodes follow 300/min; want at least 1.4 s", span)
+	} else {
+		t.Logf("10 messages in %s at the learned 300/min", span.Round(time.Millisecond))
+	}
+}
+
+// The pacer follows the cluster's shared limiter: after hold(until) the
+// destination may go at until, not a local interval after the turn the
+// refused delivery took; after allowed(at) its next turn is an interval
+// after at, the cluster's decision, not after the reservation made
+// before it. Either way a node that waits for the shared rate is not
+// behind the one that just sent at every turn.
+func TestPacerFollowsTheClusterLimiter(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	t0 := time.Unix(1_800_000_000, 0)
+	p := newPacer(DefaultRaiseAfter, func() time.Time { return t0 })
+	p.configure("d", config.Rate{PerMinute: 600})
+	reserve := func(at time.Duration) bool {
+		ok, _ := p.reserve("d", t0.Add(at))
+		return ok
+	}
+	if !reserve(0) {
+		t.Fatal("first message refused")
+	}
+	p.hold("d", t0.Add(30*time.Millisecond))
+	if reserve(29 * time.Millisecond) {
+		t.Error("reserve before the cluster's time: allowed")
+	}
+	if !reserve(30 * time.Millisecond) {
+		t.Error("reserve at the cluster's time refused: the refused turn was not given back")
+	}
+	p.allowed("d", t0.Add(50*time.Millisecond)) // the cluster said yes 20 ms after the reservation
+	if reserve(30*time.Millisecond + interval) {
+		t.Error("reserve an interval after the reservation: allowed, ahead of the cluster's decision")
+	}
+	if !reserve(50*time.Millisecond + interval) {
+		t.Error("reserve an interval after the cluster's decision: refused")
 	}
 }

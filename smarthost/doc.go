@@ -170,6 +170,21 @@
 //     lowering. Cool-downs are published and adopted (breaker.adopt).
 //   - Idle connections are kept at most clusterIdleTimeout: their leases
 //     are other nodes' to take.
+//   - A paced destination's rate is one limiter for all nodes
+//     (Cluster.Allow, asked by clusterPaced at the start of each delivery
+//     the pacer let start, outside the scheduler's lock, with the rate in
+//     force). When the nodes used it, the pacer holds the destination
+//     until the cluster's next turn (pacer.hold, which gives the local
+//     turn back) and the recipients go back to the front of the line: no
+//     deferral, no attempt counted, no backoff. A turn the cluster grants
+//     re-anchors the local limiter at it (pacer.allowed), so that no node
+//     comes back ahead of the others at every turn. While Redis is
+//     unreachable the cluster answers at rate/expected_nodes.
+//   - A learned rate is published (lowerRate, rateSucceeded) and every
+//     node follows a change of the published one at its next delivery
+//     there (syncRate, pacer.follow; within the cluster's 500 ms refresh).
+//     While Redis is unreachable each node keeps its own lessons and
+//     publishes the last one when Redis answers again.
 //
 // # Reports (ndr.go, attempt.go: commit, expire)
 //

@@ -28,8 +28,9 @@ const rateRaise = 1.1
 // when it may send again. Nothing is deferred and no attempt is counted
 // for waiting.
 //
-// reserve is the one gate: a cluster shares a destination's rate by
-// wrapping it.
+// With a cluster, a delivery that reserve let start also asks the
+// cluster's limiter, which all nodes share (Worker.clusterPaced); when it
+// says wait, hold keeps reserve refusing the destination until then.
 type pacer struct {
 	now        func() time.Time
 	raiseAfter int // successes that waited for the rate before a raise
@@ -58,6 +59,16 @@ type paced struct {
 	sent, prev int
 	hadPrev    bool
 	used       time.Time // when a delivery last started
+	// notBefore is when the cluster's shared rate allows the next
+	// message (hold); reserve refuses until then.
+	notBefore time.Time
+	// shared is the learned rate the cluster showed at the last follow
+	// (sharedSeen: there was one): only a change of it is followed.
+	shared     float64
+	sharedSeen bool
+	// unshared: the last change of learned was made while the cluster
+	// was unreachable; it is published when the cluster answers again.
+	unshared bool
 }
 
 func newPacer(raiseAfter int, now func() time.Time) *pacer {
@@ -120,6 +131,10 @@ func (p *pacer) reserve(dest string, now time.Time) (ok bool, at time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d := p.destLocked(dest)
+	if now.Before(d.notBefore) {
+		d.waitedAt = now
+		return false, d.notBefore
+	}
 	if d.lim != nil {
 		r := d.lim.ReserveN(now, 1)
 		if wait := r.DelayFrom(now); wait > 0 {
@@ -130,6 +145,55 @@ func (p *pacer) reserve(dest string, now time.Time) (ok bool, at time.Time) {
 	}
 	d.countLocked(now)
 	return true, now
+}
+
+// hold keeps dest from starting a delivery before until: the cluster's
+// shared rate refused the one reserve let start. Run's paced timer wakes
+// the destination's line then (sched.pacedWait). The limiter's turn that
+// delivery took is given back (a fresh limiter, which has one): the
+// destination may go at until, not a local interval after the refused
+// turn, which would leave this node behind the others at every turn of
+// the shared rate, and starve it.
+func (p *pacer) hold(dest string, until time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	d := p.destLocked(dest)
+	if until.After(d.notBefore) {
+		d.notBefore = until
+	}
+	d.lim = nil
+	d.applyLocked(now)
+	d.waitedAt = now
+}
+
+// allowed re-anchors dest's limiter at now, when the cluster's shared
+// rate let the delivery reserve started go: its next turn is an interval
+// after the cluster's decision, as the cluster's own is, not after the
+// reservation made a delivery's setup earlier. A node anchored at its
+// reservations would be back at every turn of the shared rate that much
+// ahead of the nodes that held for it, and starve them.
+func (p *pacer) allowed(dest string, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.mu.dests[dest]
+	if d == nil || d.lim == nil {
+		return
+	}
+	d.lim = nil
+	d.applyLocked(now)
+	d.lim.ReserveN(now, 1) // a fresh limiter has the turn: taken at now
+}
+
+// perSecond is the rate dest is paced at now (configured or learned), in
+// messages a second; 0 for none.
+func (p *pacer) perSecond(dest string) float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d := p.mu.dests[dest]; d != nil {
+		return d.inForce()
+	}
+	return 0
 }
 
 // countLocked counts a delivery started at now.
@@ -229,6 +293,62 @@ func (p *pacer) succeeded(dest string) rateChange {
 	return ch
 }
 
+// follow makes dest's learned rate the one the cluster shows (shared, in
+// messages a second; 0: none learned) when that changed since the last
+// follow: another node lowered or raised it, or forgot it. A change of
+// this node's own (lower, succeeded) is published first and only then
+// seen here, so it is never undone by a view older than it. The first
+// view of a destination is followed too: a rate restored at start that
+// the cluster has forgotten since is forgotten.
+func (p *pacer) follow(dest string, shared float64) rateChange {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.mu.dests[dest]
+	if d == nil && shared == 0 {
+		return rateChange{} // unpaced and nothing learned: nothing to keep
+	}
+	d = p.destLocked(dest)
+	if d.sharedSeen && d.shared == shared {
+		return rateChange{}
+	}
+	d.shared, d.sharedSeen = shared, true
+	if d.learned == shared {
+		return rateChange{}
+	}
+	now := p.now()
+	ch := rateChange{changed: true, from: d.inForce(), to: shared}
+	switch {
+	case shared == 0:
+		d.reason = ""
+	case d.learned == 0:
+		d.from = max(d.inForce(), d.configured)
+		d.reason = "learned by another relayq node"
+	}
+	d.learned, d.updated, d.successes = shared, now, 0
+	d.applyLocked(now)
+	return ch
+}
+
+// markUnshared notes that dest's learned rate did not reach the cluster.
+func (p *pacer) markUnshared(dest string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.destLocked(dest).unshared = true
+}
+
+// takeUnshared returns dest's learned rate (0: none) if it is still to be
+// published, and clears the note.
+func (p *pacer) takeUnshared(dest string) (perSecond float64, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.mu.dests[dest]
+	if d == nil || !d.unshared {
+		return 0, false
+	}
+	d.unshared = false
+	return d.learned, true
+}
+
 // rateState is what is persisted of a destination's rate (in destState).
 type rateState struct {
 	LearnedPerHour float64   `json:"learned_rate,omitempty"`
@@ -306,9 +426,10 @@ func perHourRate(perSecond float64) config.Rate {
 }
 
 // lowerRate answers a reply saying dest is sent too many messages: its
-// rate is lowered, logged and stored.
+// rate is lowered, published to the cluster (if any), logged and stored.
 func (w *Worker) lowerRate(ctx context.Context, dest string, r *smtpreply.Reply) {
 	ch := w.pacer.lower(dest, r)
+	w.publishRate(ctx, dest, ch.to)
 	w.Log.Warn().Str("dest", dest).Float64("rate_per_hour", ch.to*3600).Float64("previous_rate_per_hour", ch.from*3600).
 		Int("code", r.Code).Str("enhanced", r.Status().String()).Str("reply", r.Error()).
 		Msg("destination says we send too many messages; rate lowered")
@@ -316,12 +437,13 @@ func (w *Worker) lowerRate(ctx context.Context, dest string, r *smtpreply.Reply)
 }
 
 // rateSucceeded counts a successful delivery towards a raise of dest's
-// learned rate (logged and stored).
+// learned rate (published to the cluster, logged and stored).
 func (w *Worker) rateSucceeded(ctx context.Context, dest string) {
 	ch := w.pacer.succeeded(dest)
 	if !ch.changed {
 		return
 	}
+	w.publishRate(ctx, dest, ch.to)
 	w.Log.Warn().Str("dest", dest).Float64("rate_per_hour", ch.to*3600).Float64("previous_rate_per_hour", ch.from*3600).
 		Msg("destination took a run of messages at its learned rate; rate raised (0: the configured one again)")
 	w.persist(ctx, dest)
