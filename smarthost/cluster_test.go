@@ -16,6 +16,7 @@ import (
 	"relayq/config"
 	"relayq/internal/redistest"
 	"relayq/internal/sink"
+	"relayq/internal/smtpreply"
 	"relayq/internal/smtptest"
 )
 
@@ -356,4 +357,46 @@ func TestPacerFollowsTheClusterLimiter(t *testing.T) {
 	if !reserve(50*time.Millisecond + interval) {
 		t.Error("reserve an interval after the cluster's decision: refused")
 	}
+}
+
+// A rate lowered while Redis is unreachable stays on that node (the other
+// keeps its own), and is published once Redis answers again, even a
+// restarted, empty one: then the other node follows it.
+func TestClusterRateLearnedWhileDegradedIsPublishedOnRecovery(t *testing.T) {
+	srv := redistest.Start(t)
+	var ws [2]*Worker
+	for i := range ws {
+		c, err := cluster.New(context.Background(), cluster.Options{
+			URL: srv.URL(), Node: fmt.Sprintf("n%d", i), Timeout: time.Second, CapRefresh: 50 * time.Millisecond,
+			Log: zerolog.New(zerolog.NewTestWriter(t)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+		ws[i] = &Worker{Cluster: c, Log: zerolog.New(zerolog.NewTestWriter(t))}
+		ws[i].init()
+		ws[i].pacer.configure("sink", config.Rate{PerMinute: 600})
+	}
+	ctx := context.Background()
+	rateOf := func(i int) float64 {
+		ws[i].syncRate(ctx, "sink")
+		return ws[i].pacer.perSecond("sink")
+	}
+	srv.Kill()
+	for _, w := range ws {
+		waitFor(t, "degraded after Redis died", w.Cluster.Degraded)
+	}
+	reply := &smtpreply.Reply{Code: 450, Enhanced: smtpreply.EnhancedCode{4, 7, 1}, Text: "sending rate exceeded"}
+	ws[0].lowerRate(ctx, "sink", reply)
+	if r0, r1 := rateOf(0), rateOf(1); r0 != 5 || r1 != 10 {
+		t.Fatalf("degraded, after node 0 learned 300/min: rates %v and %v a second, want 5 and 10", r0, r1)
+	}
+	srv.Restart()
+	for _, w := range ws {
+		waitFor(t, "sharing again after Redis restarted", func() bool { return !w.Cluster.Degraded() })
+	}
+	waitFor(t, "node 1 follows the rate node 0 learned while Redis was gone", func() bool {
+		return rateOf(0) == 5 && rateOf(1) == 5
+	})
 }
