@@ -7,6 +7,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,8 +41,9 @@ type clusterNode struct {
 }
 
 // startClusterNodes starts n relayq nodes sharing limits through redisURL
-// and delivering to dest, each with its own queue, listener and admin API.
-func startClusterNodes(t *testing.T, n int, redisURL, dest string) []*clusterNode {
+// and delivering to dest, each with its own queue, listener and admin API;
+// extra is appended to their configuration (after [cluster]).
+func startClusterNodes(t *testing.T, n int, redisURL, dest, extra string) []*clusterNode {
 	t.Helper()
 	nodes := make([]*clusterNode, n)
 	for i := range nodes {
@@ -57,7 +59,7 @@ redis = %q
 node = %q
 expected_nodes = %d
 lease_ttl = %q
-`, clusterLimit, redisURL, nd.name, n, clusterLeaseTTL))
+%s`, clusterLimit, redisURL, nd.name, n, clusterLeaseTTL, extra))
 		nd.start(t)
 		nodes[i] = nd
 	}
@@ -259,7 +261,7 @@ func TestClusterOfThreeNodesKeepsToTheDestinationsLimit(t *testing.T) {
 	l := newLedger()
 	var delay atomic.Int64
 	dst := clusterSink(t, l, &delay)
-	nodes := startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr())
+	nodes := startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr(), "")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -325,7 +327,7 @@ func TestClusterRidesOutRedisAndANodeDying(t *testing.T) {
 	l := newLedger()
 	var delay atomic.Int64
 	dst := clusterSink(t, l, &delay)
-	nodes := startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr())
+	nodes := startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr(), "")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	flow, stopFlow := context.WithCancel(ctx)
@@ -418,4 +420,66 @@ func TestClusterRidesOutRedisAndANodeDying(t *testing.T) {
 		t.Errorf("%d messages arrived twice; a SIGKILL can repeat at most the %d deliveries in flight", d, clusterLimit)
 	}
 	t.Logf("%d messages acknowledged, all arrived, %d twice (n2's deliveries in flight at its SIGKILL)", l.ackCount.Load(), l.duplicates())
+}
+
+// Three nodes pace one destination of 600 messages a minute together: 60
+// messages submitted across them (20 each) arrive over at least 5 s (5.9 s
+// of the shared limiter's turns, less delivery jitter), never more than 23
+// within 2 s (21 at the rate), and each node sends a part of the first
+// half. Each node alone paces at 600/min: without the cluster, the three
+// would send at 30/s.
+func TestClusterOfThreeNodesSharesTheDestinationsRate(t *testing.T) {
+	const perNode, perMinute = 20, 600
+	const n = clusterNodes * perNode
+	redis := redistest.Start(t)
+	l := newLedger()
+	dst, err := sink.Start(sink.Options{OnData: l.onData})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dst.Close() })
+	nodes := startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr(), fmt.Sprintf(`
+[[delivery.route]]
+domains = ["dest.invalid"]
+via = "smarthost"
+hosts = [%q]
+tls = "none"
+max_messages_per_minute = %d
+`, dst.Addr(), perMinute))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sendAll(ctx, nodes, 1, perNode, "r", l)
+	waitArrived(t, l, time.Minute)
+
+	msgs := dst.Messages()
+	slices.SortFunc(msgs, func(a, b sink.Message) int { return a.At.Compare(b.At) })
+	span := msgs[len(msgs)-1].At.Sub(msgs[0].At)
+	most, lo := 0, 0
+	for hi := range msgs {
+		for msgs[hi].At.Sub(msgs[lo].At) >= 2*time.Second {
+			lo++
+		}
+		most = max(most, hi-lo+1)
+	}
+	firstHalf := map[string]int{}
+	for _, m := range msgs[:n/2] {
+		for _, nd := range nodes {
+			if bytes.Contains(m.Data, []byte("Message-ID: <r-"+nd.name+"-")) {
+				firstHalf[nd.name]++
+			}
+		}
+	}
+	t.Logf("%d messages through 3 nodes at %d/min: %s from first to last (%.1f/s), at most %d in 2 s; the first %d: %v",
+		len(msgs), perMinute, span.Round(time.Millisecond), float64(len(msgs)-1)/span.Seconds(), most, n/2, firstHalf)
+	if len(msgs) != n || l.duplicates() != 0 {
+		t.Errorf("%d arrivals, %d duplicates; want %d once each", len(msgs), l.duplicates(), n)
+	}
+	if span < 5*time.Second || most > 23 {
+		t.Errorf("three nodes sharing %d/min sent %d messages in %s, at most %d in 2 s: faster than the rate", perMinute, n, span, most)
+	}
+	for _, nd := range nodes {
+		if firstHalf[nd.name] == 0 {
+			t.Errorf("%s sent none of the first %d messages (%v): the nodes do not share the turns", nd.name, n/2, firstHalf)
+		}
+	}
 }
