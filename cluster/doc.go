@@ -91,7 +91,7 @@
 //     publish is in its cache at once, and a read that began before it
 //     does not undo it. A rate published while degraded stays local, and
 //     Redis's value (none, after a restart of Redis) replaces it once
-//     Redis answers.
+//     Redis answers (the delivery worker then publishes its own again).
 //   - Message rates: Allow runs gcraScript, one limiter per destination
 //     whatever the number of nodes, at the rate the caller passes (each
 //     node's rate in force: the same on all once they follow the learned
