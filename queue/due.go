@@ -48,8 +48,9 @@ func (s *Store) DueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool)
 // messages; a flush of many (or a release of a destination's waiting
 // mail) leaves a tombstone in front of them for each one it made due, and
 // an unbounded look for the next live entry walked them all at every scan
-// (a third of relayq's CPU while 100,000 of a million queued drained,
-// docs/performance.md). Within lookAhead it walks a second's worth.
+// (a third of relayq's CPU while 100,000 of a million queued drained:
+// README, Performance, the large queue). Within lookAhead it walks a
+// second's worth.
 const lookAhead = time.Second
 
 // dueAfter is DueAfter looking ahead at most ahead for the next due time

@@ -189,7 +189,7 @@ const doneRecheck = 100 * time.Millisecond
 // attempt that wrote nothing is shown to the next scan by recheck, so this
 // is only the net under a recheck that failed. At once a second, the
 // walk took 40 % of the worker's CPU with 100,000 messages in the lines
-// (docs/performance.md).
+// (README, Performance, the large queue).
 const fullScanEvery = time.Minute
 
 // task is a job handed to a runner, and the line it was taken from.
