@@ -114,10 +114,15 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 		connHost := breakerHost(Target{Addr: conn.Addr(), Username: target.Username})
 		ok := func() { w.succeeded(ctx, l, dest, connHost); w.rateSucceeded(ctx, dest) }
 		t.paceOK, t.pacedBy = j.busy < maxBusyRetries, nil
+		t.turn = func() bool { return w.rateTurn(ctx, dest) }
 		decided, rest, broken, err := w.transactions(ctx, t, conn, pending, g.route.Rewrite, ok)
 		if errors.Is(err, errGone) {
 			w.pool.release(l, conn, broken == nil)
 			return err
+		}
+		if errors.Is(err, errRateTurn) {
+			w.pool.release(l, conn, true)
+			return errSentBack // the rest of a split message waits for the rate's next turn
 		}
 		if t.pacedBy != nil && err == nil {
 			// Recipients refused for our rate wait for the lowered one in
@@ -265,7 +270,10 @@ func (w *Worker) connect(ctx context.Context, l *lease, target Target) (Session,
 // when the message was deleted meanwhile.
 func (w *Worker) transactions(ctx context.Context, t *tally, conn Session, pending []int, rw Rewrite, ok func()) (decided bool, rest []int, broken *smtpreply.Reply, err error) {
 	m := t.m
-	for len(pending) > 0 {
+	for sent := 0; len(pending) > 0; sent++ {
+		if sent > 0 && t.turn != nil && !t.turn() {
+			return decided, pending, nil, errRateTurn
+		}
 		env := envelopeFor(m, pending, rw)
 		body, size, err := w.outgoing(ctx, m, rw)
 		if errors.Is(err, queue.ErrNotFound) {
@@ -358,6 +366,11 @@ func (w *Worker) paceBack(ctx context.Context, j *job, dest string, d retry.Deci
 // errGone: the message was deleted (by an operator) during its attempt.
 var errGone = errors.New("message deleted during delivery")
 
+// errRateTurn: a message split into several transactions (too many
+// recipients) found its destination's rate used up before the next one:
+// a rate counts transactions, so the rest waits in the line for its turn.
+var errRateTurn = errors.New("the destination's rate allows no further transaction now")
+
 // errSentBack: the recipients go back to the front of the destination's
 // line, to be sent when a slot frees (a 421 4.3.2).
 var errSentBack = errors.New("sent back to the front of the destination's line")
@@ -417,6 +430,10 @@ type tally struct {
 	// line (deliverGroup); pacedBy is the first such reply.
 	paceOK  bool
 	pacedBy *smtpreply.Reply
+	// turn takes the destination's rate's turn for one more transaction
+	// of the delivery (the scheduler took the first): false when the rate
+	// says wait (Worker.rateTurn). Nil: none needed.
+	turn func() bool
 }
 
 // verdict is one recipient's reply in this attempt, kept parsed for the

@@ -448,3 +448,15 @@ func (w *Worker) rateSucceeded(ctx context.Context, dest string) {
 		Msg("destination took a run of messages at its learned rate; rate raised (0: the configured one again)")
 	w.persist(ctx, dest)
 }
+
+// rateTurn takes dest's rate's turn for one more transaction of a delivery
+// already started (a message split by "too many recipients": a rate counts
+// transactions): false when this node's pacer or the cluster's shared
+// rate says wait. The scheduler then waits for the turn as for any
+// delivery (the gate, Run's paced timer).
+func (w *Worker) rateTurn(ctx context.Context, dest string) bool {
+	if ok, _ := w.pacer.reserve(dest, w.Now()); !ok {
+		return false
+	}
+	return !w.clusterPaced(ctx, dest)
+}

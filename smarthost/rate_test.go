@@ -319,3 +319,40 @@ func TestRateRepliesInARowEndInADeferral(t *testing.T) {
 		t.Errorf("next attempt at %s, want after the hour's backoff", m.NextAttempt)
 	}
 }
+
+// TestRateCountsEachTransactionOfASplitMessage: a rate counts
+// transactions. A message for 6 recipients to a server that takes 2 per
+// transaction (452 4.5.3 beyond) goes as 3 transactions, and at 120 a
+// minute (one every 500 ms) they arrive at least the rate apart: without
+// a turn per transaction the three went out back to back on the
+// connection. Nothing is deferred.
+func TestRateCountsEachTransactionOfASplitMessage(t *testing.T) {
+	const perMinute = 120
+	paced := smtptest.StartSink(t, sink.Options{MaxRecipients: 2})
+	router := smarthostRouter(nil, config.Route{Domains: []string{"paced.invalid"}, Via: "smarthost",
+		Hosts: []string{paced.Addr()}, TLS: config.TLSNone, Rate: config.Rate{PerMinute: perMinute}})
+	var seen outcomes
+	h := startHarness(t, nil, router, func(w *Worker) { w.Observe = seen.observe })
+	var rcpts []string
+	for i := range 6 {
+		rcpts = append(rcpts, fmt.Sprintf("r%d@paced.invalid", i))
+	}
+	id := h.put("a@src.invalid", rcpts...)
+	msgs := waitCount(t, paced, 3, 20*time.Second)
+	h.waitGone(id)
+	at := make([]time.Time, 0, len(msgs))
+	for _, m := range msgs {
+		at = append(at, m.At)
+	}
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	// 500 ms apart by the rate; a little less may show between arrivals
+	// (each is stamped at its DATA, the turn taken before its MAIL).
+	for i := 1; i < len(at); i++ {
+		if gap, least := at[i].Sub(at[i-1]), 400*time.Millisecond; gap < least {
+			t.Errorf("transactions %d and %d of one message arrived %s apart; at %d a minute, at least %s", i, i+1, gap, perMinute, least)
+		}
+	}
+	if d := seen.count("deferred"); d != 0 {
+		t.Errorf("%d deferrals; waiting for the rate defers nothing", d)
+	}
+}
