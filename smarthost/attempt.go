@@ -137,16 +137,7 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 			continue
 		}
 		d := retry.Classify(retry.StageMail, broken)
-		if d.LowerCap {
-			conn.Close()
-			if w.lowerCap(ctx, l, dest, broken) && j.busy < maxBusyRetries {
-				j.busy++
-				return errSentBack
-			}
-		} else {
-			w.pool.release(l, conn, false)
-		}
-		if w.paceBack(ctx, j, dest, d, broken) {
+		if w.refused(ctx, l, conn, j, dest, d, broken) {
 			return errSentBack
 		}
 		if reused && !decided && stale < maxStaleRetries {
@@ -172,19 +163,31 @@ func (w *Worker) deliverGroup(ctx context.Context, t *tally, g *group, j *job) e
 func (w *Worker) dialFailed(ctx context.Context, l *lease, j *job, m *queue.Message, dest string, target Target, err error) (*smtpreply.Reply, bool) {
 	reply, stage := dialReply(err)
 	d := retry.Classify(stage, reply)
-	if d.LowerCap {
-		if w.lowerCap(ctx, l, dest, reply) && j.busy < maxBusyRetries {
-			j.busy++
-			return reply, true
-		}
-	} else {
-		w.pool.release(l, nil, false)
-	}
-	if w.paceBack(ctx, j, dest, d, reply) {
+	if w.refused(ctx, l, nil, j, dest, d, reply) {
 		return reply, true
 	}
 	w.hostFailed(ctx, m, dest, breakerHost(target), reply, d, true)
 	return reply, false
+}
+
+// refused answers a reply that may be about us rather than the host: a
+// 421 4.3.2 lowers the cap (pool.refused, through lowerCap) and a rate
+// reply paces the destination, both sending the job back to its line
+// (true, j.busy counting the times). Either way l's connection is given
+// up: conn, or nil for one that was never made.
+func (w *Worker) refused(ctx context.Context, l *lease, conn Session, j *job, dest string, d retry.Decision, reply *smtpreply.Reply) bool {
+	if d.LowerCap {
+		if conn != nil {
+			conn.Close()
+		}
+		if w.lowerCap(ctx, l, dest, reply) && j.busy < maxBusyRetries {
+			j.busy++
+			return true
+		}
+	} else {
+		w.pool.release(l, conn, false)
+	}
+	return w.paceBack(ctx, j, dest, d, reply)
 }
 
 // skipped is why the hosts skipped for their cool-down were put there:
