@@ -6,12 +6,13 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"relayq/internal/testlog"
 )
 
 // testUsers is one account, app1 / s3cret, hashed at the lowest bcrypt
@@ -25,23 +26,8 @@ func testUsers(t testing.TB) map[string]string {
 	return map[string]string{"app1": string(h)}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+// syncBuffer is the test's view of the log.
+type syncBuffer = testlog.Buffer
 
 // authConfig lets only 127.0.0.1 relay by address, has app1 and a
 // certificate; it returns the client TLS config that trusts it.

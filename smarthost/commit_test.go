@@ -193,7 +193,7 @@ func TestMessageDeletedBeforeItsBodyIsReadIsNotSent(t *testing.T) {
 		lb = captureLog(t, w)
 	})
 	h.put("a@src.invalid", "b@dst.invalid")
-	for deadline := time.Now().Add(10 * time.Second); len(lb.events("message deleted during delivery")) == 0; time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); len(lb.Events("message deleted during delivery")) == 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the attempt never noticed the deletion")
 		}

@@ -368,7 +368,7 @@ func TestUndeliverableNDRIsCountedAndDropped(t *testing.T) {
 	if strings.Join(froms, ",") != "sender@src.invalid," {
 		t.Errorf("MAIL FROMs %q: want the message, then its NDR from <>, and nothing more", froms)
 	}
-	evs := logs.events("double bounce: a report from <> could not be delivered; dropped")
+	evs := logs.Events("double bounce: a report from <> could not be delivered; dropped")
 	if len(evs) != 1 || evs[0]["rcpt"] != "sender@src.invalid" || evs[0]["level"] != "error" {
 		t.Errorf("double-bounce log lines: %v", evs)
 	}

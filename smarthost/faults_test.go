@@ -60,13 +60,13 @@ func checkDeferred(t *testing.T, lb *logBuffer, n int) {
 	t.Helper()
 	// Logged after the commit that removed the message from the queue.
 	deadline := time.Now().Add(5 * time.Second)
-	for len(lb.events("delivered")) == 0 && time.Now().Before(deadline) {
+	for len(lb.Events("delivered")) == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if d := lb.events("delivered"); len(d) != 1 {
+	if d := lb.Events("delivered"); len(d) != 1 {
 		t.Errorf("%d deliveries logged, want 1", len(d))
 	}
-	defs := lb.events("deferred")
+	defs := lb.Events("deferred")
 	if len(defs) < n {
 		t.Fatalf("%d deferrals logged, want at least %d: %v", len(defs), n, defs)
 	}

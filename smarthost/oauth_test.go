@@ -15,13 +15,6 @@ import (
 	"relayq/queue"
 )
 
-// String is everything logged so far.
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 const oauthUser = "relay@example.net"
 
 // oauthHarness runs a worker whose only route, [[delivery.route]] 0 for

@@ -90,7 +90,7 @@ func TestPlanPutsOffNewMailWhileEveryHostCoolsDown(t *testing.T) {
 		t.Errorf("queued as %+v, want the plan, never attempted", m.Envelope)
 	}
 	var logged []string
-	for _, ev := range logs.events("deferred") {
+	for _, ev := range logs.Events("deferred") {
 		if ev["id"] == string(id) {
 			logged = append(logged, fmt.Sprint(ev["rcpt"], " ", ev["reply"]))
 		}

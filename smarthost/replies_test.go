@@ -3,7 +3,6 @@ package smarthost
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"mime"
@@ -20,6 +19,7 @@ import (
 	"relayq/internal/sink"
 	"relayq/internal/smtpreply"
 	"relayq/internal/smtptest"
+	"relayq/internal/testlog"
 	"relayq/queue"
 	"relayq/retry"
 )
@@ -44,31 +44,8 @@ func peerTarget(addr string) Target {
 	return Target{Addr: addr, TLS: TLSNone, Timeout: 5 * time.Second}
 }
 
-// logBuffer keeps the worker's JSON log lines for a test to read.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// events returns the log lines whose message is msg, decoded.
-func (l *logBuffer) events(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		var ev map[string]any
-		if json.Unmarshal([]byte(line), &ev) == nil && ev["message"] == msg {
-			out = append(out, ev)
-		}
-	}
-	return out
-}
+// logBuffer is the test's view of the log.
+type logBuffer = testlog.Buffer
 
 // captureLog makes w log into the returned buffer as well as the test log.
 func captureLog(t *testing.T, w *Worker) *logBuffer {
@@ -413,14 +390,14 @@ func TestClassMismatchBasicCodeDecidesAndTheLogSaysSo(t *testing.T) {
 		t.Errorf("NDR Status %q, want 5.3.1 (basic class, enhanced subject and detail)", got)
 	}
 	want := "basic code 552 and enhanced 4.3.1 disagree in class; basic code decides"
-	evs := logs.events(want)
+	evs := logs.Events(want)
 	if len(evs) != 1 {
 		t.Fatalf("%d log lines %q", len(evs), want)
 	}
 	if evs[0]["id"] != string(id) || evs[0]["reply"] != "552 4.3.1 Insufficient system resources" || evs[0]["rcpt"] != "b@dst.invalid" {
 		t.Errorf("log line %v", evs[0])
 	}
-	bounced := logs.events("bounced")
+	bounced := logs.Events("bounced")
 	if len(bounced) != 1 || bounced[0]["enhanced"] != "5.3.1" || bounced[0]["level"] != "error" {
 		t.Errorf("bounce log lines %v", bounced)
 	}

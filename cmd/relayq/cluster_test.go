@@ -383,6 +383,10 @@ func TestClusterRidesOutRedisAndANodeDying(t *testing.T) {
 	if before["n2"] == 0 {
 		t.Fatal("n2 holds no lease: killing it proves nothing")
 	}
+	// Its process's episodes are lost with it: counted here. One is
+	// Redis's death; more are calls that missed their 50 ms on a loaded
+	// machine, each allowed its fallback share over the cap.
+	oldN2 := nodes[2].cluster(t).Episodes
 	nodes[2].c.kill()
 	killed := time.Now()
 	if ws, ok := nodes[2].c.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
@@ -410,9 +414,10 @@ func TestClusterRidesOutRedisAndANodeDying(t *testing.T) {
 	wg.Wait()
 	waitArrived(t, l, 2*time.Minute)
 	// n2's process is new: its count started again.
-	if r := refusals(dst); r > fallbackShare*unexpectedEpisodes(t, nodes, map[string]uint64{"n0": 1, "n1": 1}) {
+	extra := unexpectedEpisodes(t, nodes, map[string]uint64{"n0": 1, "n1": 1}) + max(int(oldN2)-1, 0)
+	if r := refusals(dst); r > fallbackShare*extra {
 		logClusterEvents(t, nodes)
-		t.Errorf("%d connections refused in all", r)
+		t.Errorf("%d connections refused in all (n2 before its SIGKILL lost Redis %d times, 1 expected)", r, oldN2)
 	}
 	// Only deliveries n2 had in flight (at most its 20 connections) may
 	// have arrived before their commit.

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"relayq/config"
 	"relayq/internal/server"
 	"relayq/internal/sink"
+	"relayq/internal/testlog"
 )
 
 // intakeTimeout bounds each wait of these tests.
@@ -163,23 +163,8 @@ func TestBareLineEndingsRejectFromConfig(t *testing.T) {
 	}
 }
 
-// logBuffer is a log destination safe for the server and the test.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// logBuffer is the test's view of the log.
+type logBuffer = testlog.Buffer
 
 // TestBackPressureHighRefusesMailWhileQueuedMailIsDelivered: a message is
 // queued while its destination is down; relayq restarts with

@@ -1,12 +1,10 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,25 +14,11 @@ import (
 	"relayq/internal/server"
 	"relayq/internal/server/servertest"
 	"relayq/internal/sink"
+	"relayq/internal/testlog"
 )
 
-// syncLog is relayq's log for a test to read.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// syncLog is the test's view of the log.
+type syncLog = testlog.Buffer
 
 // relayq wired as `relayq serve` wires it: a smart host with auth =
 // "xoauth2" and a token command. A token the smart host refuses leaves the

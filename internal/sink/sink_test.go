@@ -2,19 +2,19 @@ package sink
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"relayq/internal/testlog"
 )
 
 const testMsg = "Subject: hi\r\n\r\nhello\r\n"
@@ -292,23 +292,8 @@ func TestImplicitTLSAndSTARTTLS(t *testing.T) {
 	})
 }
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer is the test's view of the log.
+type syncBuffer = testlog.Buffer
 
 // TestCloseRightAfterStartReturns: go-smtp's Close does not close a
 // listener its Serve has not registered yet; Close must end Serve anyway.

@@ -1,7 +1,6 @@
 package bearer
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"relayq/internal/smtpreply"
+	"relayq/internal/testlog"
 )
 
 func testCtx(t *testing.T) context.Context {
@@ -21,24 +21,8 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// syncBuffer is a log destination safe for the concurrent writes of a run
-// and its callers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the test's view of the log.
+type syncBuffer = testlog.Buffer
 
 // clock is a settable time for Options.Now.
 type clock struct {
