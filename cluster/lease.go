@@ -80,15 +80,17 @@ func (c *Client) rejoining(now time.Time, dest string, cap int) bool {
 }
 
 // Share is how many connections to dest this node may hold now under
-// cap: all of them while Redis counts every node's (the leases decide),
-// its fallback share while degraded, so that connections opened before
-// Redis was lost are not kept beyond it.
+// cap: while Redis counts every node's (the leases decide), all of them
+// but one for each other expected node, so that a node whose mail keeps
+// every connection busy never starves the others (leases are not taken
+// back); while degraded its fallback share, so that connections opened
+// before Redis was lost are not kept beyond it.
 func (c *Client) Share(dest string, cap int) int {
 	cap = max(cap, 1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.mu.degraded {
-		return cap
+		return max(1, cap-(c.opt.ExpectedNodes-1))
 	}
 	return c.fallbackCapLocked(dest, cap)
 }

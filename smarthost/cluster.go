@@ -99,7 +99,10 @@ func (w *Worker) dial(ctx context.Context, l *lease, target Target) (Session, er
 		return nil, &errSharedCooldown{until: until}
 	}
 	w.syncCap(ctx, dest)
-	shared, err := w.Cluster.Acquire(ctx, dest, w.pool.capOf(dest))
+	// The destination's cap, not this node's share of it (capOf): the
+	// cluster counts every node's leases against it, and divides it
+	// itself while degraded.
+	shared, err := w.Cluster.Acquire(ctx, dest, w.pool.destCap(dest))
 	if errors.Is(err, cluster.ErrAtCap) {
 		w.pool.hold(dest)
 		return nil, errAtClusterCap

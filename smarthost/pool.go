@@ -149,6 +149,18 @@ func (p *pool) takeRelease(name string) bool {
 	return was != waitNo
 }
 
+// destCap is name's cap as the destination sets it (configured, or
+// learned from a 421 4.3.2), without this node's share of it: what the
+// cluster's leases count against.
+func (p *pool) destCap(name string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d := p.mu.dests[name]; d != nil {
+		return d.cap
+	}
+	return p.maxPerDest
+}
+
 // capOf returns the current cap of name: while the cluster holds every
 // connection name allows (hold), only the connections open now.
 func (p *pool) capOf(name string) int {
@@ -180,6 +192,23 @@ func (p *pool) share(name string, shareOf func(dest string, cap int) int) {
 	d := p.destLocked(name)
 	d.limit = shareOf(name, d.cap)
 	p.shedLocked(d, &stale)
+	p.mu.Unlock()
+	closeAll(stale)
+}
+
+// shareAll is share for every destination with connections open, from
+// Run's reap tick: a node that lost the cluster's store keeps to its
+// fallback share within a tick, not at its next dial, which a node with
+// enough connections to reuse may never make.
+func (p *pool) shareAll(shareOf func(dest string, cap int) int) {
+	var stale []Session
+	p.mu.Lock()
+	for name, d := range p.mu.dests {
+		if d.open > 0 {
+			d.limit = shareOf(name, d.cap)
+			p.shedLocked(d, &stale)
+		}
+	}
 	p.mu.Unlock()
 	closeAll(stale)
 }

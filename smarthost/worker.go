@@ -251,6 +251,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-reap.C:
 			w.pool.reap()
 			w.pacer.reap()
+			if w.Cluster != nil {
+				w.pool.shareAll(w.Cluster.Share)
+			}
 		case <-paced.C: // a destination's rate allows a message again: dispatch
 		case <-w.pool.wake: // a destination held at the cluster's cap may go on: dispatch
 		}
