@@ -31,10 +31,9 @@ type Entry struct {
 // written since the last scan with an earlier due time than c's (a Put
 // whose commit came after a later one's) is still found: the scan starts
 // at the earliest such entry, as Due's does. What a cursor cannot see by
-// itself is an entry it passed over (skipped: its message was in flight)
-// that is still in place when the attempt ends without writing it (a
-// commit that failed, a delivery cut short): Recheck shows it to the next
-// scan.
+// itself is an entry it passed over (skipped: its message was in flight),
+// left in place by an attempt that wrote nothing or written while the
+// message was still in flight: Recheck shows it to the next scan.
 //
 // DueAfter looks no further than lookAhead past now for when the next
 // message is due: next is at most now+lookAhead while entries remain (then
@@ -81,20 +80,23 @@ func (s *Store) dueAfter(now time.Time, c Cursor, limit int, skip func(ID) bool,
 }
 
 // Recheck makes the next scan (Due, DueAfter from any cursor) start no
-// later than e when e is still in the schedule: a scheduler calls it for
-// a message it had in flight, so passed over, whose attempt ended without
-// writing it. An entry that was moved or deleted is not looked for (its
-// new one, if any, was noted when it was written).
-func (s *Store) Recheck(e Entry) error {
-	_, closer, err := s.db.Get(scheduleKey(e.Due, e.ID))
+// later than id's schedule entry, wherever it is now: a scheduler calls it
+// for a message it had in flight when its attempt ends. A scan meanwhile
+// passed over the message's entries (skip), the one it was due at and any
+// written since (the attempt's own commit, an operator's flush) whose note
+// that scan took; from its cursor the next scan would not come back to
+// them. A message that is gone or held has no entry: nothing is noted.
+func (s *Store) Recheck(id ID) error {
+	r, err := s.getRecord(id)
 	switch {
-	case errors.Is(err, pebble.ErrNotFound):
+	case errors.Is(err, ErrNotFound):
 		return nil
 	case err != nil:
 		return fmt.Errorf("queue: recheck: %w", err)
+	case r.Held:
+		return nil
 	}
-	closer.Close()
-	s.scan.note(e.Due.UnixNano())
+	s.scan.note(max(r.NextAttempt.UnixNano(), 0))
 	return nil
 }
 

@@ -56,8 +56,8 @@ func TestDueAfterResumesAtItsCursorAndSeesLateCommits(t *testing.T) {
 // TestRecheckShowsAnEntryPassedOver: a scan from a cursor passes over an
 // entry before it (its message was in flight); the attempt writes
 // nothing, so the next scan from the cursor does not see it, unless
-// Recheck says it is still there. An entry rewritten since (rescheduled)
-// is not brought back by a Recheck of its old place.
+// Recheck shows it. The same for an entry the attempt's commit wrote
+// while a scan that took its note passed over it.
 func TestRecheckShowsAnEntryPassedOver(t *testing.T) {
 	ctx := context.Background()
 	clock := time.Date(2026, 1, 1, 0, 0, 20, 0, time.UTC)
@@ -84,7 +84,7 @@ func TestRecheckShowsAnEntryPassedOver(t *testing.T) {
 	if again, _, _, _ := s.DueAfter(now, cur, 10, nil); len(again) != 0 {
 		t.Fatalf("from the cursor without a recheck: %v; want nothing (the test proves nothing otherwise)", again)
 	}
-	if err := s.Recheck(first[0]); err != nil {
+	if err := s.Recheck(first[0].ID); err != nil {
 		t.Fatal(err)
 	}
 	again, _, cur, err := s.DueAfter(now, cur, 10, func(id ID) bool { return id != ids[0] })
@@ -92,23 +92,28 @@ func TestRecheckShowsAnEntryPassedOver(t *testing.T) {
 		t.Fatalf("from the cursor after Recheck: %v, %v; want [%s]", again, err, ids[0])
 	}
 
-	// Rescheduled since: its old entry is gone, Recheck notes nothing.
+	// Rescheduled while in flight, and a scan took the commit's note but
+	// passed over the new entry (skipped): Recheck shows the new one.
 	m, err := s.Get(ids[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.NextAttempt = now.Add(time.Hour)
+	m.NextAttempt = now.Add(-time.Millisecond)
 	if err := s.Update(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := s.DueAfter(now, cur, 10, nil); err != nil { // takes the Update's note
-		t.Fatal(err)
-	}
-	if err := s.Recheck(first[0]); err != nil {
-		t.Fatal(err)
+	known := func(ID) bool { return true } // ids[0] in flight, the others in lines
+	if es, _, cur, err = s.DueAfter(now, cur, 10, known); err != nil || len(es) != 0 {
+		t.Fatalf("scan while in flight: %v, %v", es, err)
 	}
 	if got := s.scan.minDue.Load(); got != math.MaxInt64 {
-		t.Errorf("Recheck of a moved entry noted %v", time.Unix(0, got))
+		t.Fatalf("a note left after the scan: %v", time.Unix(0, got))
+	}
+	if err := s.Recheck(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if es, _, _, err := s.DueAfter(now, cur, 10, func(id ID) bool { return id != ids[0] }); err != nil || len(es) != 1 || es[0].ID != ids[0] {
+		t.Fatalf("from the cursor after Recheck of the rewritten entry: %v, %v; want [%s]", es, err, ids[0])
 	}
 }
 

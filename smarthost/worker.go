@@ -25,10 +25,9 @@ type Queue interface {
 	// non-skipped one is due (zero if none), and the cursor after the
 	// last one returned.
 	DueAfter(now time.Time, c queue.Cursor, limit int, skip func(queue.ID) bool) ([]queue.Entry, time.Time, queue.Cursor, error)
-	// Recheck shows the next scan an entry a scan passed over (its
-	// message was in flight) if it is still in place: the attempt ended
-	// without writing it.
-	Recheck(e queue.Entry) error
+	// Recheck shows the next scan the message's schedule entry, which
+	// scans passed over while it was in flight.
+	Recheck(id queue.ID) error
 	// Get returns the stored message, or queue.ErrNotFound.
 	Get(id queue.ID) (*queue.Message, error)
 	// Changes counts the changes of operator state (hold, release of a
@@ -632,15 +631,15 @@ func (w *Worker) attempt(ctx context.Context, j *job, from string) (requeued boo
 	return false
 }
 
-// recheck makes the next scan see j's schedule entry again if the attempt
-// that just ended left it in place (nothing committed: a failed commit, a
-// delivery cut short): the scan passed over it while j was in flight, and
-// from its cursor it would not come back to it.
+// recheck makes the next scan see the schedule entry of j's message, if it
+// has one: scans passed over it while j was in flight (the entry it was
+// due at, left in place by an attempt that wrote nothing, or the one its
+// commit wrote), and from their cursor would not come back to it.
 func (w *Worker) recheck(j *job) {
 	if j.due.IsZero() {
 		return
 	}
-	if err := w.Queue.Recheck(queue.Entry{ID: j.id, Due: j.due}); err != nil {
+	if err := w.Queue.Recheck(j.id); err != nil {
 		w.Log.Error().Err(err).Str("id", string(j.id)).Msg("rechecking a schedule entry; the next full scan finds it")
 	}
 }
