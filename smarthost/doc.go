@@ -69,11 +69,12 @@
 //     the scheduler, at most maxKnown (100,000) messages at a time: an ID
 //     and a counter each, never a body. Beyond that, due mail stays on
 //     disk until there is room. A scan from the cursor passes over the
-//     messages in the lines and in flight; one whose attempt ends without
-//     writing its schedule entry (a failed commit, a delivery cut short)
-//     is shown to the next scan by Worker.recheck (queue.Store.Recheck),
-//     so nothing due waits for the scan from the start, which is only a
-//     net under a recheck that failed.
+//     messages in the lines and in flight; when an attempt ends, the
+//     message's schedule entry as it is then (left in place by an attempt
+//     that wrote nothing, or written while the message was in flight) is
+//     shown to the next scan by Worker.recheck (queue.Store.Recheck), so
+//     nothing due waits for the scan from the start, which is only a net
+//     under a recheck that failed.
 //   - The scheduler keeps a line per destination and one for mail not yet
 //     routed. Deliveries are started round-robin over the lines, one at a
 //     time each, a line only while its destination has fewer deliveries
