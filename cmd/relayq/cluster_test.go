@@ -223,6 +223,18 @@ func logDestinations(t *testing.T, nodes []*clusterNode) {
 	}
 }
 
+// holdingLeases counts the nodes holding leases, as nd sees them.
+func holdingLeases(t *testing.T, nd *clusterNode) int {
+	t.Helper()
+	n := 0
+	for _, k := range nd.leases(t) {
+		if k > 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // unexpectedEpisodes sums the times the nodes lost Redis beyond expected
 // (per node): on a loaded machine a call can miss its 50 ms. A node that
 // falls back while the others share may hold its fallback share on top of
@@ -333,10 +345,10 @@ func TestClusterRidesOutRedisDying(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); sendAll(flow, nodes, senders, 1_000_000, "c", l) }()
 
-	waitFor(t, 30*time.Second, func() bool {
-		ls := nodes[0].leases(t)
-		return ls["n0"] > 0 && ls["n1"] > 0 && ls["n2"] > 0
-	}, "every node holding leases")
+	// Leases are not taken back from a node whose mail keeps them busy
+	// (the README: each leaves one per other node, no more), so a node
+	// may have none yet; two holding some put the fallback to the test.
+	waitFor(t, 30*time.Second, func() bool { return holdingLeases(t, nodes[0]) >= 2 }, "two nodes holding leases")
 
 	// Redis dies.
 	redis.Kill()
@@ -361,10 +373,7 @@ func TestClusterRidesOutRedisDying(t *testing.T) {
 	for _, nd := range nodes {
 		waitFor(t, 10*time.Second, func() bool { return nd.cluster(t).State == admin.ClusterOK }, nd.name+" sharing limits again")
 	}
-	waitFor(t, 10*time.Second, func() bool {
-		ls := nodes[0].leases(t)
-		return ls["n0"] > 0 && ls["n1"] > 0 && ls["n2"] > 0
-	}, "leases of every node back in Redis")
+	waitFor(t, 10*time.Second, func() bool { return holdingLeases(t, nodes[0]) >= 2 }, "leases of two nodes back in Redis")
 	if d := l.duplicates(); d != 0 {
 		t.Errorf("%d messages arrived twice across Redis's death and return", d)
 	}
@@ -411,58 +420,66 @@ func TestClusterNodeKilledHoldingLeases(t *testing.T) {
 	var last map[string]int
 	for deadline := time.Now().Add(10 * time.Second); !full && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		last = nodes[0].leases(t)
-		full = last["n0"]+last["n1"]+last["n2"] == clusterLimit && last["n2"] > 0
+		full = last["n0"]+last["n1"]+last["n2"] == clusterLimit
 	}
 	if !full {
 		logDestinations(t, nodes)
-		t.Fatalf("the nodes did not hold every lease the cap allows within 10 s, n2 some: last seen %v", last)
+		t.Fatalf("the nodes did not hold every lease the cap allows within 10 s: last seen %v", last)
 	}
 	before := nodes[0].leases(t)
-	if before["n2"] == 0 {
-		t.Fatal("n2 holds no lease: killing it proves nothing")
+	// The victim is the node other than n0 (which the test asks) holding
+	// the most leases.
+	v := 1
+	if before["n2"] > before["n1"] {
+		v = 2
+	}
+	victim, other := nodes[v], nodes[3-v]
+	if before[victim.name] == 0 {
+		t.Fatalf("neither n1 nor n2 holds a lease (%v): killing one proves nothing", before)
 	}
 	// Its process's episodes are lost with it: counted here (calls that
 	// missed their 50 ms on a loaded machine, each allowed its fallback
 	// share over the cap).
-	oldN2 := nodes[2].cluster(t).Episodes
-	nodes[2].c.kill()
+	oldEpisodes := victim.cluster(t).Episodes
+	victim.c.kill()
 	killed := time.Now()
-	if ws, ok := nodes[2].c.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
-		t.Fatalf("n2 ended by itself (%v), not by SIGKILL", nodes[2].c.cmd.ProcessState)
+	if ws, ok := victim.c.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+		t.Fatalf("%s ended by itself (%v), not by SIGKILL", victim.name, victim.c.cmd.ProcessState)
 	}
-	waitFor(t, clusterLeaseTTL+2*time.Second, func() bool { return nodes[0].leases(t)["n2"] == 0 }, "n2's leases expiring")
-	t.Logf("n2 held %d leases; gone %s after SIGKILL (lease TTL %s)", before["n2"], time.Since(killed).Round(10*time.Millisecond), clusterLeaseTTL)
+	waitFor(t, clusterLeaseTTL+2*time.Second, func() bool { return nodes[0].leases(t)[victim.name] == 0 }, victim.name+"'s leases expiring")
+	t.Logf("%s held %d leases; gone %s after SIGKILL (lease TTL %s)", victim.name, before[victim.name], time.Since(killed).Round(10*time.Millisecond), clusterLeaseTTL)
 	// 30 s: on a loaded machine a node may lose Redis for a moment (a call
 	// over 50 ms) and hold only its fallback share meanwhile.
 	took := false
 	for deadline := time.Now().Add(30 * time.Second); !took && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		ls := nodes[0].leases(t)
-		took = ls["n0"]+ls["n1"] > before["n0"]+before["n1"]
+		took = ls["n0"]+ls[other.name] > before["n0"]+before[other.name]
 	}
 	if !took {
-		logDestinations(t, nodes[:2])
-		logClusterEvents(t, nodes[:2])
-		t.Fatalf("n0 and n1 did not take n2's share within 30 s: before %v, now %v", before, nodes[0].leases(t))
+		logDestinations(t, []*clusterNode{nodes[0], other})
+		logClusterEvents(t, []*clusterNode{nodes[0], other})
+		t.Fatalf("n0 and %s did not take %s's share within 30 s: before %v, now %v", other.name, victim.name, before, nodes[0].leases(t))
 	}
 
-	// n2 comes back for its queued mail; the senders stop; all arrives.
+	// The victim comes back for its queued mail; the senders stop; all
+	// arrives.
 	delay.Store(int64(clusterSinkDelay))
-	nodes[2].start(t)
+	victim.start(t)
 	stopFlow()
 	wg.Wait()
 	waitArrived(t, l, 2*time.Minute)
-	// n2's process is new: its count started again.
-	extra := unexpectedEpisodes(t, nodes, nil) + int(oldN2)
+	// The victim's process is new: its count started again.
+	extra := unexpectedEpisodes(t, nodes, nil) + int(oldEpisodes)
 	if r := refusals(dst); r > fallbackShare*extra {
 		logClusterEvents(t, nodes)
-		t.Errorf("%d connections refused in all (n2 before its SIGKILL lost Redis %d times)", r, oldN2)
+		t.Errorf("%d connections refused in all (%s before its SIGKILL lost Redis %d times)", r, victim.name, oldEpisodes)
 	}
-	// Only deliveries n2 had in flight (at most its 20 connections) may
+	// Only deliveries the victim had in flight (at most 20) may
 	// have arrived before their commit.
 	if d := l.duplicates(); d > clusterLimit {
 		t.Errorf("%d messages arrived twice; a SIGKILL can repeat at most the %d deliveries in flight", d, clusterLimit)
 	}
-	t.Logf("%d messages acknowledged, all arrived, %d twice (n2's deliveries in flight at its SIGKILL)", l.ackCount.Load(), l.duplicates())
+	t.Logf("%d messages acknowledged, all arrived, %d twice (%s's deliveries in flight at its SIGKILL)", l.ackCount.Load(), l.duplicates(), victim.name)
 }
 
 // Three nodes pace one destination of 600 messages a minute together: 60
