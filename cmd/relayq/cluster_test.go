@@ -327,23 +327,35 @@ func TestClusterOfThreeNodesKeepsToTheDestinationsLimit(t *testing.T) {
 	}
 }
 
+// startFlowingCluster starts a Redis, the destination (its delay at
+// clusterSinkDelay) and three nodes sharing its limits.
+func startFlowingCluster(t *testing.T) (*redistest.Server, *ledger, *atomic.Int64, *sink.Server, []*clusterNode) {
+	t.Helper()
+	redis := redistest.Start(t)
+	l := newLedger()
+	delay := new(atomic.Int64)
+	dst := clusterSink(t, l, delay)
+	return redis, l, delay, dst, startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr(), "")
+}
+
+// flow sends into every node from 4 clients each, tokens prefixed with
+// prefix, until the returned stop is called (also at the end of the
+// test); stop returns once every client has.
+func (l *ledger) flow(t *testing.T, nodes []*clusterNode, prefix string) (stop func()) {
+	flow, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	done := make(chan struct{})
+	go func() { defer close(done); sendAll(flow, nodes, 4, 1_000_000, prefix, l) }()
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
+}
+
 // Redis dies mid-run: delivery goes on under the fallback (20/3 per node,
 // so never above 20 together), `relayq status` says degraded; Redis comes
 // back: leases are shared again. Nothing is lost or sent twice.
 func TestClusterRidesOutRedisDying(t *testing.T) {
-	const senders = 4
-	redis := redistest.Start(t)
-	l := newLedger()
-	var delay atomic.Int64
-	dst := clusterSink(t, l, &delay)
-	nodes := startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr(), "")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	flow, stopFlow := context.WithCancel(ctx)
-	defer stopFlow()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); sendAll(flow, nodes, senders, 1_000_000, "c", l) }()
+	redis, l, _, dst, nodes := startFlowingCluster(t)
+	stopFlow := l.flow(t, nodes, "c")
 
 	// Leases are not taken back from a node whose mail keeps them busy
 	// (the README: each leaves one per other node, no more), so a node
@@ -379,7 +391,6 @@ func TestClusterRidesOutRedisDying(t *testing.T) {
 	}
 
 	stopFlow()
-	wg.Wait()
 	waitArrived(t, l, 2*time.Minute)
 	// The switches back (and the closing of connections beyond a share)
 	// churn connections: the sink counts one until it has closed it, a
@@ -401,19 +412,8 @@ func TestClusterRidesOutRedisDying(t *testing.T) {
 // in flight may arrive twice. (Apart from Redis's death: a cap learned
 // from the refusals a fallback may cause would hide the share.)
 func TestClusterNodeKilledHoldingLeases(t *testing.T) {
-	const senders = 4
-	redis := redistest.Start(t)
-	l := newLedger()
-	var delay atomic.Int64
-	dst := clusterSink(t, l, &delay)
-	nodes := startClusterNodes(t, clusterNodes, redis.URL(), dst.Addr(), "")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	flow, stopFlow := context.WithCancel(ctx)
-	defer stopFlow()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); sendAll(flow, nodes, senders, 1_000_000, "k", l) }()
+	_, l, delay, dst, nodes := startFlowingCluster(t)
+	stopFlow := l.flow(t, nodes, "k")
 
 	delay.Store(int64(10 * clusterSinkDelay))
 	full := false
@@ -466,7 +466,6 @@ func TestClusterNodeKilledHoldingLeases(t *testing.T) {
 	delay.Store(int64(clusterSinkDelay))
 	victim.start(t)
 	stopFlow()
-	wg.Wait()
 	waitArrived(t, l, 2*time.Minute)
 	// The victim's process is new: its count started again.
 	extra := unexpectedEpisodes(t, nodes, nil) + int(oldEpisodes)

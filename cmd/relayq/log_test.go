@@ -1,35 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"relayq/config"
 )
 
-// lockedBuffer is a bytes.Buffer safe for the flusher and the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 func TestLogWarnIsWrittenAtOnceWithWhatCameBefore(t *testing.T) {
-	var out lockedBuffer
+	var out logBuffer
 	log, closer, err := newLogger(config.Log{Format: config.LogFormatJSON, Level: "info"}, &out)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +29,7 @@ func TestLogWarnIsWrittenAtOnceWithWhatCameBefore(t *testing.T) {
 }
 
 func TestLogInfoIsWrittenWithinTheFlushInterval(t *testing.T) {
-	var out lockedBuffer
+	var out logBuffer
 	b := newBatchedLog(&out, 20*time.Millisecond)
 	defer b.Close()
 	if _, err := b.Write([]byte("info line\n")); err != nil {
@@ -68,7 +48,7 @@ func TestLogInfoIsWrittenWithinTheFlushInterval(t *testing.T) {
 }
 
 func TestLogCloseWritesWhatIsBufferedAndLaterLinesGoStraightOut(t *testing.T) {
-	var out lockedBuffer
+	var out logBuffer
 	b := newBatchedLog(&out, time.Hour)
 	if _, err := b.Write([]byte("one\n")); err != nil {
 		t.Fatal(err)

@@ -86,7 +86,7 @@ func TestFindAMessageByItsMessageID(t *testing.T) {
 	cfg := testConfig(t, snk.Addr())
 	cfg.Retry.MinBackoff = config.Duration(10 * time.Minute)
 	cfg.Retry.MaxBackoff = config.Duration(time.Hour)
-	logs := &syncWriter{w: &bytes.Buffer{}}
+	logs := &logBuffer{}
 	in, err := server.Start(cfg, zerolog.New(logs), serverOptions(nil))
 	if err != nil {
 		t.Fatal(err)

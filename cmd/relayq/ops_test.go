@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -366,14 +365,14 @@ func TestOpsMetricsMoveAsMailFlows(t *testing.T) {
 
 // startFromFile writes fc to path and runs relayq on it until the test
 // ends, logging into the returned buffer; reloads read path again.
-func startFromFile(t *testing.T, path string, fc fileConfig) (*server.Instance, *syncWriter) {
+func startFromFile(t *testing.T, path string, fc fileConfig) (*server.Instance, *logBuffer) {
 	t.Helper()
 	writeConfig(t, path, fc)
 	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncWriter{w: &bytes.Buffer{}}
+	logs := &logBuffer{}
 	in, err := server.Start(cfg, zerolog.New(logs), serverOptions(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -412,24 +411,6 @@ max_backoff = "1h"
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// syncWriter serialises writes of concurrent loggers into a buffer.
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
 }
 
 func TestOpsReloadSwitchesSmarthostLiveAndRejectsABadFile(t *testing.T) {
